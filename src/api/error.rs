@@ -1,0 +1,235 @@
+//! API failures and their classification, decided once, here.
+//!
+//! The pipeline never looks at status codes or error strings: it asks
+//! [`ApiError::class`] and acts on the answer.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+
+/// What the caller should do about a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again after a backoff: network trouble, timeouts, 408, 5xx, and
+    /// answers that make no sense.
+    Transient,
+    /// 429: everyone waits until `until` (if the server said), then tries again.
+    RateLimited { until: Option<SystemTime> },
+    /// 401/403: the key was rejected. Nothing will work until it is fixed.
+    Auth,
+    /// Any other 4xx: this request will never succeed as it is.
+    Permanent,
+    /// 404 on an asset: the platform does not have it (any more).
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No HTTP answer: connect failure, timeout, reset. `body_sent` says
+    /// whether the whole request body had gone out when it happened.
+    #[error("{what}: {detail}")]
+    Transport {
+        what: &'static str,
+        detail: String,
+        body_sent: bool,
+    },
+    /// An HTTP error status, with the platform's code and message if any.
+    #[error("{}", status_message(*.status, .code.as_deref(), .message.as_deref()))]
+    Status {
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+        retry_at: Option<SystemTime>,
+    },
+    /// A success status whose body could not be understood.
+    #[error("the API answered {status} with a body that cannot be used: {detail}")]
+    Malformed { status: u16, detail: String },
+    /// The local file could not be read while sending it.
+    #[error("reading the file failed while sending it: {0}")]
+    LocalRead(String),
+}
+
+fn status_message(status: u16, code: Option<&str>, message: Option<&str>) -> String {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    match (code, message) {
+        (Some(c), Some(m)) => format!("HTTP {status} {reason}: {m} ({c})"),
+        (None, Some(m)) => format!("HTTP {status} {reason}: {m}"),
+        (Some(c), None) => format!("HTTP {status} {reason} ({c})"),
+        (None, None) => format!("HTTP {status} {reason}"),
+    }
+}
+
+impl ApiError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Transport { .. } | ApiError::Malformed { .. } => ErrorClass::Transient,
+            ApiError::LocalRead(_) => ErrorClass::Permanent,
+            ApiError::Status {
+                status, retry_at, ..
+            } => match *status {
+                429 => ErrorClass::RateLimited { until: *retry_at },
+                401 | 403 => ErrorClass::Auth,
+                404 => ErrorClass::NotFound,
+                408 => ErrorClass::Transient,
+                500..=599 => ErrorClass::Transient,
+                400..=499 => ErrorClass::Permanent,
+                // 1xx/3xx reaching here means a proxy or redirect loop: try again.
+                _ => ErrorClass::Transient,
+            },
+        }
+    }
+
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } | ApiError::Malformed { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the platform may hold the result of this request anyway: the
+    /// whole body went out and no clear refusal came back.
+    pub fn maybe_received(&self) -> bool {
+        match self {
+            ApiError::Transport { body_sent, .. } => *body_sent,
+            ApiError::Malformed { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 408,
+            ApiError::LocalRead(_) => false,
+        }
+    }
+}
+
+/// When a 429 says to come back: `Retry-After` (seconds or an HTTP date),
+/// else `X-Ratelimit-Reset` (Unix seconds).
+pub fn retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<SystemTime> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = text("retry-after") {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(now + Duration::from_secs(secs));
+        }
+        if let Ok(at) = humantime::parse_rfc3339_weak(v) {
+            return Some(at);
+        }
+        if let Ok(at) = httpdate_parse(v) {
+            return Some(at);
+        }
+    }
+    if let Some(v) = text("x-ratelimit-reset")
+        && let Ok(secs) = v.parse::<u64>()
+    {
+        return Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+    }
+    None
+}
+
+/// `Retry-After` may be an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`).
+fn httpdate_parse(v: &str) -> Result<SystemTime, ()> {
+    // "Wed, 21 Oct 2015 07:28:00 GMT" -> "2015-10-21 07:28:00"
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return Err(());
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|m| m == month).ok_or(())? + 1;
+    let iso = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
+    humantime::parse_rfc3339(&iso).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn status(code: u16) -> ApiError {
+        ApiError::Status {
+            status: code,
+            code: None,
+            message: None,
+            retry_at: None,
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases = [
+            (400, ErrorClass::Permanent),
+            (401, ErrorClass::Auth),
+            (403, ErrorClass::Auth),
+            (404, ErrorClass::NotFound),
+            (408, ErrorClass::Transient),
+            (409, ErrorClass::Permanent),
+            (413, ErrorClass::Permanent),
+            (422, ErrorClass::Permanent),
+            (429, ErrorClass::RateLimited { until: None }),
+            (500, ErrorClass::Transient),
+            (502, ErrorClass::Transient),
+            (503, ErrorClass::Transient),
+            (504, ErrorClass::Transient),
+        ];
+        for (code, class) in cases {
+            assert_eq!(status(code).class(), class, "HTTP {code}");
+        }
+        let t = ApiError::Transport {
+            what: "connect",
+            detail: "refused".into(),
+            body_sent: false,
+        };
+        assert_eq!(t.class(), ErrorClass::Transient);
+        assert!(!t.maybe_received());
+        let m = ApiError::Malformed {
+            status: 201,
+            detail: "no _id".into(),
+        };
+        assert_eq!(m.class(), ErrorClass::Transient);
+        assert!(
+            m.maybe_received(),
+            "a 201 we cannot read may have created an asset"
+        );
+        assert!(!status(400).maybe_received());
+    }
+
+    #[test]
+    fn messages_carry_the_platform_text() {
+        let e = ApiError::Status {
+            status: 400,
+            code: Some("parameter_invalid".into()),
+            message: Some("file too large".into()),
+            retry_at: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "HTTP 400 Bad Request: file too large (parameter_invalid)"
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_at(&h, now), None);
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1000060"));
+        assert_eq!(
+            retry_at(&h, now),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_060))
+        );
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_at(&h, now), Some(now + Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            retry_at(&h, now),
+            Some(humantime::parse_rfc3339("2015-10-21T07:28:00Z").expect("date"))
+        );
+    }
+}

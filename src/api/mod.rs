@@ -1,0 +1,346 @@
+//! The TwelveLabs v1.3 API client: the calls the pipeline makes, with
+//! request bodies streamed from disk and every failure turned into an
+//! [`ApiError`] that knows its [`ErrorClass`].
+
+mod error;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::TryStreamExt;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::multipart::{Form, Part};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+
+pub use error::{ApiError, ErrorClass, retry_at};
+pub use types::{Asset, AssetPage, AssetStatus, SHA256_STAMP};
+
+use crate::secret::ApiKey;
+
+/// Read buffer for streaming a file into a request body. Large enough that
+/// the syscall and chunk overhead vanish next to the network.
+const STREAM_BUFFER: usize = 256 * 1024;
+/// A response body larger than this is not one the API sends.
+const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
+/// Pages of `GET /assets?filename=` searched for a lost upload.
+const LOOKUP_MAX_PAGES: u64 = 20;
+
+/// A local file to send with `method=direct`.
+#[derive(Debug, Clone)]
+pub struct DirectUpload {
+    pub path: PathBuf,
+    pub filename: String,
+    /// Exactly this many bytes are sent (the size recorded when it was hashed).
+    pub size: u64,
+    pub enable_hls: bool,
+    pub enable_thumbnail: bool,
+    /// Sent as the JSON-encoded `user_metadata` field (includes the sha256 stamp).
+    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    /// Bytes of the file handed to the connection so far (progress, and
+    /// whether a failed request had sent everything).
+    pub sent: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub base_url: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(opts: &ClientOptions, key: &ApiKey) -> Result<ApiClient, ApiError> {
+        // reqwest is built without a default crypto provider (ring builds
+        // much faster than aws-lc); install ring once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| ApiError::Transport {
+            what: "invalid API key",
+            detail: "the key contains characters that cannot be sent in a header".into(),
+            body_sent: false,
+        })?;
+        // Keeps the value out of reqwest's and hyper's Debug output.
+        value.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", value);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("tl-ingest/", env!("CARGO_PKG_VERSION")))
+            .timeout(opts.request_timeout)
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ApiError::Transport {
+                what: "cannot build the HTTP client",
+                detail: e.to_string(),
+                body_sent: false,
+            })?;
+        Ok(ApiClient {
+            http,
+            base: opts.base_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /assets` with `method=direct`, the file streamed from disk with
+    /// a known length.
+    pub async fn create_direct(&self, up: &DirectUpload) -> Result<Asset, ApiError> {
+        up.sent.store(0, Ordering::Relaxed);
+        let file = tokio::fs::File::open(&up.path)
+            .await
+            .map_err(|e| ApiError::LocalRead(format!("{}: {e}", up.path.display())))?;
+        let sent = up.sent.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(up.size), STREAM_BUFFER)
+            .inspect_ok(move |chunk| {
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            });
+        let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), up.size)
+            .file_name(up.filename.clone())
+            .mime_str("application/octet-stream")
+            .map_err(|e| ApiError::LocalRead(e.to_string()))?;
+        let metadata = serde_json::Value::Object(up.user_metadata.clone()).to_string();
+        let form = Form::new()
+            .text("method", "direct")
+            .text("filename", up.filename.clone())
+            .text("enable_hls", up.enable_hls.to_string())
+            .text("enable_thumbnail", up.enable_thumbnail.to_string())
+            .text("user_metadata", metadata)
+            .part("file", part);
+        let result = self
+            .http
+            .post(format!("{}/assets", self.base))
+            .multipart(form)
+            .send()
+            .await;
+        let body_sent = || up.sent.load(Ordering::Relaxed) >= up.size;
+        let resp = result.map_err(|e| transport("upload", &e, body_sent()))?;
+        read_json(resp).await
+    }
+
+    /// `POST /assets` with `method=url`.
+    pub async fn create_url(
+        &self,
+        url: &str,
+        filename: Option<&str>,
+        enable_hls: bool,
+        enable_thumbnail: bool,
+        user_metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Asset, ApiError> {
+        let mut form = Form::new()
+            .text("method", "url")
+            .text("url", url.to_string())
+            .text("enable_hls", enable_hls.to_string())
+            .text("enable_thumbnail", enable_thumbnail.to_string())
+            .text(
+                "user_metadata",
+                serde_json::Value::Object(user_metadata.clone()).to_string(),
+            );
+        if let Some(name) = filename {
+            form = form.text("filename", name.to_string());
+        }
+        let resp = self
+            .http
+            .post(format!("{}/assets", self.base))
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| transport("create asset", &e, true))?;
+        read_json(resp).await
+    }
+
+    /// `GET /assets/{id}`.
+    pub async fn get_asset(&self, id: &str) -> Result<Asset, ApiError> {
+        let resp = self
+            .http
+            .get(format!("{}/assets/{}", self.base, encode_segment(id)))
+            .send()
+            .await
+            .map_err(|e| transport("get asset", &e, false))?;
+        read_json(resp).await
+    }
+
+    /// `DELETE /assets/{id}`; any 2xx (and 404: already gone) is success.
+    pub async fn delete_asset(&self, id: &str) -> Result<(), ApiError> {
+        let resp = self
+            .http
+            .delete(format!("{}/assets/{}", self.base, encode_segment(id)))
+            .send()
+            .await
+            .map_err(|e| transport("delete asset", &e, false))?;
+        if resp.status().is_success() || resp.status().as_u16() == 404 {
+            return Ok(());
+        }
+        Err(status_error(resp).await)
+    }
+
+    /// `GET /assets` with an optional filename filter (a case-insensitive
+    /// substring match on the platform).
+    pub async fn list_assets(
+        &self,
+        filename: Option<&str>,
+        page: u64,
+        page_limit: u64,
+    ) -> Result<AssetPage, ApiError> {
+        let mut query: Vec<(&str, String)> = vec![
+            ("page", page.to_string()),
+            ("page_limit", page_limit.to_string()),
+        ];
+        if let Some(name) = filename {
+            query.push(("filename", name.to_string()));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/assets", self.base))
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| transport("list assets", &e, false))?;
+        read_json(resp).await
+    }
+
+    /// Find an asset this tool uploaded earlier for `filename` with this
+    /// content: the filename narrows the search, the sha256 stamp in
+    /// `user_metadata` decides.
+    pub async fn find_by_stamp(
+        &self,
+        filename: &str,
+        sha256: &str,
+    ) -> Result<Option<Asset>, ApiError> {
+        let mut page = 1;
+        loop {
+            let listing = self.list_assets(Some(filename), page, 50).await?;
+            if let Some(found) = listing
+                .data
+                .iter()
+                .find(|a| a.sha256_stamp().as_deref() == Some(sha256) && a.id.is_some())
+            {
+                return Ok(Some(found.clone()));
+            }
+            let last = listing
+                .page_info
+                .as_ref()
+                .and_then(|p| p.total_page)
+                .is_some_and(|total| page >= total);
+            if listing.data.is_empty() || last || page >= LOOKUP_MAX_PAGES {
+                return Ok(None);
+            }
+            page += 1;
+        }
+    }
+}
+
+/// Asset ids are opaque; keep them from changing the path.
+fn encode_segment(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
+                c.to_string()
+            } else {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+fn transport(what: &'static str, e: &reqwest::Error, body_sent: bool) -> ApiError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "connection failed"
+    };
+    // The source chain holds the useful part ("connection reset by peer").
+    let mut detail = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    ApiError::Transport {
+        what,
+        detail,
+        body_sent,
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), ApiError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                    return Err(ApiError::Malformed {
+                        status,
+                        detail: format!("response body over {MAX_RESPONSE_BODY} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok((status, body)),
+            // The request went out and was answered: the body was sent.
+            Err(e) => return Err(transport("reading the response", &e, true)),
+        }
+    }
+}
+
+async fn status_error(resp: reqwest::Response) -> ApiError {
+    let headers = resp.headers().clone();
+    let (status, body) = match read_capped(resp).await {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let (code, mut message) = types::parse_error_body(&body);
+    if message.is_none() && !body.is_empty() && code.is_none() {
+        // Not JSON (an HTML page from a proxy, say): keep a short excerpt.
+        let text = String::from_utf8_lossy(&body);
+        let excerpt: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        message = Some(excerpt.chars().take(200).collect());
+    }
+    ApiError::Status {
+        status,
+        code,
+        message,
+        retry_at: retry_at(&headers, SystemTime::now()),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiError> {
+    if !resp.status().is_success() {
+        return Err(status_error(resp).await);
+    }
+    let (status, body) = read_capped(resp).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+        status,
+        detail: format!("not the JSON expected ({e})"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("abc123"), "abc123");
+        assert_eq!(encode_segment("../x y"), "..%2Fx%20y");
+    }
+}

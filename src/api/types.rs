@@ -1,0 +1,168 @@
+//! The API's response shapes, parsed leniently: every field optional,
+//! unknown fields ignored, unknown enum values kept as text. The platform
+//! has added and removed fields several times; a new one must never break
+//! an upload.
+
+use serde::Deserialize;
+
+/// The key under which every upload carries its file's sha256 in
+/// `user_metadata`, so that an upload whose response was lost can be found.
+pub const SHA256_STAMP: &str = "tl_ingest_sha256";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Asset {
+    #[serde(rename = "_id", default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub file_type: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub size: Option<serde_json::Value>,
+    #[serde(default)]
+    pub user_metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<AssetError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct AssetError {
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// What the platform says of an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetStatus {
+    Processing,
+    Ready,
+    Failed,
+    /// A value this version does not know: treated as still processing.
+    Other(String),
+}
+
+impl Asset {
+    pub fn status(&self) -> AssetStatus {
+        match self.status.as_deref() {
+            Some("ready") => AssetStatus::Ready,
+            Some("failed") => AssetStatus::Failed,
+            Some("processing") | None => AssetStatus::Processing,
+            Some(other) => AssetStatus::Other(other.to_string()),
+        }
+    }
+
+    /// The sha256 stamp in `user_metadata`, whether the platform returns it
+    /// as an object or as the JSON string it was sent as.
+    pub fn sha256_stamp(&self) -> Option<String> {
+        let meta = self.user_metadata.as_ref()?;
+        let obj = match meta {
+            serde_json::Value::Object(map) => map.clone(),
+            serde_json::Value::String(text) => serde_json::from_str(text).ok()?,
+            _ => return None,
+        };
+        obj.get(SHA256_STAMP)?.as_str().map(str::to_string)
+    }
+
+    pub fn error_message(&self) -> Option<String> {
+        self.error.as_ref().and_then(|e| e.message.clone())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AssetPage {
+    #[serde(default)]
+    pub data: Vec<Asset>,
+    #[serde(default)]
+    pub page_info: Option<PageInfo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PageInfo {
+    #[serde(default)]
+    pub page: Option<u64>,
+    #[serde(default)]
+    pub total_page: Option<u64>,
+    #[serde(default)]
+    pub total_results: Option<u64>,
+}
+
+/// Error bodies come as `{code, message}`, `{error: {code, message}}`, or
+/// empty (429 on some endpoints). Returns what could be read.
+pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Flat {
+        code: Option<String>,
+        message: Option<String>,
+        error: Option<Box<serde_json::Value>>,
+    }
+    let Ok(flat) = serde_json::from_slice::<Flat>(body) else {
+        return (None, None);
+    };
+    if flat.code.is_some() || flat.message.is_some() {
+        return (flat.code, flat.message);
+    }
+    match flat.error.as_deref() {
+        Some(serde_json::Value::Object(inner)) => (
+            inner
+                .get("code")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            inner
+                .get("message")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        ),
+        Some(serde_json::Value::String(text)) => (None, Some(text.clone())),
+        _ => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_tolerates_unknown_fields_and_values() {
+        let a: Asset = serde_json::from_str(
+            r#"{"_id":"abc","status":"transcoding","brand_new":{"x":1},"size":12}"#,
+        )
+        .expect("parses");
+        assert_eq!(a.id.as_deref(), Some("abc"));
+        assert_eq!(a.status(), AssetStatus::Other("transcoding".into()));
+        let empty: Asset = serde_json::from_str("{}").expect("empty object parses");
+        assert_eq!(empty.status(), AssetStatus::Processing);
+    }
+
+    #[test]
+    fn stamp_read_from_object_or_string() {
+        let a: Asset = serde_json::from_str(r#"{"user_metadata":{"tl_ingest_sha256":"ff","x":1}}"#)
+            .expect("parses");
+        assert_eq!(a.sha256_stamp().as_deref(), Some("ff"));
+        let b: Asset = serde_json::from_str(r#"{"user_metadata":"{\"tl_ingest_sha256\":\"ee\"}"}"#)
+            .expect("parses");
+        assert_eq!(b.sha256_stamp().as_deref(), Some("ee"));
+        let c: Asset = serde_json::from_str(r#"{"user_metadata":7}"#).expect("parses");
+        assert_eq!(c.sha256_stamp(), None);
+    }
+
+    #[test]
+    fn error_bodies_in_every_shape() {
+        assert_eq!(
+            parse_error_body(br#"{"code":"parameter_invalid","message":"bad"}"#),
+            (Some("parameter_invalid".into()), Some("bad".into()))
+        );
+        assert_eq!(
+            parse_error_body(br#"{"error":{"code":"x","message":"y","details":[]}}"#),
+            (Some("x".into()), Some("y".into()))
+        );
+        assert_eq!(parse_error_body(b""), (None, None));
+        assert_eq!(parse_error_body(b"<html>oops</html>"), (None, None));
+        assert_eq!(parse_error_body(b"[1,2]"), (None, None));
+    }
+}

@@ -1,0 +1,104 @@
+//! `tl-ingest emulator`: serve the built-in API emulator until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{CliError, CliResult, Globals};
+use crate::emulator::{Emulator, EmulatorConfig, Faults};
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub listen: SocketAddr,
+    /// The API key it accepts (x-api-key).
+    #[arg(
+        long,
+        env = "TL_EMULATOR_API_KEY",
+        default_value = "tl-emulator-key",
+        hide_env_values = true
+    )]
+    pub api_key: String,
+    /// How long assets stay processing.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub ready_delay: Duration,
+    /// Largest direct video/audio upload, in bytes.
+    #[arg(long, default_value_t = 200_000_000)]
+    pub max_direct_size: u64,
+    /// Largest image, in bytes.
+    #[arg(long, default_value_t = 32_000_000)]
+    pub max_image_size: u64,
+    /// Share (0-1) of requests answered 500 before the body is read.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_before_body: f64,
+    /// Share (0-1) of uploads answered 500 after the whole body was read.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_after_body: f64,
+    /// Share (0-1) of requests answered 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit: f64,
+    /// Retry-After of those 429s, in seconds.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Share (0-1) of uploads whose connection is reset part-way.
+    #[arg(long, default_value_t = 0.0)]
+    pub reset_mid_body: f64,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Seed for the fault sequence (reproducible runs).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
+    crate::telemetry::init(
+        crate::config::LogFormat::Text,
+        tracing::Level::INFO,
+        globals.verbose,
+        globals.quiet,
+    );
+    for (name, share) in [
+        ("--error-before-body", args.error_before_body),
+        ("--error-after-body", args.error_after_body),
+        ("--rate-limit", args.rate_limit),
+        ("--reset-mid-body", args.reset_mid_body),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(CliError::usage(format!(
+                "{name} must be between 0 and 1, not {share}"
+            )));
+        }
+    }
+    let config = EmulatorConfig {
+        listen: args.listen,
+        api_key: args.api_key,
+        ready_delay: args.ready_delay,
+        max_direct_size: args.max_direct_size,
+        max_image_size: args.max_image_size,
+        faults: Faults {
+            error_before_body: args.error_before_body,
+            error_after_body: args.error_after_body,
+            rate_limit: args.rate_limit,
+            retry_after_secs: args.retry_after_secs,
+            reset_mid_body: args.reset_mid_body,
+            latency_ms: args.latency_ms,
+            seed: args.seed,
+        },
+    };
+    let emu = Emulator::start(config)
+        .await
+        .map_err(|e| CliError::usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    eprintln!(
+        "emulator listening on {} (faults at run time: PUT /_emulator/faults, stats: GET /_emulator/stats)",
+        emu.base_url()
+    );
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = emu.wait() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,198 @@
+//! The command line: one `Command` enum, one file per command.
+//!
+//! Commands return `Result<ExitCode, CliError>`; [`main`] prints the error
+//! and maps it to the exit codes of PRODUCT.md: 0 success, 1 some work
+//! failed, 2 usage or configuration error, 3 the ledger is held by another
+//! daemon.
+
+mod emulator;
+mod history;
+mod status;
+mod upload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::{ApiClient, ClientOptions};
+use crate::config::{Config, ConfigFile, LoadOptions};
+use crate::ledger::Ledger;
+use crate::secret::{ApiKey, load_api_key};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tl-ingest",
+    version,
+    about = "Upload media from folders to TwelveLabs, once, with a ledger of everything"
+)]
+pub struct Cli {
+    /// Config file (else $TL_INGEST_CONFIG, ./tl-ingest.toml, /etc/tl-ingest/config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (repeat for less).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload files and folders (recursively) once, then exit.
+    Upload(upload::UploadArgs),
+    /// Upload history from the ledger, newest first.
+    History(history::HistoryArgs),
+    /// Counts per state, what is in flight, the last errors.
+    Status(status::StatusArgs),
+    /// Serve the built-in TwelveLabs-compatible API emulator.
+    Emulator(emulator::EmulatorArgs),
+}
+
+/// A command that did not succeed: what to print, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad usage or configuration: exit 2.
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Work failed: exit 1.
+    pub fn failed(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+pub type CliResult = Result<ExitCode, CliError>;
+
+/// Run the parsed command line to an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tl-ingest")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tl-ingest: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tl-ingest: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let globals = Globals {
+        config: cli.config,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Upload(args) => upload::run(&globals, args).await,
+        Command::History(args) => history::run(&globals, args).await,
+        Command::Status(args) => status::run(&globals, args).await,
+        Command::Emulator(args) => emulator::run(&globals, args).await,
+    }
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    pub config: Option<PathBuf>,
+    pub verbose: u8,
+    pub quiet: u8,
+}
+
+/// The loaded configuration and the environment it was read with.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub file: ConfigFile,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Context {
+    /// Load the configuration and start logging at `level` (moved by -v/-q).
+    pub fn load(globals: &Globals, level: tracing::Level) -> Result<Context, CliError> {
+        let opts = LoadOptions::from_process(globals.config.clone());
+        let (config, file) = Config::load(&opts).map_err(|e| CliError::usage(e.to_string()))?;
+        crate::telemetry::init(
+            config.telemetry.log_format,
+            level,
+            globals.verbose,
+            globals.quiet,
+        );
+        if let ConfigFile::Path(p) = &file {
+            tracing::debug!(path = %p.display(), "configuration loaded");
+        }
+        Ok(Context {
+            config: Arc::new(config),
+            file,
+            env: opts.env,
+        })
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.config.ledger_path(&self.env)
+    }
+
+    /// Open (or create) the ledger for work.
+    pub async fn open_ledger(&self, path: &std::path::Path) -> Result<Ledger, CliError> {
+        Ledger::open(path)
+            .await
+            .map_err(|e| CliError::usage(e.to_string()))
+    }
+
+    /// Open an existing ledger for reading.
+    pub async fn read_ledger(&self) -> Result<Ledger, CliError> {
+        Ledger::open_existing(&self.ledger_path())
+            .await
+            .map_err(|e| CliError::usage(e.to_string()))
+    }
+
+    /// The real API: the configured base URL and key.
+    pub fn api_client(&self) -> Result<ApiClient, CliError> {
+        let (key, source) = load_api_key(&self.env, self.config.api.key_file.as_deref())
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        tracing::debug!(source = %source, "API key found");
+        self.client_for(&self.config.api.base_url, &key)
+    }
+
+    pub fn client_for(&self, base_url: &str, key: &ApiKey) -> Result<ApiClient, CliError> {
+        let opts = ClientOptions {
+            base_url: base_url.to_string(),
+            request_timeout: self.config.api.request_timeout,
+            connect_timeout: self.config.api.connect_timeout,
+        };
+        ApiClient::new(&opts, key).map_err(|e| CliError::usage(e.to_string()))
+    }
+}
+
+/// Writes to stdout that stop quietly when the reader goes away (`| head`).
+pub(crate) fn out(line: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").is_ok()
+}

@@ -1,0 +1,301 @@
+//! `tl-ingest upload PATH...`: the pipeline over the given files and
+//! folders, until every record in the ledger is finished; then a summary.
+//!
+//! Exit 0 when every file ended `ready`/`duplicate`/`skipped`, 1 when any
+//! ended `failed`, 2 on a configuration problem, including a rejected API
+//! key (files are left queued, never marked failed, for a key problem).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::broadcast;
+
+use super::{CliError, CliResult, Context, Globals};
+use crate::config::WatchConfig;
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::ledger::{Change, FileState, Ledger};
+use crate::pipeline::discover::{Filter, discover};
+use crate::pipeline::gate::GateState;
+use crate::pipeline::{Pipeline, Progress};
+use crate::secret::ApiKey;
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Files and folders to upload (folders recursively, media files only).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Start the built-in API emulator and upload to it (no key needed).
+    #[arg(long)]
+    pub emulator: bool,
+}
+
+pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
+    let ctx = Context::load(globals, tracing::Level::WARN)?;
+    for p in &args.paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            return Err(CliError::usage(format!(
+                "{}: no such file or folder",
+                p.display()
+            )));
+        }
+    }
+    let (client, ledger_path, _emulator) = if args.emulator {
+        let (emu, client) = start_emulator(&ctx).await?;
+        // Demo uploads must never make real files look uploaded: the
+        // emulator gets a ledger of its own.
+        (client, emulator_ledger(&ctx.ledger_path()), Some(emu))
+    } else {
+        (ctx.api_client()?, ctx.ledger_path(), None)
+    };
+    let ledger = ctx.open_ledger(&ledger_path).await?;
+    let pipeline = Pipeline::new(ledger.clone(), client, ctx.config.clone());
+    pipeline
+        .recover()
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+
+    let changes = ledger.subscribe();
+    let running = pipeline.start();
+    let filter = Filter::new(&WatchConfig::for_path(PathBuf::new()))
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let report = discover(&ledger, &args.paths, &filter, None, true)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    for problem in &report.problems {
+        eprintln!("tl-ingest: {problem}");
+    }
+
+    let waited = wait_until_done(&pipeline, changes).await;
+    match waited {
+        Waited::Done => running.shutdown(Duration::ZERO).await,
+        Waited::Interrupted | Waited::AuthRejected(_) => {
+            running.shutdown(ctx.config.upload.shutdown_grace).await
+        }
+    }
+    let result = match waited {
+        Waited::Done => summarize(&ledger, &report.paths).await,
+        Waited::Interrupted => Err(CliError::failed(
+            "interrupted; unfinished files stay queued and continue on the next run",
+        )),
+        Waited::AuthRejected(message) => Err(CliError::usage(message)),
+    };
+    ledger.close().await;
+    result
+}
+
+/// `tl-ingest.db` → `tl-ingest-emulator.db`, beside it.
+fn emulator_ledger(path: &std::path::Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tl-ingest".into());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-emulator.{}", ext.to_string_lossy()),
+        None => format!("{stem}-emulator"),
+    };
+    path.with_file_name(name)
+}
+
+/// An in-process emulator with a throwaway key, and a client for it.
+pub(crate) async fn start_emulator(
+    ctx: &Context,
+) -> Result<(Emulator, crate::api::ApiClient), CliError> {
+    let key = format!("emulator-{:016x}", fastrand::u64(..));
+    let config = EmulatorConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_key: key.clone(),
+        ready_delay: Duration::from_secs(1),
+        ..EmulatorConfig::default()
+    };
+    let emu = Emulator::start(config)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot start the emulator: {e}")))?;
+    eprintln!(
+        "tl-ingest: using the built-in emulator at {} (nothing leaves this machine)",
+        emu.base_url()
+    );
+    let key = ApiKey::new(&key).ok_or_else(|| CliError::failed("emulator key"))?;
+    let client = ctx.client_for(&emu.base_url(), &key)?;
+    Ok((emu, client))
+}
+
+enum Waited {
+    Done,
+    Interrupted,
+    AuthRejected(String),
+}
+
+/// Follow the ledger until nothing is unfinished, printing each file as it
+/// finishes. Stops early on Ctrl-C or a rejected key.
+async fn wait_until_done(pipeline: &Pipeline, mut changes: broadcast::Receiver<Change>) -> Waited {
+    let ledger = pipeline.ledger();
+    let mut gate = pipeline.gate().subscribe();
+    let mut display = Display::new(pipeline.progress().clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        if let GateState::AuthRejected { message } = gate.borrow_and_update().clone() {
+            display.finish();
+            return Waited::AuthRejected(message);
+        }
+        match ledger.unfinished().await {
+            Ok(0) => {
+                display.finish();
+                return Waited::Done;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                display.finish();
+                return Waited::Interrupted;
+            }
+            _ = gate.changed() => {}
+            _ = tick.tick() => display.refresh(),
+            change = changes.recv() => {
+                match change {
+                    Ok(c) => display.change(&c),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Waited::Done,
+                }
+                // Print everything that is already waiting before asking
+                // the ledger again.
+                while let Ok(c) = changes.try_recv() {
+                    display.change(&c);
+                }
+            }
+        }
+    }
+}
+
+/// Progress bars on a terminal, one line per finished file otherwise.
+struct Display {
+    bars: Option<(MultiProgress, BTreeMap<i64, ProgressBar>)>,
+    progress: Progress,
+}
+
+impl Display {
+    fn new(progress: Progress) -> Display {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (MultiProgress::new(), BTreeMap::new()));
+        Display { bars, progress }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(text);
+            }
+            None => {
+                super::out(text);
+            }
+        }
+    }
+
+    fn change(&mut self, c: &Change) {
+        let text = match c.state {
+            FileState::Ready => format!(
+                "ready      {}  {}",
+                c.path,
+                c.asset_id.as_deref().unwrap_or("")
+            ),
+            FileState::Duplicate => format!(
+                "duplicate  {}  {}",
+                c.path,
+                c.detail.as_deref().unwrap_or("")
+            ),
+            FileState::Skipped => format!(
+                "skipped    {}  ({})",
+                c.path,
+                c.detail.as_deref().unwrap_or("not eligible")
+            ),
+            FileState::Failed => format!(
+                "failed     {}  {}",
+                c.path,
+                c.detail.as_deref().unwrap_or("")
+            ),
+            _ => return,
+        };
+        self.line(&text);
+    }
+
+    fn refresh(&mut self) {
+        let Some((multi, bars)) = &mut self.bars else {
+            return;
+        };
+        let now = self.progress.snapshot();
+        bars.retain(|id, bar| {
+            let keep = now.iter().any(|(i, _)| i == id);
+            if !keep {
+                bar.finish_and_clear();
+            }
+            keep
+        });
+        for (id, flight) in now {
+            let bar = bars.entry(id).or_insert_with(|| {
+                let style = ProgressStyle::with_template(
+                    "{spinner} {msg:40!} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {bar:30}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+                let bar = multi.add(ProgressBar::new(flight.total).with_style(style));
+                bar.set_message(short_name(&flight.name));
+                bar
+            });
+            bar.set_position(flight.sent());
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, bars)) = &mut self.bars {
+            for bar in bars.values() {
+                bar.finish_and_clear();
+            }
+            bars.clear();
+        }
+    }
+}
+
+fn short_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+/// One line of totals for the files named on the command line; exit 1 if
+/// any of them failed.
+async fn summarize(ledger: &Ledger, paths: &[PathBuf]) -> CliResult {
+    let mut counts: BTreeMap<FileState, usize> = BTreeMap::new();
+    for p in paths {
+        match ledger.latest_for_path(p.as_os_str().as_bytes()).await {
+            Ok(Some(rec)) => {
+                let state = rec.state().map_err(|e| CliError::failed(e.to_string()))?;
+                *counts.entry(state).or_default() += 1;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CliError::failed(e.to_string())),
+        }
+    }
+    let total: usize = counts.values().sum();
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let noun = if total == 1 { "file" } else { "files" };
+    let summary = if parts.is_empty() {
+        format!("{total} {noun}")
+    } else {
+        format!("{total} {noun}: {}", parts.join(", "))
+    };
+    eprintln!("{summary}");
+    if counts.contains_key(&FileState::Failed) {
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,274 @@
+//! Fault injection and the gatekeeping every `/v1.3` request goes through, in this order:
+//! added latency, API-key check (401), rate limit (429), error before the body (500),
+//! connection reset part-way through the body. The last fault, a 500 after the whole
+//! body was read, is only drawn here and applied by the upload route.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tracing::debug;
+
+use super::Faults;
+use super::error::ApiError;
+use super::server::ConnHandle;
+use super::state::Shared;
+
+/// The requests-per-minute figure the 429 headers advertise (Free / Tier 1 upload RPM).
+const ADVERTISED_RATE_LIMIT: u64 = 60;
+
+/// When the body length is unknown (chunked), a reset happens within this many bytes.
+const UNKNOWN_LENGTH_RESET_SPAN: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// Bytes beyond the largest upload limit still drained after an early answer (form overhead).
+const EARLY_DRAIN_SLACK: u64 = 1024 * 1024;
+
+/// The current faults and the RNG they are drawn from.
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    faults: Faults,
+    rng: fastrand::Rng,
+}
+
+impl FaultState {
+    pub fn new(faults: Faults) -> Self {
+        let rng = seeded_rng(faults.seed);
+        Self { faults, rng }
+    }
+
+    /// New faults take effect for the next request; a seed restarts the fault sequence.
+    pub fn replace(&mut self, faults: Faults) {
+        if faults.seed.is_some() {
+            self.rng = seeded_rng(faults.seed);
+        }
+        self.faults = faults;
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Decides every fault for one request at once, so that a seeded sequence depends only
+    /// on the order requests arrive in.
+    fn draw(&mut self) -> FaultPlan {
+        let f = &self.faults;
+        let rng = &mut self.rng;
+        let rate_limit = chance(rng, f.rate_limit);
+        let error_before_body = chance(rng, f.error_before_body);
+        let reset_mid_body = chance(rng, f.reset_mid_body).then(|| rng.f64());
+        let error_after_body = chance(rng, f.error_after_body);
+        FaultPlan {
+            latency: Duration::from_millis(f.latency_ms),
+            retry_after_secs: f.retry_after_secs,
+            rate_limit,
+            error_before_body,
+            reset_mid_body,
+            error_after_body,
+        }
+    }
+}
+
+fn seeded_rng(seed: Option<u64>) -> fastrand::Rng {
+    seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed)
+}
+
+/// True with probability `p`; 0 (or NaN) never, 1 always, without consuming a draw then.
+fn chance(rng: &mut fastrand::Rng, p: f64) -> bool {
+    if p.is_nan() || p <= 0.0 {
+        false
+    } else {
+        p >= 1.0 || rng.f64() < p
+    }
+}
+
+/// The faults one request will suffer.
+#[derive(Debug, Clone)]
+struct FaultPlan {
+    latency: Duration,
+    retry_after_secs: u64,
+    rate_limit: bool,
+    error_before_body: bool,
+    /// Share of the body to read before resetting the connection.
+    reset_mid_body: Option<f64>,
+    error_after_body: bool,
+}
+
+/// Request extension telling the upload route to answer 500 after reading the body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorAfterBody(pub bool);
+
+/// Middleware for all routes: counts and gates `/v1.3` requests, passes others through.
+pub(crate) async fn api_gate(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    if !is_api_path(&path) {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    count_request(&shared, &method, &path);
+    let plan = shared.faults().draw();
+    let (response, fault) = gate(&shared, plan, request, next).await;
+    debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        fault,
+        "emulator request"
+    );
+    response
+}
+
+fn is_api_path(path: &str) -> bool {
+    path == "/v1.3" || path.starts_with("/v1.3/")
+}
+
+fn is_create_asset(method: &Method, path: &str) -> bool {
+    method == Method::POST && path == "/v1.3/assets"
+}
+
+fn count_request(shared: &Shared, method: &Method, path: &str) {
+    let mut stats = shared.stats();
+    stats.requests += 1;
+    if is_create_asset(method, path) {
+        stats.create_requests += 1;
+    }
+}
+
+/// Applies the plan; returns the response and the name of the fault injected, if any.
+async fn gate(
+    shared: &Shared,
+    plan: FaultPlan,
+    mut request: Request,
+    next: Next,
+) -> (Response, Option<&'static str>) {
+    if !plan.latency.is_zero() {
+        tokio::time::sleep(plan.latency).await;
+    }
+    if let Some((response, fault)) = early_answer(shared, &plan, &request) {
+        return (answer_early(shared, request, response), fault);
+    }
+    if let Some(share) = plan.reset_mid_body
+        && has_body(&request)
+    {
+        shared.stats().injected_resets += 1;
+        return (reset_mid_body(request, share).await, Some("reset_mid_body"));
+    }
+    request
+        .extensions_mut()
+        .insert(ErrorAfterBody(plan.error_after_body));
+    (next.run(request).await, None)
+}
+
+/// The answer given before the body is read, if any: 401, or an injected 429 or 500.
+fn early_answer(
+    shared: &Shared,
+    plan: &FaultPlan,
+    request: &Request,
+) -> Option<(Response, Option<&'static str>)> {
+    if !has_valid_key(shared, request) {
+        return Some((ApiError::unauthorized().into_response(), None));
+    }
+    if plan.rate_limit {
+        shared.stats().injected_rate_limits += 1;
+        let response = rate_limited(plan.retry_after_secs);
+        return Some((response, Some("rate_limit")));
+    }
+    if plan.error_before_body {
+        shared.stats().injected_errors_before_body += 1;
+        let response = ApiError::internal().into_response();
+        return Some((response, Some("error_before_body")));
+    }
+    None
+}
+
+/// Sends `response` without reading the body, then discards the body in the background:
+/// closing a socket with unread data makes the kernel send RST, and a client still
+/// sending would see a broken pipe instead of the answer. Bodies larger than any upload
+/// are cut off.
+fn answer_early(shared: &Shared, request: Request, response: Response) -> Response {
+    if has_body(&request) {
+        let limits = &shared.limits;
+        let largest_upload = limits.max_direct_size.max(limits.max_image_size);
+        let cap = largest_upload.saturating_add(EARLY_DRAIN_SLACK);
+        tokio::spawn(read_up_to(request.into_body(), cap));
+    }
+    response
+}
+
+fn has_valid_key(shared: &Shared, request: &Request) -> bool {
+    request
+        .headers()
+        .get("x-api-key")
+        .is_some_and(|key| key.as_bytes() == shared.api_key.as_bytes())
+}
+
+fn has_body(request: &Request) -> bool {
+    let body = request.body();
+    !body.is_end_stream() && body.size_hint().exact() != Some(0)
+}
+
+/// 429 with the headers a well-behaved client should honour.
+fn rate_limited(retry_after_secs: u64) -> Response {
+    let reset_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + retry_after_secs;
+    let message = format!(
+        "You have exceeded the rate limit ({ADVERTISED_RATE_LIMIT} requests per minute). \
+         Please try again later after {retry_after_secs} seconds."
+    );
+    let mut response =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message).into_response();
+    let headers = response.headers_mut();
+    headers.insert("retry-after", HeaderValue::from(retry_after_secs));
+    headers.insert(
+        "x-ratelimit-limit",
+        HeaderValue::from(ADVERTISED_RATE_LIMIT),
+    );
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
+    headers.insert("x-ratelimit-used", HeaderValue::from(ADVERTISED_RATE_LIMIT));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset_at));
+    response
+}
+
+/// Reads `share` of the body, then pulls the connection's kill switch and never answers:
+/// the connection task drops the connection with an RST, which also drops this future.
+async fn reset_mid_body(request: Request, share: f64) -> Response {
+    let Some(handle) = request.extensions().get::<ConnHandle>().cloned() else {
+        // Only reachable if the router is served by something other than our accept loop.
+        return ApiError::internal().into_response();
+    };
+    let span = request
+        .body()
+        .size_hint()
+        .exact()
+        .map_or(UNKNOWN_LENGTH_RESET_SPAN, |len| len as f64);
+    // Truncation is fine: any byte count inside the body will do.
+    let target = (span * share) as u64;
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    read_up_to(request.into_body(), target).await;
+    // Logged here: the gate never sees this request finish.
+    debug!(%method, %path, fault = "reset_mid_body", after_bytes = target, "emulator request");
+    handle.reset();
+    std::future::pending().await
+}
+
+/// Reads and discards body chunks until at least `target` bytes or the end of the body.
+async fn read_up_to(body: Body, target: u64) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while read < target {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => break,
+        }
+    }
+}

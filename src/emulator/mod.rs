@@ -1,0 +1,201 @@
+//! An in-process, TwelveLabs-compatible API server for tests, demos and benchmarks.
+//!
+//! It speaks the `/v1.3/assets` subset of the API (upload by `direct` file or `url`,
+//! retrieve, list, delete), turns assets `ready` (or `failed`, for content that is not
+//! media) after a configurable delay, and injects faults on request: latency, 429s, 500s
+//! before or after the body, and TCP resets part-way through an upload. Uploads are
+//! streamed and hashed as they arrive, so it keeps up with loopback upload benchmarks.
+//!
+//! This file owns the public API ([`Emulator`], [`EmulatorConfig`], [`Faults`], [`Stats`],
+//! [`AssetView`]); the submodules own the serving (`server`), the gate and faults
+//! (`faults`), the routes (`routes`, `upload`) and the state (`state`, `store`).
+
+mod error;
+mod faults;
+mod routes;
+mod server;
+mod state;
+mod store;
+mod upload;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use self::state::Shared;
+
+/// How to run an emulator. `Debug` leaves the API key out.
+#[derive(Clone)]
+pub struct EmulatorConfig {
+    /// Address to listen on; port 0 picks a free port (see [`Emulator::addr`]).
+    pub listen: SocketAddr,
+    /// The only API key accepted in `x-api-key`.
+    pub api_key: String,
+    /// How long an asset stays `processing` before it turns `ready` or `failed`.
+    pub ready_delay: Duration,
+    /// Largest video/audio file accepted by `method=direct`, in bytes.
+    pub max_direct_size: u64,
+    /// Largest image file accepted, in bytes.
+    pub max_image_size: u64,
+    /// Faults injected from the first request on.
+    pub faults: Faults,
+}
+
+impl std::fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorConfig")
+            .field("listen", &self.listen)
+            .field("api_key", &"<redacted>")
+            .field("ready_delay", &self.ready_delay)
+            .field("max_direct_size", &self.max_direct_size)
+            .field("max_image_size", &self.max_image_size)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4010)),
+            api_key: "tl-emulator-key".to_owned(),
+            ready_delay: Duration::from_secs(2),
+            max_direct_size: 200_000_000,
+            max_image_size: 32_000_000,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Faults to inject into `/v1.3` requests. Shares are probabilities in `0..=1`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Share of API requests answered 500 before the body is read.
+    pub error_before_body: f64,
+    /// Share of `POST /assets` answered 500 after the whole body was read (no asset made).
+    pub error_after_body: f64,
+    /// Share of API requests answered 429.
+    pub rate_limit: f64,
+    /// `Retry-After` (and distance of `X-Ratelimit-Reset` from now) of injected 429s.
+    pub retry_after_secs: u64,
+    /// Share of requests with a body whose TCP connection is reset part-way through it.
+    pub reset_mid_body: f64,
+    /// Latency added to every API request, in milliseconds.
+    pub latency_ms: u64,
+    /// Seed of the fault RNG, for reproducible fault sequences.
+    pub seed: Option<u64>,
+}
+
+/// Counters since the emulator started.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// `POST /assets` requests received, whatever their outcome.
+    pub create_requests: u64,
+    pub assets_created: u64,
+    /// Hex sha256 of received file bytes -> number of assets created with them.
+    pub uploads_by_sha256: BTreeMap<String, u64>,
+    pub injected_errors_before_body: u64,
+    pub injected_errors_after_body: u64,
+    pub injected_rate_limits: u64,
+    pub injected_resets: u64,
+    /// All API (`/v1.3`) requests; admin requests are not counted.
+    pub requests: u64,
+}
+
+/// An asset as the emulator holds it, for tests and the admin API.
+#[derive(Clone, Debug, Serialize)]
+pub struct AssetView {
+    pub id: String,
+    pub method: String,
+    pub filename: String,
+    pub sha256: Option<String>,
+    pub size: u64,
+    pub file_type: Option<String>,
+    pub status: String,
+    pub user_metadata: Option<serde_json::Value>,
+    pub url: Option<String>,
+}
+
+/// A running emulator. Dropping it stops the server and all its connections.
+#[derive(Debug)]
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// The accept loop; aborted on drop, which also aborts every connection task.
+    task: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Binds `config.listen`, then serves in a spawned task. The listener is bound before
+    /// this returns, so clients can connect at once.
+    pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let router = routes::router(shared.clone());
+        let task = tokio::spawn(server::accept_loop(listener, router));
+        tracing::debug!(%addr, "emulator listening");
+        Ok(Emulator { addr, shared, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL of the API, e.g. `http://127.0.0.1:4010/v1.3`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1.3", self.addr)
+    }
+
+    /// Replaces the faults; takes effect for the next request. A `seed` restarts the
+    /// fault sequence.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults().faults().clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats().clone()
+    }
+
+    /// Every asset created and not deleted, oldest first.
+    pub fn assets(&self) -> Vec<AssetView> {
+        asset_views(&self.shared)
+    }
+
+    /// Serves until the server task ends (it only ends when aborted or on panic).
+    /// Dropping this future (e.g. on Ctrl-C in a `select!`) stops the server too.
+    pub async fn wait(mut self) {
+        // Await the handle in place, so that `Drop` still aborts it if we are cancelled.
+        if let Err(error) = (&mut self.task).await {
+            tracing::error!(%error, "emulator task ended");
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn asset_views(shared: &Shared) -> Vec<AssetView> {
+    let ready_delay = shared.limits.ready_delay;
+    let store = shared.store();
+    store
+        .oldest_first()
+        .map(|a| a.to_view(ready_delay))
+        .collect()
+}

@@ -1,0 +1,955 @@
+//! Every SQL statement for the `files` and `attempts` tables.
+//!
+//! Each public method is one transaction (`BEGIN IMMEDIATE`, so two writers
+//! never deadlock on a lock upgrade) and, for a state change, a
+//! compare-and-set `UPDATE … WHERE id = ? AND state = ?` whose target state
+//! comes from [`FileState::on`].
+
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
+
+use super::state::{Event, FileState};
+use super::{Change, Ledger, LedgerError, now_ms};
+use crate::config::Dedupe;
+
+type Tx = sqlx::Transaction<'static, Sqlite>;
+
+/// A file seen on disk.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub path_bytes: Vec<u8>,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub device: u64,
+    pub inode: u64,
+    /// The watch's metadata, a JSON object.
+    pub user_metadata: Option<String>,
+}
+
+/// What discovery made of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// First sight of this path, or a new version of an uploaded file.
+    New(i64),
+    /// The newest record of this path has the same size, mtime and inode.
+    Known { id: i64, state: FileState },
+    /// A record not yet uploaded saw its file change; it will be hashed again.
+    Changed(i64),
+}
+
+/// A record waiting for its eligibility check and hash.
+#[derive(Debug, Clone, FromRow)]
+pub struct HashJob {
+    pub id: i64,
+    pub path_bytes: Vec<u8>,
+    pub path: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOutcome {
+    Queued,
+    /// Same content as record `of`, which owns the asset.
+    Duplicate {
+        of: i64,
+    },
+    /// This path already had a record with this content (a touched but
+    /// unchanged file): that record was kept, with the new stat, and this
+    /// one removed.
+    Merged {
+        into: i64,
+    },
+    /// The record moved on before the hash was recorded.
+    Gone,
+}
+
+/// A claimed record, for one upload attempt.
+#[derive(Debug, Clone, FromRow)]
+pub struct UploadJob {
+    pub id: i64,
+    #[sqlx(default)]
+    pub attempt_id: i64,
+    pub path_bytes: Option<Vec<u8>>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub size: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub device: Option<i64>,
+    pub inode: Option<i64>,
+    pub sha256: Option<String>,
+    pub mime: Option<String>,
+    pub user_metadata: Option<String>,
+    pub attempts: i64,
+    pub lookup_first: bool,
+}
+
+impl UploadJob {
+    pub fn display(&self) -> String {
+        self.path
+            .clone()
+            .or_else(|| self.url.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A record whose asset is processing on the platform.
+#[derive(Debug, Clone, FromRow)]
+pub struct PollJob {
+    pub id: i64,
+    pub asset_id: String,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub attempts: i64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptEnd {
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub bytes_sent: u64,
+    pub error: Option<String>,
+}
+
+/// One record, as history and status show it.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct Record {
+    pub id: i64,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub state: String,
+    pub asset_id: Option<String>,
+    pub sha256: Option<String>,
+    pub size: Option<i64>,
+    pub mime: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub duplicate_of: Option<i64>,
+    pub next_attempt_at: i64,
+    pub discovered_at: i64,
+    pub uploaded_at: Option<i64>,
+    pub ready_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl Record {
+    pub fn state(&self) -> Result<FileState, LedgerError> {
+        FileState::parse(&self.state)
+            .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {:?}", self.state)))
+    }
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub file_id: i64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub http_status: Option<i64>,
+    pub bytes_sent: i64,
+    pub error: Option<String>,
+}
+
+/// The newest record of a path, as discovery compares it.
+#[derive(FromRow)]
+struct StatRow {
+    id: i64,
+    state: String,
+    size: Option<i64>,
+    mtime_ns: Option<i64>,
+    device: Option<i64>,
+    inode: Option<i64>,
+}
+
+const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
+     last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Fail unless exactly one row moved: the compare-and-set lost.
+fn expect_one(
+    result: sqlx::sqlite::SqliteQueryResult,
+    id: i64,
+    from: FileState,
+) -> Result<(), LedgerError> {
+    if result.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(LedgerError::Conflict {
+            id,
+            expected: from.as_str(),
+        })
+    }
+}
+
+async fn end_attempt_tx(
+    conn: &mut SqliteConnection,
+    attempt_id: i64,
+    end: &AttemptEnd,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE attempts SET ended_at = ?2, outcome = ?3, http_status = ?4, bytes_sent = ?5, \
+         error = ?6 WHERE id = ?1",
+    )
+    .bind(attempt_id)
+    .bind(now_ms())
+    .bind(end.outcome)
+    .bind(end.http_status.map(i64::from))
+    .bind(to_i64(end.bytes_sent))
+    .bind(&end.error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that duplicated `id` can no longer count on its asset: queue them
+/// for an upload of their own (the first of them will become the new
+/// original, the others its duplicates again once hashed... they already
+/// are hashed, so they simply race for the queue like any record).
+async fn release_duplicates_tx(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Vec<(i64, Option<String>)>, LedgerError> {
+    let to = FileState::Duplicate.on(Event::Requeue)?;
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "UPDATE files SET state = ?2, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
+         updated_at = ?3 WHERE duplicate_of = ?1 AND state = 'duplicate' RETURNING id, path",
+    )
+    .bind(id)
+    .bind(to.as_str())
+    .bind(now_ms())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+async fn path_of_tx(conn: &mut SqliteConnection, id: i64) -> Result<String, LedgerError> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT path, url FROM files WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row
+        .and_then(|(p, u)| p.or(u))
+        .unwrap_or_else(|| format!("record {id}")))
+}
+
+impl Ledger {
+    async fn begin(&self) -> Result<Tx, LedgerError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn changed(&self, id: i64, path: String, state: FileState, detail: Option<String>) {
+        self.announce(Change {
+            id,
+            path,
+            state,
+            asset_id: None,
+            detail,
+        });
+    }
+
+    /// Record a file seen on disk (see [`Discovery`]).
+    pub async fn discover(&self, f: &NewFile) -> Result<Discovery, LedgerError> {
+        let mut tx = self.begin().await?;
+        let newest: Option<StatRow> = sqlx::query_as(
+            "SELECT id, state, size, mtime_ns, device, inode FROM files \
+                 WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&f.path_bytes)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = now_ms();
+        let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
+        if let Some(StatRow {
+            id,
+            state,
+            size: old_size,
+            mtime_ns: old_mtime,
+            device: old_dev,
+            inode: old_ino,
+        }) = newest
+        {
+            let state = FileState::parse(&state)
+                .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
+            let same = old_size == Some(size)
+                && old_mtime == Some(f.mtime_ns)
+                && old_dev == Some(dev)
+                && old_ino == Some(ino);
+            if same {
+                tx.commit().await?;
+                return Ok(Discovery::Known { id, state });
+            }
+            match state {
+                // Not sent yet: this record simply follows the file.
+                FileState::Discovered | FileState::Queued => {
+                    let to = state.on(Event::Changed)?;
+                    let done = sqlx::query(
+                        "UPDATE files SET state = ?3, size = ?4, mtime_ns = ?5, device = ?6, \
+                         inode = ?7, sha256 = NULL, mime = NULL, updated_at = ?8 \
+                         WHERE id = ?1 AND state = ?2",
+                    )
+                    .bind(id)
+                    .bind(state.as_str())
+                    .bind(to.as_str())
+                    .bind(size)
+                    .bind(f.mtime_ns)
+                    .bind(dev)
+                    .bind(ino)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    expect_one(done, id, state)?;
+                    let released = release_duplicates_tx(&mut tx, id).await?;
+                    tx.commit().await?;
+                    self.changed(id, f.path.clone(), to, Some("file changed".into()));
+                    self.announce_requeued(released);
+                    return Ok(Discovery::Changed(id));
+                }
+                // The worker sending it notices the change when it is done.
+                FileState::Uploading => {
+                    tx.commit().await?;
+                    return Ok(Discovery::Known { id, state });
+                }
+                _ => {}
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO files (path_bytes, path, size, mtime_ns, device, inode, user_metadata, \
+             state, discovered_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+             RETURNING id",
+        )
+        .bind(&f.path_bytes)
+        .bind(&f.path)
+        .bind(size)
+        .bind(f.mtime_ns)
+        .bind(dev)
+        .bind(ino)
+        .bind(&f.user_metadata)
+        .bind(FileState::Discovered.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(id, f.path.clone(), FileState::Discovered, None);
+        Ok(Discovery::New(id))
+    }
+
+    fn announce_requeued(&self, released: Vec<(i64, Option<String>)>) {
+        for (id, path) in released {
+            self.changed(
+                id,
+                path.unwrap_or_default(),
+                FileState::Queued,
+                Some("the file it duplicated will not be uploaded; sending it itself".into()),
+            );
+        }
+    }
+
+    /// Records waiting for eligibility and hashing, oldest first.
+    pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, path_bytes, path, size, mtime_ns FROM files \
+             WHERE state = 'discovered' AND path_bytes IS NOT NULL ORDER BY id LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Not eligible: `discovered` → `skipped` with the reason.
+    pub async fn skip(&self, id: i64, reason: &str) -> Result<(), LedgerError> {
+        let from = FileState::Discovered;
+        let to = from.on(Event::Skip)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, id, from)?;
+        let path = path_of_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        self.changed(id, path, to, Some(reason.to_string()));
+        Ok(())
+    }
+
+    /// A record that cannot go on (vanished, unreadable, rejected):
+    /// `from` → `failed`, releasing any record that duplicated it.
+    pub async fn fail(&self, id: i64, from: FileState, error: &str) -> Result<(), LedgerError> {
+        let to = from.on(Event::Fail)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, id, from)?;
+        let released = release_duplicates_tx(&mut tx, id).await?;
+        let path = path_of_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        self.changed(id, path, to, Some(error.to_string()));
+        self.announce_requeued(released);
+        Ok(())
+    }
+
+    /// Store the hash of a `discovered` record and decide: queue it, or
+    /// make it a duplicate, or merge it into the record that already has
+    /// this path and content.
+    pub async fn record_hash(
+        &self,
+        job: &HashJob,
+        sha256: &str,
+        mime: Option<&str>,
+        dedupe: Dedupe,
+    ) -> Result<HashOutcome, LedgerError> {
+        let from = FileState::Discovered;
+        let mut tx = self.begin().await?;
+        let current: Option<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT state, size, mtime_ns FROM files WHERE id = ?1")
+                .bind(job.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // The file changed again while it was being hashed: the newer stat
+        // is already recorded and the record will be hashed again.
+        match current {
+            Some((state, size, mtime))
+                if state == from.as_str()
+                    && size == Some(job.size)
+                    && mtime == Some(job.mtime_ns) => {}
+            _ => return Ok(HashOutcome::Gone),
+        }
+
+        // The same path with the same content: the same version, seen again.
+        let same_version: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM files WHERE path_bytes = ?1 AND sha256 = ?2 AND id != ?3 \
+             AND state NOT IN ('failed', 'skipped', 'discovered') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&job.path_bytes)
+        .bind(sha256)
+        .bind(job.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(into) = same_version {
+            sqlx::query(
+                "UPDATE files SET size = s.size, mtime_ns = s.mtime_ns, device = s.device, \
+                 inode = s.inode, updated_at = ?3 \
+                 FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = ?2) AS s \
+                 WHERE files.id = ?1",
+            )
+            .bind(into)
+            .bind(job.id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM files WHERE id = ?1")
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(HashOutcome::Merged { into });
+        }
+
+        let original: Option<(i64, Option<String>)> = match dedupe {
+            Dedupe::Content => {
+                sqlx::query_as(
+                    "SELECT id, asset_id FROM files WHERE sha256 = ?1 AND id != ?2 AND state IN \
+                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
+                     ORDER BY id LIMIT 1",
+                )
+                .bind(sha256)
+                .bind(job.id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            Dedupe::Path => sqlx::query_as(
+                "SELECT id, asset_id FROM files WHERE path_bytes = ?1 AND id != ?2 AND state IN \
+                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
+                     ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&job.path_bytes)
+            .bind(job.id)
+            .fetch_optional(&mut *tx)
+            .await?,
+            Dedupe::Off => None,
+        };
+        let (to, outcome, asset_id, dup_of) = match original {
+            Some((of, asset)) => (
+                from.on(Event::Duplicate)?,
+                HashOutcome::Duplicate { of },
+                asset,
+                Some(of),
+            ),
+            None => (from.on(Event::Hashed)?, HashOutcome::Queued, None, None),
+        };
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, sha256 = ?4, mime = ?5, duplicate_of = ?6, \
+             asset_id = ?7, next_attempt_at = 0, updated_at = ?8 WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(sha256)
+        .bind(mime)
+        .bind(dup_of)
+        .bind(&asset_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        tx.commit().await?;
+        self.announce(Change {
+            id: job.id,
+            path: job.path.clone(),
+            state: to,
+            asset_id,
+            detail: dup_of.map(|of| format!("same content as record {of}")),
+        });
+        Ok(outcome)
+    }
+
+    /// Claim the oldest due `queued` record for an upload attempt.
+    pub async fn claim(&self) -> Result<Option<UploadJob>, LedgerError> {
+        let from = FileState::Queued;
+        let to = from.on(Event::Claim)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let job: Option<UploadJob> = sqlx::query_as(
+            "UPDATE files SET state = ?2, updated_at = ?3 WHERE id = \
+             (SELECT id FROM files WHERE state = ?1 AND next_attempt_at <= ?3 \
+              ORDER BY next_attempt_at, id LIMIT 1) AND state = ?1 \
+             RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
+             user_metadata, attempts, lookup_first",
+        )
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut job) = job else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        job.attempt_id = sqlx::query_scalar(
+            "INSERT INTO attempts (file_id, started_at) VALUES (?1, ?2) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, None);
+        Ok(Some(job))
+    }
+
+    /// When the next `queued` record becomes due (Unix ms), if any is queued.
+    pub async fn next_due(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The platform holds an asset for this upload: commit its id before
+    /// anything else happens. `uploading` → `processing`.
+    pub async fn accept(
+        &self,
+        job: &UploadJob,
+        asset_id: &str,
+        end: &AttemptEnd,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Accepted)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, asset_id = ?4, attempts = attempts + 1, \
+             last_error = NULL, lookup_first = 0, uploaded_at = ?5, updated_at = ?5 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(asset_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        // Duplicates point at the asset as soon as it exists.
+        sqlx::query("UPDATE files SET asset_id = ?2, updated_at = ?3 WHERE duplicate_of = ?1")
+            .bind(job.id)
+            .bind(asset_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.announce(Change {
+            id: job.id,
+            path: job.display(),
+            state: to,
+            asset_id: Some(asset_id.to_string()),
+            detail: None,
+        });
+        Ok(())
+    }
+
+    /// Back to the queue after a failed attempt: `uploading` → `queued`,
+    /// due at `next_at`. `counted` says whether the attempt counts against
+    /// `max_attempts` (a rate limit or a rejected key does not);
+    /// `lookup_first` whether the platform may have received it.
+    pub async fn retry_later(
+        &self,
+        job: &UploadJob,
+        end: &AttemptEnd,
+        next_at: i64,
+        counted: bool,
+        lookup_first: bool,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Retry)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, attempts = attempts + ?4, next_attempt_at = ?5, \
+             last_error = ?6, lookup_first = (lookup_first OR ?7), updated_at = ?8 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(i64::from(counted))
+        .bind(next_at)
+        .bind(&end.error)
+        .bind(lookup_first)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        Ok(())
+    }
+
+    /// The attempt ended the record: `uploading` → `failed` (counted) or
+    /// `skipped` (not eligible after all).
+    pub async fn finish_unsent(
+        &self,
+        job: &UploadJob,
+        event: Event,
+        end: &AttemptEnd,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(event)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, attempts = attempts + ?4, last_error = ?5, \
+             updated_at = ?6 WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(i64::from(to == FileState::Failed))
+        .bind(&end.error)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        let released = release_duplicates_tx(&mut tx, job.id).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        self.announce_requeued(released);
+        Ok(())
+    }
+
+    /// The file changed on disk during its attempt: `uploading` →
+    /// `discovered`, to be checked and hashed again with its new stat.
+    pub async fn changed_during_upload(
+        &self,
+        job: &UploadJob,
+        end: &AttemptEnd,
+        stat: Option<&NewFile>,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Changed)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, sha256 = NULL, mime = NULL, last_error = ?4, \
+             size = coalesce(?5, size), mtime_ns = coalesce(?6, mtime_ns), \
+             device = coalesce(?7, device), inode = coalesce(?8, inode), updated_at = ?9 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(&end.error)
+        .bind(stat.map(|s| to_i64(s.size)))
+        .bind(stat.map(|s| s.mtime_ns))
+        .bind(stat.map(|s| to_i64(s.device)))
+        .bind(stat.map(|s| to_i64(s.inode)))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        let released = release_duplicates_tx(&mut tx, job.id).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        self.announce_requeued(released);
+        Ok(())
+    }
+
+    /// Records whose asset is processing, least recently updated first.
+    pub async fn processing(&self, limit: u32) -> Result<Vec<PollJob>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, asset_id, path, url, attempts FROM files \
+             WHERE state = 'processing' AND asset_id IS NOT NULL ORDER BY updated_at, id LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The platform says ready: `processing` → `ready`.
+    pub async fn mark_ready(&self, job: &PollJob) -> Result<(), LedgerError> {
+        let from = FileState::Processing;
+        let to = from.on(Event::Ready)?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, ready_at = ?4, updated_at = ?4, last_error = NULL \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        expect_one(done, job.id, from)?;
+        self.announce(Change {
+            id: job.id,
+            path: job
+                .path
+                .clone()
+                .or_else(|| job.url.clone())
+                .unwrap_or_default(),
+            state: to,
+            asset_id: Some(job.asset_id.clone()),
+            detail: None,
+        });
+        Ok(())
+    }
+
+    /// Still processing, but asking failed: note why, and poll again later.
+    pub async fn note_poll_error(&self, job: &PollJob, error: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE files SET last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'processing'",
+        )
+        .bind(job.id)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The platform lost the asset before it was ready: `processing` →
+    /// `queued`, to be sent again (counted as an attempt).
+    pub async fn asset_lost(&self, job: &PollJob, error: &str) -> Result<(), LedgerError> {
+        let from = FileState::Processing;
+        let to = from.on(Event::Retry)?;
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, asset_id = NULL, uploaded_at = NULL, \
+             attempts = attempts + 1, last_error = ?4, next_attempt_at = 0, updated_at = ?5 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        sqlx::query("UPDATE files SET asset_id = NULL, updated_at = ?2 WHERE duplicate_of = ?1")
+            .bind(job.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.changed(
+            job.id,
+            job.path
+                .clone()
+                .or_else(|| job.url.clone())
+                .unwrap_or_default(),
+            to,
+            Some(error.to_string()),
+        );
+        Ok(())
+    }
+
+    /// Start-up recovery, before any worker runs: records a previous run
+    /// left `uploading` go back to `queued`, marked to be looked up on the
+    /// platform before they are sent again (the platform may have accepted
+    /// them just before the crash). Their open attempts are closed.
+    pub async fn recover(&self) -> Result<u64, LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Retry)?;
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE attempts SET ended_at = ?1, outcome = 'interrupted', \
+             error = 'the previous run stopped during this attempt' \
+             WHERE ended_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let moved = sqlx::query(
+            "UPDATE files SET state = ?2, lookup_first = 1, next_attempt_at = 0, updated_at = ?3 \
+             WHERE state = ?1",
+        )
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// An operator asks for another try: `failed` → `queued`, attempts reset.
+    pub async fn requeue_failed(&self, id: i64) -> Result<(), LedgerError> {
+        let from = FileState::Failed;
+        let to = from.on(Event::Requeue)?;
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, updated_at = ?4 \
+             WHERE id = ?1 AND state = ?2",
+        )
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        expect_one(done, id, from)?;
+        let path = path_of_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        self.changed(id, path, to, None);
+        Ok(())
+    }
+
+    /// How many records are not in a terminal state.
+    pub async fn unfinished(&self) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM files WHERE state IN \
+             ('discovered', 'queued', 'uploading', 'processing', 'indexing')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Record counts per state.
+    pub async fn counts(&self) -> Result<Vec<(FileState, i64)>, LedgerError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM files GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (state, n) in rows {
+            let st = FileState::parse(&state)
+                .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
+            out.push((st, n));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn record(&self, id: i64) -> Result<Option<Record>, LedgerError> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM files WHERE id = "));
+        q.push_bind(id);
+        Ok(q.build_query_as().fetch_optional(&self.pool).await?)
+    }
+
+    /// The newest record of a path.
+    pub async fn latest_for_path(&self, path_bytes: &[u8]) -> Result<Option<Record>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {RECORD_COLUMNS} FROM files WHERE path_bytes = "
+        ));
+        q.push_bind(path_bytes.to_vec())
+            .push(" ORDER BY id DESC LIMIT 1");
+        Ok(q.build_query_as().fetch_optional(&self.pool).await?)
+    }
+
+    /// Records, newest first, optionally only in `states`, at most `limit`.
+    pub async fn history(
+        &self,
+        states: &[FileState],
+        limit: Option<u32>,
+    ) -> Result<Vec<Record>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM files"));
+        if !states.is_empty() {
+            q.push(" WHERE state IN (");
+            let mut sep = q.separated(", ");
+            for s in states {
+                sep.push_bind(s.as_str());
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY discovered_at DESC, id DESC");
+        if let Some(limit) = limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    /// Every attempt of a record, oldest first.
+    pub async fn attempts(&self, file_id: i64) -> Result<Vec<AttemptRow>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, file_id, started_at, ended_at, outcome, http_status, bytes_sent, error \
+             FROM attempts WHERE file_id = ?1 ORDER BY id",
+        )
+        .bind(file_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records in flight (`uploading`), for `status`.
+    pub async fn in_flight(&self) -> Result<Vec<Record>, LedgerError> {
+        self.history(&[FileState::Uploading], None).await
+    }
+
+    /// The most recent errors, newest first.
+    pub async fn recent_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {RECORD_COLUMNS} FROM files WHERE last_error IS NOT NULL \
+             AND state NOT IN ('skipped', 'duplicate') ORDER BY updated_at DESC LIMIT "
+        ));
+        q.push_bind(i64::from(limit));
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+}

@@ -1,0 +1,166 @@
+//! The ledger: the durable record of every file version and every attempt,
+//! and the queue the pipeline works from.
+//!
+//! All SQL lives below this module; callers speak in records and state
+//! events. Every state change is one transaction that checks the old state
+//! (compare-and-set) and goes through [`state::FileState::on`]. Each change
+//! that commits is also announced on a broadcast channel, which wakes the
+//! pipeline's stages and lets the CLI and tests follow progress without
+//! polling.
+
+mod error;
+mod files;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::SqliteSynchronous;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::broadcast;
+
+pub use error::LedgerError;
+pub use files::{
+    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, NewFile, PollJob, Record, UploadJob,
+};
+pub use state::{Event, FileState};
+
+/// Migrations, embedded at build time and applied on open.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A committed state change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub id: i64,
+    pub path: String,
+    pub state: FileState,
+    pub asset_id: Option<String>,
+    /// The reason for `skipped`/`failed`, or the error behind a retry.
+    pub detail: Option<String>,
+}
+
+/// A handle to the ledger; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: SqlitePool,
+    path: PathBuf,
+    /// Every committed state change. Senders: the ledger's own methods.
+    /// Receivers: pipeline stages (wake-ups), the CLI's progress output,
+    /// tests. A lagging receiver loses old changes, never blocks a writer.
+    changes: broadcast::Sender<Change>,
+}
+
+impl Ledger {
+    /// Open (creating if needed) and migrate the ledger at `path`.
+    pub async fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(LedgerError::Open {
+                path: path.to_path_buf(),
+                reason: format!("the folder {} does not exist", parent.display()),
+            });
+        }
+        Self::connect(path, true).await
+    }
+
+    /// Open an existing ledger for the query commands; a missing file is an
+    /// error instead of an empty new ledger.
+    pub async fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
+        if !path.is_file() {
+            return Err(LedgerError::Open {
+                path: path.to_path_buf(),
+                reason: "no ledger there yet (nothing has been recorded)".into(),
+            });
+        }
+        Self::connect(path, false).await
+    }
+
+    async fn connect(path: &Path, create: bool) -> Result<Ledger, LedgerError> {
+        let open_err = |e: sqlx::Error| LedgerError::Open {
+            path: path.to_path_buf(),
+            reason: describe_open_error(&e),
+        };
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        MIGRATOR.run(&pool).await.map_err(|e| LedgerError::Open {
+            path: path.to_path_buf(),
+            reason: format!("cannot apply its schema: {e}"),
+        })?;
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Ledger {
+            pool,
+            path: path.to_path_buf(),
+            changes,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Follow committed state changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, change: Change) {
+        // No receiver is fine: nobody is following.
+        let _ = self.changes.send(change);
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn describe_open_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let msg = db.message();
+            if msg.contains("not a database") || msg.contains("malformed") {
+                format!("it is not a valid SQLite ledger ({msg}); move it aside to start a new one")
+            } else {
+                msg.to_string()
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Now, in the ledger's unit (Unix milliseconds).
+pub fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+pub fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// RFC 3339 UTC, for output.
+pub fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(from_ms(ms)).to_string()
+}

@@ -1,0 +1,21 @@
+//! tl-ingest: folders in, TwelveLabs assets out, with a ledger of everything.
+//!
+//! The binary (`src/main.rs`) only parses arguments and maps errors to exit
+//! codes; everything else is here so tests can drive it in-process.
+//!
+//! - [`config`]: typed, layered configuration.
+//! - [`secret`]: the API key and where it comes from.
+//! - [`ledger`]: the SQLite ledger and the file state machine.
+//! - [`api`]: the TwelveLabs v1.3 client.
+//! - [`pipeline`]: discover → hash → dedupe → upload → poll.
+//! - [`emulator`]: a TwelveLabs-compatible server for offline use and tests.
+//! - [`cli`]: the commands.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod emulator;
+pub mod ledger;
+pub mod pipeline;
+pub mod secret;
+pub mod telemetry;

@@ -1,0 +1,224 @@
+//! Finding candidate files: walking folders, filtering names with the
+//! watch's globs, and recording what is found in the ledger.
+//!
+//! Only regular files are candidates (FIFOs, sockets and devices are never
+//! opened); symlinks to files are followed, symlinks to folders are not (no
+//! loops). The walk runs on a blocking thread and hands files over a
+//! bounded channel, so memory does not grow with the size of the tree.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use tokio::sync::mpsc;
+
+use super::eligibility::kind_from_extension;
+use crate::config::WatchConfig;
+use crate::ledger::{Discovery, FileState, Ledger, LedgerError, NewFile};
+
+/// Which names a watch takes.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// `None`: the default media extensions.
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+fn glob_set(globs: &[String]) -> Result<GlobSet, globset::Error> {
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g)?);
+    }
+    b.build()
+}
+
+impl Filter {
+    pub fn new(watch: &WatchConfig) -> Result<Filter, globset::Error> {
+        let include = if watch.include.is_empty() {
+            None
+        } else {
+            Some(glob_set(&watch.include)?)
+        };
+        Ok(Filter {
+            include,
+            exclude: glob_set(&watch.exclude)?,
+        })
+    }
+
+    /// `rel` is the path relative to the watched root.
+    pub fn accepts(&self, rel: &Path) -> bool {
+        if self.exclude.is_match(rel) {
+            return false;
+        }
+        match &self.include {
+            Some(set) => set.is_match(rel),
+            None => kind_from_extension(rel).is_some(),
+        }
+    }
+}
+
+/// The ledger's view of a file on disk.
+pub fn new_file(path: &Path, meta: &std::fs::Metadata, user_metadata: Option<&str>) -> NewFile {
+    NewFile {
+        path_bytes: path.as_os_str().as_bytes().to_vec(),
+        path: path.to_string_lossy().into_owned(),
+        size: meta.len(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+        device: meta.dev(),
+        inode: meta.ino(),
+        user_metadata: user_metadata.map(str::to_string),
+    }
+}
+
+/// The path the ledger stores as raw bytes (names need not be UTF-8).
+pub fn path_from_bytes(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+/// Same size, mtime and inode as recorded.
+pub fn same_stat(a: &NewFile, size: i64, mtime_ns: i64, inode: i64) -> bool {
+    i64::try_from(a.size).ok() == Some(size)
+        && a.mtime_ns == mtime_ns
+        && i64::try_from(a.inode).ok() == Some(inode)
+}
+
+/// What a walk found, for the command's summary.
+#[derive(Debug, Default, Clone)]
+pub struct WalkReport {
+    /// Every candidate path, in walk order.
+    pub paths: Vec<PathBuf>,
+    /// Records that were already finished as failed and were queued again.
+    pub requeued: usize,
+    /// Problems met on the way (unreadable folders, vanished entries).
+    pub problems: Vec<String>,
+}
+
+/// Walk `roots` (files or folders, recursively), record every candidate in
+/// the ledger, and return what was found. A file named directly is taken
+/// whatever its extension; files inside folders pass `filter`. When
+/// `requeue_failed`, a file whose newest record failed is queued again.
+pub async fn discover(
+    ledger: &Ledger,
+    roots: &[PathBuf],
+    filter: &Filter,
+    user_metadata: Option<&str>,
+    requeue_failed: bool,
+) -> Result<WalkReport, LedgerError> {
+    let (tx, mut rx) = mpsc::channel::<Result<(PathBuf, std::fs::Metadata), String>>(256);
+    let roots = roots.to_vec();
+    let filter = filter.clone();
+    let walker = tokio::task::spawn_blocking(move || walk(&roots, &filter, &tx));
+    let mut report = WalkReport::default();
+    while let Some(item) = rx.recv().await {
+        let (path, meta) = match item {
+            Ok(found) => found,
+            Err(problem) => {
+                tracing::warn!(error = %problem, "skipping while walking");
+                report.problems.push(problem);
+                continue;
+            }
+        };
+        let found = new_file(&path, &meta, user_metadata);
+        if let Discovery::Known {
+            id,
+            state: FileState::Failed,
+        } = ledger.discover(&found).await?
+            && requeue_failed
+        {
+            ledger.requeue_failed(id).await?;
+            report.requeued += 1;
+        }
+        report.paths.push(path);
+    }
+    if let Err(e) = walker.await {
+        report
+            .problems
+            .push(format!("the folder walk stopped: {e}"));
+    }
+    Ok(report)
+}
+
+type Found = Result<(PathBuf, std::fs::Metadata), String>;
+
+fn walk(roots: &[PathBuf], filter: &Filter, tx: &mpsc::Sender<Found>) {
+    for root in roots {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+        let meta = match std::fs::metadata(&root) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("{}: {e}", root.display())));
+                continue;
+            }
+        };
+        if meta.is_file() {
+            if tx.blocking_send(Ok((root, meta))).is_err() {
+                return;
+            }
+            continue;
+        }
+        for entry in walkdir::WalkDir::new(&root).follow_links(false) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.to_string()));
+                    continue;
+                }
+            };
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                continue;
+            }
+            let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+            if !filter.accepts(rel) {
+                continue;
+            }
+            // Regular files, and symlinks that lead to one.
+            let meta = if ft.is_symlink() {
+                std::fs::metadata(entry.path())
+            } else {
+                entry.metadata().map_err(std::io::Error::other)
+            };
+            match meta {
+                Ok(m) if m.is_file() => {
+                    if tx.blocking_send(Ok((entry.into_path(), m))).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => tracing::debug!(path = %entry.path().display(), "not a regular file"),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(format!("{}: {e}", entry.path().display())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_filter_takes_media_and_drops_partials() {
+        let f = Filter::new(&WatchConfig::for_path("/in".into())).expect("filter");
+        assert!(f.accepts(Path::new("a.mp4")));
+        assert!(f.accepts(Path::new("sub/dir/B.MOV")));
+        assert!(!f.accepts(Path::new("notes.txt")));
+        assert!(!f.accepts(Path::new(".hidden.mp4")));
+        assert!(!f.accepts(Path::new("sub/.x/a.mp4")));
+        assert!(!f.accepts(Path::new("a.mp4.part")));
+        assert!(!f.accepts(Path::new("a.crdownload")));
+    }
+
+    #[test]
+    fn include_globs_replace_the_default() {
+        let mut w = WatchConfig::for_path("/in".into());
+        w.include = vec!["**/*.raw".into()];
+        let f = Filter::new(&w).expect("filter");
+        assert!(f.accepts(Path::new("x/y.raw")));
+        assert!(!f.accepts(Path::new("y.mp4")));
+    }
+}

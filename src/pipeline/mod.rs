@@ -1,0 +1,228 @@
+//! The pipeline: discover → eligibility → sha256 → dedupe → queue →
+//! upload (a bounded pool) → poll until `ready`.
+//!
+//! Each stage is a loop over records in one ledger state, woken by the
+//! ledger's change feed (never by a fixed polling interval): the hash stage
+//! takes `discovered`, `upload.workers` workers take `queued`, the poller
+//! takes `processing`. Because the ledger is the queue, stopping at any
+//! point loses nothing: start-up recovery puts interrupted work back.
+
+pub mod discover;
+pub mod eligibility;
+pub mod gate;
+pub mod hasher;
+pub mod poller;
+pub mod retry;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::ApiClient;
+use crate::config::Config;
+use crate::ledger::{Change, FileState, Ledger, LedgerError, now_ms};
+use eligibility::Limits;
+use gate::Gate;
+use retry::RetryPolicy;
+
+/// What every stage shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub ledger: Ledger,
+    pub client: ApiClient,
+    pub config: Arc<Config>,
+    pub gate: Gate,
+    pub policy: RetryPolicy,
+    pub limits: Limits,
+    pub progress: Progress,
+}
+
+/// Uploads in flight, for progress bars: file, total, bytes sent so far.
+#[derive(Debug, Default, Clone)]
+pub struct Progress(Arc<Mutex<BTreeMap<i64, InFlight>>>);
+
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub name: String,
+    pub total: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, InFlight>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn insert(&self, id: i64, name: String, total: u64, sent: Arc<AtomicU64>) {
+        self.lock().insert(id, InFlight { name, total, sent });
+    }
+
+    fn remove(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// A snapshot of what is being sent now.
+    pub fn snapshot(&self) -> Vec<(i64, InFlight)> {
+        self.lock().iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+}
+
+/// A pipeline over one ledger and one API client.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+/// The stages of a started pipeline.
+#[derive(Debug)]
+pub struct Running {
+    tracker: TaskTracker,
+    /// Stops intake: no new claims, hashing or polling.
+    stop: CancellationToken,
+    /// Cuts off uploads in flight.
+    abort: CancellationToken,
+}
+
+impl Pipeline {
+    pub fn new(ledger: Ledger, client: ApiClient, config: Arc<Config>) -> Pipeline {
+        let shared = Shared {
+            gate: Gate::new(config.upload.requests_per_minute),
+            policy: RetryPolicy::from_config(&config.upload),
+            limits: Limits::from_config(&config.upload),
+            progress: Progress::default(),
+            ledger,
+            client,
+            config,
+        };
+        Pipeline {
+            shared: Arc::new(shared),
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.shared.ledger
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.shared.gate
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.shared.progress
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Put back what a previous run left in flight. Call before `start`.
+    pub async fn recover(&self) -> Result<u64, LedgerError> {
+        let n = self.shared.ledger.recover().await?;
+        if n > 0 {
+            tracing::info!(
+                records = n,
+                "found uploads interrupted by the previous run; each is looked up on the platform before it is sent again"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Spawn the hash stage, the workers and the poller.
+    pub fn start(&self) -> Running {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        tracker.spawn(hasher::run(self.shared.clone(), stop.clone()));
+        for _ in 0..self.shared.config.upload.workers {
+            tracker.spawn(worker::run(
+                self.shared.clone(),
+                stop.clone(),
+                abort.clone(),
+            ));
+        }
+        tracker.spawn(poller::run(self.shared.clone(), stop.clone()));
+        tracker.close();
+        Running {
+            tracker,
+            stop,
+            abort,
+        }
+    }
+}
+
+impl Running {
+    /// Stop taking work; let uploads in flight finish for up to `grace`,
+    /// then cut them off (their records are queued again for a lookup).
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "uploads still running after the grace period; stopping them");
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    /// Stop at once: uploads in flight are cut off.
+    pub async fn abort(self) {
+        self.stop.cancel();
+        self.abort.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+/// Sleep for `d` unless `stop` fires first (then false).
+pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Wait until the ledger announces a record entering `state`, or until
+/// `due_ms` (Unix ms) passes; false if `stop` fired. A lagged receiver
+/// counts as a wake-up: something happened.
+pub(crate) async fn wait_for_state(
+    changes: &mut broadcast::Receiver<Change>,
+    stop: &CancellationToken,
+    state: FileState,
+    due_ms: Option<i64>,
+) -> bool {
+    let timer = match due_ms {
+        Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+        // Nothing scheduled: wake now and then anyway, as a safety net.
+        None => Duration::from_secs(60),
+    };
+    let wake = async {
+        loop {
+            match changes.recv().await {
+                Ok(c) if c.state == state => return true,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(timer) => true,
+        open = wake => open || !stop.is_cancelled(),
+    }
+}

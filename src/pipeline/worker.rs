@@ -1,0 +1,445 @@
+//! An upload worker: claims the next due `queued` record, sends it, and
+//! records the outcome. `upload.workers` of these run at once; the ledger
+//! is the queue, so a crash loses nothing.
+//!
+//! Per attempt: check the file is still what was hashed; if an earlier
+//! attempt may have reached the platform, look for it there first (filename
+//! plus the sha256 stamp) instead of sending it again; send; commit the
+//! asset id before anything else; on failure, let the error's class decide
+//! (retry with backoff, pause everyone, or fail).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::discover::{new_file, path_from_bytes, same_stat};
+use crate::api::{ApiError, DirectUpload, ErrorClass, SHA256_STAMP};
+use crate::ledger::{AttemptEnd, Event, FileState, NewFile, UploadJob, now_ms, to_ms};
+
+/// Run one worker until `stop` (no new claims) or `abort` (drop the
+/// attempt in flight, leaving its record queued for a lookup).
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
+    let mut changes = shared.ledger.subscribe();
+    loop {
+        while changes.try_recv().is_ok() {}
+        if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
+            return;
+        }
+        match shared.ledger.claim().await {
+            Ok(Some(job)) => {
+                tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => {
+                        interrupted(&shared, &job).await;
+                        return;
+                    }
+                    _ = attempt(&shared, &job, &stop) => {}
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim from the ledger; retrying");
+                if !super::pause(&stop, std::time::Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        let due = match shared.ledger.next_due().await {
+            Ok(Some(at)) => Some(at),
+            _ => None,
+        };
+        if !super::wait_for_state(&mut changes, &stop, FileState::Queued, due).await {
+            return;
+        }
+    }
+}
+
+/// The attempt was cut off by shutdown: back to the queue, to be looked up
+/// on the platform before it is sent again.
+async fn interrupted(shared: &Shared, job: &UploadJob) {
+    let end = AttemptEnd {
+        outcome: "interrupted",
+        error: Some("stopped during the upload".into()),
+        ..AttemptEnd::default()
+    };
+    if let Err(e) = shared.ledger.retry_later(job, &end, 0, false, true).await {
+        tracing::warn!(file_id = job.id, error = %e, "could not requeue an interrupted upload");
+    }
+}
+
+/// Registers the upload in the progress table for as long as it lives.
+struct InFlightGuard<'a> {
+    shared: &'a Shared,
+    id: i64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.progress.remove(self.id);
+    }
+}
+
+async fn attempt(shared: &Shared, job: &UploadJob, stop: &CancellationToken) {
+    let outcome = match (&job.path_bytes, &job.url) {
+        (Some(bytes), _) => send_file(shared, job, &path_from_bytes(bytes), stop).await,
+        (None, Some(_)) => Err(Outcome::Finish(
+            Event::Fail,
+            unsent(
+                "unsupported",
+                "URL records are not supported by this version",
+            ),
+        )),
+        (None, None) => Err(Outcome::Finish(
+            Event::Fail,
+            unsent("unsupported", "record has neither a path nor a URL"),
+        )),
+    };
+    let ledger = &shared.ledger;
+    let result = match outcome {
+        Ok(()) => Ok(()),
+        Err(Outcome::Finish(event, end)) => ledger.finish_unsent(job, event, &end).await,
+        Err(Outcome::Retry {
+            end,
+            next_at,
+            counted,
+            lookup,
+        }) => {
+            ledger
+                .retry_later(job, &end, next_at, counted, lookup)
+                .await
+        }
+        Err(Outcome::Changed(end, stat)) => {
+            ledger
+                .changed_during_upload(job, &end, stat.as_deref())
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(file_id = job.id, error = %e, "could not record the attempt's outcome");
+    }
+}
+
+/// How an attempt that did not end `processing` ended.
+enum Outcome {
+    Finish(Event, AttemptEnd),
+    Retry {
+        end: AttemptEnd,
+        next_at: i64,
+        counted: bool,
+        lookup: bool,
+    },
+    Changed(AttemptEnd, Option<Box<NewFile>>),
+}
+
+fn unsent(outcome: &'static str, error: &str) -> AttemptEnd {
+    AttemptEnd {
+        outcome,
+        error: Some(error.to_string()),
+        ..AttemptEnd::default()
+    }
+}
+
+/// Is the file still the version that was hashed?
+enum DiskCheck {
+    Same,
+    Vanished,
+    Unreadable(String),
+    Changed(Box<NewFile>),
+}
+
+fn check_disk(path: &Path, job: &UploadJob) -> DiskCheck {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let now = new_file(path, &meta, None);
+            let same = same_stat(
+                &now,
+                job.size.unwrap_or(-1),
+                job.mtime_ns.unwrap_or(-1),
+                job.inode.unwrap_or(-1),
+            );
+            if same {
+                DiskCheck::Same
+            } else {
+                DiskCheck::Changed(Box::new(now))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DiskCheck::Vanished,
+        Err(e) => DiskCheck::Unreadable(e.to_string()),
+    }
+}
+
+/// The file is not what was hashed any more: say what to do about it.
+fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome> {
+    match check {
+        DiskCheck::Same => None,
+        DiskCheck::Vanished => Some(Outcome::Finish(
+            Event::Fail,
+            AttemptEnd {
+                outcome: "vanished",
+                bytes_sent,
+                error: Some(format!("the file vanished {when}")),
+                ..AttemptEnd::default()
+            },
+        )),
+        DiskCheck::Unreadable(reason) => Some(Outcome::Finish(
+            Event::Fail,
+            AttemptEnd {
+                outcome: "unreadable",
+                bytes_sent,
+                error: Some(format!("cannot read the file: {reason}")),
+                ..AttemptEnd::default()
+            },
+        )),
+        DiskCheck::Changed(stat) => Some(Outcome::Changed(
+            AttemptEnd {
+                outcome: "changed",
+                bytes_sent,
+                error: Some(format!("the file changed {when}; it will be hashed again")),
+                ..AttemptEnd::default()
+            },
+            Some(stat),
+        )),
+    }
+}
+
+async fn send_file(
+    shared: &Shared,
+    job: &UploadJob,
+    path: &Path,
+    stop: &CancellationToken,
+) -> Result<(), Outcome> {
+    let check = {
+        let (p, j) = (path.to_path_buf(), job.clone());
+        tokio::task::spawn_blocking(move || check_disk(&p, &j))
+            .await
+            .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
+    };
+    if let Some(problem) = disk_problem(check, "before upload", 0) {
+        return Err(problem);
+    }
+    let (Some(sha256), Some(size)) = (job.sha256.as_deref(), job.size) else {
+        return Err(Outcome::Changed(
+            unsent("changed", "record was queued without a hash; hashing again"),
+            None,
+        ));
+    };
+    let filename = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload".into());
+
+    if job.lookup_first {
+        if !shared.gate.wait_open(stop).await {
+            return Err(retry_now("stopped before the lookup"));
+        }
+        match shared.client.find_by_stamp(&filename, sha256).await {
+            Ok(Some(asset)) => {
+                let id = asset.id.unwrap_or_default();
+                tracing::info!(path = %job.display(), asset_id = %id, "found on the platform; not sending again");
+                let end = AttemptEnd {
+                    outcome: "found",
+                    http_status: Some(200),
+                    ..AttemptEnd::default()
+                };
+                return commit(shared, job, &id, &end).await;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(classify(shared, job, path, &e, 0)),
+        }
+    }
+
+    if !shared.gate.before_request(stop).await {
+        return Err(retry_now("stopped before sending"));
+    }
+    let mut user_metadata = job
+        .user_metadata
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Map<_, _>>(m).ok())
+        .unwrap_or_default();
+    user_metadata.insert(SHA256_STAMP.into(), sha256.into());
+    let sent = Arc::new(AtomicU64::new(0));
+    let up = DirectUpload {
+        path: PathBuf::from(path),
+        filename,
+        size: u64::try_from(size).unwrap_or(0),
+        enable_hls: shared.config.api.enable_hls,
+        enable_thumbnail: shared.config.api.enable_thumbnail,
+        user_metadata,
+        sent: sent.clone(),
+    };
+    shared
+        .progress
+        .insert(job.id, job.display(), up.size, sent.clone());
+    let _guard = InFlightGuard { shared, id: job.id };
+    tracing::debug!(path = %job.display(), attempt = job.attempts + 1, "uploading");
+    let result = shared.client.create_direct(&up).await;
+    let bytes_sent = sent.load(Ordering::Relaxed);
+
+    // Whatever the answer, a file that changed underneath is not the
+    // content that was hashed.
+    let check = {
+        let (p, j) = (path.to_path_buf(), job.clone());
+        tokio::task::spawn_blocking(move || check_disk(&p, &j))
+            .await
+            .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
+    };
+    match result {
+        Ok(asset) => {
+            let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
+                let e = ApiError::Malformed {
+                    status: 201,
+                    detail: "the response has no asset _id".into(),
+                };
+                return Err(classify(shared, job, path, &e, bytes_sent));
+            };
+            if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+                // The platform holds bytes that are not the file's: remove them.
+                if let Err(e) = shared.client.delete_asset(&id).await {
+                    tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
+                }
+                return Err(problem);
+            }
+            let end = AttemptEnd {
+                outcome: "accepted",
+                http_status: Some(201),
+                bytes_sent,
+                error: None,
+            };
+            commit(shared, job, &id, &end).await
+        }
+        Err(e) => {
+            if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+                return Err(problem);
+            }
+            Err(classify(shared, job, path, &e, bytes_sent))
+        }
+    }
+}
+
+async fn commit(
+    shared: &Shared,
+    job: &UploadJob,
+    asset_id: &str,
+    end: &AttemptEnd,
+) -> Result<(), Outcome> {
+    match shared.ledger.accept(job, asset_id, end).await {
+        Ok(()) => {
+            tracing::info!(path = %job.display(), asset_id, "accepted; processing");
+            Ok(())
+        }
+        Err(e) => {
+            // The asset exists but is not recorded: the next attempt looks
+            // it up rather than sending the file again.
+            tracing::error!(path = %job.display(), asset_id, error = %e, "could not record the asset id");
+            Err(Outcome::Retry {
+                end: unsent(
+                    "transient",
+                    &format!("could not record asset {asset_id}: {e}"),
+                ),
+                next_at: now_ms() + 1000,
+                counted: false,
+                lookup: true,
+            })
+        }
+    }
+}
+
+fn retry_now(reason: &str) -> Outcome {
+    Outcome::Retry {
+        end: unsent("interrupted", reason),
+        next_at: 0,
+        counted: false,
+        lookup: false,
+    }
+}
+
+/// Turn an API error into what happens to the record.
+fn classify(
+    shared: &Shared,
+    job: &UploadJob,
+    path: &Path,
+    e: &ApiError,
+    bytes_sent: u64,
+) -> Outcome {
+    let failed = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
+    let end = AttemptEnd {
+        outcome: "transient",
+        http_status: e.http_status(),
+        bytes_sent,
+        error: Some(e.to_string()),
+    };
+    let lookup = e.maybe_received();
+    match e.class() {
+        ErrorClass::Transient => match shared.policy.next(failed) {
+            Some(wait) => {
+                tracing::warn!(path = %job.display(), attempt = failed, error = %e, retry_in = ?wait, "upload failed; will retry");
+                Outcome::Retry {
+                    end,
+                    next_at: now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                    counted: true,
+                    lookup,
+                }
+            }
+            None => Outcome::Finish(
+                Event::Fail,
+                AttemptEnd {
+                    error: Some(format!("gave up after {failed} attempts: {e}")),
+                    ..end
+                },
+            ),
+        },
+        ErrorClass::RateLimited { until } => {
+            let until = until.unwrap_or_else(|| SystemTime::now() + shared.policy.delay(1));
+            tracing::warn!(path = %job.display(), until = %humantime::format_rfc3339_seconds(until), "rate limited; pausing all uploads");
+            shared.gate.rate_limited(until);
+            Outcome::Retry {
+                end: AttemptEnd {
+                    outcome: "rate_limited",
+                    ..end
+                },
+                next_at: to_ms(until),
+                counted: false,
+                lookup,
+            }
+        }
+        ErrorClass::Auth => {
+            let message = format!(
+                "the API key was rejected by {} ({e}); uploads are paused until it is fixed",
+                shared.client.base_url()
+            );
+            tracing::error!("{message}");
+            shared.gate.auth_rejected(message);
+            Outcome::Retry {
+                end: AttemptEnd {
+                    outcome: "auth",
+                    ..end
+                },
+                next_at: 0,
+                counted: false,
+                lookup,
+            }
+        }
+        ErrorClass::Permanent | ErrorClass::NotFound => {
+            let reason = match e {
+                ApiError::LocalRead(_) => e.to_string(),
+                _ => format!("the platform refused it: {e}"),
+            };
+            tracing::warn!(path = %job.display(), error = %e, "upload refused");
+            let _ = path;
+            Outcome::Finish(
+                Event::Fail,
+                AttemptEnd {
+                    outcome: "permanent",
+                    error: Some(reason),
+                    ..end
+                },
+            )
+        }
+    }
+}
