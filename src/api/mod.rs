@@ -241,6 +241,22 @@ impl ApiClient {
     }
 }
 
+/// The name a file is given on the platform: its own name, with control
+/// characters (a newline, say) replaced, since they cannot travel in a
+/// multipart header and would make the name unsearchable.
+pub fn wire_filename(name: &std::ffi::OsStr) -> String {
+    let lossy = name.to_string_lossy();
+    let clean: String = lossy
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    if clean.is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
 /// Asset ids are opaque; keep them from changing the path.
 fn encode_segment(id: &str) -> String {
     id.chars()
@@ -337,6 +353,14 @@ async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_names_have_no_control_characters() {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"new\nline\t\xff.mp4");
+        assert_eq!(wire_filename(name), "new_line_\u{fffd}.mp4");
+        assert_eq!(wire_filename(std::ffi::OsStr::new("")), "upload");
+    }
 
     #[test]
     fn segments_are_encoded() {

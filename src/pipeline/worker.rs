@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
-use crate::api::{ApiError, DirectUpload, ErrorClass, SHA256_STAMP};
+use crate::api::{ApiError, DirectUpload, ErrorClass, SHA256_STAMP, wire_filename};
 use crate::ledger::{AttemptEnd, Event, FileState, NewFile, UploadJob, now_ms, to_ms};
 
 /// Run one worker until `stop` (no new claims) or `abort` (drop the
@@ -229,10 +229,7 @@ async fn send_file(
             None,
         ));
     };
-    let filename = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upload".into());
+    let filename = wire_filename(path.file_name().unwrap_or_default());
 
     if job.lookup_first {
         if !shared.gate.wait_open(stop).await {

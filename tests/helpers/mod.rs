@@ -1,0 +1,269 @@
+//! Shared fixtures: a temp dir with an inbox and a ledger, an emulator on
+//! a free loopback port, media files of known content, and ways to run the
+//! pipeline in-process or the binary, each with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tl_ingest::api::{ApiClient, ClientOptions};
+use tl_ingest::config::{Config, LoadOptions, WatchConfig};
+use tl_ingest::emulator::{Emulator, EmulatorConfig, Faults};
+use tl_ingest::ledger::{Ledger, Record};
+use tl_ingest::pipeline::Pipeline;
+use tl_ingest::pipeline::discover::{Filter, discover};
+use tl_ingest::secret::ApiKey;
+
+/// How long any one test may wait for the pipeline to finish.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+pub const KEY: &str = "test-key-0123456789";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Mp4,
+    Wav,
+    Mp3,
+    Png,
+    Jpg,
+}
+
+/// A header `infer` recognises, then `size` bytes in all, seeded noise after it.
+pub fn media(kind: Kind, size: usize, seed: u64) -> Vec<u8> {
+    let header: &[u8] = match kind {
+        Kind::Mp4 => b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom",
+        Kind::Wav => b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0",
+        Kind::Mp3 => b"ID3\x04\0\0\0\0\0\0",
+        Kind::Png => b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+        Kind::Jpg => b"\xFF\xD8\xFF\xE0\0\x10JFIF\0",
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = header.to_vec();
+    while out.len() < size {
+        out.push(rng.u8(..));
+    }
+    out.truncate(size.max(header.len()));
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Write a media file; returns its sha256.
+pub fn write_media(path: &Path, kind: Kind, size: usize, seed: u64) -> String {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent");
+    }
+    let bytes = media(kind, size, seed);
+    std::fs::write(path, &bytes).expect("write media");
+    sha256_hex(&bytes)
+}
+
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub inbox: PathBuf,
+    pub ledger_path: PathBuf,
+    pub emulator: Emulator,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        Self::with(EmulatorConfig::default(), Faults::default()).await
+    }
+
+    pub async fn with_faults(faults: Faults) -> TestEnv {
+        Self::with(EmulatorConfig::default(), faults).await
+    }
+
+    pub async fn with(emulator: EmulatorConfig, faults: Faults) -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir(&inbox).expect("inbox");
+        let emulator = Emulator::start(EmulatorConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            api_key: KEY.into(),
+            ready_delay: Duration::from_millis(50),
+            faults,
+            ..emulator
+        })
+        .await
+        .expect("emulator starts");
+        let ledger_path = dir.path().join("ledger.db");
+        TestEnv {
+            dir,
+            inbox,
+            ledger_path,
+            emulator,
+        }
+    }
+
+    /// Defaults, pointed at the emulator and the temp ledger, with fast
+    /// timings. Never reads the developer's config or environment.
+    pub fn config(&self) -> Config {
+        let opts = LoadOptions {
+            explicit: Some(self.write_config()),
+            env: BTreeMap::new(),
+            cwd: Some(self.dir.path().to_path_buf()),
+        };
+        Config::load(&opts).expect("test config loads").0
+    }
+
+    /// The same settings as a TOML file, for the binary.
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        let text = format!(
+            "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n\
+             [ledger]\npath = {:?}\n\
+             [upload]\ninitial_backoff = \"20ms\"\nmax_backoff = \"300ms\"\nmax_attempts = 12\n",
+            self.emulator.base_url(),
+            self.ledger_path.display().to_string(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// The binary, with the test's config and key and nothing else from
+    /// the environment.
+    pub fn cmd(&self, key: &str) -> Command {
+        let mut cmd = self.bare_cmd(key);
+        cmd.arg("--config").arg(self.write_config());
+        cmd
+    }
+
+    /// The binary in the temp dir with a clean environment, no config named.
+    pub fn bare_cmd(&self, key: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tl-ingest"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("TWELVELABS_API_KEY", key)
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Run `upload PATHS` with the binary and return its output.
+    pub async fn upload_bin(&self, paths: &[&Path]) -> Output {
+        let mut cmd = self.cmd(KEY);
+        cmd.arg("upload").args(paths);
+        output(cmd).await
+    }
+
+    /// Run the pipeline in-process over `paths` until nothing is unfinished.
+    pub async fn run_pipeline(&self, config: Config, paths: &[PathBuf]) -> Ledger {
+        self.run_pipeline_with(config, paths, |_| ()).await
+    }
+
+    /// The same, calling `before` with the pipeline's ledger handle before
+    /// anything starts (to follow its change feed).
+    pub async fn run_pipeline_with<F: FnOnce(&Ledger)>(
+        &self,
+        config: Config,
+        paths: &[PathBuf],
+        before: F,
+    ) -> Ledger {
+        let ledger = Ledger::open(&self.ledger_path).await.expect("ledger opens");
+        before(&ledger);
+        let client = ApiClient::new(
+            &ClientOptions {
+                base_url: self.emulator.base_url(),
+                request_timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(5),
+            },
+            &ApiKey::new(KEY).expect("key"),
+        )
+        .expect("client");
+        let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(config));
+        pipeline.recover().await.expect("recover");
+        let mut changes = ledger.subscribe();
+        let running = pipeline.start();
+        let filter = Filter::new(&WatchConfig::for_path(PathBuf::new())).expect("filter");
+        discover(&ledger, paths, &filter, None, true)
+            .await
+            .expect("discover");
+        let finished = tokio::time::timeout(DEADLINE, async {
+            while ledger.unfinished().await.expect("count") > 0 {
+                // Any committed change may be the last one; a lag is a change too.
+                let _ = changes.recv().await;
+            }
+        })
+        .await;
+        if finished.is_err() {
+            let dump = dump(&ledger).await;
+            panic!("pipeline did not finish within {DEADLINE:?}; ledger:\n{dump}");
+        }
+        running.shutdown(Duration::ZERO).await;
+        ledger
+    }
+}
+
+/// Every record, one per line, for failure messages.
+pub async fn dump(ledger: &Ledger) -> String {
+    ledger
+        .history(&[], None)
+        .await
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {:?} attempts={} asset={:?} err={:?}",
+                        r.id, r.state, r.path, r.attempts, r.asset_id, r.last_error
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|e| e.to_string())
+}
+
+/// The newest record of a path.
+pub async fn record_of(ledger: &Ledger, path: &Path) -> Record {
+    let abs = std::path::absolute(path).expect("absolute");
+    ledger
+        .latest_for_path(abs.as_os_str().as_bytes())
+        .await
+        .expect("query")
+        .unwrap_or_else(|| panic!("no record for {}", abs.display()))
+}
+
+/// Poll `check` every 20 ms until it holds, or panic after `deadline`.
+/// For black-box tests of another process, where no event can be awaited.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run a command to completion off the async threads (the emulator serves
+/// from this runtime meanwhile).
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run tl-ingest")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,249 @@
+//! The ledger's operations against a real SQLite file: discovery, hashing
+//! outcomes, claims, recovery, and what happens to duplicates.
+
+use tl_ingest::config::Dedupe;
+use tl_ingest::ledger::{
+    AttemptEnd, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile,
+};
+
+fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {
+    NewFile {
+        path_bytes: path.as_bytes().to_vec(),
+        path: path.to_string(),
+        size,
+        mtime_ns,
+        device: 1,
+        inode: 42,
+        user_metadata: None,
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+    (dir, ledger)
+}
+
+async fn hash_job(ledger: &Ledger, id: i64) -> HashJob {
+    ledger
+        .to_hash(100)
+        .await
+        .expect("to_hash")
+        .into_iter()
+        .find(|j| j.id == id)
+        .expect("record waits for hashing")
+}
+
+async fn state(ledger: &Ledger, id: i64) -> FileState {
+    ledger
+        .record(id)
+        .await
+        .expect("query")
+        .expect("exists")
+        .state()
+        .expect("state")
+}
+
+/// Discover and hash a file; returns its id and the hash outcome.
+async fn add(ledger: &Ledger, f: &NewFile, sha: &str) -> (i64, HashOutcome) {
+    let Discovery::New(id) = ledger.discover(f).await.expect("discover") else {
+        panic!("expected a new record");
+    };
+    let job = hash_job(ledger, id).await;
+    let outcome = ledger
+        .record_hash(&job, sha, Some("video/mp4"), Dedupe::Content)
+        .await
+        .expect("hash");
+    (id, outcome)
+}
+
+#[tokio::test]
+async fn discovery_knows_unchanged_files_and_follows_changes() {
+    let (_d, ledger) = open().await;
+    let f = file("/in/a.mp4", 10, 1000);
+    let Discovery::New(id) = ledger.discover(&f).await.expect("discover") else {
+        panic!("new");
+    };
+    assert_eq!(
+        ledger.discover(&f).await.expect("again"),
+        Discovery::Known {
+            id,
+            state: FileState::Discovered
+        }
+    );
+    // Changed before it was sent: the same record follows the file.
+    let grown = file("/in/a.mp4", 20, 2000);
+    assert_eq!(
+        ledger.discover(&grown).await.expect("changed"),
+        Discovery::Changed(id)
+    );
+    let job = hash_job(&ledger, id).await;
+    assert_eq!((job.size, job.mtime_ns), (20, 2000));
+}
+
+#[tokio::test]
+async fn a_new_version_of_a_finished_file_is_a_new_record() {
+    let (_d, ledger) = open().await;
+    let (id, _) = add(&ledger, &file("/in/a.mp4", 10, 1000), "aa").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    ledger
+        .accept(&job, "asset1", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let newer = file("/in/a.mp4", 11, 3000);
+    let Discovery::New(id2) = ledger.discover(&newer).await.expect("discover") else {
+        panic!("a modified uploaded file is a new version");
+    };
+    assert_ne!(id, id2);
+    assert_eq!(state(&ledger, id).await, FileState::Processing);
+}
+
+#[tokio::test]
+async fn same_content_elsewhere_is_a_duplicate_that_gets_the_asset() {
+    let (_d, ledger) = open().await;
+    let (a, out_a) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
+    assert_eq!(out_a, HashOutcome::Queued);
+    let (b, out_b) = add(&ledger, &file("/in/b.mp4", 10, 1), "same").await;
+    assert_eq!(out_b, HashOutcome::Duplicate { of: a });
+    assert_eq!(state(&ledger, b).await, FileState::Duplicate);
+
+    let job = ledger.claim().await.expect("claim").expect("due");
+    assert_eq!(job.id, a, "the duplicate is never claimed");
+    assert!(ledger.claim().await.expect("claim").is_none());
+    ledger
+        .accept(&job, "asset-a", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let rec_b = ledger.record(b).await.expect("q").expect("b");
+    assert_eq!(rec_b.asset_id.as_deref(), Some("asset-a"));
+}
+
+#[tokio::test]
+async fn when_the_original_fails_its_duplicates_are_queued() {
+    let (_d, ledger) = open().await;
+    let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
+    let (b, _) = add(&ledger, &file("/in/b.mp4", 10, 1), "same").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    assert_eq!(job.id, a);
+    let end = AttemptEnd {
+        outcome: "permanent",
+        error: Some("refused".into()),
+        ..AttemptEnd::default()
+    };
+    ledger
+        .finish_unsent(&job, tl_ingest::ledger::Event::Fail, &end)
+        .await
+        .expect("fail");
+    assert_eq!(state(&ledger, a).await, FileState::Failed);
+    assert_eq!(state(&ledger, b).await, FileState::Queued, "nothing lost");
+}
+
+#[tokio::test]
+async fn the_same_version_seen_again_merges_into_its_record() {
+    let (_d, ledger) = open().await;
+    let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
+    // Touched: new mtime, same bytes. A new record appears, then merges.
+    let job = ledger.claim().await.expect("claim").expect("due");
+    ledger
+        .accept(&job, "asset-a", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let (b, out) = add(&ledger, &file("/in/a.mp4", 10, 99), "same").await;
+    assert_eq!(out, HashOutcome::Merged { into: a });
+    assert!(ledger.record(b).await.expect("q").is_none());
+    assert_eq!(
+        ledger
+            .discover(&file("/in/a.mp4", 10, 99))
+            .await
+            .expect("d"),
+        Discovery::Known {
+            id: a,
+            state: FileState::Processing
+        }
+    );
+}
+
+#[tokio::test]
+async fn concurrent_claims_take_each_record_once() {
+    let (_d, ledger) = open().await;
+    for i in 0..5 {
+        add(
+            &ledger,
+            &file(&format!("/in/{i}.mp4"), 10, 1),
+            &format!("h{i}"),
+        )
+        .await;
+    }
+    let claims: Vec<_> = (0..12)
+        .map(|_| {
+            let l = ledger.clone();
+            tokio::spawn(async move { l.claim().await.expect("claim").map(|j| j.id) })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in claims {
+        if let Some(id) = c.await.expect("join") {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "a record was claimed twice");
+}
+
+#[tokio::test]
+async fn a_stale_transition_is_refused() {
+    let (_d, ledger) = open().await;
+    let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "h").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    ledger
+        .accept(&job, "x", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let again = ledger.accept(&job, "y", &AttemptEnd::default()).await;
+    assert!(
+        matches!(again, Err(LedgerError::Conflict { id, .. }) if id == a),
+        "{again:?}"
+    );
+    let rec = ledger.record(a).await.expect("q").expect("a");
+    assert_eq!(rec.asset_id.as_deref(), Some("x"));
+}
+
+#[tokio::test]
+async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.db");
+    let a = {
+        let ledger = Ledger::open(&path).await.expect("open");
+        let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "h").await;
+        ledger.claim().await.expect("claim").expect("due");
+        ledger.close().await;
+        a
+    };
+    let ledger = Ledger::open(&path).await.expect("reopen");
+    assert_eq!(ledger.recover().await.expect("recover"), 1);
+    let job = ledger.claim().await.expect("claim").expect("queued again");
+    assert_eq!(job.id, a);
+    assert!(job.lookup_first, "must be looked up before sending again");
+    let attempts = ledger.attempts(a).await.expect("attempts");
+    assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+}
+
+#[tokio::test]
+async fn a_corrupt_ledger_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).expect("write junk");
+    let err = Ledger::open(&path).await.expect_err("junk is not a ledger");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("l.db") && msg.contains("not a valid SQLite ledger"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        vec![0x42u8; 8192],
+        "nothing overwritten"
+    );
+}

@@ -1,0 +1,333 @@
+//! The whole pipeline, in-process, against the emulator.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tl_ingest::emulator::{EmulatorConfig, Faults};
+use tl_ingest::ledger::FileState;
+
+use crate::helpers::{Kind, TestEnv, dump, record_of, write_media};
+
+/// 20 files of every kind, in nested folders, a few hundred KB each.
+fn twenty_files(env: &TestEnv) -> BTreeMap<PathBuf, String> {
+    let kinds = [Kind::Mp4, Kind::Wav, Kind::Mp3, Kind::Png, Kind::Jpg];
+    let exts = ["mp4", "wav", "mp3", "png", "jpg"];
+    (0..20u64)
+        .map(|i| {
+            let k = usize::try_from(i).expect("small") % kinds.len();
+            let path = env
+                .inbox
+                .join(format!("batch{}", i % 3))
+                .join(format!("file{i}.{}", exts[k]));
+            let size = 1000 + usize::try_from(i).expect("small") * 37_001;
+            let sha = write_media(&path, kinds[k], size, i);
+            (path, sha)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn twenty_mixed_files_are_ready_once_and_a_rerun_uploads_nothing() {
+    let env = TestEnv::new().await;
+    let files = twenty_files(&env);
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+
+    let stats = env.emulator.stats();
+    for (path, sha) in &files {
+        let rec = record_of(&ledger, path).await;
+        assert_eq!(
+            rec.state,
+            "ready",
+            "{}\n{}",
+            path.display(),
+            dump(&ledger).await
+        );
+        assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            stats.uploads_by_sha256.get(sha),
+            Some(&1),
+            "the emulator received exactly these bytes, once: {}",
+            path.display()
+        );
+    }
+    assert_eq!(stats.assets_created, 20);
+    assert_eq!(stats.uploads_by_sha256.len(), 20);
+    // Every asset id in the ledger is one the platform holds.
+    let assets: Vec<String> = env.emulator.assets().into_iter().map(|a| a.id).collect();
+    for rec in ledger.history(&[], None).await.expect("history") {
+        assert!(assets.contains(rec.asset_id.as_ref().expect("asset id")));
+    }
+    ledger.close().await;
+
+    let before = env.emulator.stats().create_requests;
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    assert_eq!(
+        env.emulator.stats().create_requests,
+        before,
+        "a rerun sends nothing"
+    );
+    assert_eq!(ledger.history(&[], None).await.expect("history").len(), 20);
+}
+
+#[tokio::test]
+async fn the_same_content_under_two_names_is_uploaded_once() {
+    let env = TestEnv::new().await;
+    let a = env.inbox.join("a.mp4");
+    let b = env.inbox.join("copy of a.mp4");
+    let sha = write_media(&a, Kind::Mp4, 50_000, 7);
+    std::fs::copy(&a, &b).expect("copy");
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+
+    let (ra, rb) = (record_of(&ledger, &a).await, record_of(&ledger, &b).await);
+    let mut states = [ra.state.as_str(), rb.state.as_str()];
+    states.sort();
+    assert_eq!(states, ["duplicate", "ready"], "{}", dump(&ledger).await);
+    let (orig, dup) = if ra.state == "ready" {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    assert!(orig.asset_id.is_some());
+    assert_eq!(
+        dup.asset_id, orig.asset_id,
+        "the duplicate points at the asset"
+    );
+    assert_eq!(dup.duplicate_of, Some(orig.id));
+    assert_eq!(env.emulator.stats().uploads_by_sha256.get(&sha), Some(&1));
+}
+
+#[tokio::test]
+async fn faults_and_rate_limits_still_end_ready_with_nothing_uploaded_twice() {
+    let faults = Faults {
+        error_before_body: 0.15,
+        error_after_body: 0.15,
+        rate_limit: 0.10,
+        retry_after_secs: 1,
+        reset_mid_body: 0.20,
+        latency_ms: 5,
+        seed: Some(20261129),
+    };
+    let env = TestEnv::with_faults(faults).await;
+    let mut shas = Vec::new();
+    // Enough requests that every kind of fault is all but certain to occur.
+    for i in 0..24u64 {
+        let path = env.inbox.join(format!("clip{i}.mp4"));
+        shas.push((
+            path.clone(),
+            write_media(
+                &path,
+                Kind::Mp4,
+                200_000 + 1000 * usize::try_from(i).expect("small"),
+                100 + i,
+            ),
+        ));
+    }
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    let stats = env.emulator.stats();
+    for (path, sha) in &shas {
+        let rec = record_of(&ledger, path).await;
+        assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+        assert_eq!(
+            stats.uploads_by_sha256.get(sha),
+            Some(&1),
+            "uploaded twice: {}",
+            path.display()
+        );
+    }
+    assert!(
+        stats.injected_errors_before_body + stats.injected_errors_after_body > 0
+            && stats.injected_rate_limits > 0
+            && stats.injected_resets > 0,
+        "the storm happened: {stats:?}"
+    );
+    // The retries are on record.
+    let mut outcomes = BTreeMap::<String, usize>::new();
+    for rec in ledger.history(&[], None).await.expect("history") {
+        for a in ledger.attempts(rec.id).await.expect("attempts") {
+            *outcomes.entry(a.outcome.unwrap_or_default()).or_default() += 1;
+        }
+    }
+    assert!(
+        outcomes.get("transient").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get("accepted").copied().unwrap_or(0)
+            + outcomes.get("found").copied().unwrap_or(0),
+        24,
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_fails_after_one_attempt_with_the_platforms_message() {
+    // The platform's limit is lower than ours: it refuses with a 400.
+    let env = TestEnv::with(
+        EmulatorConfig {
+            max_direct_size: 10_000,
+            ..EmulatorConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let big = env.inbox.join("big.mp4");
+    write_media(&big, Kind::Mp4, 20_000, 1);
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&big))
+        .await;
+    let rec = record_of(&ledger, &big).await;
+    assert_eq!(rec.state, "failed", "{}", dump(&ledger).await);
+    assert_eq!(rec.attempts, 1);
+    let err = rec.last_error.expect("reason");
+    assert!(
+        err.contains("400") && err.contains("file too large"),
+        "{err}"
+    );
+    assert_eq!(env.emulator.stats().create_requests, 1, "never retried");
+}
+
+#[tokio::test]
+async fn content_the_platform_cannot_process_fails_with_its_message() {
+    let env = TestEnv::new().await;
+    let noise = env.inbox.join("noise.mov");
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80)
+        .collect();
+    std::fs::write(&noise, bytes).expect("write");
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&noise))
+        .await;
+    let rec = record_of(&ledger, &noise).await;
+    assert_eq!(rec.state, "failed");
+    assert!(rec.asset_id.is_some(), "it was sent; the platform decided");
+    assert!(
+        rec.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("could not process"),
+        "{rec:?}"
+    );
+}
+
+#[tokio::test]
+async fn empty_non_media_and_oversized_files_are_skipped_with_a_reason() {
+    let env = TestEnv::new().await;
+    let empty = env.inbox.join("empty.mp4");
+    std::fs::write(&empty, b"").expect("write");
+    let text = env.inbox.join("notes.mp4");
+    std::fs::write(&text, "this is not a video\n").expect("write");
+    let sparse = env.inbox.join("huge.mp4");
+    let f = std::fs::File::create(&sparse).expect("create");
+    f.set_len(20 * 1000 * 1000 * 1000).expect("sparse 20 GB");
+    drop(f);
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    for (path, reason) in [
+        (&empty, "empty file"),
+        (&text, "not media: the content is text"),
+        (&sparse, "too large"),
+    ] {
+        let rec = record_of(&ledger, path).await;
+        assert_eq!(rec.state, FileState::Skipped.as_str(), "{}", path.display());
+        let got = rec.last_error.unwrap_or_default();
+        assert!(got.starts_with(reason), "{}: {got}", path.display());
+    }
+    assert_eq!(env.emulator.stats().create_requests, 0, "nothing was sent");
+}
+
+#[tokio::test]
+async fn odd_file_names_upload() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new().await;
+    let names: Vec<PathBuf> = vec![
+        env.inbox.join("with space.mp4"),
+        env.inbox.join("ünïcødé 視頻.mp4"),
+        env.inbox.join("new\nline.mp4"),
+        env.inbox
+            .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfebytes.mp4")),
+        env.inbox.join("quote\"and'semicolon;.mp4"),
+    ];
+    for (i, p) in names.iter().enumerate() {
+        write_media(
+            p,
+            Kind::Mp4,
+            3000 + i,
+            50 + u64::try_from(i).expect("small"),
+        );
+    }
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    for p in &names {
+        let rec = record_of(&ledger, p).await;
+        assert_eq!(rec.state, "ready", "{:?}\n{}", p, dump(&ledger).await);
+    }
+    assert_eq!(env.emulator.stats().assets_created, 5);
+}
+
+#[tokio::test]
+async fn a_file_rewritten_during_its_upload_is_detected_and_sent_again() {
+    use std::io::Write;
+    // The platform holds every request for a while: time to change the file.
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 700,
+        ..Faults::default()
+    })
+    .await;
+    let clip = env.inbox.join("growing.mp4");
+    write_media(&clip, Kind::Mp4, 100_000, 3);
+    let append_once_uploading = |ledger: &tl_ingest::ledger::Ledger| {
+        let mut changes = ledger.subscribe();
+        let clip = clip.clone();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(c) if c.state == FileState::Uploading => break,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&clip)
+                .expect("open for append");
+            f.write_all(&[7u8; 5000]).expect("append");
+        });
+    };
+    let ledger = env
+        .run_pipeline_with(
+            env.config(),
+            std::slice::from_ref(&clip),
+            append_once_uploading,
+        )
+        .await;
+    let final_bytes = std::fs::read(&clip).expect("read");
+    let final_sha = crate::helpers::sha256_hex(&final_bytes);
+    let rec = record_of(&ledger, &clip).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(
+        rec.sha256.as_deref(),
+        Some(final_sha.as_str()),
+        "the new content was sent"
+    );
+    let attempts = ledger.attempts(rec.id).await.expect("attempts");
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.outcome.as_deref() == Some("changed")),
+        "{attempts:?}"
+    );
+    // The asset made from the half-old bytes was removed again.
+    let on_platform: Vec<_> = env.emulator.assets();
+    assert_eq!(on_platform.len(), 1, "{on_platform:?}");
+    assert_eq!(on_platform[0].sha256.as_deref(), Some(final_sha.as_str()));
+}

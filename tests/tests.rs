@@ -1,0 +1,9 @@
+//! One integration test binary: one compile, shared helpers.
+//!
+//! Every test runs the real pipeline (in-process) or the real binary
+//! against the emulator on 127.0.0.1:0, in its own temp dir.
+
+mod cli;
+mod helpers;
+mod ledger;
+mod pipeline;
