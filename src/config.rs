@@ -439,6 +439,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_documents_the_defaults() {
+        let example = include_str!("../config/example.toml");
+        let from_example = load(Some(example), &[]).expect("example loads");
+        assert_eq!(from_example, load(None, &[]).expect("defaults"));
+        // Every key of the defaults appears in the example, documented.
+        for line in DEFAULTS_TOML.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    example.contains(&format!("\n{key} = ")),
+                    "config/example.toml does not document {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn file_overrides_defaults_and_env_overrides_file() {
         let toml =
             "[upload]\nworkers = 2\nmax_backoff = \"10m\"\n[api]\npoll_interval = \"250ms\"\n";
