@@ -9,13 +9,17 @@
 //! - [`api`]: the TwelveLabs v1.3 client.
 //! - [`pipeline`]: discover → hash → dedupe → upload → poll.
 //! - [`emulator`]: a TwelveLabs-compatible server for offline use and tests.
+//! - [`watch`]: folder watchers and the settle gate.
+//! - [`daemon`]: `tl-ingest run`, the service.
 //! - [`cli`]: the commands.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod emulator;
 pub mod ledger;
 pub mod pipeline;
 pub mod secret;
 pub mod telemetry;
+pub mod watch;

@@ -4,6 +4,7 @@
 //! against the emulator on 127.0.0.1:0, in its own temp dir.
 
 mod cli;
+mod daemon;
 mod helpers;
 mod ledger;
 mod pipeline;

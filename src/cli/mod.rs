@@ -7,6 +7,7 @@
 
 mod emulator;
 mod history;
+mod run;
 mod status;
 mod upload;
 
@@ -19,6 +20,8 @@ use clap::{Parser, Subcommand};
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, ConfigFile, LoadOptions};
+use crate::daemon::lock::LockError;
+use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ledger::Ledger;
 use crate::secret::{ApiKey, load_api_key};
 
@@ -44,6 +47,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: watch the configured folders and upload what lands there.
+    Run(run::RunArgs),
     /// Upload files and folders (recursively) once, then exit.
     Upload(upload::UploadArgs),
     /// Upload history from the ledger, newest first.
@@ -110,6 +115,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         quiet: cli.quiet,
     };
     match cli.command {
+        Command::Run(args) => run::run(&globals, args).await,
         Command::Upload(args) => upload::run(&globals, args).await,
         Command::History(args) => history::run(&globals, args).await,
         Command::Status(args) => status::run(&globals, args).await,
@@ -131,6 +137,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub file: ConfigFile,
     pub env: BTreeMap<String, String>,
+    /// How it was loaded, to load it again on reload.
+    pub load: LoadOptions,
 }
 
 impl Context {
@@ -138,6 +146,7 @@ impl Context {
     pub fn load(globals: &Globals, level: tracing::Level) -> Result<Context, CliError> {
         let opts = LoadOptions::from_process(globals.config.clone());
         let (config, file) = Config::load(&opts).map_err(|e| CliError::usage(e.to_string()))?;
+        let load = opts.clone();
         crate::telemetry::init(
             config.telemetry.log_format,
             level,
@@ -151,6 +160,7 @@ impl Context {
             config: Arc::new(config),
             file,
             env: opts.env,
+            load,
         })
     }
 
@@ -187,6 +197,52 @@ impl Context {
             connect_timeout: self.config.api.connect_timeout,
         };
         ApiClient::new(&opts, key).map_err(|e| CliError::usage(e.to_string()))
+    }
+}
+
+/// `tl-ingest.db` → `tl-ingest-emulator.db`, beside it: demo uploads to the
+/// emulator must never make real files look uploaded.
+pub(crate) fn emulator_ledger(path: &std::path::Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tl-ingest".into());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-emulator.{}", ext.to_string_lossy()),
+        None => format!("{stem}-emulator"),
+    };
+    path.with_file_name(name)
+}
+
+/// An in-process emulator on a free loopback port, with a throwaway key.
+pub(crate) async fn start_emulator() -> Result<(Emulator, ApiKey), CliError> {
+    let key = format!("emulator-{:016x}", fastrand::u64(..));
+    let config = EmulatorConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_key: key.clone(),
+        ready_delay: std::time::Duration::from_secs(1),
+        ..EmulatorConfig::default()
+    };
+    let emu = Emulator::start(config)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot start the emulator: {e}")))?;
+    eprintln!(
+        "tl-ingest: using the built-in emulator at {} (nothing leaves this machine)",
+        emu.base_url()
+    );
+    let key = ApiKey::new(&key).ok_or_else(|| CliError::failed("the emulator key is empty"))?;
+    Ok((emu, key))
+}
+
+/// A held ledger is exit 3; anything else about the lock is exit 2.
+pub(crate) fn lock_error(e: LockError) -> CliError {
+    let code = match e {
+        LockError::Held { .. } => 3,
+        LockError::Io { .. } => 2,
+    };
+    CliError {
+        code,
+        message: e.to_string(),
     }
 }
 

@@ -16,14 +16,13 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::broadcast;
 
-use super::{CliError, CliResult, Context, Globals};
+use super::{CliError, CliResult, Context, Globals, emulator_ledger, lock_error, start_emulator};
 use crate::config::WatchConfig;
-use crate::emulator::{Emulator, EmulatorConfig};
+use crate::daemon::lock::LedgerLock;
 use crate::ledger::{Change, FileState, Ledger};
 use crate::pipeline::discover::{Filter, discover};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Progress};
-use crate::secret::ApiKey;
 
 #[derive(Debug, Args)]
 pub struct UploadArgs {
@@ -46,13 +45,14 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
         }
     }
     let (client, ledger_path, _emulator) = if args.emulator {
-        let (emu, client) = start_emulator(&ctx).await?;
-        // Demo uploads must never make real files look uploaded: the
-        // emulator gets a ledger of its own.
+        let (emu, key) = start_emulator().await?;
+        let client = ctx.client_for(&emu.base_url(), &key)?;
         (client, emulator_ledger(&ctx.ledger_path()), Some(emu))
     } else {
         (ctx.api_client()?, ctx.ledger_path(), None)
     };
+    // A daemon on the same ledger would work the same queue.
+    let _lock = LedgerLock::acquire(&ledger_path).map_err(lock_error)?;
     let ledger = ctx.open_ledger(&ledger_path).await?;
     let pipeline = Pipeline::new(ledger.clone(), client, ctx.config.clone());
     pipeline
@@ -87,42 +87,6 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
     };
     ledger.close().await;
     result
-}
-
-/// `tl-ingest.db` → `tl-ingest-emulator.db`, beside it.
-fn emulator_ledger(path: &std::path::Path) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tl-ingest".into());
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}-emulator.{}", ext.to_string_lossy()),
-        None => format!("{stem}-emulator"),
-    };
-    path.with_file_name(name)
-}
-
-/// An in-process emulator with a throwaway key, and a client for it.
-pub(crate) async fn start_emulator(
-    ctx: &Context,
-) -> Result<(Emulator, crate::api::ApiClient), CliError> {
-    let key = format!("emulator-{:016x}", fastrand::u64(..));
-    let config = EmulatorConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_key: key.clone(),
-        ready_delay: Duration::from_secs(1),
-        ..EmulatorConfig::default()
-    };
-    let emu = Emulator::start(config)
-        .await
-        .map_err(|e| CliError::failed(format!("cannot start the emulator: {e}")))?;
-    eprintln!(
-        "tl-ingest: using the built-in emulator at {} (nothing leaves this machine)",
-        emu.base_url()
-    );
-    let key = ApiKey::new(&key).ok_or_else(|| CliError::failed("emulator key"))?;
-    let client = ctx.client_for(&emu.base_url(), &key)?;
-    Ok((emu, client))
 }
 
 enum Waited {

@@ -163,6 +163,9 @@ struct StatRow {
     inode: Option<i64>,
 }
 
+const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode FROM files \
+     WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1";
+
 const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
      last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at";
 
@@ -256,13 +259,10 @@ impl Ledger {
     /// Record a file seen on disk (see [`Discovery`]).
     pub async fn discover(&self, f: &NewFile) -> Result<Discovery, LedgerError> {
         let mut tx = self.begin().await?;
-        let newest: Option<StatRow> = sqlx::query_as(
-            "SELECT id, state, size, mtime_ns, device, inode FROM files \
-                 WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(&f.path_bytes)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let newest: Option<StatRow> = sqlx::query_as(NEWEST_STAT_SQL)
+            .bind(&f.path_bytes)
+            .fetch_optional(&mut *tx)
+            .await?;
         let now = now_ms();
         let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
         if let Some(StatRow {
@@ -337,6 +337,22 @@ impl Ledger {
         tx.commit().await?;
         self.changed(id, f.path.clone(), FileState::Discovered, None);
         Ok(Discovery::New(id))
+    }
+
+    /// Whether the newest record of this path has exactly this size, mtime
+    /// and inode: a file the ledger already knows, which a scan passes over
+    /// without waiting for it to settle or hashing it.
+    pub async fn is_current(&self, f: &NewFile) -> Result<bool, LedgerError> {
+        let row: Option<StatRow> = sqlx::query_as(NEWEST_STAT_SQL)
+            .bind(&f.path_bytes)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some_and(|r| {
+            r.size == Some(to_i64(f.size))
+                && r.mtime_ns == Some(f.mtime_ns)
+                && r.device == Some(to_i64(f.device))
+                && r.inode == Some(to_i64(f.inode))
+        }))
     }
 
     fn announce_requeued(&self, released: Vec<(i64, Option<String>)>) {

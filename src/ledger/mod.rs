@@ -95,10 +95,15 @@ impl Ledger {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        MIGRATOR.run(&pool).await.map_err(|e| LedgerError::Open {
-            path: path.to_path_buf(),
-            reason: format!("cannot apply its schema: {e}"),
-        })?;
+        // Readers migrate only a ledger that is behind (an upgrade with no
+        // daemon since): two processes migrating a new file at once would
+        // race, and the writer holding the ledger lock does it anyway.
+        if create || schema_behind(&pool).await.map_err(open_err)? {
+            MIGRATOR.run(&pool).await.map_err(|e| LedgerError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot apply its schema: {e}"),
+            })?;
+        }
         let (changes, _) = broadcast::channel(4096);
         Ok(Ledger {
             pool,
@@ -124,6 +129,26 @@ impl Ledger {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether an existing ledger lacks migrations this version has. A file
+/// with no schema at all is not a ledger (yet): an error.
+async fn schema_behind(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
+    let has_table: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_table == 0 {
+        return Err(sqlx::Error::Protocol(
+            "it has no tl-ingest schema (it may still be being created)".into(),
+        ));
+    }
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(pool)
+            .await?;
+    Ok(usize::try_from(applied).unwrap_or(0) < MIGRATOR.iter().count())
 }
 
 fn describe_open_error(e: &sqlx::Error) -> String {

@@ -142,7 +142,8 @@ pub async fn discover(
     Ok(report)
 }
 
-type Found = Result<(PathBuf, std::fs::Metadata), String>;
+/// A candidate file and its metadata, or a problem met on the way.
+pub type Found = Result<(PathBuf, std::fs::Metadata), String>;
 
 fn walk(roots: &[PathBuf], filter: &Filter, tx: &mpsc::Sender<Found>) {
     for root in roots {
@@ -160,41 +161,66 @@ fn walk(roots: &[PathBuf], filter: &Filter, tx: &mpsc::Sender<Found>) {
             }
             continue;
         }
-        for entry in walkdir::WalkDir::new(&root).follow_links(false) {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e.to_string()));
-                    continue;
-                }
-            };
-            let ft = entry.file_type();
-            if ft.is_dir() {
-                continue;
-            }
-            let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
-            if !filter.accepts(rel) {
-                continue;
-            }
-            // Regular files, and symlinks that lead to one.
-            let meta = if ft.is_symlink() {
-                std::fs::metadata(entry.path())
-            } else {
-                entry.metadata().map_err(std::io::Error::other)
-            };
-            match meta {
-                Ok(m) if m.is_file() => {
-                    if tx.blocking_send(Ok((entry.into_path(), m))).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => tracing::debug!(path = %entry.path().display(), "not a regular file"),
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(format!("{}: {e}", entry.path().display())));
-                }
-            }
+        if !walk_tree(&root, &root, true, filter, &mut |found| {
+            tx.blocking_send(found).is_ok()
+        }) {
+            return;
         }
     }
+}
+
+/// Walk `start` (a folder inside the watched `root`, or the root itself),
+/// handing every regular file that passes `filter` (matched on its path
+/// relative to `root`) to `sink`, which returns false to stop the walk.
+/// Returns false if the sink stopped it.
+pub fn walk_tree(
+    root: &Path,
+    start: &Path,
+    recursive: bool,
+    filter: &Filter,
+    sink: &mut dyn FnMut(Found) -> bool,
+) -> bool {
+    let mut walker = walkdir::WalkDir::new(start).follow_links(false);
+    if !recursive {
+        walker = walker.max_depth(1);
+    }
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if !sink(Err(e.to_string())) {
+                    return false;
+                }
+                continue;
+            }
+        };
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        if !filter.accepts(rel) {
+            continue;
+        }
+        // Regular files, and symlinks that lead to one.
+        let meta = if ft.is_symlink() {
+            std::fs::metadata(entry.path())
+        } else {
+            entry.metadata().map_err(std::io::Error::other)
+        };
+        let keep_going = match meta {
+            Ok(m) if m.is_file() => sink(Ok((entry.into_path(), m))),
+            Ok(_) => {
+                tracing::debug!(path = %entry.path().display(), "not a regular file");
+                true
+            }
+            Err(e) => sink(Err(format!("{}: {e}", entry.path().display()))),
+        };
+        if !keep_going {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -169,21 +169,32 @@ impl Running {
     /// Stop taking work; let uploads in flight finish for up to `grace`,
     /// then cut them off (their records are queued again for a lookup).
     pub async fn shutdown(self, grace: Duration) {
-        self.stop.cancel();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.drain(grace).await;
+    }
+
+    /// [`Running::shutdown`] without giving the handle up.
+    pub async fn drain(&self, grace: Duration) {
+        self.stop();
+        if tokio::time::timeout(grace, self.finished()).await.is_err() {
             tracing::warn!(grace = ?grace, "uploads still running after the grace period; stopping them");
-            self.abort.cancel();
-            self.tracker.wait().await;
+            self.abort();
+            self.finished().await;
         }
     }
 
-    /// Stop at once: uploads in flight are cut off.
-    pub async fn abort(self) {
+    /// No new claims, hashing or polling; uploads in flight go on.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Cut off uploads in flight too.
+    pub fn abort(&self) {
         self.stop.cancel();
         self.abort.cancel();
+    }
+
+    /// Resolves when every stage has returned.
+    pub async fn finished(&self) {
         self.tracker.wait().await;
     }
 }

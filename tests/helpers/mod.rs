@@ -267,3 +267,126 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A daemon running in-process on the test's emulator and ledger.
+pub struct Daemon {
+    pub controls: tokio::sync::mpsc::Sender<tl_ingest::daemon::Control>,
+    pub task: tokio::task::JoinHandle<Result<(), tl_ingest::daemon::DaemonError>>,
+}
+
+impl TestEnv {
+    /// The daemon config: the test config plus `extra` TOML (watches, watcher).
+    pub fn write_daemon_config(&self, extra: &str) -> PathBuf {
+        let base = std::fs::read_to_string(self.write_config()).expect("read config");
+        let path = self.dir.path().join("daemon.toml");
+        std::fs::write(&path, format!("{base}{extra}")).expect("write daemon config");
+        path
+    }
+
+    /// `[[watch]]` on the inbox with a short settle time.
+    pub fn inbox_watch(&self) -> String {
+        format!(
+            "[watcher]\nsettle = \"300ms\"\nrescan_interval = \"1h\"\n[[watch]]\npath = {:?}\n",
+            self.inbox.display().to_string()
+        )
+    }
+
+    /// Start `tl_ingest::daemon::run` in-process with the config file at `path`.
+    pub fn start_daemon(&self, config_path: &Path) -> Daemon {
+        use tl_ingest::daemon::{ClientSource, Setup};
+        let load = LoadOptions {
+            explicit: Some(config_path.to_path_buf()),
+            env: BTreeMap::new(),
+            cwd: Some(self.dir.path().to_path_buf()),
+        };
+        let (config, _) = Config::load(&load).expect("daemon config loads");
+        let setup = Setup {
+            load,
+            ledger_path: self.ledger_path.clone(),
+            client: ClientSource::Fixed {
+                base_url: self.emulator.base_url(),
+                key: ApiKey::new(KEY).expect("key"),
+            },
+            default_watch: None,
+        };
+        let (controls, rx) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(tl_ingest::daemon::run(setup, config, rx));
+        Daemon { controls, task }
+    }
+
+    /// Wait until the newest record of each path is in `state`, reading
+    /// the ledger the daemon writes (another handle: poll with a deadline).
+    pub async fn wait_for_state(&self, paths: &[PathBuf], state: &str) {
+        self.wait_for_state_while(paths, state, None).await
+    }
+
+    /// The same, failing at once if `daemon` stops on its own.
+    pub async fn wait_for_state_while(
+        &self,
+        paths: &[PathBuf],
+        state: &str,
+        daemon: Option<&mut Daemon>,
+    ) {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        let mut daemon = daemon;
+        loop {
+            if let Some(d) = daemon.as_deref_mut()
+                && d.task.is_finished()
+            {
+                let result = (&mut d.task).await;
+                panic!("the daemon stopped by itself: {result:?}");
+            }
+            if let Ok(ledger) = Ledger::open_existing(&self.ledger_path).await {
+                let mut all = true;
+                for p in paths {
+                    let abs = std::path::absolute(p).expect("absolute");
+                    let rec = ledger
+                        .latest_for_path(abs.as_os_str().as_bytes())
+                        .await
+                        .ok()
+                        .flatten();
+                    all &= rec.is_some_and(|r| r.state == state);
+                }
+                let late = tokio::time::Instant::now() >= end;
+                let dumped = if late {
+                    dump(&ledger).await
+                } else {
+                    String::new()
+                };
+                ledger.close().await;
+                if all {
+                    return;
+                }
+                assert!(
+                    !late,
+                    "timed out waiting for files to be {state}; ledger:\n{dumped}"
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "timed out: no ledger at all"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Daemon {
+    /// Wait for files to reach `state` while this daemon runs.
+    pub async fn wait(&mut self, env: &TestEnv, paths: &[PathBuf], state: &str) {
+        env.wait_for_state_while(paths, state, Some(self)).await
+    }
+
+    /// Ask it to stop and wait for it to return.
+    pub async fn stop(self) {
+        self.controls
+            .send(tl_ingest::daemon::Control::Shutdown)
+            .await
+            .expect("daemon listening");
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("join")
+            .expect("daemon ran without error");
+    }
+}

@@ -1,0 +1,534 @@
+//! `tl-ingest run`: the long-running service.
+//!
+//! Wiring, in order: take the ledger's lock, open the ledger, put back what
+//! a previous run left in flight, start the pipeline, arm a watcher on every
+//! root, tell systemd we are ready, then scan every root once. From then on
+//! one loop owns the settle gate and reacts to watcher feeds, periodic
+//! rescans, status ticks and controls (shutdown, reload) until shutdown.
+//!
+//! Files reach the ledger only through the settle gate: a file is recorded
+//! (`discovered`) once its size and mtime have held still for
+//! `watcher.settle`. Files the ledger already knows with the same stat are
+//! passed over without settling or hashing, which keeps restarts cheap.
+
+pub mod lock;
+pub mod systemd;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::api::{ApiClient, ClientOptions};
+use crate::config::{Config, LoadOptions, WatchConfig};
+use crate::ledger::{FileState, Ledger, LedgerError};
+use crate::pipeline::discover::{Filter, new_file, walk_tree};
+use crate::pipeline::gate::GateState;
+use crate::pipeline::{Pipeline, Running};
+use crate::secret::{ApiKey, load_api_key};
+use crate::watch::settle::{Seen, Settler};
+use crate::watch::{Feed, Mode, RootWatcher, limit_message, watch_root};
+use lock::{LedgerLock, LockError};
+
+/// What the outside world asks of a running daemon (signals, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop taking work and drain; a second one stops at once.
+    Shutdown,
+    /// Re-read the configuration and apply it if it is valid.
+    Reload,
+}
+
+/// Where the API client comes from.
+#[derive(Debug, Clone)]
+pub enum ClientSource {
+    /// The configured base URL and key, re-read on every reload.
+    Configured,
+    /// A fixed endpoint (the built-in emulator).
+    Fixed { base_url: String, key: ApiKey },
+}
+
+/// How to start (and reload) the daemon.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// How the configuration is (re)loaded.
+    pub load: LoadOptions,
+    pub ledger_path: PathBuf,
+    pub client: ClientSource,
+    /// Watched when the configuration names no `[[watch]]` (`run --emulator`).
+    pub default_watch: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Auth rejections are retried after this long, in case the key was fixed
+/// on the platform's side.
+const AUTH_RETRY: Duration = Duration::from_secs(300);
+/// How often STATUS= (and the watchdog) are refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+struct Root {
+    cfg: WatchConfig,
+    /// Absolute path of the watched folder.
+    path: PathBuf,
+    filter: Filter,
+    /// The watch's `user_metadata` as JSON, stored with each record.
+    metadata: Option<String>,
+    /// Dropped to stop watching.
+    watcher: Option<RootWatcher>,
+}
+
+/// Run the daemon until a `Shutdown` control arrives (or `controls` closes).
+pub async fn run(
+    setup: Setup,
+    config: Config,
+    mut controls: mpsc::Receiver<Control>,
+) -> Result<(), DaemonError> {
+    let _lock = LedgerLock::acquire(&setup.ledger_path)?;
+    let ledger = Ledger::open(&setup.ledger_path).await?;
+    let client = make_client(&setup, &config)?;
+    let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(4096);
+    let roots = arm_roots(&setup, &config, &feed_tx)?;
+    let config = Arc::new(config);
+    let pipeline = Pipeline::new(ledger.clone(), client, config.clone());
+    pipeline.recover().await?;
+    let running = pipeline.start();
+    let mut d = Daemon {
+        setup,
+        config,
+        ledger,
+        pipeline,
+        running,
+        roots,
+        settler: Settler::new(Duration::ZERO),
+        feed_tx,
+        auth_rejected_at: None,
+    };
+    d.settler.set_settle(d.config.watcher.settle);
+    systemd::ready();
+    tracing::info!(
+        ledger = %d.setup.ledger_path.display(),
+        roots = d.roots.len(),
+        workers = d.config.upload.workers,
+        "tl-ingest is running"
+    );
+    for i in 0..d.roots.len() {
+        d.scan(i, None, "start-up scan");
+    }
+
+    let mut settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
+    settle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut rescan_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + d.config.watcher.rescan_interval,
+        d.config.watcher.rescan_interval,
+    );
+    rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    loop {
+        tokio::select! {
+            control = controls.recv() => match control {
+                Some(Control::Reload) => {
+                    d.reload().await;
+                    settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
+                }
+                Some(Control::Shutdown) | None => break,
+            },
+            Some(feed) = feed_rx.recv() => d.on_feed(feed).await,
+            _ = settle_tick.tick() => d.settle().await,
+            _ = rescan_tick.tick() => {
+                for i in 0..d.roots.len() {
+                    d.scan(i, None, "periodic rescan");
+                }
+            }
+            _ = status_tick.tick() => d.status().await,
+        }
+    }
+    d.shutdown(&mut controls).await;
+    Ok(())
+}
+
+fn settle_period(settle: Duration) -> Duration {
+    (settle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+fn make_client(setup: &Setup, config: &Config) -> Result<ApiClient, DaemonError> {
+    let (base_url, key) = match &setup.client {
+        ClientSource::Fixed { base_url, key } => (base_url.clone(), key.clone()),
+        ClientSource::Configured => {
+            let (key, _) = load_api_key(&setup.load.env, config.api.key_file.as_deref())
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            (config.api.base_url.clone(), key)
+        }
+    };
+    let opts = ClientOptions {
+        base_url,
+        request_timeout: config.api.request_timeout,
+        connect_timeout: config.api.connect_timeout,
+    };
+    ApiClient::new(&opts, &key).map_err(|e| DaemonError::Config(e.to_string()))
+}
+
+/// The configured roots (or the default one), each checked and watched.
+fn arm_roots(
+    setup: &Setup,
+    config: &Config,
+    feed: &mpsc::Sender<Feed>,
+) -> Result<Vec<Root>, DaemonError> {
+    let mut watches = config.watch.clone();
+    if watches.is_empty() {
+        match &setup.default_watch {
+            Some(path) => {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    DaemonError::Config(format!("cannot create {}: {e}", path.display()))
+                })?;
+                watches.push(WatchConfig::for_path(path.clone()));
+            }
+            None => {
+                return Err(DaemonError::Config(
+                    "no folders to watch: add a [[watch]] table with a path to the configuration"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let mut roots = Vec::with_capacity(watches.len());
+    for (i, cfg) in watches.into_iter().enumerate() {
+        let path = std::path::absolute(&cfg.path).unwrap_or_else(|_| cfg.path.clone());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(DaemonError::Config(format!(
+                    "watch[{i}].path: {} is not a folder",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(DaemonError::Config(format!(
+                    "watch[{i}].path: {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let filter =
+            Filter::new(&cfg).map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?;
+        let metadata = (!cfg.user_metadata.is_empty())
+            .then(|| serde_json::to_string(&cfg.user_metadata).ok())
+            .flatten();
+        let (watcher, mode) =
+            watch_root(i, &path, cfg.recursive, &config.watcher, None, feed.clone()).map_err(
+                |e| DaemonError::Config(format!("cannot watch {}: {e}", path.display())),
+            )?;
+        log_mode(&path, &mode);
+        roots.push(Root {
+            cfg,
+            path,
+            filter,
+            metadata,
+            watcher: Some(watcher),
+        });
+    }
+    Ok(roots)
+}
+
+fn log_mode(path: &Path, mode: &Mode) {
+    match mode {
+        Mode::Native => tracing::info!(path = %path.display(), "watching"),
+        Mode::Poll { reason } => {
+            tracing::info!(path = %path.display(), reason = %reason, "watching by polling")
+        }
+    }
+}
+
+struct Daemon {
+    setup: Setup,
+    config: Arc<Config>,
+    ledger: Ledger,
+    pipeline: Pipeline,
+    running: Running,
+    roots: Vec<Root>,
+    settler: Settler,
+    /// Watchers and scans send here; the main loop receives.
+    feed_tx: mpsc::Sender<Feed>,
+    auth_rejected_at: Option<Instant>,
+}
+
+impl Daemon {
+    /// Walk a root (or a new folder inside it) on a blocking thread,
+    /// feeding every candidate file to the main loop.
+    fn scan(&self, watch: usize, start: Option<PathBuf>, why: &'static str) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        let (path, filter, recursive) =
+            (root.path.clone(), root.filter.clone(), root.cfg.recursive);
+        let start = start.unwrap_or_else(|| path.clone());
+        let tx = self.feed_tx.clone();
+        tracing::debug!(path = %start.display(), why, "scanning");
+        tokio::task::spawn_blocking(move || {
+            walk_tree(
+                &path,
+                &start,
+                recursive,
+                &filter,
+                &mut |found| match found {
+                    Ok((file, _)) => tx.blocking_send(Feed::Path { watch, path: file }).is_ok(),
+                    Err(problem) => {
+                        tracing::warn!(error = %problem, "while scanning");
+                        true
+                    }
+                },
+            );
+        });
+    }
+
+    async fn on_feed(&mut self, feed: Feed) {
+        match feed {
+            Feed::Path { watch, path } => self.on_path(watch, path).await,
+            Feed::Rescan { watch, reason } => {
+                tracing::info!(reason = %reason, "rescanning");
+                self.scan(watch, None, "lost events");
+            }
+            Feed::LimitReached { watch } => self.fall_back_to_polling(watch),
+        }
+    }
+
+    fn fall_back_to_polling(&mut self, watch: usize) {
+        let Some(root) = self.roots.get_mut(watch) else {
+            return;
+        };
+        tracing::warn!("{}", limit_message(&root.path));
+        root.watcher = None;
+        match watch_root(
+            watch,
+            &root.path,
+            root.cfg.recursive,
+            &self.config.watcher,
+            Some("the inotify watch limit is reached".into()),
+            self.feed_tx.clone(),
+        ) {
+            Ok((w, mode)) => {
+                log_mode(&root.path, &mode);
+                root.watcher = Some(w);
+            }
+            Err(e) => {
+                tracing::error!(path = %root.path.display(), error = %e, "cannot poll; relying on periodic rescans")
+            }
+        }
+        self.scan(watch, None, "watch limit reached");
+    }
+
+    async fn on_path(&mut self, watch: usize, path: PathBuf) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        // A feed from before a reload may name a root that is gone.
+        if !path.starts_with(&root.path) {
+            return;
+        }
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) => {
+                self.settler.forget(&path);
+                return;
+            }
+        };
+        if meta.is_dir() {
+            // A new folder: its files may have landed before it was watched.
+            if path != root.path && root.cfg.recursive {
+                self.scan(watch, Some(path), "new folder");
+            }
+            return;
+        }
+        let rel = path.strip_prefix(&root.path).unwrap_or(&path);
+        if !meta.is_file() || !root.filter.accepts(rel) {
+            return;
+        }
+        let found = new_file(&path, &meta, None);
+        match self.ledger.is_current(&found).await {
+            Ok(true) => self.settler.forget(&path),
+            Ok(false) => self.settler.observe(
+                path,
+                watch,
+                Seen {
+                    size: found.size,
+                    mtime_ns: found.mtime_ns,
+                },
+                Instant::now(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+        }
+    }
+
+    /// Look at every unsettled file again; record the ones that held still.
+    async fn settle(&mut self) {
+        if self.settler.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (path, watch) in self.settler.pending() {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    let f = new_file(&path, &m, None);
+                    let seen = Seen {
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                    };
+                    self.settler.observe(path, watch, seen, now);
+                }
+                _ => self.settler.forget(&path),
+            }
+        }
+        for (path, watch) in self.settler.take_settled(now) {
+            let Some(root) = self.roots.get(watch) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let found = new_file(&path, &meta, root.metadata.as_deref());
+            match self.ledger.discover(&found).await {
+                Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
+                Err(e) => {
+                    tracing::warn!(path = %found.path, error = %e, "cannot record the file; will retry");
+                    self.settler.observe(
+                        path,
+                        watch,
+                        Seen {
+                            size: found.size,
+                            mtime_ns: found.mtime_ns,
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Refresh systemd's STATUS= and the watchdog; retry a rejected key
+    /// after a while.
+    async fn status(&mut self) {
+        match self.ledger.counts().await {
+            Ok(counts) => {
+                let n = |s: FileState| {
+                    counts
+                        .iter()
+                        .find(|(st, _)| *st == s)
+                        .map_or(0, |(_, n)| *n)
+                };
+                let mut text = format!(
+                    "{} uploading, {} queued, {} processing, {} ready, {} failed, {} settling",
+                    n(FileState::Uploading),
+                    n(FileState::Queued) + n(FileState::Discovered),
+                    n(FileState::Processing),
+                    n(FileState::Ready),
+                    n(FileState::Failed),
+                    self.settler.len()
+                );
+                match self.pipeline.gate().state() {
+                    GateState::AuthRejected { .. } => {
+                        text.push_str("; paused: the API key was rejected")
+                    }
+                    GateState::RateLimited { wall, .. } => text.push_str(&format!(
+                        "; rate limited until {}",
+                        humantime::format_rfc3339_seconds(wall)
+                    )),
+                    GateState::Open => {}
+                }
+                systemd::status(&text);
+                // The loop is turning and the ledger answers: tell the watchdog.
+                if systemd::watchdog_interval().is_some() {
+                    systemd::watchdog();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the ledger does not answer"),
+        }
+        match self.pipeline.gate().state() {
+            GateState::AuthRejected { .. } => {
+                let since = *self.auth_rejected_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= AUTH_RETRY {
+                    tracing::info!("trying the API key again");
+                    self.auth_rejected_at = None;
+                    self.pipeline.gate().resume();
+                }
+            }
+            _ => self.auth_rejected_at = None,
+        }
+    }
+
+    /// SIGHUP: re-read the configuration; apply it only if all of it works.
+    async fn reload(&mut self) {
+        systemd::reloading();
+        match self.try_reload().await {
+            Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; still running on the previous one")
+            }
+        }
+        systemd::ready();
+    }
+
+    async fn try_reload(&mut self) -> Result<(), String> {
+        let (config, _) = Config::load(&self.setup.load).map_err(|e| e.to_string())?;
+        if config.ledger_path(&self.setup.load.env) != self.config.ledger_path(&self.setup.load.env)
+            && matches!(self.setup.client, ClientSource::Configured)
+        {
+            tracing::warn!("ledger.path changed: that takes a restart; keeping the current ledger");
+        }
+        let client = make_client(&self.setup, &config).map_err(|e| e.to_string())?;
+        let roots = arm_roots(&self.setup, &config, &self.feed_tx).map_err(|e| e.to_string())?;
+        // Everything checks out: switch over.
+        self.roots = roots;
+        self.settler.set_settle(config.watcher.settle);
+        let config = Arc::new(config);
+        // A new client (a new key, perhaps) and new upload settings take a
+        // new pipeline; uploads in flight finish first.
+        self.running.drain(self.config.upload.shutdown_grace).await;
+        self.pipeline = Pipeline::new(self.ledger.clone(), client, config.clone());
+        // Uploads cut off by the drain are queued for a lookup already;
+        // this also covers any the drain could not record.
+        self.pipeline.recover().await.map_err(|e| e.to_string())?;
+        self.running = self.pipeline.start();
+        self.config = config;
+        for i in 0..self.roots.len() {
+            self.scan(i, None, "reload");
+        }
+        Ok(())
+    }
+
+    async fn shutdown(mut self, controls: &mut mpsc::Receiver<Control>) {
+        systemd::stopping();
+        tracing::info!(grace = ?self.config.upload.shutdown_grace, "stopping: finishing uploads in flight");
+        for root in &mut self.roots {
+            root.watcher = None;
+        }
+        self.running.stop();
+        let grace = self.config.upload.shutdown_grace;
+        tokio::select! {
+            done = tokio::time::timeout(grace, self.running.finished()) => {
+                if done.is_err() {
+                    tracing::warn!("uploads still running after the grace period; stopping them");
+                    self.running.abort();
+                    self.running.finished().await;
+                }
+            }
+            Some(Control::Shutdown) = controls.recv() => {
+                tracing::warn!("second stop signal: stopping now");
+                self.running.abort();
+                self.running.finished().await;
+            }
+        }
+        self.ledger.close().await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,160 @@
+//! Watching folders: filesystem events (native or polling) turned into
+//! candidate files, plus the settle gate that holds each candidate until it
+//! has stopped changing. The daemon owns the loop; this module owns the
+//! watchers and the rules.
+
+pub mod fstype;
+pub mod settle;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, RecommendedCache};
+use tokio::sync::mpsc;
+
+use crate::config::{WatcherConfig, WatcherMode};
+
+/// What a watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    /// Something happened at this path (a file or a folder) in watch `watch`.
+    Path { watch: usize, path: PathBuf },
+    /// Events were lost: scan the whole root again.
+    Rescan { watch: usize, reason: String },
+    /// The native watcher hit the inotify watch limit: poll this root.
+    LimitReached { watch: usize },
+}
+
+/// How a root is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Native,
+    Poll { reason: String },
+}
+
+/// A live watcher for one root; dropping it stops watching.
+pub enum RootWatcher {
+    Native(Debouncer<notify::RecommendedWatcher, RecommendedCache>),
+    Poll(Debouncer<notify::PollWatcher, NoCache>),
+}
+
+impl std::fmt::Debug for RootWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootWatcher::Native(_) => f.write_str("RootWatcher::Native"),
+            RootWatcher::Poll(_) => f.write_str("RootWatcher::Poll"),
+        }
+    }
+}
+
+/// Merge bursts of events on the same file; settling is done elsewhere.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The message for an exhausted inotify watch limit.
+pub fn limit_message(root: &Path) -> String {
+    format!(
+        "the inotify watch limit is reached while watching {}: polling it instead. \
+         Raise fs.inotify.max_user_watches (e.g. sysctl fs.inotify.max_user_watches=524288) \
+         to watch it natively",
+        root.display()
+    )
+}
+
+fn handler(
+    watch: usize,
+    tx: mpsc::Sender<Feed>,
+) -> impl FnMut(DebounceEventResult) + Send + 'static {
+    move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            for event in events {
+                if event.need_rescan() {
+                    let _ = tx.blocking_send(Feed::Rescan {
+                        watch,
+                        reason: "the watcher lost events".into(),
+                    });
+                    continue;
+                }
+                for path in &event.paths {
+                    let _ = tx.blocking_send(Feed::Path {
+                        watch,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    let _ = tx.blocking_send(Feed::LimitReached { watch });
+                } else {
+                    tracing::warn!(error = %e, "watcher error; rescanning");
+                    let _ = tx.blocking_send(Feed::Rescan {
+                        watch,
+                        reason: format!("watcher error: {e}"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Start watching `root`: natively unless configured or detected otherwise
+/// (network filesystems are polled), falling back to polling when the
+/// native watcher cannot be set up.
+pub fn watch_root(
+    watch: usize,
+    root: &Path,
+    recursive: bool,
+    cfg: &WatcherConfig,
+    force_poll: Option<String>,
+    tx: mpsc::Sender<Feed>,
+) -> Result<(RootWatcher, Mode), notify::Error> {
+    let mode = if let Some(reason) = force_poll {
+        Mode::Poll { reason }
+    } else if cfg.mode == WatcherMode::Poll {
+        Mode::Poll {
+            reason: "watcher.mode = \"poll\"".into(),
+        }
+    } else if let Some(fs) = fstype::network_fs(root) {
+        Mode::Poll {
+            reason: format!("it is on a {fs} filesystem, where native events are unreliable"),
+        }
+    } else {
+        Mode::Native
+    };
+    let recursive = if recursive {
+        RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
+    };
+    if mode == Mode::Native {
+        let mut debouncer =
+            notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler(watch, tx.clone()))?;
+        match debouncer.watch(root, recursive) {
+            Ok(()) => return Ok((RootWatcher::Native(debouncer), Mode::Native)),
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                tracing::warn!("{}", limit_message(root));
+                return watch_root(
+                    watch,
+                    root,
+                    recursive == RecursiveMode::Recursive,
+                    cfg,
+                    Some("the inotify watch limit is reached".into()),
+                    tx,
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let config = notify::Config::default().with_poll_interval(cfg.poll_interval);
+    let mut debouncer = notify_debouncer_full::new_debouncer_opt::<_, notify::PollWatcher, NoCache>(
+        DEBOUNCE,
+        None,
+        handler(watch, tx),
+        NoCache,
+        config,
+    )?;
+    debouncer.watch(root, recursive)?;
+    Ok((RootWatcher::Poll(debouncer), mode))
+}
