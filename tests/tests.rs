@@ -8,3 +8,4 @@ mod daemon;
 mod helpers;
 mod ledger;
 mod pipeline;
+mod service;

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::history::record_json;
 use super::{CliError, CliResult, Context, Globals, out};
-use crate::ledger::FileState;
+use crate::daemon::lock::LedgerLock;
+use crate::ledger::{FileState, rfc3339};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -18,6 +19,7 @@ pub struct StatusArgs {
 
 pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
     let ctx = Context::load(globals, tracing::Level::WARN)?;
+    let holder = LedgerLock::holder(&ctx.ledger_path());
     let ledger = ctx.read_ledger().await?;
     let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
     let counts = ledger.counts().await.map_err(failed)?;
@@ -35,6 +37,10 @@ pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
             .collect();
         let v = json!({
             "ledger": ctx.ledger_path().display().to_string(),
+            "daemon": holder.as_ref().map(|h| json!({
+                "pid": h.pid,
+                "since": h.since_ms.map(rfc3339),
+            })),
             "counts": counts,
             "in_flight": in_flight.iter().map(record_json).collect::<Vec<_>>(),
             "recent_errors": errors.iter().map(record_json).collect::<Vec<_>>(),
@@ -43,6 +49,15 @@ pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     }
     let _ = out(&format!("ledger: {}", ctx.ledger_path().display()));
+    let daemon = match &holder {
+        Some(h) => format!(
+            "running (pid {}, since {})",
+            h.pid.map_or("?".into(), |p| p.to_string()),
+            h.since_ms.map_or("?".into(), rfc3339)
+        ),
+        None => "not running".into(),
+    };
+    let _ = out(&format!("daemon: {daemon}"));
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = out(&format!("records: {total} ({})", parts.join(", ")));

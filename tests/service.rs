@@ -1,0 +1,238 @@
+//! The daemon as systemd runs it: the real binary, signals, the notify
+//! socket, the ledger lock, and the unit file.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use tl_ingest::emulator::Faults;
+use tl_ingest::ledger::Ledger;
+
+use crate::helpers::{KEY, Kind, TestEnv, dump, output, record_of, text, write_media};
+
+fn spawn_run(env: &TestEnv, config: &Path, notify: Option<&Path>) -> Child {
+    let mut cmd = env.bare_cmd(KEY);
+    cmd.arg("--config").arg(config).arg("run");
+    if let Some(sock) = notify {
+        cmd.env("NOTIFY_SOCKET", sock);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tl-ingest run")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Wait for the child to exit, at most `limit`; its status and stderr.
+async fn exit_within(child: Child, limit: Duration) -> (Option<i32>, String) {
+    let waited = tokio::time::timeout(
+        limit,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await;
+    let out = waited.expect("exits in time").expect("join").expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Receive notify datagrams until one contains `want` (or time runs out).
+async fn expect_notification(sock: &UnixDatagram, seen: &mut Vec<String>, want: &str) {
+    let sock = sock.try_clone().expect("clone socket");
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    while !seen.iter().any(|m| m.contains(want)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {want} in {seen:?}"
+        );
+        let s = sock.try_clone().expect("clone");
+        let msg = tokio::task::spawn_blocking(move || {
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let mut buf = [0u8; 4096];
+            s.recv(&mut buf)
+                .ok()
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .await
+        .expect("join");
+        if let Some(m) = msg {
+            seen.push(m);
+        }
+    }
+    drop(sock);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_socket_gets_ready_status_and_stopping_and_a_second_daemon_exits_3() {
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let a = env.inbox.join("a.mp4");
+    write_media(&a, Kind::Mp4, 10_000, 1);
+
+    let daemon = spawn_run(&env, &config, Some(&sock_path));
+    let mut seen = Vec::new();
+    expect_notification(&sock, &mut seen, "READY=1").await;
+    expect_notification(&sock, &mut seen, "STATUS=").await;
+
+    // The same ledger cannot have two daemons.
+    let mut second = env.bare_cmd(KEY);
+    second.arg("--config").arg(&config).arg("run");
+    let out = output(second).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains(&format!("pid {}", daemon.id())), "{msg}");
+
+    // `status` sees the daemon.
+    let mut status = env.bare_cmd(KEY);
+    status.arg("--config").arg(&config).arg("status");
+    let out = output(status).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("running (pid {}", daemon.id())),
+        "{}",
+        text(&out)
+    );
+
+    signal(&daemon, "TERM");
+    expect_notification(&sock, &mut seen, "STOPPING=1").await;
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_upload_exits_0_within_the_grace_and_the_next_start_finishes() {
+    // Every request takes 3 s: uploads are in flight when SIGTERM comes,
+    // and a 300 ms grace is not enough for them.
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 3000,
+        ..Faults::default()
+    })
+    .await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let text_config = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("[upload]\n", "[upload]\nshutdown_grace = \"300ms\"\n");
+    std::fs::write(&config, text_config).expect("write");
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = env.inbox.join(format!("clip{i}.mp4"));
+            write_media(&p, Kind::Mp4, 50_000, 40 + i);
+            p
+        })
+        .collect();
+
+    let daemon = spawn_run(&env, &config, None);
+    let ledger_path = env.ledger_path.clone();
+    crate::helpers::wait_until(crate::helpers::DEADLINE, "uploads in flight", || {
+        let p = ledger_path.clone();
+        async move {
+            let Ok(l) = Ledger::open_existing(&p).await else {
+                return false;
+            };
+            let n = l.in_flight().await.map(|v| v.len()).unwrap_or(0);
+            l.close().await;
+            n > 0
+        }
+    })
+    .await;
+    signal(&daemon, "TERM");
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Nothing is left claimed: every record can be picked up again.
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    assert!(
+        ledger.in_flight().await.expect("q").is_empty(),
+        "{}",
+        dump(&ledger).await
+    );
+    ledger.close().await;
+
+    env.emulator.set_faults(Faults::default());
+    let daemon = spawn_run(&env, &config, None);
+    env.wait_for_state(&files, "ready").await;
+    signal(&daemon, "TERM");
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    for f in &files {
+        assert_eq!(record_of(&ledger, f).await.state, "ready");
+    }
+    let stats = env.emulator.stats();
+    assert!(
+        stats.uploads_by_sha256.values().all(|n| *n == 1),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_config_keeps_the_daemon_running() {
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let daemon = spawn_run(&env, &config, None);
+    let before = env.inbox.join("before.mp4");
+    write_media(&before, Kind::Mp4, 5000, 1);
+    env.wait_for_state(std::slice::from_ref(&before), "ready")
+        .await;
+
+    let good = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, "this is [not toml").expect("break");
+    signal(&daemon, "HUP");
+    let after = env.inbox.join("after.mp4");
+    write_media(&after, Kind::Mp4, 6000, 2);
+    env.wait_for_state(std::slice::from_ref(&after), "ready")
+        .await;
+    std::fs::write(&config, good).expect("restore");
+
+    signal(&daemon, "TERM");
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("configuration not reloaded"), "{stderr}");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let have = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("systemd-analyze is not installed; unit verification skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/tl-ingest.service"
+    ))
+    .expect("read unit")
+    .replace("/usr/bin/tl-ingest", env!("CARGO_BIN_EXE_tl-ingest"));
+    let path = dir.path().join("tl-ingest.service");
+    std::fs::write(&path, unit).expect("write unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("tl-ingest.service:"), "warnings: {stderr}");
+}
