@@ -230,6 +230,15 @@ fn arm_roots(
                 |e| DaemonError::Config(format!("cannot watch {}: {e}", path.display())),
             )?;
         log_mode(&path, &mode);
+        if cfg.index_id.is_some()
+            || cfg.after_upload != crate::config::FileAction::default()
+            || cfg.on_failure != crate::config::FileAction::default()
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "index_id, after_upload and on_failure are not implemented in this version: files are kept and not indexed"
+            );
+        }
         roots.push(Root {
             cfg,
             path,
