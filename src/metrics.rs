@@ -338,7 +338,10 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        // The sandbox may set http_proxy; loopback must not go through it.
+        // reqwest is built with `rustls-no-provider` and refuses to build a
+        // client without one, even for plain http; as in the api module.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // A proxy from the environment must not see loopback requests.
         reqwest::Client::builder()
             .no_proxy()
             .build()

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::discover::{new_file, path_from_bytes, same_stat};
+use super::discover::{new_file, path_from_bytes};
 use super::eligibility::{HEAD_LEN, Limits, Verdict, judge};
 use crate::ledger::{FileState, HashJob, HashOutcome, NewFile};
 
@@ -65,7 +65,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
         Err(e) => return Examined::Unreadable(e.to_string()),
     };
     let found = new_file(path, &meta, None);
-    if !same_stat(&found, job.size, job.mtime_ns, found_inode(&found)) {
+    if !same_size_and_mtime(&found, job) {
         return Examined::Changed(Box::new(found));
     }
     let mut head = vec![0u8; HEAD_LEN.min(usize::try_from(meta.len()).unwrap_or(HEAD_LEN))];
@@ -91,7 +91,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
     match std::fs::metadata(path) {
         Ok(after) => {
             let after = new_file(path, &after, None);
-            if !same_stat(&after, job.size, job.mtime_ns, found_inode(&found)) {
+            if !same_size_and_mtime(&after, job) || after.inode != found.inode {
                 return Examined::Changed(Box::new(after));
             }
         }
@@ -104,8 +104,9 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
     }
 }
 
-fn found_inode(f: &NewFile) -> i64 {
-    i64::try_from(f.inode).unwrap_or(i64::MAX)
+/// What discovery recorded is what is on disk now.
+fn same_size_and_mtime(f: &NewFile, job: &HashJob) -> bool {
+    i64::try_from(f.size).ok() == Some(job.size) && f.mtime_ns == job.mtime_ns
 }
 
 /// sha256 of a whole file, hex (blocking). Used by tests and tools.

@@ -234,6 +234,6 @@ pub(crate) async fn wait_for_state(
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(timer) => true,
-        open = wake => open || !stop.is_cancelled(),
+        open = wake => open,
     }
 }

@@ -174,6 +174,14 @@ fn check_disk(path: &Path, job: &UploadJob) -> DiskCheck {
     }
 }
 
+/// [`check_disk`] on a blocking thread (a stat can hang on a network mount).
+async fn check_disk_off_thread(path: &Path, job: &UploadJob) -> DiskCheck {
+    let (p, j) = (path.to_path_buf(), job.clone());
+    tokio::task::spawn_blocking(move || check_disk(&p, &j))
+        .await
+        .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
+}
+
 /// The file is not what was hashed any more: say what to do about it.
 fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome> {
     match check {
@@ -214,13 +222,8 @@ async fn send_file(
     path: &Path,
     stop: &CancellationToken,
 ) -> Result<(), Outcome> {
-    let check = {
-        let (p, j) = (path.to_path_buf(), job.clone());
-        tokio::task::spawn_blocking(move || check_disk(&p, &j))
-            .await
-            .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
-    };
-    if let Some(problem) = disk_problem(check, "before upload", 0) {
+    if let Some(problem) = disk_problem(check_disk_off_thread(path, job).await, "before upload", 0)
+    {
         return Err(problem);
     }
     let (Some(sha256), Some(size)) = (job.sha256.as_deref(), job.size) else {
@@ -247,7 +250,7 @@ async fn send_file(
                 return commit(shared, job, &id, &end).await;
             }
             Ok(None) => {}
-            Err(e) => return Err(classify(shared, job, path, &e, 0)),
+            Err(e) => return Err(classify(shared, job, &e, 0)),
         }
     }
 
@@ -280,12 +283,7 @@ async fn send_file(
 
     // Whatever the answer, a file that changed underneath is not the
     // content that was hashed.
-    let check = {
-        let (p, j) = (path.to_path_buf(), job.clone());
-        tokio::task::spawn_blocking(move || check_disk(&p, &j))
-            .await
-            .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
-    };
+    let check = check_disk_off_thread(path, job).await;
     match result {
         Ok(asset) => {
             let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
@@ -293,7 +291,7 @@ async fn send_file(
                     status: 201,
                     detail: "the response has no asset _id".into(),
                 };
-                return Err(classify(shared, job, path, &e, bytes_sent));
+                return Err(classify(shared, job, &e, bytes_sent));
             };
             if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
                 // The platform holds bytes that are not the file's: remove them.
@@ -314,7 +312,7 @@ async fn send_file(
             if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
                 return Err(problem);
             }
-            Err(classify(shared, job, path, &e, bytes_sent))
+            Err(classify(shared, job, &e, bytes_sent))
         }
     }
 }
@@ -357,13 +355,7 @@ fn retry_now(reason: &str) -> Outcome {
 }
 
 /// Turn an API error into what happens to the record.
-fn classify(
-    shared: &Shared,
-    job: &UploadJob,
-    path: &Path,
-    e: &ApiError,
-    bytes_sent: u64,
-) -> Outcome {
+fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> Outcome {
     let failed = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
     let end = AttemptEnd {
         outcome: "transient",
@@ -428,7 +420,6 @@ fn classify(
                 _ => format!("the platform refused it: {e}"),
             };
             tracing::warn!(path = %job.display(), error = %e, "upload refused");
-            let _ = path;
             Outcome::Finish(
                 Event::Fail,
                 AttemptEnd {
