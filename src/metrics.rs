@@ -271,7 +271,7 @@ struct AppState {
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
-    health: Health,
+    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), MetricsError> {
     let bind_error = |source| MetricsError::Bind {

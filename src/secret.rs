@@ -93,6 +93,15 @@ pub fn load_api_key(
 }
 
 fn read_key_file(path: &Path) -> Result<ApiKey, KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "the API key file can be read by other users: chmod 600 it"
+        );
+    }
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
         path: path.to_path_buf(),
         source,

@@ -121,7 +121,27 @@ impl Ledger {
         self.changes.subscribe()
     }
 
+    /// Log and broadcast a committed change: the one place every state
+    /// change of every record is logged, with the same fields.
     fn announce(&self, change: Change) {
+        match change.state {
+            FileState::Failed => tracing::warn!(
+                file_id = change.id,
+                path = %change.path,
+                state = %change.state,
+                asset_id = change.asset_id.as_deref(),
+                error = change.detail.as_deref(),
+                "file failed"
+            ),
+            _ => tracing::info!(
+                file_id = change.id,
+                path = %change.path,
+                state = %change.state,
+                asset_id = change.asset_id.as_deref(),
+                detail = change.detail.as_deref(),
+                "state changed"
+            ),
+        }
         // No receiver is fine: nobody is following.
         let _ = self.changes.send(change);
     }

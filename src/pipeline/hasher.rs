@@ -181,15 +181,9 @@ async fn hash_one(shared: &Shared, job: HashJob) {
                 HashOutcome::Merged { into } => {
                     tracing::debug!(path = %job.path, into, "same version as an existing record");
                 }
-                HashOutcome::Duplicate { of } => {
-                    tracing::info!(path = %job.path, of, "duplicate content");
-                }
-                HashOutcome::Queued | HashOutcome::Gone => {}
+                HashOutcome::Duplicate { .. } | HashOutcome::Queued | HashOutcome::Gone => {}
             }),
-        Ok(Examined::Skip(reason)) => {
-            tracing::info!(path = %job.path, reason, "skipped");
-            ledger.skip(job.id, &reason).await
-        }
+        Ok(Examined::Skip(reason)) => ledger.skip(job.id, &reason).await,
         Ok(Examined::Vanished) => {
             ledger
                 .fail(

@@ -64,15 +64,11 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
         .unwrap_or_default();
     let result = match shared.client.get_asset(&job.asset_id).await {
         Ok(asset) => match asset.status() {
-            AssetStatus::Ready => {
-                tracing::info!(path = %shown, asset_id = %job.asset_id, "ready");
-                ledger.mark_ready(job).await
-            }
+            AssetStatus::Ready => ledger.mark_ready(job).await,
             AssetStatus::Failed => {
                 let why = asset
                     .error_message()
                     .unwrap_or_else(|| "no reason given".into());
-                tracing::warn!(path = %shown, asset_id = %job.asset_id, error = %why, "the platform could not process it");
                 ledger
                     .fail(
                         job.id,

@@ -324,10 +324,7 @@ async fn commit(
     end: &AttemptEnd,
 ) -> Result<(), Outcome> {
     match shared.ledger.accept(job, asset_id, end).await {
-        Ok(()) => {
-            tracing::info!(path = %job.display(), asset_id, "accepted; processing");
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             // The asset exists but is not recorded: the next attempt looks
             // it up rather than sending the file again.
@@ -419,7 +416,6 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
                 ApiError::LocalRead(_) => e.to_string(),
                 _ => format!("the platform refused it: {e}"),
             };
-            tracing::warn!(path = %job.display(), error = %e, "upload refused");
             Outcome::Finish(
                 Event::Fail,
                 AttemptEnd {
