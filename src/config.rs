@@ -361,6 +361,12 @@ impl Config {
                 "api.base_url: must start with http:// or https://, not {base:?}"
             ));
         }
+        let listen = &self.telemetry.metrics_listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "telemetry.metrics_listen: {listen:?} is not host:port (e.g. \"127.0.0.1:9464\")"
+            ));
+        }
         if self.ledger.path.as_os_str().is_empty() {
             return Err("ledger.path: must not be empty".into());
         }

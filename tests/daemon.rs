@@ -182,3 +182,65 @@ async fn a_missing_watch_folder_is_a_configuration_error() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz_are_served() {
+    let env = TestEnv::new().await;
+    // A free port: bind, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let extra = format!(
+        "{}[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n",
+        env.inbox_watch()
+    );
+    let config = env.write_daemon_config(&extra);
+    let mut daemon = env.start_daemon(&config);
+    let clip = env.inbox.join("counted.mp4");
+    write_media(&clip, Kind::Mp4, 12_345, 11);
+    daemon
+        .wait(&env, std::slice::from_ref(&clip), "ready")
+        .await;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    // Gauges are refreshed by the status tick: wait for the ready count.
+    crate::helpers::wait_until(
+        crate::helpers::DEADLINE,
+        "metrics showing the upload",
+        || {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let Ok(resp) = http.get(format!("{base}/metrics")).send().await else {
+                    return false;
+                };
+                let page = resp.text().await.unwrap_or_default();
+                let uploaded = page
+                    .lines()
+                    .find_map(|l| l.strip_prefix("tl_ingest_uploaded_bytes_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                let ready_gauge = page.lines().any(|l| {
+                    l.starts_with("tl_ingest_files{state=\"ready\"}")
+                        && l.split_whitespace()
+                            .last()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            >= Some(1.0)
+                });
+                uploaded >= 12_345.0
+                    && ready_gauge
+                    && page.contains("tl_ingest_upload_duration_seconds")
+            }
+        },
+    )
+    .await;
+    daemon.stop().await;
+}

@@ -14,15 +14,18 @@
 pub mod lock;
 pub mod systemd;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError};
+use crate::ledger::{FileState, Ledger, LedgerError, now_ms};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
@@ -75,6 +78,8 @@ pub enum DaemonError {
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How often STATUS= (and the watchdog) are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// /healthz fails when the main loop has not turned for this long.
+const STALL: Duration = Duration::from_secs(30);
 
 struct Root {
     cfg: WatchConfig,
@@ -112,7 +117,12 @@ pub async fn run(
         settler: Settler::new(Duration::ZERO),
         feed_tx,
         auth_rejected_at: None,
+        health: Arc::new(Mutex::new(Ok(()))),
+        heartbeat: Arc::new(AtomicI64::new(now_ms())),
     };
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    d.serve_metrics(metrics_stop).await?;
     d.settler.set_settle(d.config.watcher.settle);
     systemd::ready();
     tracing::info!(
@@ -270,9 +280,46 @@ struct Daemon {
     /// Watchers and scans send here; the main loop receives.
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
+    /// What /healthz says; written by the status tick.
+    health: Arc<Mutex<Result<(), String>>>,
+    /// When the main loop last turned (Unix ms); read by /healthz.
+    heartbeat: Arc<AtomicI64>,
 }
 
 impl Daemon {
+    /// Serve /metrics and /healthz when `telemetry.metrics_listen` is set.
+    async fn serve_metrics(&self, stop: CancellationToken) -> Result<(), DaemonError> {
+        let listen = &self.config.telemetry.metrics_listen;
+        if listen.is_empty() {
+            return Ok(());
+        }
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            DaemonError::Config(format!(
+                "telemetry.metrics_listen: {listen:?} is not host:port"
+            ))
+        })?;
+        let metrics = crate::metrics::install().map_err(|e| DaemonError::Config(e.to_string()))?;
+        let (health, heartbeat) = (self.health.clone(), self.heartbeat.clone());
+        let check = Arc::new(move || {
+            let idle = now_ms().saturating_sub(heartbeat.load(Ordering::Relaxed));
+            if idle > STALL.as_millis() as i64 {
+                return Err(format!(
+                    "the main loop has not turned for {} s",
+                    idle / 1000
+                ));
+            }
+            match health.lock() {
+                Ok(h) => h.clone(),
+                Err(_) => Err("health state unavailable".into()),
+            }
+        });
+        let (bound, _task) = crate::metrics::serve(addr, metrics, check, stop)
+            .await
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        tracing::info!(address = %bound, "serving /metrics and /healthz");
+        Ok(())
+    }
+
     /// Walk a root (or a new folder inside it) on a blocking thread,
     /// feeding every candidate file to the main loop.
     fn scan(&self, watch: usize, start: Option<PathBuf>, why: &'static str) {
@@ -284,6 +331,9 @@ impl Daemon {
         let start = start.unwrap_or_else(|| path.clone());
         let tx = self.feed_tx.clone();
         tracing::debug!(path = %start.display(), why, "scanning");
+        if start == path {
+            crate::metrics::rescan(why);
+        }
         tokio::task::spawn_blocking(move || {
             walk_tree(
                 &path,
@@ -291,7 +341,7 @@ impl Daemon {
                 recursive,
                 &filter,
                 &mut |found| match found {
-                    Ok((file, _)) => tx.blocking_send(Feed::Path { watch, path: file }).is_ok(),
+                    Ok((file, _)) => tx.blocking_send(Feed::Found { watch, path: file }).is_ok(),
                     Err(problem) => {
                         tracing::warn!(error = %problem, "while scanning");
                         true
@@ -303,7 +353,11 @@ impl Daemon {
 
     async fn on_feed(&mut self, feed: Feed) {
         match feed {
-            Feed::Path { watch, path } => self.on_path(watch, path).await,
+            Feed::Path { watch, path } => {
+                crate::metrics::watcher_events(1);
+                self.on_path(watch, path).await
+            }
+            Feed::Found { watch, path } => self.on_path(watch, path).await,
             Feed::Rescan { watch, reason } => {
                 tracing::info!(reason = %reason, "rescanning");
                 self.scan(watch, None, "lost events");
@@ -427,8 +481,24 @@ impl Daemon {
     /// Refresh systemd's STATUS= and the watchdog; retry a rejected key
     /// after a while.
     async fn status(&mut self) {
+        self.heartbeat.store(now_ms(), Ordering::Relaxed);
+        let mut healthy: Result<(), String> = Ok(());
+        if let Ok((depth, oldest)) = self.ledger.queue_stats().await {
+            let age = oldest.map_or(0, |t| now_ms().saturating_sub(t).max(0));
+            crate::metrics::queue(depth, age as f64 / 1000.0);
+        }
         match self.ledger.counts().await {
             Ok(counts) => {
+                let by_state: Vec<(&str, i64)> = FileState::ALL
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.as_str(),
+                            counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n),
+                        )
+                    })
+                    .collect();
+                crate::metrics::files_by_state(&by_state);
                 let n = |s: FileState| {
                     counts
                         .iter()
@@ -460,7 +530,13 @@ impl Daemon {
                     systemd::watchdog();
                 }
             }
-            Err(e) => tracing::error!(error = %e, "the ledger does not answer"),
+            Err(e) => {
+                tracing::error!(error = %e, "the ledger does not answer");
+                healthy = Err(format!("the ledger does not answer: {e}"));
+            }
+        }
+        if let Ok(mut h) = self.health.lock() {
+            *h = healthy;
         }
         match self.pipeline.gate().state() {
             GateState::AuthRejected { .. } => {

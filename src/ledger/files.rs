@@ -98,6 +98,7 @@ impl UploadJob {
 pub struct PollJob {
     pub id: i64,
     pub asset_id: String,
+    pub uploaded_at: Option<i64>,
     pub path: Option<String>,
     pub url: Option<String>,
     pub attempts: i64,
@@ -736,7 +737,7 @@ impl Ledger {
     /// Records whose asset is processing, least recently updated first.
     pub async fn processing(&self, limit: u32) -> Result<Vec<PollJob>, LedgerError> {
         Ok(sqlx::query_as(
-            "SELECT id, asset_id, path, url, attempts FROM files \
+            "SELECT id, asset_id, uploaded_at, path, url, attempts FROM files \
              WHERE state = 'processing' AND asset_id IS NOT NULL ORDER BY updated_at, id LIMIT ?1",
         )
         .bind(i64::from(limit))
@@ -886,6 +887,16 @@ impl Ledger {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// How many records are queued, and when the oldest of them was
+    /// discovered (Unix ms).
+    pub async fn queue_stats(&self) -> Result<(i64, Option<i64>), LedgerError> {
+        Ok(
+            sqlx::query_as("SELECT count(*), min(discovered_at) FROM files WHERE state = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Record counts per state.

@@ -64,7 +64,13 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
         .unwrap_or_default();
     let result = match shared.client.get_asset(&job.asset_id).await {
         Ok(asset) => match asset.status() {
-            AssetStatus::Ready => ledger.mark_ready(job).await,
+            AssetStatus::Ready => {
+                if let Some(at) = job.uploaded_at {
+                    let ms = crate::ledger::now_ms().saturating_sub(at).max(0);
+                    crate::metrics::processing_finished(ms as f64 / 1000.0);
+                }
+                ledger.mark_ready(job).await
+            }
             AssetStatus::Failed => {
                 let why = asset
                     .error_message()
@@ -81,6 +87,7 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
         },
         Err(e) => match e.class() {
             ErrorClass::RateLimited { until } => {
+                crate::metrics::rate_limited();
                 shared.gate.rate_limited(
                     until.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(5)),
                 );

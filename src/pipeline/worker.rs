@@ -63,6 +63,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
 /// The attempt was cut off by shutdown: back to the queue, to be looked up
 /// on the platform before it is sent again.
 async fn interrupted(shared: &Shared, job: &UploadJob) {
+    crate::metrics::retry("interrupted");
     let end = AttemptEnd {
         outcome: "interrupted",
         error: Some("stopped during the upload".into()),
@@ -204,15 +205,18 @@ fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome
                 ..AttemptEnd::default()
             },
         )),
-        DiskCheck::Changed(stat) => Some(Outcome::Changed(
-            AttemptEnd {
-                outcome: "changed",
-                bytes_sent,
-                error: Some(format!("the file changed {when}; it will be hashed again")),
-                ..AttemptEnd::default()
-            },
-            Some(stat),
-        )),
+        DiskCheck::Changed(stat) => {
+            crate::metrics::retry("changed");
+            Some(Outcome::Changed(
+                AttemptEnd {
+                    outcome: "changed",
+                    bytes_sent,
+                    error: Some(format!("the file changed {when}; it will be hashed again")),
+                    ..AttemptEnd::default()
+                },
+                Some(stat),
+            ))
+        }
     }
 }
 
@@ -277,6 +281,7 @@ async fn send_file(
         .progress
         .insert(job.id, job.display(), up.size, sent.clone());
     let _guard = InFlightGuard { shared, id: job.id };
+    let started = std::time::Instant::now();
     tracing::debug!(path = %job.display(), attempt = job.attempts + 1, "uploading");
     let result = shared.client.create_direct(&up).await;
     let bytes_sent = sent.load(Ordering::Relaxed);
@@ -306,6 +311,7 @@ async fn send_file(
                 bytes_sent,
                 error: None,
             };
+            crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
             commit(shared, job, &id, &end).await
         }
         Err(e) => {
@@ -364,6 +370,7 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
     match e.class() {
         ErrorClass::Transient => match shared.policy.next(failed) {
             Some(wait) => {
+                crate::metrics::retry("transient");
                 tracing::warn!(path = %job.display(), attempt = failed, error = %e, retry_in = ?wait, "upload failed; will retry");
                 Outcome::Retry {
                     end,
@@ -381,6 +388,8 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
             ),
         },
         ErrorClass::RateLimited { until } => {
+            crate::metrics::rate_limited();
+            crate::metrics::retry("rate_limited");
             let until = until.unwrap_or_else(|| SystemTime::now() + shared.policy.delay(1));
             tracing::warn!(path = %job.display(), until = %humantime::format_rfc3339_seconds(until), "rate limited; pausing all uploads");
             shared.gate.rate_limited(until);
@@ -400,6 +409,7 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
                 shared.client.base_url()
             );
             tracing::error!("{message}");
+            crate::metrics::retry("auth");
             shared.gate.auth_rejected(message);
             Outcome::Retry {
                 end: AttemptEnd {

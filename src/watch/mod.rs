@@ -20,6 +20,8 @@ use crate::config::{WatcherConfig, WatcherMode};
 pub enum Feed {
     /// Something happened at this path (a file or a folder) in watch `watch`.
     Path { watch: usize, path: PathBuf },
+    /// A scan found this file (not an event: counted apart).
+    Found { watch: usize, path: PathBuf },
     /// Events were lost: scan the whole root again.
     Rescan { watch: usize, reason: String },
     /// The native watcher hit the inotify watch limit: poll this root.
