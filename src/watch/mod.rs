@@ -160,3 +160,61 @@ pub fn watch_root(
     debouncer.watch(root, recursive)?;
     Ok((RootWatcher::Poll(debouncer), mode))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{Event, EventKind, Flag};
+    use notify_debouncer_full::DebouncedEvent;
+
+    fn run(result: DebounceEventResult) -> Vec<Feed> {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut h = handler(3, tx);
+        // The handler runs on the debouncer's own thread, never on the runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| h(result));
+        });
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn a_rescan_flag_asks_for_a_rescan_of_that_root() {
+        let lost = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        let ordinary = Event::new(EventKind::Any).add_path("/in/a.mp4".into());
+        let feeds = run(Ok(vec![
+            DebouncedEvent::new(lost, std::time::Instant::now()),
+            DebouncedEvent::new(ordinary, std::time::Instant::now()),
+        ]));
+        assert_eq!(
+            feeds,
+            vec![
+                Feed::Rescan {
+                    watch: 3,
+                    reason: "the watcher lost events".into()
+                },
+                Feed::Path {
+                    watch: 3,
+                    path: "/in/a.mp4".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_watch_limit_asks_for_polling_and_other_errors_for_a_rescan() {
+        let feeds = run(Err(vec![
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+            notify::Error::generic("queue overflow"),
+        ]));
+        assert_eq!(feeds[0], Feed::LimitReached { watch: 3 });
+        assert!(
+            matches!(&feeds[1], Feed::Rescan { watch: 3, .. }),
+            "{feeds:?}"
+        );
+        assert!(limit_message(Path::new("/in")).contains("fs.inotify.max_user_watches"));
+    }
+}
