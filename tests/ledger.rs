@@ -119,10 +119,11 @@ async fn same_content_elsewhere_is_a_duplicate_that_gets_the_asset() {
 }
 
 #[tokio::test]
-async fn when_the_original_fails_its_duplicates_are_queued() {
+async fn when_the_original_fails_one_duplicate_takes_its_place() {
     let (_d, ledger) = open().await;
     let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
     let (b, _) = add(&ledger, &file("/in/b.mp4", 10, 1), "same").await;
+    let (c, _) = add(&ledger, &file("/in/c.mp4", 10, 1), "same").await;
     let job = ledger.claim().await.expect("claim").expect("due");
     assert_eq!(job.id, a);
     let end = AttemptEnd {
@@ -136,6 +137,13 @@ async fn when_the_original_fails_its_duplicates_are_queued() {
         .expect("fail");
     assert_eq!(state(&ledger, a).await, FileState::Failed);
     assert_eq!(state(&ledger, b).await, FileState::Queued, "nothing lost");
+    // The content is still sent once: c now duplicates b.
+    assert_eq!(state(&ledger, c).await, FileState::Duplicate);
+    let rec_c = ledger.record(c).await.expect("q").expect("c");
+    assert_eq!(rec_c.duplicate_of, Some(b));
+    let job = ledger.claim().await.expect("claim").expect("b is due");
+    assert_eq!(job.id, b);
+    assert!(ledger.claim().await.expect("claim").is_none());
 }
 
 #[tokio::test]

@@ -24,13 +24,13 @@ fn spawn_run(env: &TestEnv, config: &Path, notify: Option<&Path>) -> Child {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill -{sig} failed");
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match sig {
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        other => panic!("no such signal in these tests: {other}"),
+    };
+    kill_process(Pid::from_child(child), sig).expect("send signal");
 }
 
 /// Wait for the child to exit, at most `limit`; its status and stderr.

@@ -101,9 +101,19 @@ impl ApiError {
     }
 }
 
+/// The longest a 429 is believed: a server (or proxy) asking for more is
+/// asked again after this long, so no record waits for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// When a 429 says to come back: `Retry-After` (seconds or an HTTP date),
-/// else `X-Ratelimit-Reset` (Unix seconds).
+/// else `X-Ratelimit-Reset` (Unix seconds); never later than
+/// [`MAX_RETRY_AFTER`] from `now`.
 pub fn retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<SystemTime> {
+    let latest = now + MAX_RETRY_AFTER;
+    stated_retry_at(headers, now).map(|at| at.min(latest))
+}
+
+fn stated_retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<SystemTime> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -112,7 +122,10 @@ pub fn retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option
     };
     if let Some(v) = text("retry-after") {
         if let Ok(secs) = v.parse::<u64>() {
-            return Some(now + Duration::from_secs(secs));
+            return Some(
+                now.checked_add(Duration::from_secs(secs))
+                    .unwrap_or(now + MAX_RETRY_AFTER),
+            );
         }
         if let Ok(at) = humantime::parse_rfc3339_weak(v) {
             return Some(at);
@@ -124,7 +137,11 @@ pub fn retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option
     if let Some(v) = text("x-ratelimit-reset")
         && let Ok(secs) = v.parse::<u64>()
     {
-        return Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        return Some(
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .unwrap_or(now + MAX_RETRY_AFTER),
+        );
     }
     None
 }
@@ -221,14 +238,23 @@ mod tests {
             retry_at(&h, now),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_060))
         );
+        // Milliseconds where seconds belong, or nonsense: capped, no panic.
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1000060000"));
+        assert_eq!(retry_at(&h, now), Some(now + MAX_RETRY_AFTER));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(retry_at(&h, now), Some(now + MAX_RETRY_AFTER));
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(retry_at(&h, now), Some(now + Duration::from_secs(7)));
         h.insert(
             "retry-after",
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
+        let shortly_before = humantime::parse_rfc3339("2015-10-21T07:00:00Z").expect("date");
         assert_eq!(
-            retry_at(&h, now),
+            retry_at(&h, shortly_before),
             Some(humantime::parse_rfc3339("2015-10-21T07:28:00Z").expect("date"))
         );
     }

@@ -16,7 +16,7 @@ use reqwest::multipart::{Form, Part};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 
-pub use error::{ApiError, ErrorClass, retry_at};
+pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, retry_at};
 pub use types::{Asset, AssetPage, AssetStatus, SHA256_STAMP};
 
 use crate::secret::ApiKey;
@@ -49,6 +49,8 @@ pub struct DirectUpload {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// Kept only to scrub it from error text a server echoes back.
+    key: ApiKey,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             base: opts.base_url.trim_end_matches('/').to_string(),
+            key: key.clone(),
         })
     }
 
@@ -126,7 +129,7 @@ impl ApiClient {
             .await;
         let body_sent = || up.sent.load(Ordering::Relaxed) >= up.size;
         let resp = result.map_err(|e| transport("upload", &e, body_sent()))?;
-        read_json(resp).await
+        self.scrub(read_json(resp).await)
     }
 
     /// `POST /assets` with `method=url`.
@@ -157,7 +160,7 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| transport("create asset", &e, true))?;
-        read_json(resp).await
+        self.scrub(read_json(resp).await)
     }
 
     /// `GET /assets/{id}`.
@@ -168,7 +171,7 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| transport("get asset", &e, false))?;
-        read_json(resp).await
+        self.scrub(read_json(resp).await)
     }
 
     /// `DELETE /assets/{id}`; any 2xx (and 404: already gone) is success.
@@ -182,7 +185,7 @@ impl ApiClient {
         if resp.status().is_success() || resp.status().as_u16() == 404 {
             return Ok(());
         }
-        Err(status_error(resp).await)
+        self.scrub(Err(status_error(resp).await))
     }
 
     /// `GET /assets` with an optional filename filter (a case-insensitive
@@ -207,7 +210,36 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| transport("list assets", &e, false))?;
-        read_json(resp).await
+        self.scrub(read_json(resp).await)
+    }
+
+    /// Remove the key from an error's text: a proxy's error page may echo
+    /// the request headers back, and error text ends up in logs and the
+    /// ledger.
+    fn scrub<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        let key = self.key.expose();
+        let clean = |s: &mut String| {
+            if !key.is_empty() && s.contains(key) {
+                *s = s.replace(key, "<redacted>");
+            }
+        };
+        result.map_err(|mut e| {
+            match &mut e {
+                ApiError::Status { message, code, .. } => {
+                    if let Some(m) = message {
+                        clean(m);
+                    }
+                    if let Some(c) = code {
+                        clean(c);
+                    }
+                }
+                ApiError::Malformed { detail, .. } | ApiError::Transport { detail, .. } => {
+                    clean(detail)
+                }
+                ApiError::LocalRead(detail) => clean(detail),
+            }
+            e
+        })
     }
 
     /// Find an asset this tool uploaded earlier for `filename` with this
@@ -221,11 +253,10 @@ impl ApiClient {
         let mut page = 1;
         loop {
             let listing = self.list_assets(Some(filename), page, 50).await?;
-            if let Some(found) = listing
-                .data
-                .iter()
-                .find(|a| a.sha256_stamp().as_deref() == Some(sha256) && a.id.is_some())
-            {
+            if let Some(found) = listing.data.iter().find(|a| {
+                a.sha256_stamp().as_deref() == Some(sha256)
+                    && a.id.as_deref().is_some_and(|id| !id.is_empty())
+            }) {
                 return Ok(Some(found.clone()));
             }
             let last = listing
@@ -360,6 +391,54 @@ mod tests {
         let name = std::ffi::OsStr::from_bytes(b"new\nline\t\xff.mp4");
         assert_eq!(wire_filename(name), "new_line_\u{fffd}.mp4");
         assert_eq!(wire_filename(std::ffi::OsStr::new("")), "upload");
+    }
+
+    /// A proxy that answers with an HTML page echoing the request headers.
+    async fn echoing_proxy() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let page = format!("<html><pre>{}</pre></html>", String::from_utf8_lossy(&req));
+                let resp = format!(
+                    "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_echoed_key_is_scrubbed_from_errors() {
+        let addr = echoing_proxy().await;
+        let key = ApiKey::new("tlk_SECRET_value_42").expect("key");
+        let client = ApiClient::new(
+            &ClientOptions {
+                base_url: format!("http://{addr}/v1.3"),
+                request_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+            &key,
+        )
+        .expect("client");
+        let err = client.get_asset("abc").await.expect_err("502");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("tlk_SECRET_value_42"), "{text}");
+        assert!(text.contains("<redacted>"), "the echo was there: {text}");
+        assert_eq!(err.class(), ErrorClass::Transient);
     }
 
     #[test]

@@ -101,6 +101,9 @@ async fn wait_until_done(pipeline: &Pipeline, mut changes: broadcast::Receiver<C
     let ledger = pipeline.ledger();
     let mut gate = pipeline.gate().subscribe();
     let mut display = Display::new(pipeline.progress().clone());
+    // Armed once, so a Ctrl-C between two turns of the loop is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -117,7 +120,7 @@ async fn wait_until_done(pipeline: &Pipeline, mut changes: broadcast::Receiver<C
             Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 display.finish();
                 return Waited::Interrupted;
             }

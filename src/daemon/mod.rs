@@ -78,6 +78,8 @@ pub enum DaemonError {
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How often STATUS= (and the watchdog) are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// Longest the main loop waits for a stat (a hung network mount).
+const STAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// /healthz fails when the main loop has not turned for this long.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -260,6 +262,16 @@ fn arm_roots(
     Ok(roots)
 }
 
+/// A path's metadata from a blocking thread; `None` if it is gone or the
+/// filesystem did not answer in time.
+async fn stat_off_thread(path: PathBuf) -> Option<std::fs::Metadata> {
+    let stat = tokio::task::spawn_blocking(move || std::fs::metadata(path).ok());
+    match tokio::time::timeout(STAT_TIMEOUT, stat).await {
+        Ok(Ok(meta)) => meta,
+        _ => None,
+    }
+}
+
 fn log_mode(path: &Path, mode: &Mode) {
     match mode {
         Mode::Native => tracing::info!(path = %path.display(), "watching"),
@@ -341,7 +353,13 @@ impl Daemon {
                 recursive,
                 &filter,
                 &mut |found| match found {
-                    Ok((file, _)) => tx.blocking_send(Feed::Found { watch, path: file }).is_ok(),
+                    Ok((file, meta)) => tx
+                        .blocking_send(Feed::Found {
+                            watch,
+                            path: file,
+                            meta,
+                        })
+                        .is_ok(),
                     Err(problem) => {
                         tracing::warn!(error = %problem, "while scanning");
                         true
@@ -355,9 +373,10 @@ impl Daemon {
         match feed {
             Feed::Path { watch, path } => {
                 crate::metrics::watcher_events(1);
-                self.on_path(watch, path).await
+                let meta = stat_off_thread(path.clone()).await;
+                self.on_path(watch, path, meta).await
             }
-            Feed::Found { watch, path } => self.on_path(watch, path).await,
+            Feed::Found { watch, path, meta } => self.on_path(watch, path, Some(meta)).await,
             Feed::Rescan { watch, reason } => {
                 tracing::info!(reason = %reason, "rescanning");
                 self.scan(watch, None, "lost events");
@@ -391,7 +410,8 @@ impl Daemon {
         self.scan(watch, None, "watch limit reached");
     }
 
-    async fn on_path(&mut self, watch: usize, path: PathBuf) {
+    /// `meta`: the path's metadata, `None` if it is gone (or did not answer).
+    async fn on_path(&mut self, watch: usize, path: PathBuf, meta: Option<std::fs::Metadata>) {
         let Some(root) = self.roots.get(watch) else {
             return;
         };
@@ -399,12 +419,9 @@ impl Daemon {
         if !path.starts_with(&root.path) {
             return;
         }
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(_) => {
-                self.settler.forget(&path);
-                return;
-            }
+        let Some(meta) = meta else {
+            self.settler.forget(&path);
+            return;
         };
         if meta.is_dir() {
             // A new folder: its files may have landed before it was watched.
@@ -438,28 +455,45 @@ impl Daemon {
         if self.settler.is_empty() {
             return;
         }
+        let pending = self.settler.pending();
+        let paths: Vec<PathBuf> = pending.iter().map(|(p, _)| p.clone()).collect();
+        // One blocking pass for all of them: a stat can hang on a network
+        // mount, and the main loop must keep turning.
+        let stats = tokio::time::timeout(
+            STAT_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                paths
+                    .into_iter()
+                    .map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()))
+                    .collect::<Vec<_>>()
+            }),
+        )
+        .await;
+        let Ok(Ok(stats)) = stats else {
+            tracing::warn!("looking at files waiting to settle took too long; trying again");
+            return;
+        };
         let now = Instant::now();
-        for (path, watch) in self.settler.pending() {
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => {
+        let mut metas = std::collections::HashMap::new();
+        for ((path, watch), meta) in pending.into_iter().zip(stats) {
+            match meta {
+                Some(m) => {
                     let f = new_file(&path, &m, None);
                     let seen = Seen {
                         size: f.size,
                         mtime_ns: f.mtime_ns,
                     };
-                    self.settler.observe(path, watch, seen, now);
+                    self.settler.observe(path.clone(), watch, seen, now);
+                    metas.insert(path, m);
                 }
-                _ => self.settler.forget(&path),
+                None => self.settler.forget(&path),
             }
         }
         for (path, watch) in self.settler.take_settled(now) {
-            let Some(root) = self.roots.get(watch) else {
+            let (Some(root), Some(meta)) = (self.roots.get(watch), metas.get(&path)) else {
                 continue;
             };
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let found = new_file(&path, &meta, root.metadata.as_deref());
+            let found = new_file(&path, meta, root.metadata.as_deref());
             match self.ledger.discover(&found).await {
                 Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
                 Err(e) => {
@@ -581,8 +615,11 @@ impl Daemon {
         self.running.drain(self.config.upload.shutdown_grace).await;
         self.pipeline = Pipeline::new(self.ledger.clone(), client, config.clone());
         // Uploads cut off by the drain are queued for a lookup already;
-        // this also covers any the drain could not record.
-        self.pipeline.recover().await.map_err(|e| e.to_string())?;
+        // this also covers any the drain could not record. Whatever
+        // happens, the new pipeline starts: the old one is gone.
+        if let Err(e) = self.pipeline.recover().await {
+            tracing::warn!(error = %e, "could not requeue interrupted uploads; the next start will");
+        }
         self.running = self.pipeline.start();
         self.config = config;
         for i in 0..self.roots.len() {

@@ -210,25 +210,45 @@ async fn end_attempt_tx(
     Ok(())
 }
 
-/// Records that duplicated `id` can no longer count on its asset: queue them
-/// for an upload of their own (the first of them will become the new
-/// original, the others its duplicates again once hashed... they already
-/// are hashed, so they simply race for the queue like any record).
+/// Records that duplicated `id` can no longer count on its asset: the
+/// oldest of them is queued to be sent itself, and the others become its
+/// duplicates (one upload for the content, as before). Returns the queued
+/// record, if any.
 async fn release_duplicates_tx(
     conn: &mut SqliteConnection,
     id: i64,
 ) -> Result<Vec<(i64, Option<String>)>, LedgerError> {
     let to = FileState::Duplicate.on(Event::Requeue)?;
-    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "UPDATE files SET state = ?2, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
-         updated_at = ?3 WHERE duplicate_of = ?1 AND state = 'duplicate' RETURNING id, path",
+    let heir: Option<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, path FROM files WHERE duplicate_of = ?1 AND state = 'duplicate' \
+         ORDER BY id LIMIT 1",
     )
     .bind(id)
-    .bind(to.as_str())
-    .bind(now_ms())
-    .fetch_all(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(rows)
+    let Some((heir_id, heir_path)) = heir else {
+        return Ok(Vec::new());
+    };
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE files SET state = ?2, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
+         updated_at = ?3 WHERE id = ?1 AND state = 'duplicate'",
+    )
+    .bind(heir_id)
+    .bind(to.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE files SET duplicate_of = ?2, asset_id = NULL, updated_at = ?3 \
+         WHERE duplicate_of = ?1 AND state = 'duplicate'",
+    )
+    .bind(id)
+    .bind(heir_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(vec![(heir_id, heir_path)])
 }
 
 async fn path_of_tx(conn: &mut SqliteConnection, id: i64) -> Result<String, LedgerError> {
@@ -772,6 +792,16 @@ impl Ledger {
             asset_id: Some(job.asset_id.clone()),
             detail: None,
         });
+        Ok(())
+    }
+
+    /// Still processing: move it to the back of the polling order.
+    pub async fn touch(&self, job: &PollJob) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE files SET updated_at = ?2 WHERE id = ?1 AND state = 'processing'")
+            .bind(job.id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The longest a single 429 may pause the pool: a server that asks for
 /// more is taken as lying, and asked again after this long.
-const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(3600);
+const MAX_RATE_LIMIT_PAUSE: Duration = crate::api::MAX_RETRY_AFTER;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateState {

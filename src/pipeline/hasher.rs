@@ -70,6 +70,12 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
     }
     let mut head = vec![0u8; HEAD_LEN.min(usize::try_from(meta.len()).unwrap_or(HEAD_LEN))];
     if let Err(e) = file.read_exact(&mut head) {
+        // Shorter than it was a moment ago: truncated, not unreadable.
+        if e.kind() == std::io::ErrorKind::UnexpectedEof
+            && let Ok(now) = std::fs::metadata(path)
+        {
+            return Examined::Changed(Box::new(new_file(path, &now, None)));
+        }
         return Examined::Unreadable(e.to_string());
     }
     let mime = match judge(path, meta.len(), &head, limits) {
@@ -149,7 +155,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
             continue;
         }
+        // Stop between files when told to (a hash already running finishes
+        // on its thread; its result is simply not recorded).
         futures_util::stream::iter(jobs)
+            .take_until(stop.cancelled())
             .for_each_concurrent(parallel, |job| {
                 let shared = shared.clone();
                 async move { hash_one(&shared, job).await }

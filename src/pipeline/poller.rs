@@ -16,11 +16,16 @@ use crate::ledger::{FileState, PollJob};
 const PARALLEL_POLLS: usize = 4;
 /// Records looked at per round.
 const BATCH: u32 = 500;
+/// An asset still processing this long after upload is given up on: the
+/// platform's own guidance is seconds to minutes.
+const PROCESSING_DEADLINE_MS: i64 = 24 * 3_600_000;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = shared.config.api.poll_interval;
     let mut changes = shared.ledger.subscribe();
     loop {
+        // Changes from before this query are covered by it.
+        while changes.try_recv().is_ok() {}
         let jobs = match shared.ledger.processing(BATCH).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -30,7 +35,6 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         };
         if jobs.is_empty() {
             // Nothing to ask about: sleep until something is accepted.
-            while changes.try_recv().is_ok() {}
             if !super::wait_for_state(&mut changes, &stop, FileState::Processing, None).await {
                 return;
             }
@@ -43,6 +47,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             continue;
         }
         futures_util::stream::iter(jobs)
+            .take_until(stop.cancelled())
             .for_each_concurrent(PARALLEL_POLLS, |job| {
                 let shared = shared.clone();
                 let stop = stop.clone();
@@ -53,7 +58,24 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
-    if !shared.gate.wait_open(stop).await {
+    if stop.is_cancelled() || !shared.gate.wait_open(stop).await {
+        return;
+    }
+    if let Some(at) = job.uploaded_at
+        && crate::ledger::now_ms().saturating_sub(at) > PROCESSING_DEADLINE_MS
+    {
+        let msg = format!(
+            "the platform did not finish processing asset {} within {} hours",
+            job.asset_id,
+            PROCESSING_DEADLINE_MS / 3_600_000
+        );
+        if let Err(e) = shared
+            .ledger
+            .fail(job.id, FileState::Processing, &msg)
+            .await
+        {
+            tracing::warn!(file_id = job.id, error = %e, "could not record the poll result");
+        }
         return;
     }
     let ledger = &shared.ledger;
@@ -83,7 +105,9 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
                     )
                     .await
             }
-            AssetStatus::Processing | AssetStatus::Other(_) => Ok(()),
+            // Still working: go to the back of the line, so that a few
+            // slow assets never keep the others from being asked about.
+            AssetStatus::Processing | AssetStatus::Other(_) => ledger.touch(job).await,
         },
         Err(e) => match e.class() {
             ErrorClass::RateLimited { until } => {

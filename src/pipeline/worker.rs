@@ -390,7 +390,10 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
         ErrorClass::RateLimited { until } => {
             crate::metrics::rate_limited();
             crate::metrics::retry("rate_limited");
-            let until = until.unwrap_or_else(|| SystemTime::now() + shared.policy.delay(1));
+            let now = SystemTime::now();
+            let until = until
+                .unwrap_or_else(|| now + shared.policy.delay(1))
+                .min(now + crate::api::MAX_RETRY_AFTER);
             tracing::warn!(path = %job.display(), until = %humantime::format_rfc3339_seconds(until), "rate limited; pausing all uploads");
             shared.gate.rate_limited(until);
             Outcome::Retry {
