@@ -199,3 +199,29 @@ async fn sigkill_during_an_upload_then_a_rerun_leaves_every_file_ready_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_emulator_needs_no_key_and_keeps_its_own_ledger() {
+    let env = TestEnv::new().await;
+    write_media(&env.inbox.join("demo.mp4"), Kind::Mp4, 8000, 1);
+    let mut cmd = env.bare_cmd("");
+    cmd.env_remove("TWELVELABS_API_KEY")
+        .args(["upload", "--emulator", "inbox"]);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !env.dir.path().join("tl-ingest.db").exists(),
+        "the real ledger is untouched"
+    );
+    assert!(env.dir.path().join("tl-ingest-emulator.db").exists());
+
+    let mut cmd = env.bare_cmd("");
+    cmd.args(["history", "--emulator", "--format", "json"]);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"state\":\"ready\""),
+        "{}",
+        text(&out)
+    );
+}

@@ -41,6 +41,12 @@ pub struct Cli {
     /// Less log output (repeat for less).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+    /// Use the built-in API emulator (no key needed) and its own ledger,
+    /// beside the configured one (`tl-ingest-emulator.db`), so that demo
+    /// uploads never make real files look uploaded. With `status` and
+    /// `history`: read that ledger.
+    #[arg(long, global = true)]
+    pub emulator: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -113,6 +119,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         config: cli.config,
         verbose: cli.verbose,
         quiet: cli.quiet,
+        emulator: cli.emulator,
     };
     match cli.command {
         Command::Run(args) => run::run(&globals, args).await,
@@ -129,6 +136,7 @@ pub struct Globals {
     pub config: Option<PathBuf>,
     pub verbose: u8,
     pub quiet: u8,
+    pub emulator: bool,
 }
 
 /// The loaded configuration and the environment it was read with.
@@ -139,6 +147,8 @@ pub struct Context {
     pub env: BTreeMap<String, String>,
     /// How it was loaded, to load it again on reload.
     pub load: LoadOptions,
+    /// `--emulator`: the emulator's ledger instead of the configured one.
+    pub emulator: bool,
 }
 
 impl Context {
@@ -161,11 +171,19 @@ impl Context {
             file,
             env: opts.env,
             load,
+            emulator: globals.emulator,
         })
     }
 
+    /// The ledger to use: the configured one, or with `--emulator` the
+    /// emulator's, beside it.
     pub fn ledger_path(&self) -> PathBuf {
-        self.config.ledger_path(&self.env)
+        let configured = self.config.ledger_path(&self.env);
+        if self.emulator {
+            emulator_ledger(&configured)
+        } else {
+            configured
+        }
     }
 
     /// Open (or create) the ledger for work.

@@ -8,30 +8,28 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{CliError, CliResult, Context, Globals, emulator_ledger, lock_error, start_emulator};
+use super::{CliError, CliResult, Context, Globals, lock_error, start_emulator};
 use crate::daemon::{self, ClientSource, Control, DaemonError, Setup};
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Upload to the built-in API emulator (no key needed). With no
-    /// [[watch]] configured, watches ./inbox.
-    #[arg(long)]
-    pub emulator: bool,
-}
+pub struct RunArgs {}
 
-pub async fn run(globals: &Globals, args: RunArgs) -> CliResult {
+/// With `--emulator` and no `[[watch]]` configured, this folder is watched.
+const EMULATOR_INBOX: &str = "inbox";
+
+pub async fn run(globals: &Globals, _args: RunArgs) -> CliResult {
     let ctx = Context::load(globals, tracing::Level::INFO)?;
-    let (client, ledger_path, default_watch, _emulator) = if args.emulator {
+    let (client, default_watch, _emulator) = if ctx.emulator {
         let (emu, key) = start_emulator().await?;
         let client = ClientSource::Fixed {
             base_url: emu.base_url(),
             key,
         };
-        let ledger = emulator_ledger(&ctx.ledger_path());
-        (client, ledger, Some(PathBuf::from("inbox")), Some(emu))
+        (client, Some(PathBuf::from(EMULATOR_INBOX)), Some(emu))
     } else {
-        (ClientSource::Configured, ctx.ledger_path(), None, None)
+        (ClientSource::Configured, None, None)
     };
+    let ledger_path = ctx.ledger_path();
     let controls =
         forward_signals().map_err(|e| CliError::failed(format!("cannot handle signals: {e}")))?;
     let setup = Setup {

@@ -16,7 +16,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::broadcast;
 
-use super::{CliError, CliResult, Context, Globals, emulator_ledger, lock_error, start_emulator};
+use super::{CliError, CliResult, Context, Globals, lock_error, start_emulator};
 use crate::config::WatchConfig;
 use crate::daemon::lock::LedgerLock;
 use crate::ledger::{Change, FileState, Ledger};
@@ -29,9 +29,6 @@ pub struct UploadArgs {
     /// Files and folders to upload (folders recursively, media files only).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Start the built-in API emulator and upload to it (no key needed).
-    #[arg(long)]
-    pub emulator: bool,
 }
 
 pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
@@ -44,13 +41,13 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
             )));
         }
     }
-    let (client, ledger_path, _emulator) = if args.emulator {
+    let (client, _emulator) = if ctx.emulator {
         let (emu, key) = start_emulator().await?;
-        let client = ctx.client_for(&emu.base_url(), &key)?;
-        (client, emulator_ledger(&ctx.ledger_path()), Some(emu))
+        (ctx.client_for(&emu.base_url(), &key)?, Some(emu))
     } else {
-        (ctx.api_client()?, ctx.ledger_path(), None)
+        (ctx.api_client()?, None)
     };
+    let ledger_path = ctx.ledger_path();
     // A daemon on the same ledger would work the same queue.
     let _lock = LedgerLock::acquire(&ledger_path).map_err(lock_error)?;
     let ledger = ctx.open_ledger(&ledger_path).await?;
