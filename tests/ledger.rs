@@ -15,6 +15,7 @@ fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {
         device: 1,
         inode: 42,
         user_metadata: None,
+        origin: None,
     }
 }
 

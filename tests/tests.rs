@@ -6,6 +6,7 @@
 mod cli;
 mod daemon;
 mod helpers;
+mod large;
 mod ledger;
 mod pipeline;
 mod service;

@@ -17,7 +17,10 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 
 pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, retry_at};
-pub use types::{Asset, AssetPage, AssetStatus, SHA256_STAMP};
+pub use types::{
+    Asset, AssetPage, AssetStatus, IndexedAsset, MultipartCreated, ReportResult, SHA256_STAMP,
+    SessionStatus, UploadUrl,
+};
 
 use crate::secret::ApiKey;
 
@@ -28,6 +31,17 @@ const STREAM_BUFFER: usize = 256 * 1024;
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
 /// Pages of `GET /assets?filename=` searched for a lost upload.
 const LOOKUP_MAX_PAGES: u64 = 20;
+
+/// A chunk PUT that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The presigned URL was refused (expired, or already used): get a
+    /// fresh one and try again.
+    #[error("the upload URL was refused (HTTP {0})")]
+    UrlRejected(u16),
+    #[error(transparent)]
+    Api(ApiError),
+}
 
 /// A local file to send with `method=direct`.
 #[derive(Debug, Clone)]
@@ -48,6 +62,9 @@ pub struct DirectUpload {
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
+    /// For presigned chunk URLs: no default headers, so the API key never
+    /// goes to the storage host.
+    storage: reqwest::Client,
     base: String,
     /// Kept only to scrub it from error text a server echoes back.
     key: ApiKey,
@@ -86,8 +103,20 @@ impl ApiClient {
                 detail: e.to_string(),
                 body_sent: false,
             })?;
+        let storage = reqwest::Client::builder()
+            .user_agent(concat!("tl-ingest/", env!("CARGO_PKG_VERSION")))
+            .timeout(opts.request_timeout)
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ApiError::Transport {
+                what: "cannot build the HTTP client",
+                detail: e.to_string(),
+                body_sent: false,
+            })?;
         Ok(ApiClient {
             http,
+            storage,
             base: opts.base_url.trim_end_matches('/').to_string(),
             key: key.clone(),
         })
@@ -213,33 +242,247 @@ impl ApiClient {
         self.scrub(read_json(resp).await)
     }
 
+    /// `POST /assets/multipart-uploads`: a session for a large file.
+    pub async fn create_multipart(
+        &self,
+        filename: &str,
+        kind: &str,
+        total_size: u64,
+        enable_hls: bool,
+        enable_thumbnail: bool,
+        user_metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<MultipartCreated, ApiError> {
+        let body = serde_json::json!({
+            "filename": filename,
+            "type": kind,
+            "total_size": total_size,
+            "enable_hls": enable_hls,
+            "enable_thumbnail": enable_thumbnail,
+            "user_metadata": user_metadata,
+        });
+        let resp = self
+            .http
+            .post(format!("{}/assets/multipart-uploads", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport("create upload session", &e, true))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// `POST /assets/multipart-uploads/{id}/presigned-urls`: fresh URLs
+    /// for chunks `start..start+count` (1-based, count ≤ 50).
+    pub async fn presigned_urls(
+        &self,
+        upload_id: &str,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<UploadUrl>, ApiError> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/assets/multipart-uploads/{}/presigned-urls",
+                self.base,
+                encode_segment(upload_id)
+            ))
+            .json(&serde_json::json!({ "start": start, "count": count }))
+            .send()
+            .await
+            .map_err(|e| transport("get upload URLs", &e, false))?;
+        let urls: types::PresignedUrls = self.scrub(read_json(resp).await)?;
+        Ok(urls.upload_urls)
+    }
+
+    /// `POST /assets/multipart-uploads/{id}`: report chunks with their ETags.
+    pub async fn report_chunks(
+        &self,
+        upload_id: &str,
+        chunks: &[(u64, String, u64)],
+    ) -> Result<ReportResult, ApiError> {
+        let completed: Vec<serde_json::Value> = chunks
+            .iter()
+            .map(|(index, etag, size)| {
+                serde_json::json!({
+                    "chunk_index": index,
+                    "proof": etag,
+                    "proof_type": "etag",
+                    "chunk_size": size,
+                })
+            })
+            .collect();
+        let resp = self
+            .http
+            .post(format!(
+                "{}/assets/multipart-uploads/{}",
+                self.base,
+                encode_segment(upload_id)
+            ))
+            .json(&serde_json::json!({ "completed_chunks": completed }))
+            .send()
+            .await
+            .map_err(|e| transport("report chunks", &e, true))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// `GET /assets/multipart-uploads/{id}`, every page: the session's
+    /// status and the chunks the platform has accepted.
+    pub async fn multipart_status(
+        &self,
+        upload_id: &str,
+    ) -> Result<(Option<String>, Vec<u64>), ApiError> {
+        let mut done = Vec::new();
+        let mut status = None;
+        for page in 1..=10_000u64 {
+            let resp = self
+                .http
+                .get(format!(
+                    "{}/assets/multipart-uploads/{}",
+                    self.base,
+                    encode_segment(upload_id)
+                ))
+                .query(&[("page", page.to_string()), ("page_limit", "50".to_string())])
+                .send()
+                .await
+                .map_err(|e| transport("get upload session", &e, false))?;
+            let st: SessionStatus = self.scrub(read_json(resp).await)?;
+            status = st.status.clone().or(status);
+            let n = st.uploaded_chunks.len();
+            done.extend(
+                st.uploaded_chunks
+                    .iter()
+                    .filter(|c| c.status.as_deref() == Some("completed"))
+                    .map(|c| c.index),
+            );
+            let last = st
+                .page_info
+                .as_ref()
+                .and_then(|p| p.total_page)
+                .is_none_or(|total| page >= total);
+            if n == 0 || last {
+                break;
+            }
+        }
+        Ok((status, done))
+    }
+
+    /// PUT one chunk, read straight from `path` at `offset`, to its
+    /// presigned URL; returns the ETag (quotes removed).
+    pub async fn put_chunk(
+        &self,
+        url: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+        sent: Arc<AtomicU64>,
+    ) -> Result<String, ChunkError> {
+        use tokio::io::AsyncSeekExt;
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| {
+            ChunkError::Api(ApiError::LocalRead(format!("{}: {e}", path.display())))
+        })?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), STREAM_BUFFER)
+            .inspect_ok(move |chunk| {
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            });
+        let mut req = self
+            .storage
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ChunkError::Api(transport("chunk upload", &e, false)))?;
+        let status = resp.status().as_u16();
+        if status == 403 || status == 410 {
+            return Err(ChunkError::UrlRejected(status));
+        }
+        if !resp.status().is_success() {
+            return Err(ChunkError::Api(self.scrub_err(status_error(resp).await)));
+        }
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .filter(|v| !v.is_empty());
+        etag.ok_or(ChunkError::Api(ApiError::Malformed {
+            status,
+            detail: "the chunk upload answered without an ETag".into(),
+        }))
+    }
+
+    /// `POST /indexes/{index_id}/indexed-assets`.
+    pub async fn index_asset(
+        &self,
+        index_id: &str,
+        asset_id: &str,
+    ) -> Result<IndexedAsset, ApiError> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/indexes/{}/indexed-assets",
+                self.base,
+                encode_segment(index_id)
+            ))
+            .json(&serde_json::json!({ "asset_id": asset_id }))
+            .send()
+            .await
+            .map_err(|e| transport("index asset", &e, true))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// `GET /indexes/{index_id}/indexed-assets/{id}`.
+    pub async fn indexed_asset(&self, index_id: &str, id: &str) -> Result<IndexedAsset, ApiError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/indexes/{}/indexed-assets/{}",
+                self.base,
+                encode_segment(index_id),
+                encode_segment(id)
+            ))
+            .send()
+            .await
+            .map_err(|e| transport("get indexed asset", &e, false))?;
+        self.scrub(read_json(resp).await)
+    }
+
     /// Remove the key from an error's text: a proxy's error page may echo
     /// the request headers back, and error text ends up in logs and the
     /// ledger.
     fn scrub<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    fn scrub_err(&self, mut e: ApiError) -> ApiError {
         let key = self.key.expose();
         let clean = |s: &mut String| {
             if !key.is_empty() && s.contains(key) {
                 *s = s.replace(key, "<redacted>");
             }
         };
-        result.map_err(|mut e| {
-            match &mut e {
-                ApiError::Status { message, code, .. } => {
-                    if let Some(m) = message {
-                        clean(m);
-                    }
-                    if let Some(c) = code {
-                        clean(c);
-                    }
+        match &mut e {
+            ApiError::Status { message, code, .. } => {
+                if let Some(m) = message {
+                    clean(m);
                 }
-                ApiError::Malformed { detail, .. } | ApiError::Transport { detail, .. } => {
-                    clean(detail)
+                if let Some(c) = code {
+                    clean(c);
                 }
-                ApiError::LocalRead(detail) => clean(detail),
             }
-            e
-        })
+            ApiError::Malformed { detail, .. } | ApiError::Transport { detail, .. } => {
+                clean(detail)
+            }
+            ApiError::LocalRead(detail) => clean(detail),
+        }
+        e
     }
 
     /// Find an asset this tool uploaded earlier for `filename` with this

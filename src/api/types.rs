@@ -166,3 +166,77 @@ mod tests {
         assert_eq!(parse_error_body(b"[1,2]"), (None, None));
     }
 }
+
+/// `POST /assets/multipart-uploads` → 201.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MultipartCreated {
+    #[serde(default)]
+    pub upload_id: Option<String>,
+    #[serde(default)]
+    pub asset_id: Option<String>,
+    #[serde(default)]
+    pub upload_urls: Vec<UploadUrl>,
+    #[serde(default)]
+    pub upload_headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub chunk_size: Option<u64>,
+    #[serde(default)]
+    pub total_chunks: Option<u64>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A presigned URL for one chunk (1-based index).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct UploadUrl {
+    #[serde(default)]
+    pub chunk_index: u64,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// `POST /assets/multipart-uploads/{id}/presigned-urls` → 200.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PresignedUrls {
+    #[serde(default)]
+    pub upload_urls: Vec<UploadUrl>,
+}
+
+/// `POST /assets/multipart-uploads/{id}` → 200.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReportResult {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub total_completed: Option<u64>,
+}
+
+/// `GET /assets/multipart-uploads/{id}` → 200 (one page of chunks).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SessionStatus {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub uploaded_chunks: Vec<ChunkStatus>,
+    #[serde(default)]
+    pub page_info: Option<PageInfo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkStatus {
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// `POST /indexes/{id}/indexed-assets` → 202, and its status.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IndexedAsset {
+    #[serde(rename = "_id", default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}

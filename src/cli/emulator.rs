@@ -31,6 +31,18 @@ pub struct EmulatorArgs {
     /// Largest image, in bytes.
     #[arg(long, default_value_t = 32_000_000)]
     pub max_image_size: u64,
+    /// Largest multipart upload, in bytes.
+    #[arg(long, default_value_t = 10_000_000_000)]
+    pub max_multipart_size: u64,
+    /// Chunk size of multipart sessions, in bytes.
+    #[arg(long, default_value_t = 5_242_880)]
+    pub multipart_chunk_size: u64,
+    /// Presigned chunk URLs work once only (as on S3 with some setups).
+    #[arg(long)]
+    pub single_use_urls: bool,
+    /// How long a presigned chunk URL lasts.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub url_ttl: Duration,
     /// Share (0-1) of requests answered 500 before the body is read.
     #[arg(long, default_value_t = 0.0)]
     pub error_before_body: f64,
@@ -79,6 +91,10 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
         ready_delay: args.ready_delay,
         max_direct_size: args.max_direct_size,
         max_image_size: args.max_image_size,
+        max_multipart_size: args.max_multipart_size,
+        multipart_chunk_size: args.multipart_chunk_size,
+        single_use_urls: args.single_use_urls,
+        url_ttl: args.url_ttl,
         faults: Faults {
             error_before_body: args.error_before_body,
             error_after_body: args.error_after_body,

@@ -5,6 +5,7 @@
 //! failed, 2 usage or configuration error, 3 the ledger is held by another
 //! daemon.
 
+mod add_url;
 mod emulator;
 mod history;
 mod run;
@@ -55,6 +56,8 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: watch the configured folders and upload what lands there.
     Run(run::RunArgs),
+    /// Queue assets by public URL (method=url).
+    AddUrl(add_url::AddUrlArgs),
     /// Upload files and folders (recursively) once, then exit.
     Upload(upload::UploadArgs),
     /// Upload history from the ledger, newest first.
@@ -123,6 +126,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     };
     match cli.command {
         Command::Run(args) => run::run(&globals, args).await,
+        Command::AddUrl(args) => add_url::run(&globals, args).await,
         Command::Upload(args) => upload::run(&globals, args).await,
         Command::History(args) => history::run(&globals, args).await,
         Command::Status(args) => status::run(&globals, args).await,

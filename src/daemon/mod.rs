@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
-use crate::config::{Config, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError, now_ms};
+use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
+use crate::ledger::{FileState, Ledger, LedgerError, Origin, now_ms};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
@@ -78,6 +78,8 @@ pub enum DaemonError {
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How often STATUS= (and the watchdog) are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// A `.urls` list larger than this is read only this far.
+const MAX_URL_LIST: u64 = 4 * 1024 * 1024;
 /// Longest the main loop waits for a stat (a hung network mount).
 const STAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// /healthz fails when the main loop has not turned for this long.
@@ -90,6 +92,8 @@ struct Root {
     filter: Filter,
     /// The watch's `user_metadata` as JSON, stored with each record.
     metadata: Option<String>,
+    /// What the watch wants done with its files, stored with each record.
+    origin: Origin,
     /// Dropped to stop watching.
     watcher: Option<RootWatcher>,
 }
@@ -232,8 +236,10 @@ fn arm_roots(
                 )));
             }
         }
-        let filter =
-            Filter::new(&cfg).map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?;
+        let filter = Filter::new(&cfg)
+            .map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?
+            .with_url_lists();
+        let origin = origin_of(&cfg, &path);
         let metadata = (!cfg.user_metadata.is_empty())
             .then(|| serde_json::to_string(&cfg.user_metadata).ok())
             .flatten();
@@ -242,20 +248,12 @@ fn arm_roots(
                 |e| DaemonError::Config(format!("cannot watch {}: {e}", path.display())),
             )?;
         log_mode(&path, &mode);
-        if cfg.index_id.is_some()
-            || cfg.after_upload != crate::config::FileAction::default()
-            || cfg.on_failure != crate::config::FileAction::default()
-        {
-            tracing::warn!(
-                path = %path.display(),
-                "index_id, after_upload and on_failure are not implemented in this version: files are kept and not indexed"
-            );
-        }
         roots.push(Root {
             cfg,
             path,
             filter,
             metadata,
+            origin,
             watcher: Some(watcher),
         });
     }
@@ -269,6 +267,21 @@ async fn stat_off_thread(path: PathBuf) -> Option<std::fs::Metadata> {
     match tokio::time::timeout(STAT_TIMEOUT, stat).await {
         Ok(Ok(meta)) => meta,
         _ => None,
+    }
+}
+
+/// The instructions each record of this watch carries.
+fn origin_of(cfg: &WatchConfig, root: &Path) -> Origin {
+    let action = |a: &FileAction| {
+        (*a != FileAction::default())
+            .then(|| serde_json::to_string(a).ok())
+            .flatten()
+    };
+    Origin {
+        root: root.to_string_lossy().into_owned(),
+        index_id: cfg.index_id.clone().filter(|i| !i.is_empty()),
+        after_upload: action(&cfg.after_upload),
+        on_failure: action(&cfg.on_failure),
     }
 }
 
@@ -493,7 +506,13 @@ impl Daemon {
             let (Some(root), Some(meta)) = (self.roots.get(watch), metas.get(&path)) else {
                 continue;
             };
-            let found = new_file(&path, meta, root.metadata.as_deref());
+            let rel = path.strip_prefix(&root.path).unwrap_or(&path);
+            if root.filter.is_url_list(rel) {
+                self.ingest_url_list(watch, &path).await;
+                continue;
+            }
+            let mut found = new_file(&path, meta, root.metadata.as_deref());
+            found.origin = Some(root.origin.clone());
             match self.ledger.discover(&found).await {
                 Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
                 Err(e) => {
@@ -510,6 +529,49 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// A settled `*.urls` file: queue each URL in it (each URL once, however
+    /// often the list is seen).
+    async fn ingest_url_list(&self, watch: usize, path: &Path) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        let text = {
+            let p = path.to_path_buf();
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut text = String::new();
+                std::fs::File::open(&p)
+                    .and_then(|f| f.take(MAX_URL_LIST).read_to_string(&mut text))
+                    .map(|_| text)
+            });
+            match tokio::time::timeout(STAT_TIMEOUT, read).await {
+                Ok(Ok(Ok(text))) => text,
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the URL list");
+                    return;
+                }
+                _ => return,
+            }
+        };
+        let (urls, bad) = crate::pipeline::urls::parse_list(&text);
+        for (line, reason) in bad {
+            tracing::warn!(path = %path.display(), line, reason = %reason, "not a URL; skipped");
+        }
+        let mut added = 0;
+        for url in &urls {
+            match self
+                .ledger
+                .add_url(url, None, root.metadata.as_deref(), Some(&root.origin))
+                .await
+            {
+                Ok((_, true)) => added += 1,
+                Ok((_, false)) => {}
+                Err(e) => tracing::warn!(url = %url, error = %e, "cannot queue the URL"),
+            }
+        }
+        tracing::info!(path = %path.display(), urls = urls.len(), new = added, "URL list read");
     }
 
     /// Refresh systemd's STATUS= and the watchdog; retry a rejected key

@@ -51,6 +51,20 @@ impl ApiError {
         )
     }
 
+    /// A report or URL request on a multipart session past its expiry.
+    pub fn upload_expired() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "upload_expired",
+            "The multipart upload session has expired; start a new one.",
+        )
+    }
+
+    /// A refused presigned-URL request (S3 answers these 403 `AccessDenied`).
+    pub fn access_denied(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "AccessDenied", message)
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,6 +2,10 @@
 //! added latency, API-key check (401), rate limit (429), error before the body (500),
 //! connection reset part-way through the body. The last fault, a 500 after the whole
 //! body was read, is only drawn here and applied by the upload route.
+//!
+//! Chunk PUTs to the presigned URLs (`/_s3/...`) go through the same gate without the
+//! key check (the URL's signature is checked by the route) and are not counted as API
+//! requests.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -102,20 +106,27 @@ struct FaultPlan {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorAfterBody(pub bool);
 
-/// Middleware for all routes: counts and gates `/v1.3` requests, passes others through.
+/// Middleware for all routes: counts and gates `/v1.3` requests, gates chunk PUTs, passes
+/// others (the admin routes) through.
 pub(crate) async fn api_gate(
     State(shared): State<Arc<Shared>>,
     request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_owned();
-    if !is_api_path(&path) {
+    let check_key = if is_api_path(&path) {
+        true
+    } else if is_chunk_path(&path) {
+        false
+    } else {
         return next.run(request).await;
-    }
+    };
     let method = request.method().clone();
-    count_request(&shared, &method, &path);
+    if check_key {
+        count_request(&shared, &method, &path);
+    }
     let plan = shared.faults().draw();
-    let (response, fault) = gate(&shared, plan, request, next).await;
+    let (response, fault) = gate(&shared, plan, check_key, request, next).await;
     debug!(
         %method,
         %path,
@@ -128,6 +139,11 @@ pub(crate) async fn api_gate(
 
 fn is_api_path(path: &str) -> bool {
     path == "/v1.3" || path.starts_with("/v1.3/")
+}
+
+/// The presigned chunk URLs served by `chunks.rs`.
+fn is_chunk_path(path: &str) -> bool {
+    path.starts_with("/_s3/")
 }
 
 fn is_create_asset(method: &Method, path: &str) -> bool {
@@ -146,13 +162,14 @@ fn count_request(shared: &Shared, method: &Method, path: &str) {
 async fn gate(
     shared: &Shared,
     plan: FaultPlan,
+    check_key: bool,
     mut request: Request,
     next: Next,
 ) -> (Response, Option<&'static str>) {
     if !plan.latency.is_zero() {
         tokio::time::sleep(plan.latency).await;
     }
-    if let Some((response, fault)) = early_answer(shared, &plan, &request) {
+    if let Some((response, fault)) = early_answer(shared, &plan, check_key, &request) {
         return (answer_early(shared, request, response), fault);
     }
     if let Some(share) = plan.reset_mid_body
@@ -171,9 +188,10 @@ async fn gate(
 fn early_answer(
     shared: &Shared,
     plan: &FaultPlan,
+    check_key: bool,
     request: &Request,
 ) -> Option<(Response, Option<&'static str>)> {
-    if !has_valid_key(shared, request) {
+    if check_key && !has_valid_key(shared, request) {
         return Some((ApiError::unauthorized().into_response(), None));
     }
     if plan.rate_limit {
@@ -195,12 +213,15 @@ fn early_answer(
 /// are cut off.
 fn answer_early(shared: &Shared, request: Request, response: Response) -> Response {
     if has_body(&request) {
-        let limits = &shared.limits;
-        let largest_upload = limits.max_direct_size.max(limits.max_image_size);
-        let cap = largest_upload.saturating_add(EARLY_DRAIN_SLACK);
-        tokio::spawn(read_up_to(request.into_body(), cap));
+        discard_body(request.into_body(), shared.limits.largest_upload_body());
     }
     response
+}
+
+/// Reads and drops a body in the background, up to `cap` bytes plus some slack, so that
+/// a client still sending it gets the answer given without it.
+pub(crate) fn discard_body(body: Body, cap: u64) {
+    tokio::spawn(read_up_to(body, cap.saturating_add(EARLY_DRAIN_SLACK)));
 }
 
 fn has_valid_key(shared: &Shared, request: &Request) -> bool {

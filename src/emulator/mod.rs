@@ -1,19 +1,29 @@
 //! An in-process, TwelveLabs-compatible API server for tests, demos and benchmarks.
 //!
 //! It speaks the `/v1.3/assets` subset of the API (upload by `direct` file or `url`,
-//! retrieve, list, delete), turns assets `ready` (or `failed`, for content that is not
-//! media) after a configurable delay, and injects faults on request: latency, 429s, 500s
-//! before or after the body, and TCP resets part-way through an upload. Uploads are
-//! streamed and hashed as they arrive, so it keeps up with loopback upload benchmarks.
+//! retrieve, list, delete), multipart uploads (`/v1.3/assets/multipart-uploads`, with
+//! S3-like presigned chunk URLs served at `/_s3/{upload_id}/{chunk_index}?sig=...`) and
+//! indexing (`/v1.3/indexes/{index_id}/indexed-assets`). It turns assets `ready` (or
+//! `failed`, for content that is not media) after a configurable delay, and injects
+//! faults on request: latency, 429s, 500s before or after the body, and TCP resets
+//! part-way through an upload or a chunk PUT. Uploads are streamed and hashed as they
+//! arrive, so it keeps up with loopback upload benchmarks; multipart chunks go to files
+//! in a private temp folder, removed when the emulator is dropped.
 //!
 //! This file owns the public API ([`Emulator`], [`EmulatorConfig`], [`Faults`], [`Stats`],
 //! [`AssetView`]); the submodules own the serving (`server`), the gate and faults
-//! (`faults`), the routes (`routes`, `upload`) and the state (`state`, `store`).
+//! (`faults`), the routes (`routes`, `upload`, `multipart`, `chunks`, `indexing`, with
+//! `params` for JSON bodies) and the state (`state`, `store`, `sessions`).
 
+mod chunks;
 mod error;
 mod faults;
+mod indexing;
+mod multipart;
+mod params;
 mod routes;
 mod server;
+mod sessions;
 mod state;
 mod store;
 mod upload;
@@ -45,6 +55,15 @@ pub struct EmulatorConfig {
     pub max_direct_size: u64,
     /// Largest image file accepted, in bytes.
     pub max_image_size: u64,
+    /// Largest `total_size` of a multipart upload (video/audio; images keep
+    /// `max_image_size`), in bytes.
+    pub max_multipart_size: u64,
+    /// The `chunk_size` multipart sessions get, in bytes (0 counts as 1).
+    pub multipart_chunk_size: u64,
+    /// Whether a presigned chunk URL answers 403 once it has been used for a PUT.
+    pub single_use_urls: bool,
+    /// How long presigned chunk URLs are valid.
+    pub url_ttl: Duration,
     /// Faults injected from the first request on.
     pub faults: Faults,
 }
@@ -57,6 +76,10 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("ready_delay", &self.ready_delay)
             .field("max_direct_size", &self.max_direct_size)
             .field("max_image_size", &self.max_image_size)
+            .field("max_multipart_size", &self.max_multipart_size)
+            .field("multipart_chunk_size", &self.multipart_chunk_size)
+            .field("single_use_urls", &self.single_use_urls)
+            .field("url_ttl", &self.url_ttl)
             .field("faults", &self.faults)
             .finish()
     }
@@ -70,6 +93,10 @@ impl Default for EmulatorConfig {
             ready_delay: Duration::from_secs(2),
             max_direct_size: 200_000_000,
             max_image_size: 32_000_000,
+            max_multipart_size: 10_000_000_000,
+            multipart_chunk_size: 5_242_880,
+            single_use_urls: false,
+            url_ttl: Duration::from_secs(60 * 60),
             faults: Faults::default(),
         }
     }
@@ -100,15 +127,28 @@ pub struct Faults {
 pub struct Stats {
     /// `POST /assets` requests received, whatever their outcome.
     pub create_requests: u64,
+    /// Assets created with their content: direct and url uploads, completed multipart
+    /// uploads (counted at completion).
     pub assets_created: u64,
-    /// Hex sha256 of received file bytes -> number of assets created with them.
+    /// Hex sha256 of received file bytes -> number of assets created with them
+    /// (multipart uploads: the sha256 of the assembled chunks).
     pub uploads_by_sha256: BTreeMap<String, u64>,
     pub injected_errors_before_body: u64,
     pub injected_errors_after_body: u64,
     pub injected_rate_limits: u64,
     pub injected_resets: u64,
-    /// All API (`/v1.3`) requests; admin requests are not counted.
+    /// All API (`/v1.3`) requests; admin requests and chunk PUTs are not counted.
     pub requests: u64,
+    /// Multipart sessions created.
+    pub multipart_sessions: u64,
+    /// Multipart sessions completed (every chunk reported and assembled).
+    pub multipart_completed: u64,
+    /// Chunk PUTs stored (200), re-PUTs included.
+    pub chunk_puts: u64,
+    /// Stored chunk PUTs per upload id.
+    pub chunk_puts_by_upload: BTreeMap<String, u64>,
+    /// Assets accepted for indexing (202).
+    pub indexed_assets: u64,
 }
 
 /// An asset as the emulator holds it, for tests and the admin API.
@@ -140,7 +180,7 @@ impl Emulator {
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, addr));
         let router = routes::router(shared.clone());
         let task = tokio::spawn(server::accept_loop(listener, router));
         tracing::debug!(%addr, "emulator listening");
@@ -170,7 +210,25 @@ impl Emulator {
         self.shared.stats().clone()
     }
 
-    /// Every asset created and not deleted, oldest first.
+    /// Expires a multipart session now, as if its 24 hours had passed: reports and URL
+    /// requests get 400 `upload_expired`, its chunk URLs 403, its status shows
+    /// `expired`, its asset turns `failed`, and its chunk files are deleted. False if the
+    /// upload id is unknown or the session already completed or failed.
+    pub fn expire_session(&self, upload_id: &str) -> bool {
+        let Some((asset_id, dir)) = self.shared.sessions().expire(upload_id) else {
+            return false;
+        };
+        self.shared.store().abandon_upload(&asset_id);
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %dir.display(), "could not delete expired chunks");
+        }
+        true
+    }
+
+    /// Every asset created and not deleted, oldest first. A multipart asset whose upload
+    /// has not completed shows status `uploading` here (`processing` in the API).
     pub fn assets(&self) -> Vec<AssetView> {
         asset_views(&self.shared)
     }

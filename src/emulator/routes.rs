@@ -1,6 +1,7 @@
 //! The emulator's HTTP routes: the asset API under `/v1.3` (retrieve, list, delete; the
-//! upload lives in `upload.rs`), the `/_emulator` admin routes (no auth, no faults) and
-//! JSON answers for unknown routes and methods.
+//! upload lives in `upload.rs`, multipart uploads in `multipart.rs`, indexing in
+//! `indexing.rs`), the presigned chunk URLs under `/_s3` (`chunks.rs`), the `/_emulator`
+//! admin routes (no auth, no faults) and JSON answers for unknown routes and methods.
 
 use std::sync::Arc;
 
@@ -10,24 +11,44 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
+use super::chunks::put_chunk;
 use super::error::ApiError;
 use super::faults::api_gate;
+use super::indexing::{get_indexed_asset, index_asset};
+use super::multipart::{
+    create_session, list_sessions, presigned_urls, report_chunks, session_status,
+};
+use super::params::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, positive};
 use super::state::Shared;
 use super::store::Asset;
 use super::upload::create_asset;
 use super::{AssetView, Faults, Stats};
 
-/// Largest `page_limit` the list route accepts.
-const MAX_PAGE_LIMIT: u64 = 50;
-const DEFAULT_PAGE_LIMIT: u64 = 10;
-
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1.3/assets", get(list_assets).post(create_asset))
         .route("/v1.3/assets/{id}", get(get_asset).delete(delete_asset))
+        .route(
+            "/v1.3/assets/multipart-uploads",
+            get(list_sessions).post(create_session),
+        )
+        .route(
+            "/v1.3/assets/multipart-uploads/{upload_id}",
+            get(session_status).post(report_chunks),
+        )
+        .route(
+            "/v1.3/assets/multipart-uploads/{upload_id}/presigned-urls",
+            post(presigned_urls),
+        )
+        .route("/v1.3/indexes/{index_id}/indexed-assets", post(index_asset))
+        .route(
+            "/v1.3/indexes/{index_id}/indexed-assets/{id}",
+            get(get_indexed_asset),
+        )
+        .route("/_s3/{upload_id}/{chunk_index}", put(put_chunk))
         .route("/_emulator/stats", get(admin_stats))
         .route("/_emulator/faults", get(admin_faults).put(admin_set_faults))
         .route("/_emulator/assets", get(admin_assets))
@@ -107,15 +128,6 @@ impl ListQuery {
         let type_ok = self.asset_types.is_empty()
             || self.asset_types.iter().any(|t| t.as_str() == asset.kind());
         name_ok && id_ok && type_ok
-    }
-}
-
-fn positive(key: &str, value: &str) -> Result<u64, ApiError> {
-    match value.trim().parse::<u64>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(ApiError::invalid(format!(
-            "{key} must be a positive integer, not {value:?}"
-        ))),
     }
 }
 

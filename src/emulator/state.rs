@@ -1,11 +1,16 @@
 //! State shared by every connection of one emulator: configuration, current faults with
-//! their RNG, counters and the asset store. Each lives behind its own short-held mutex;
-//! no lock is ever held across an `.await`.
+//! their RNG, counters, the asset store, the multipart sessions and the indexed assets.
+//! Each lives behind its own short-held mutex; no lock is ever held across an `.await`,
+//! and no two are held at once.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::faults::FaultState;
+use super::indexing::IndexedAssets;
+use super::sessions::Sessions;
 use super::store::Store;
 use super::{EmulatorConfig, Faults, Stats};
 
@@ -15,29 +20,57 @@ pub(crate) struct Limits {
     pub ready_delay: Duration,
     pub max_direct_size: u64,
     pub max_image_size: u64,
+    pub max_multipart_size: u64,
+    /// Never 0.
+    pub multipart_chunk_size: u64,
+    pub single_use_urls: bool,
+    pub url_ttl: Duration,
+}
+
+impl Limits {
+    /// The largest body any upload route (direct upload or chunk PUT) accepts.
+    pub fn largest_upload_body(&self) -> u64 {
+        self.max_direct_size
+            .max(self.max_image_size)
+            .max(self.multipart_chunk_size)
+    }
 }
 
 /// `Debug` is written by hand so that the API key never reaches a log.
 pub(crate) struct Shared {
     pub api_key: String,
     pub limits: Limits,
+    /// The listening address, for presigned URLs when a request has no `Host`.
+    pub addr: SocketAddr,
+    /// Where received chunks are kept until their session completes.
+    pub chunk_root: ChunkRoot,
     faults: Mutex<FaultState>,
     stats: Mutex<Stats>,
     store: Mutex<Store>,
+    sessions: Mutex<Sessions>,
+    indexed: Mutex<IndexedAssets>,
 }
 
 impl Shared {
-    pub fn new(config: EmulatorConfig) -> Self {
+    pub fn new(config: EmulatorConfig, addr: SocketAddr) -> Self {
         Self {
             api_key: config.api_key,
             limits: Limits {
                 ready_delay: config.ready_delay,
                 max_direct_size: config.max_direct_size,
                 max_image_size: config.max_image_size,
+                max_multipart_size: config.max_multipart_size,
+                multipart_chunk_size: config.multipart_chunk_size.max(1),
+                single_use_urls: config.single_use_urls,
+                url_ttl: config.url_ttl,
             },
+            addr,
+            chunk_root: ChunkRoot::new(),
             faults: Mutex::new(FaultState::new(config.faults)),
             stats: Mutex::new(Stats::default()),
             store: Mutex::new(Store::default()),
+            sessions: Mutex::new(Sessions::default()),
+            indexed: Mutex::new(IndexedAssets::default()),
         }
     }
 
@@ -56,13 +89,60 @@ impl Shared {
     pub fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
     }
+
+    pub fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        lock(&self.sessions)
+    }
+
+    pub fn indexed(&self) -> MutexGuard<'_, IndexedAssets> {
+        lock(&self.indexed)
+    }
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("limits", &self.limits)
+            .field("addr", &self.addr)
+            .field("chunk_root", &self.chunk_root)
             .finish_non_exhaustive()
+    }
+}
+
+/// A private folder under the system temp dir, one subfolder per multipart session.
+/// Created on first use; removed with everything in it when the emulator is dropped.
+#[derive(Debug)]
+pub(crate) struct ChunkRoot {
+    path: PathBuf,
+}
+
+impl ChunkRoot {
+    fn new() -> Self {
+        let name = format!(
+            "tl-emulator-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        Self {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    /// The folder of one session's chunks (not created here).
+    pub fn session_dir(&self, upload_id: &str) -> PathBuf {
+        self.path.join(upload_id)
+    }
+}
+
+impl Drop for ChunkRoot {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %self.path.display(), "could not remove emulator chunks");
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The emulator's asset store: every asset created and not deleted, in creation order,
 //! with the lazily computed `processing -> ready | failed` status and the JSON shapes
-//! (`Asset`, `AssetDetail`, [`AssetView`]) the routes return.
+//! (`Asset`, `AssetDetail`, [`AssetView`]) the routes return. A multipart asset is
+//! `uploading` (shown as `processing` on the wire) until its session completes; only then
+//! does its processing clock start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -15,6 +17,10 @@ use super::AssetView;
 /// Message of a media-rejected asset. The API says the text is not part of the contract.
 pub(crate) const UNSUPPORTED_MEDIA_MESSAGE: &str =
     "The file could not be processed: unsupported or corrupt media";
+
+/// Message of a multipart asset whose session expired (or failed) before it completed.
+pub(crate) const ABANDONED_UPLOAD_MESSAGE: &str =
+    "The multipart upload was not completed before its session expired";
 
 /// How an asset will end once its processing delay has passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,23 +42,57 @@ pub(crate) struct NewAsset {
     pub outcome: Outcome,
 }
 
+/// Where an asset is in its life; the status is computed from it at each look.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// A multipart upload still receiving chunks; abandoned once `deadline` passes.
+    Uploading { deadline: Instant },
+    /// Its multipart session expired or failed: `failed`, for good.
+    Abandoned,
+    /// Received in full at `since`: `processing` for the ready delay, then the outcome.
+    Settling { since: Instant },
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Asset {
     pub id: String,
     pub new: NewAsset,
     created_at: SystemTime,
-    created: Instant,
+    phase: Phase,
 }
 
 impl Asset {
-    /// Status at this instant: computed from the creation time, so no timer task is needed.
+    /// Status at this instant: `uploading` (multipart, not complete), `processing`, `ready`
+    /// or `failed`. Computed from timestamps, so no timer task is needed.
     pub fn status(&self, ready_delay: Duration) -> &'static str {
-        if self.created.elapsed() < ready_delay {
-            return "processing";
+        match self.phase {
+            Phase::Uploading { deadline } if Instant::now() < deadline => "uploading",
+            Phase::Uploading { .. } | Phase::Abandoned => "failed",
+            Phase::Settling { since } if since.elapsed() < ready_delay => "processing",
+            Phase::Settling { .. } => match self.new.outcome {
+                Outcome::Ready => "ready",
+                Outcome::Failed(_) => "failed",
+            },
         }
-        match self.new.outcome {
-            Outcome::Ready => "ready",
-            Outcome::Failed(_) => "failed",
+    }
+
+    /// The status as the API shows it: the platform has no `uploading` status.
+    pub fn api_status(&self, ready_delay: Duration) -> &'static str {
+        match self.status(ready_delay) {
+            "uploading" => "processing",
+            status => status,
+        }
+    }
+
+    /// Why the asset failed, once it has.
+    fn failure(&self, ready_delay: Duration) -> Option<&str> {
+        if self.status(ready_delay) != "failed" {
+            return None;
+        }
+        match (&self.phase, &self.new.outcome) {
+            (Phase::Settling { .. }, Outcome::Failed(message)) => Some(message),
+            (Phase::Settling { .. }, Outcome::Ready) => None,
+            _ => Some(ABANDONED_UPLOAD_MESSAGE),
         }
     }
 
@@ -78,11 +118,10 @@ impl Asset {
     /// The `AssetDetail` object (GET routes): `Asset` plus `size`, live status and `error`.
     pub fn to_detail_json(&self, ready_delay: Duration) -> Value {
         let mut value = self.to_asset_json();
-        let status = self.status(ready_delay);
         if let Value::Object(obj) = &mut value {
-            obj.insert("status".into(), json!(status));
+            obj.insert("status".into(), json!(self.api_status(ready_delay)));
             obj.insert("size".into(), json!(self.new.size));
-            if let (Outcome::Failed(message), "failed") = (&self.new.outcome, status) {
+            if let Some(message) = self.failure(ready_delay) {
                 obj.insert("error".into(), json!({ "message": message }));
             }
         }
@@ -123,9 +162,48 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// A fully received asset: its processing clock starts now.
     pub fn insert(&mut self, new: NewAsset) -> Asset {
+        let since = Instant::now();
+        self.insert_in(new, Phase::Settling { since })
+    }
+
+    /// A multipart asset, `uploading` until [`Store::finish_upload`] or `deadline`.
+    pub fn insert_uploading(&mut self, new: NewAsset, deadline: Instant) -> Asset {
+        self.insert_in(new, Phase::Uploading { deadline })
+    }
+
+    /// Completes a multipart asset with what was received and starts its processing
+    /// clock. False if the asset was deleted meanwhile (or is not uploading).
+    pub fn finish_upload(&mut self, id: &str, received: Received) -> bool {
+        let Some(asset) = self.get_mut(id) else {
+            return false;
+        };
+        if !matches!(asset.phase, Phase::Uploading { .. }) {
+            return false;
+        }
+        asset.new.sha256 = Some(received.sha256);
+        asset.new.size = received.size;
+        asset.new.file_type = Some(received.file_type);
+        asset.new.outcome = received.outcome;
+        asset.phase = Phase::Settling {
+            since: Instant::now(),
+        };
+        true
+    }
+
+    /// Marks a multipart asset `failed` because its session ended without completing.
+    pub fn abandon_upload(&mut self, id: &str) {
+        if let Some(asset) = self.get_mut(id)
+            && matches!(asset.phase, Phase::Uploading { .. })
+        {
+            asset.phase = Phase::Abandoned;
+        }
+    }
+
+    fn insert_in(&mut self, new: NewAsset, phase: Phase) -> Asset {
         let id = loop {
-            let id = new_asset_id();
+            let id = new_object_id();
             if !self.seq_by_id.contains_key(&id) {
                 break id;
             }
@@ -134,7 +212,7 @@ impl Store {
             id: id.clone(),
             new,
             created_at: SystemTime::now(),
-            created: Instant::now(),
+            phase,
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -145,6 +223,11 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Option<&Asset> {
         self.seq_by_id.get(id).and_then(|seq| self.by_seq.get(seq))
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Asset> {
+        let seq = self.seq_by_id.get(id)?;
+        self.by_seq.get_mut(seq)
     }
 
     pub fn remove(&mut self, id: &str) -> bool {
@@ -165,9 +248,18 @@ impl Store {
     }
 }
 
+/// What a completed multipart upload turned out to be.
+#[derive(Clone, Debug)]
+pub(crate) struct Received {
+    pub sha256: String,
+    pub size: u64,
+    pub file_type: String,
+    pub outcome: Outcome,
+}
+
 /// 24 lowercase hex characters, shaped like the platform's ObjectId-style ids:
 /// 8 hex of creation time (so ids sort roughly by age) and 16 random hex.
-fn new_asset_id() -> String {
+pub(crate) fn new_object_id() -> String {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

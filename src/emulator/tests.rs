@@ -671,3 +671,696 @@ async fn dropping_the_emulator_stops_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ---- Multipart uploads ------------------------------------------------------------
+
+async fn post_json(client: &Client, emu: &Emulator, path: &str, body: Value) -> Response {
+    client
+        .post(format!("{}{path}", emu.base_url()))
+        .header("x-api-key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Creates a multipart session and expects 201; returns its JSON.
+async fn create_session(client: &Client, emu: &Emulator, filename: &str, size: usize) -> Value {
+    let body = json!({"filename": filename, "type": "video", "total_size": size});
+    let response = post_json(client, emu, "/assets/multipart-uploads", body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// `chunk_index -> url` of an `upload_urls` array.
+fn urls_of(body: &Value) -> Vec<(u64, String)> {
+    body["upload_urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let index = u["chunk_index"].as_u64().unwrap();
+            (index, u["url"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Fresh URLs for `count` chunks from `start`; expects 200.
+async fn more_urls(
+    client: &Client,
+    emu: &Emulator,
+    upload_id: &str,
+    start: u64,
+    count: u64,
+) -> Vec<(u64, String)> {
+    let path = format!("/assets/multipart-uploads/{upload_id}/presigned-urls");
+    let response = post_json(client, emu, &path, json!({"start": start, "count": count})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["upload_id"], upload_id);
+    assert_eq!(body["start_index"], start);
+    assert!(body["generated_at"].as_str().unwrap().ends_with('Z'));
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let urls = urls_of(&body);
+    assert_eq!(body["count"], urls.len());
+    urls
+}
+
+/// PUTs a chunk as a client would: a byte body, so with Content-Length, no API key.
+async fn put(client: &Client, url: &str, bytes: Vec<u8>) -> reqwest::Result<Response> {
+    client
+        .put(url)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+}
+
+/// PUTs a chunk and expects 200; returns its ETag as sent (quoted).
+async fn put_ok(client: &Client, url: &str, bytes: Vec<u8>) -> String {
+    let response = put(client, url, bytes).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "PUT {url}");
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'));
+    etag
+}
+
+async fn report(client: &Client, emu: &Emulator, upload_id: &str, chunks: Value) -> Response {
+    let path = format!("/assets/multipart-uploads/{upload_id}");
+    post_json(client, emu, &path, json!({ "completed_chunks": chunks })).await
+}
+
+fn proof(index: u64, etag: &str, size: usize) -> Value {
+    json!({"chunk_index": index, "proof": etag, "proof_type": "etag", "chunk_size": size})
+}
+
+fn random_mp4(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut bytes);
+    let header = mp4_bytes(24);
+    bytes[..header.len()].copy_from_slice(&header);
+    bytes
+}
+
+/// The whole flow, with a file spanning more chunks than the initial URL set.
+/// 512 KiB chunks make ~5.5 MiB twelve chunks, two beyond the ten initial URLs.
+#[tokio::test]
+async fn multipart_upload_assembles_hashes_and_becomes_ready() {
+    const CHUNK: usize = 512 * 1024;
+    let emu = start_with(|c| c.multipart_chunk_size = CHUNK as u64).await;
+    let client = client();
+    let source = random_mp4(11 * CHUNK + 1234, 7);
+    let created = create_session(&client, &emu, "big.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
+    let asset_id = created["asset_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["chunk_size"], CHUNK);
+    assert_eq!(created["total_chunks"], 12);
+    assert_eq!(
+        created["upload_headers"]["Content-Type"],
+        "application/octet-stream"
+    );
+    assert!(created["expires_at"].as_str().unwrap().ends_with('Z'));
+    let mut urls = urls_of(&created);
+    assert_eq!(
+        urls.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(created["upload_urls"][0]["expires_at"].is_string());
+    assert!(urls[0].1.contains("/_s3/") && urls[0].1.contains("sig="));
+
+    // Not ready (nor listed as such) before the upload completes.
+    let detail: Value = get(&client, &emu, &format!("/assets/{asset_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["status"], "processing");
+    assert_eq!(detail["method"], "multipart");
+    assert_eq!(emu.assets()[0].status, "uploading");
+
+    // Past the initial set: the count is clipped to the last chunk.
+    urls.extend(more_urls(&client, &emu, &upload_id, 11, 50).await);
+    assert_eq!(urls.len(), 12);
+
+    let mut etags = Vec::new();
+    for (index, url) in &urls {
+        let start = (*index as usize - 1) * CHUNK;
+        let end = (start + CHUNK).min(source.len());
+        etags.push(put_ok(&client, url, source[start..end].to_vec()).await);
+    }
+    let size_of = |index: u64| if index == 12 { 1234 } else { CHUNK };
+
+    // First batch: 1-6, proofs with and without quotes.
+    let batch: Vec<Value> = (1..=6u64)
+        .map(|i| {
+            let etag = &etags[i as usize - 1];
+            let etag = if i % 2 == 0 {
+                etag.trim_matches('"')
+            } else {
+                etag
+            };
+            proof(i, etag, size_of(i))
+        })
+        .collect();
+    let response = report(&client, &emu, &upload_id, json!(batch)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["asset_id"], asset_id.as_str());
+    assert_eq!(
+        (
+            &body["processed_chunks"],
+            &body["duplicate_chunks"],
+            &body["total_completed"]
+        ),
+        (&json!(6), &json!(0), &json!(6))
+    );
+    assert!(body.get("url").is_none());
+
+    // The status shows the reported chunks; the list shows the session.
+    let path = format!("/assets/multipart-uploads/{upload_id}?page_limit=50");
+    let status: Value = get(&client, &emu, &path).await.json().await.unwrap();
+    assert_eq!(status["status"], "active");
+    assert_eq!(status["chunks_completed"], 6);
+    assert_eq!(status["chunks_pending"], 6);
+    assert_eq!(status["chunks_failed"], 0);
+    assert_eq!(status["total_size"], source.len());
+    assert_eq!(status["uploaded_size"], 6 * CHUNK);
+    assert_eq!(status["page_info"]["total_results"], 12);
+    let chunks = status["uploaded_chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 12);
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk["index"], i + 1);
+        let expected = if i < 6 { "completed" } else { "pending" };
+        assert_eq!(chunk["status"], expected);
+        assert!(chunk["uploaded_at"].is_string());
+    }
+    let list: Value = get(&client, &emu, "/assets/multipart-uploads")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["page_info"]["total_results"], 1);
+    let entry = &list["data"][0];
+    assert_eq!(entry["upload_id"], upload_id.as_str());
+    assert_eq!(entry["status"], "active");
+    assert_eq!(entry["total_chunks"], 12);
+    assert_eq!(entry["chunk_size"], CHUNK);
+
+    // Second batch: 6 again (a duplicate) and 7-12; the last report returns `url`.
+    let batch: Vec<Value> = (6..=12u64)
+        .map(|i| proof(i, &etags[i as usize - 1], size_of(i)))
+        .collect();
+    let response = report(&client, &emu, &upload_id, json!(batch)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            &body["processed_chunks"],
+            &body["duplicate_chunks"],
+            &body["total_completed"]
+        ),
+        (&json!(6), &json!(1), &json!(12))
+    );
+    assert!(body["url"].as_str().unwrap().contains(&asset_id));
+
+    let stats = emu.stats();
+    assert_eq!(stats.uploads_by_sha256.len(), 1);
+    assert_eq!(stats.uploads_by_sha256.get(&sha256_hex(&source)), Some(&1));
+    assert_eq!(stats.assets_created, 1);
+    assert_eq!(stats.create_requests, 0);
+    assert_eq!(
+        (stats.multipart_sessions, stats.multipart_completed),
+        (1, 1)
+    );
+    assert_eq!(stats.chunk_puts, 12);
+    assert_eq!(stats.chunk_puts_by_upload[&upload_id], 12);
+    // Chunk PUTs are not API requests: create, URLs, 2 reports, GET x3 (asset, status, list).
+    assert_eq!(stats.requests, 7);
+
+    let detail = wait_settled(&client, &emu, &asset_id).await;
+    assert_eq!(detail["status"], "ready");
+    assert_eq!(detail["size"], source.len());
+    assert_eq!(detail["file_type"], "video/mp4");
+    assert_eq!(detail["filename"], "big.mp4");
+    let view = &emu.assets()[0];
+    assert_eq!(view.sha256.as_deref(), Some(sha256_hex(&source).as_str()));
+
+    // Completed: chunk files gone, status completed, no longer listed, reports idempotent.
+    assert!(!emu.shared.chunk_root.session_dir(&upload_id).exists());
+    let status: Value = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["uploaded_chunks"].as_array().unwrap().len(), 10);
+    let list: Value = get(&client, &emu, "/assets/multipart-uploads")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], json!([]));
+    let response = report(
+        &client,
+        &emu,
+        &upload_id,
+        json!([proof(1, &etags[0], CHUNK)]),
+    )
+    .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["duplicate_chunks"], 1);
+    assert!(body["url"].is_string());
+    assert_eq!(emu.stats().assets_created, 1);
+}
+
+#[tokio::test]
+async fn multipart_create_validates_its_parameters() {
+    let emu = start_with(|c| {
+        c.max_multipart_size = 10_000;
+        c.max_image_size = 1_000;
+    })
+    .await;
+    let client = client();
+    let cases = [
+        (
+            json!({"type": "video", "total_size": 10}),
+            "parameter_not_provided",
+        ),
+        (
+            json!({"filename": "a.mp4", "total_size": 10}),
+            "parameter_not_provided",
+        ),
+        (
+            json!({"filename": "a.mp4", "type": "video"}),
+            "parameter_not_provided",
+        ),
+        (
+            json!({"filename": "a.mp4", "type": "video", "total_size": 0}),
+            "parameter_invalid",
+        ),
+        (
+            json!({"filename": "a.mp4", "type": "video", "total_size": -5}),
+            "parameter_invalid",
+        ),
+        (
+            json!({"filename": "a.mp4", "type": "video", "total_size": 10_001}),
+            "parameter_invalid",
+        ),
+        (
+            json!({"filename": "a.png", "type": "image", "total_size": 1_001}),
+            "parameter_invalid",
+        ),
+        (
+            json!({"filename": "a.doc", "type": "document", "total_size": 10}),
+            "parameter_invalid",
+        ),
+        (
+            json!({"filename": "a.mp4", "type": "video", "total_size": 10, "user_metadata": "x"}),
+            "parameter_invalid",
+        ),
+    ];
+    for (body, code) in cases {
+        let response = post_json(&client, &emu, "/assets/multipart-uploads", body.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(response).await, code, "{body}");
+    }
+    let response = client
+        .post(format!("{}/assets/multipart-uploads", emu.base_url()))
+        .json(&json!({"filename": "a.mp4", "type": "video", "total_size": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(emu.assets().is_empty());
+    assert_eq!(emu.stats().multipart_sessions, 0);
+
+    // At the limit is fine; user_metadata round-trips onto the asset.
+    let body = json!({
+        "filename": "ok.mp4", "type": "video", "total_size": 10_000,
+        "enable_hls": true, "user_metadata": {"sha256": "abc", "n": 1}
+    });
+    let response = post_json(&client, &emu, "/assets/multipart-uploads", body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    // The default 5 MiB chunk covers it all.
+    assert_eq!(created["total_chunks"], 1);
+    assert_eq!(
+        emu.assets()[0].user_metadata,
+        Some(json!({"sha256": "abc", "n": 1}))
+    );
+
+    for path in [
+        "/assets/multipart-uploads/nope",
+        "/assets/multipart-uploads/nope/presigned-urls",
+    ] {
+        let response = post_json(
+            &client,
+            &emu,
+            path,
+            json!({"completed_chunks": [], "start": 1, "count": 1}),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_code(response).await, "resource_not_exist");
+    }
+    let response = get(&client, &emu, "/assets/multipart-uploads/nope").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn chunk_puts_and_reports_are_checked() {
+    const CHUNK: usize = 1024;
+    let emu = start_with(|c| {
+        c.multipart_chunk_size = CHUNK as u64;
+        c.single_use_urls = true;
+    })
+    .await;
+    let client = client();
+    let source = random_mp4(2 * CHUNK + 512, 3);
+    let created = create_session(&client, &emu, "c.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
+    let urls = urls_of(&created);
+    assert_eq!(urls.len(), 3);
+    let chunk = |i: usize| source[(i - 1) * CHUNK..(i * CHUNK).min(source.len())].to_vec();
+
+    // Wrong lengths: a short chunk, and a last chunk sent as a full one.
+    let response = put(&client, &urls[0].1, vec![0; CHUNK - 1]).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = put(&client, &urls[2].1, vec![0; CHUNK]).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // No Content-Length (a chunked body): 411.
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(vec![0u8; CHUNK]) });
+    let response = client
+        .put(&urls[0].1)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::LENGTH_REQUIRED);
+
+    // Bad signatures: altered, missing, or another chunk's.
+    let altered = format!("{}0", urls[0].1);
+    let unsigned = urls[0].1.split('?').next().unwrap().to_owned();
+    let swapped = urls[1].1.replace("/2?", "/1?");
+    for url in [&altered, &unsigned, &swapped] {
+        let response = put(&client, url, chunk(1)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{url}");
+        assert_eq!(error_code(response).await, "AccessDenied");
+    }
+
+    // Single use: the refused attempts above did not spend the URL; a stored PUT does.
+    let first_etag = put_ok(&client, &urls[0].1, vec![1; CHUNK]).await;
+    let response = put(&client, &urls[0].1, chunk(1)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A fresh URL re-PUTs the chunk, which replaces it and gets the new ETag.
+    let fresh = more_urls(&client, &emu, &upload_id, 1, 1).await;
+    let etag1 = put_ok(&client, &fresh[0].1, chunk(1)).await;
+    assert_ne!(etag1, first_etag);
+
+    // Bad proofs: the replaced chunk's ETag, garbage, a chunk never PUT, out of range,
+    // a wrong chunk_size. Each whole report is refused.
+    for bad in [
+        json!([proof(1, &first_etag, CHUNK)]),
+        json!([proof(1, "\"0123\"", CHUNK)]),
+        json!([proof(1, &etag1, CHUNK), proof(2, &etag1, CHUNK)]),
+        json!([proof(4, &etag1, CHUNK)]),
+        json!([proof(1, &etag1, CHUNK + 1)]),
+        json!([{"chunk_index": 1, "proof": etag1, "proof_type": "md5"}]),
+        json!([{"chunk_index": 1}]),
+    ] {
+        let response = report(&client, &emu, &upload_id, bad.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let status: Value = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(status["chunks_completed"], 0);
+    assert_eq!(status["uploaded_chunks"][0]["status"], "pending");
+    assert!(status["uploaded_chunks"][0]["uploaded_at"].is_string());
+    assert!(status["uploaded_chunks"][1].get("uploaded_at").is_none());
+
+    let response = report(&client, &emu, &upload_id, json!([proof(1, &etag1, CHUNK)])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["processed_chunks"], 1);
+
+    // Paging over chunks.
+    let path = format!("/assets/multipart-uploads/{upload_id}?page=2&page_limit=2");
+    let status: Value = get(&client, &emu, &path).await.json().await.unwrap();
+    assert_eq!(status["page_info"]["total_page"], 2);
+    assert_eq!(
+        status["uploaded_chunks"],
+        json!([{"index": 3, "status": "pending"}])
+    );
+    assert_eq!(status["chunks_completed"], 1);
+    assert_eq!(status["uploaded_size"], CHUNK);
+    let response =
+        more_urls_status(&client, &emu, &upload_id, json!({"start": 4, "count": 1})).await;
+    assert_eq!(response, StatusCode::BAD_REQUEST);
+    let response =
+        more_urls_status(&client, &emu, &upload_id, json!({"start": 1, "count": 51})).await;
+    assert_eq!(response, StatusCode::BAD_REQUEST);
+    assert_eq!(emu.stats().chunk_puts, 2);
+}
+
+async fn more_urls_status(
+    client: &Client,
+    emu: &Emulator,
+    upload_id: &str,
+    body: Value,
+) -> StatusCode {
+    let path = format!("/assets/multipart-uploads/{upload_id}/presigned-urls");
+    post_json(client, emu, &path, body).await.status()
+}
+
+#[tokio::test]
+async fn presigned_urls_expire() {
+    let emu = start_with(|c| {
+        c.multipart_chunk_size = 100;
+        c.url_ttl = Duration::from_millis(200);
+    })
+    .await;
+    let client = client();
+    let created = create_session(&client, &emu, "t.mp4", 100).await;
+    let url = urls_of(&created)[0].1.clone();
+    // Reusable (not single-use) until it expires, then 403.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = put(&client, &url, mp4_bytes(100)).await.unwrap().status();
+        if status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(Instant::now() < deadline, "URL never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(emu.stats().chunk_puts >= 1);
+}
+
+#[tokio::test]
+async fn expired_session_refuses_everything_and_shows_expired() {
+    let emu = start_with(|c| c.multipart_chunk_size = 1000).await;
+    let client = client();
+    let source = random_mp4(2500, 5);
+    let created = create_session(&client, &emu, "e.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
+    let asset_id = created["asset_id"].as_str().unwrap().to_owned();
+    let urls = urls_of(&created);
+    let etag = put_ok(&client, &urls[0].1, source[..1000].to_vec()).await;
+    assert!(emu.shared.chunk_root.session_dir(&upload_id).exists());
+
+    assert!(emu.expire_session(&upload_id));
+    assert!(!emu.expire_session("unknown"));
+    assert!(!emu.shared.chunk_root.session_dir(&upload_id).exists());
+
+    let response = report(&client, &emu, &upload_id, json!([proof(1, &etag, 1000)])).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(response).await, "upload_expired");
+    let path = format!("/assets/multipart-uploads/{upload_id}/presigned-urls");
+    let response = post_json(&client, &emu, &path, json!({"start": 1, "count": 3})).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(response).await, "upload_expired");
+    let response = put(&client, &urls[1].1, source[1000..2000].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let status: Value = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(status["status"], "expired");
+    let list: Value = get(&client, &emu, "/assets/multipart-uploads")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["status"], "expired");
+    // Its asset never becomes ready.
+    let detail = wait_settled(&client, &emu, &asset_id).await;
+    assert_eq!(detail["status"], "failed");
+    assert!(detail["error"]["message"].is_string());
+    assert_eq!(emu.stats().assets_created, 0);
+}
+
+#[tokio::test]
+async fn multipart_text_file_completes_then_fails() {
+    let emu = start_with(|c| c.multipart_chunk_size = 1000).await;
+    let client = client();
+    let text = b"not a video\n".repeat(100);
+    let created = create_session(&client, &emu, "notes.mp4", text.len()).await;
+    let upload_id = created["upload_id"].as_str().unwrap();
+    let urls = urls_of(&created);
+    let etag1 = put_ok(&client, &urls[0].1, text[..1000].to_vec()).await;
+    let etag2 = put_ok(&client, &urls[1].1, text[1000..].to_vec()).await;
+    let chunks = json!([proof(2, &etag2, 200), proof(1, &etag1, 1000)]);
+    let body: Value = report(&client, &emu, upload_id, chunks)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(body["url"].is_string());
+    let detail = wait_settled(&client, &emu, created["asset_id"].as_str().unwrap()).await;
+    assert_eq!(detail["status"], "failed");
+    assert_eq!(detail["file_type"], "application/octet-stream");
+    assert_eq!(emu.stats().uploads_by_sha256[&sha256_hex(&text)], 1);
+}
+
+#[tokio::test]
+async fn faults_apply_to_chunk_puts() {
+    let emu = start_with(|c| c.multipart_chunk_size = 1024 * 1024).await;
+    let client = client();
+    let source = random_mp4(1024 * 1024, 9);
+    let created = create_session(&client, &emu, "f.mp4", source.len()).await;
+    let url = urls_of(&created)[0].1.clone();
+
+    emu.set_faults(Faults {
+        reset_mid_body: 1.0,
+        ..Faults::default()
+    });
+    let result = put(&client, &url, source.clone()).await;
+    assert!(
+        result.is_err(),
+        "expected a connection error, got {result:?}"
+    );
+    emu.set_faults(Faults {
+        rate_limit: 1.0,
+        ..Faults::default()
+    });
+    let response = put(&client, &url, source.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    emu.set_faults(Faults::default());
+    put_ok(&client, &url, source).await;
+
+    let stats = emu.stats();
+    assert_eq!((stats.injected_resets, stats.injected_rate_limits), (1, 1));
+    assert_eq!(stats.chunk_puts, 1);
+    // Only the session creation was an API request.
+    assert_eq!(stats.requests, 1);
+}
+
+// ---- Indexing ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn ready_assets_can_be_indexed_and_index_settles() {
+    let emu = start_with(|c| c.ready_delay = Duration::from_millis(300)).await;
+    let client = client();
+    let asset = upload_ok(&client, &emu, mp4_bytes(5000), "i.mp4").await;
+    let asset_id = asset["_id"].as_str().unwrap();
+    let index_path = "/indexes/idx1/indexed-assets";
+
+    // Still processing: refused.
+    let response = post_json(&client, &emu, index_path, json!({"asset_id": asset_id})).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "parameter_invalid");
+    assert!(body["message"].as_str().unwrap().contains("not ready"));
+    // Unknown asset, missing asset_id.
+    let response = post_json(&client, &emu, index_path, json!({"asset_id": "nope"})).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = post_json(&client, &emu, index_path, json!({})).await;
+    assert_eq!(error_code(response).await, "parameter_not_provided");
+
+    assert_eq!(
+        wait_settled(&client, &emu, asset_id).await["status"],
+        "ready"
+    );
+    let body =
+        json!({"asset_id": asset_id, "enable_video_stream": true, "user_metadata": {"k": "v"}});
+    let response = post_json(&client, &emu, index_path, body).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["asset_id"], asset_id);
+    let id = accepted["_id"].as_str().unwrap();
+
+    let path = format!("{index_path}/{id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let indexed = loop {
+        let response = get(&client, &emu, &path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let indexed: Value = response.json().await.unwrap();
+        let status = indexed["status"].as_str().unwrap().to_owned();
+        assert!(
+            ["pending", "indexing", "ready"].contains(&status.as_str()),
+            "{status}"
+        );
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "ready" {
+            break indexed;
+        }
+        assert!(indexed.get("indexed_at").is_none());
+        assert!(Instant::now() < deadline, "indexed asset {id} never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(seen, ["ready"], "the index settled at once");
+    assert_eq!(indexed["_id"], id);
+    assert_eq!(indexed["index_id"], "idx1");
+    assert_eq!(indexed["asset_id"], asset_id);
+    assert_eq!(
+        indexed["system_metadata"],
+        json!({"filename": "i.mp4", "size": 5000})
+    );
+    assert_eq!(indexed["user_metadata"], json!({"k": "v"}));
+    assert!(indexed["indexed_at"].as_str().unwrap().ends_with('Z'));
+
+    let response = get(
+        &client,
+        &emu,
+        &format!("/indexes/other/indexed-assets/{id}"),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(emu.stats().indexed_assets, 1);
+}
+
+#[tokio::test]
+async fn uploading_multipart_asset_cannot_be_indexed() {
+    let emu = start().await;
+    let client = client();
+    let created = create_session(&client, &emu, "u.mp4", 100).await;
+    let body = json!({"asset_id": created["asset_id"]});
+    let response = post_json(&client, &emu, "/indexes/i/indexed-assets", body).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(response).await, "parameter_invalid");
+    assert_eq!(emu.stats().indexed_assets, 0);
+}

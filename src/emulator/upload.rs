@@ -19,11 +19,11 @@ use super::state::{Limits, Shared};
 use super::store::{NewAsset, Outcome, UNSUPPORTED_MEDIA_MESSAGE};
 
 /// Bytes kept from the start of the file for type detection.
-const HEAD_LEN: usize = 8 * 1024;
+pub(crate) const HEAD_LEN: usize = 8 * 1024;
 /// Longest text field accepted (user_metadata is the only one that can be long).
 const MAX_TEXT_FIELD: usize = 64 * 1024;
 /// Longest filename the platform accepts.
-const MAX_FILENAME_CHARS: usize = 255;
+pub(crate) const MAX_FILENAME_CHARS: usize = 255;
 /// Name given to an upload when neither the form nor the file part names it.
 const DEFAULT_FILENAME: &str = "upload";
 
@@ -115,7 +115,8 @@ pub(crate) async fn create_asset(
     Ok((StatusCode::CREATED, Json(asset.to_asset_json())))
 }
 
-fn record_created(shared: &Shared, sha256: Option<&str>) {
+/// Counts a created asset, and its content hash if the bytes were received.
+pub(crate) fn record_created(shared: &Shared, sha256: Option<&str>) {
     let mut stats = shared.stats();
     stats.assets_created += 1;
     if let Some(sha256) = sha256 {
@@ -220,21 +221,28 @@ fn parse_bool(text: &str) -> Option<bool> {
 
 /// `user_metadata` is a JSON-encoded object whose values are strings, numbers or booleans.
 fn parse_user_metadata(text: &str) -> Result<Value, ApiError> {
-    let invalid = || {
-        ApiError::invalid(
-            "user_metadata must be a JSON object whose values are strings, numbers or booleans",
-        )
-    };
-    let value: Value = serde_json::from_str(text).map_err(|_| invalid())?;
+    let value: Value = serde_json::from_str(text).map_err(|_| invalid_user_metadata())?;
+    check_user_metadata(value)
+}
+
+/// `user_metadata` given as JSON (multipart sessions, indexing): an object whose values
+/// are strings, numbers or booleans.
+pub(crate) fn check_user_metadata(value: Value) -> Result<Value, ApiError> {
     let Value::Object(map) = &value else {
-        return Err(invalid());
+        return Err(invalid_user_metadata());
     };
     let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
     if map.values().all(scalar) {
         Ok(value)
     } else {
-        Err(invalid())
+        Err(invalid_user_metadata())
     }
+}
+
+fn invalid_user_metadata() -> ApiError {
+    ApiError::invalid(
+        "user_metadata must be a JSON object whose values are strings, numbers or booleans",
+    )
 }
 
 /// Turns a fully read form into the asset to create, or the 400 the platform would give.
@@ -266,7 +274,7 @@ fn validate(form: UploadForm, limits: &Limits) -> Result<NewAsset, ApiError> {
 
 /// Which size limit applies to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SizeClass {
+pub(crate) enum SizeClass {
     AudioVideo,
     Image,
 }
@@ -283,27 +291,35 @@ fn direct_asset(
     let detected = infer::get(&file.head);
     let class = size_class(detected.as_ref(), &filename);
     check_size(file.size, class, limits)?;
-    let outcome = match detected.as_ref().map(infer::Type::matcher_type) {
-        Some(infer::MatcherType::Video | infer::MatcherType::Audio | infer::MatcherType::Image) => {
-            Outcome::Ready
-        }
-        _ => Outcome::Failed(UNSUPPORTED_MEDIA_MESSAGE.to_owned()),
-    };
-    let file_type = detected.map_or("application/octet-stream", |t| t.mime_type());
     Ok(NewAsset {
         method: "direct",
         filename,
         sha256: file.sha256,
         size: file.size,
-        file_type: Some(file_type.to_owned()),
+        file_type: Some(file_type(detected.as_ref()).to_owned()),
         user_metadata,
         url: None,
-        outcome,
+        outcome: media_outcome(detected.as_ref()),
     })
 }
 
+/// Video, audio and images will turn `ready`; anything else `failed`.
+pub(crate) fn media_outcome(detected: Option<&infer::Type>) -> Outcome {
+    match detected.map(infer::Type::matcher_type) {
+        Some(infer::MatcherType::Video | infer::MatcherType::Audio | infer::MatcherType::Image) => {
+            Outcome::Ready
+        }
+        _ => Outcome::Failed(UNSUPPORTED_MEDIA_MESSAGE.to_owned()),
+    }
+}
+
+/// The detected MIME type, `application/octet-stream` when unknown.
+pub(crate) fn file_type(detected: Option<&infer::Type>) -> &'static str {
+    detected.map_or("application/octet-stream", infer::Type::mime_type)
+}
+
 /// The content decides; for content infer does not call media, the filename does; else video.
-fn size_class(detected: Option<&infer::Type>, filename: &str) -> SizeClass {
+pub(crate) fn size_class(detected: Option<&infer::Type>, filename: &str) -> SizeClass {
     match detected.map(infer::Type::matcher_type) {
         Some(infer::MatcherType::Image) => SizeClass::Image,
         Some(infer::MatcherType::Video | infer::MatcherType::Audio) => SizeClass::AudioVideo,

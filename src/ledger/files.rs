@@ -24,6 +24,19 @@ pub struct NewFile {
     pub inode: u64,
     /// The watch's metadata, a JSON object.
     pub user_metadata: Option<String>,
+    /// What the watch asked for (the daemon); `None` for `upload`.
+    pub origin: Option<Origin>,
+}
+
+/// Where a record came from and what its watch wants done with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The watched folder (for `move_to`, which keeps the relative path).
+    pub root: String,
+    pub index_id: Option<String>,
+    /// JSON of the watch's `after_upload` / `on_failure` (absent: keep).
+    pub after_upload: Option<String>,
+    pub on_failure: Option<String>,
 }
 
 /// What discovery made of a file.
@@ -82,6 +95,7 @@ pub struct UploadJob {
     pub user_metadata: Option<String>,
     pub attempts: i64,
     pub lookup_first: bool,
+    pub filename: Option<String>,
 }
 
 impl UploadJob {
@@ -339,10 +353,11 @@ impl Ledger {
                 _ => {}
             }
         }
+        let origin = f.origin.clone().unwrap_or_default();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO files (path_bytes, path, size, mtime_ns, device, inode, user_metadata, \
-             state, discovered_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
-             RETURNING id",
+             state, discovered_at, updated_at, root, index_id, after_upload, on_failure) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) RETURNING id",
         )
         .bind(&f.path_bytes)
         .bind(&f.path)
@@ -353,6 +368,10 @@ impl Ledger {
         .bind(&f.user_metadata)
         .bind(FileState::Discovered.as_str())
         .bind(now)
+        .bind(f.origin.as_ref().map(|o| o.root.clone()))
+        .bind(&origin.index_id)
+        .bind(&origin.after_upload)
+        .bind(&origin.on_failure)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -385,6 +404,51 @@ impl Ledger {
                 Some("the file it duplicated will not be uploaded; sending it itself".into()),
             );
         }
+    }
+
+    /// Queue a URL for `method=url`, once: a URL that already has a record
+    /// (other than a failed one) is not queued again. Returns the record
+    /// and whether it is new.
+    pub async fn add_url(
+        &self,
+        url: &str,
+        filename: Option<&str>,
+        user_metadata: Option<&str>,
+        origin: Option<&Origin>,
+    ) -> Result<(i64, bool), LedgerError> {
+        let mut tx = self.begin().await?;
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM files WHERE url = ?1 AND state != 'failed' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(url)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = known {
+            tx.commit().await?;
+            return Ok((id, false));
+        }
+        // Nothing to hash: a URL goes straight to the queue.
+        let state = FileState::Discovered.on(Event::Hashed)?;
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO files (url, filename, user_metadata, state, discovered_at, updated_at, \
+             root, index_id, after_upload, on_failure) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        )
+        .bind(url)
+        .bind(filename)
+        .bind(user_metadata)
+        .bind(state.as_str())
+        .bind(now)
+        .bind(origin.map(|o| o.root.clone()))
+        .bind(origin.and_then(|o| o.index_id.clone()))
+        .bind(origin.and_then(|o| o.after_upload.clone()))
+        .bind(origin.and_then(|o| o.on_failure.clone()))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(id, url.to_string(), state, None);
+        Ok((id, true))
     }
 
     /// Records waiting for eligibility and hashing, oldest first.
@@ -572,7 +636,7 @@ impl Ledger {
              (SELECT id FROM files WHERE state = ?1 AND next_attempt_at <= ?3 \
               ORDER BY next_attempt_at, id LIMIT 1) AND state = ?1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
-             user_metadata, attempts, lookup_first",
+             user_metadata, attempts, lookup_first, filename",
         )
         .bind(from.as_str())
         .bind(to.as_str())

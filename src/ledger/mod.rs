@@ -8,8 +8,10 @@
 //! pipeline's stages and lets the CLI and tests follow progress without
 //! polling.
 
+pub mod after;
 mod error;
 mod files;
+pub mod multipart;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +24,8 @@ use tokio::sync::broadcast;
 
 pub use error::LedgerError;
 pub use files::{
-    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, NewFile, PollJob, Record, UploadJob,
+    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, NewFile, Origin, PollJob, Record,
+    UploadJob,
 };
 pub use state::{Event, FileState};
 

@@ -23,6 +23,11 @@ pub struct Filter {
     /// `None`: the default media extensions.
     include: Option<GlobSet>,
     exclude: GlobSet,
+    /// Folders (relative to the root) that files are moved into after
+    /// upload or failure: never picked up again.
+    skip_dirs: Vec<PathBuf>,
+    /// Also take `*.urls` lists (the daemon reads them; `upload` does not).
+    url_lists: bool,
 }
 
 fn glob_set(globs: &[String]) -> Result<GlobSet, globset::Error> {
@@ -40,21 +45,54 @@ impl Filter {
         } else {
             Some(glob_set(&watch.include)?)
         };
+        let root = std::path::absolute(&watch.path).unwrap_or_else(|_| watch.path.clone());
+        let skip_dirs = [&watch.after_upload, &watch.on_failure]
+            .into_iter()
+            .filter_map(|a| match a {
+                crate::config::FileAction::MoveTo { move_to } if move_to.is_absolute() => {
+                    move_to.strip_prefix(&root).ok().map(Path::to_path_buf)
+                }
+                crate::config::FileAction::MoveTo { move_to } => Some(move_to.clone()),
+                crate::config::FileAction::Named(_) => None,
+            })
+            .collect();
         Ok(Filter {
             include,
             exclude: glob_set(&watch.exclude)?,
+            skip_dirs,
+            url_lists: false,
         })
+    }
+
+    /// Take `*.urls` lists too.
+    pub fn with_url_lists(mut self) -> Filter {
+        self.url_lists = true;
+        self
     }
 
     /// `rel` is the path relative to the watched root.
     pub fn accepts(&self, rel: &Path) -> bool {
-        if self.exclude.is_match(rel) {
+        if self.excluded(rel) {
             return false;
+        }
+        if self.url_lists && self.is_url_list(rel) {
+            return true;
         }
         match &self.include {
             Some(set) => set.is_match(rel),
             None => kind_from_extension(rel).is_some(),
         }
+    }
+
+    /// A list of URLs to ingest (`*.urls`), not excluded.
+    pub fn is_url_list(&self, rel: &Path) -> bool {
+        rel.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("urls"))
+            && !self.excluded(rel)
+    }
+
+    fn excluded(&self, rel: &Path) -> bool {
+        self.exclude.is_match(rel) || self.skip_dirs.iter().any(|d| rel.starts_with(d))
     }
 }
 
@@ -71,6 +109,7 @@ pub fn new_file(path: &Path, meta: &std::fs::Metadata, user_metadata: Option<&st
         device: meta.dev(),
         inode: meta.ino(),
         user_metadata: user_metadata.map(str::to_string),
+        origin: None,
     }
 }
 
@@ -237,6 +276,23 @@ mod tests {
         assert!(!f.accepts(Path::new("sub/.x/a.mp4")));
         assert!(!f.accepts(Path::new("a.mp4.part")));
         assert!(!f.accepts(Path::new("a.crdownload")));
+    }
+
+    #[test]
+    fn move_targets_inside_the_root_are_never_picked_up() {
+        let mut w = WatchConfig::for_path("/in".into());
+        w.after_upload = crate::config::FileAction::MoveTo {
+            move_to: "done".into(),
+        };
+        w.on_failure = crate::config::FileAction::MoveTo {
+            move_to: "/in/failed".into(),
+        };
+        let f = Filter::new(&w).expect("filter");
+        assert!(f.accepts(Path::new("new/clip.mp4")));
+        assert!(!f.accepts(Path::new("done/clip.mp4")));
+        assert!(!f.accepts(Path::new("failed/x/clip.mp4")));
+        assert!(f.is_url_list(Path::new("batch.urls")));
+        assert!(!f.is_url_list(Path::new("done/batch.urls")));
     }
 
     #[test]

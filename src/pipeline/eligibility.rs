@@ -55,6 +55,7 @@ pub struct Limits {
     pub max_direct: u64,
     pub max_image: u64,
     pub max_multipart: u64,
+    pub multipart_threshold: u64,
 }
 
 impl Limits {
@@ -63,6 +64,35 @@ impl Limits {
             max_direct: u.max_direct_size.as_u64(),
             max_image: u.max_image_size.as_u64(),
             max_multipart: u.max_multipart_size.as_u64(),
+            multipart_threshold: u.multipart_threshold.as_u64(),
+        }
+    }
+
+    /// Video and audio above the threshold (or above what a direct upload
+    /// takes) go up in chunks; images never do.
+    pub fn multipart(&self, kind: MediaKind, size: u64) -> bool {
+        kind != MediaKind::Image && size > self.multipart_threshold.min(self.max_direct)
+    }
+}
+
+/// The kind of a hashed file: by the type its content was recognised as,
+/// else by its name, else video (the platform decides).
+pub fn kind_of(path: &Path, mime: Option<&str>) -> MediaKind {
+    match mime.and_then(|m| m.split('/').next()) {
+        Some("video") => MediaKind::Video,
+        Some("audio") => MediaKind::Audio,
+        Some("image") => MediaKind::Image,
+        _ => kind_from_extension(path).unwrap_or(MediaKind::Video),
+    }
+}
+
+impl MediaKind {
+    /// The `type` of a multipart session.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Image => "image",
         }
     }
 }
@@ -114,13 +144,6 @@ pub fn judge(path: &Path, size: u64, head: &[u8], limits: &Limits) -> Verdict {
         MediaKind::Video | MediaKind::Audio if size > limits.max_multipart => {
             return too_big(limits.max_multipart, "video and audio");
         }
-        MediaKind::Video | MediaKind::Audio if size > limits.max_direct => {
-            return Verdict::Skip(format!(
-                "too large for a direct upload: {} is over {} (multipart uploads are not supported yet)",
-                ByteSize(size).display().si(),
-                ByteSize(limits.max_direct).display().si()
-            ));
-        }
         _ => {}
     }
     Verdict::Send {
@@ -155,6 +178,7 @@ mod tests {
         max_direct: 200_000_000,
         max_image: 32_000_000,
         max_multipart: 10_000_000_000,
+        multipart_threshold: 200_000_000,
     };
     const MP4: &[u8] = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\0\x08free";
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";

@@ -9,10 +9,14 @@
 
 pub mod discover;
 pub mod eligibility;
+pub mod finisher;
 pub mod gate;
 pub mod hasher;
+pub mod indexer;
+pub mod multipart;
 pub mod poller;
 pub mod retry;
+pub mod urls;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -156,6 +160,8 @@ impl Pipeline {
             ));
         }
         tracker.spawn(poller::run(self.shared.clone(), stop.clone()));
+        tracker.spawn(indexer::run(self.shared.clone(), stop.clone()));
+        tracker.spawn(finisher::run(self.shared.clone(), stop.clone()));
         tracker.close();
         Running {
             tracker,
@@ -216,15 +222,26 @@ pub(crate) async fn wait_for_state(
     state: FileState,
     due_ms: Option<i64>,
 ) -> bool {
+    wait_for_states(changes, stop, &[state], due_ms).await
+}
+
+/// [`wait_for_state`] for any of several states.
+pub(crate) async fn wait_for_states(
+    changes: &mut broadcast::Receiver<Change>,
+    stop: &CancellationToken,
+    states: &[FileState],
+    due_ms: Option<i64>,
+) -> bool {
     let timer = match due_ms {
         Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
-        // Nothing scheduled: wake now and then anyway, as a safety net.
-        None => Duration::from_secs(60),
+        // Nothing scheduled: look again now and then anyway, which also
+        // picks up records another process (add-url, retry) queued.
+        None => SAFETY_NET,
     };
     let wake = async {
         loop {
             match changes.recv().await {
-                Ok(c) if c.state == state => return true,
+                Ok(c) if states.contains(&c.state) => return true,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => return true,
                 Err(broadcast::error::RecvError::Closed) => return false,
@@ -233,7 +250,11 @@ pub(crate) async fn wait_for_state(
     };
     tokio::select! {
         _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(timer) => true,
+        _ = tokio::time::sleep(timer.min(SAFETY_NET)) => true,
         open = wake => open,
     }
 }
+
+/// The longest any stage sleeps without looking at the ledger: records
+/// queued by another process (`add-url`, `retry`) are seen within this.
+const SAFETY_NET: Duration = Duration::from_secs(2);

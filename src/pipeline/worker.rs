@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
+use super::eligibility::kind_of;
 use crate::api::{ApiError, DirectUpload, ErrorClass, SHA256_STAMP, wire_filename};
 use crate::ledger::{AttemptEnd, Event, FileState, NewFile, UploadJob, now_ms, to_ms};
 
@@ -89,13 +90,7 @@ impl Drop for InFlightGuard<'_> {
 async fn attempt(shared: &Shared, job: &UploadJob, stop: &CancellationToken) {
     let outcome = match (&job.path_bytes, &job.url) {
         (Some(bytes), _) => send_file(shared, job, &path_from_bytes(bytes), stop).await,
-        (None, Some(_)) => Err(Outcome::Finish(
-            Event::Fail,
-            unsent(
-                "unsupported",
-                "URL records are not supported by this version",
-            ),
-        )),
+        (None, Some(url)) => send_url(shared, job, url, stop).await,
         (None, None) => Err(Outcome::Finish(
             Event::Fail,
             unsent("unsupported", "record has neither a path nor a URL"),
@@ -237,8 +232,12 @@ async fn send_file(
         ));
     };
     let filename = wire_filename(path.file_name().unwrap_or_default());
+    let size_u = u64::try_from(size).unwrap_or(0);
+    let kind = kind_of(path, job.mime.as_deref());
+    let multipart = shared.limits.multipart(kind, size_u);
 
-    if job.lookup_first {
+    // A multipart upload resumes its saved session instead.
+    if job.lookup_first && !multipart {
         if !shared.gate.wait_open(stop).await {
             return Err(retry_now("stopped before the lookup"));
         }
@@ -268,10 +267,58 @@ async fn send_file(
         .unwrap_or_default();
     user_metadata.insert(SHA256_STAMP.into(), sha256.into());
     let sent = Arc::new(AtomicU64::new(0));
+    if multipart {
+        shared
+            .progress
+            .insert(job.id, job.display(), size_u, sent.clone());
+        let _guard = InFlightGuard { shared, id: job.id };
+        let started = std::time::Instant::now();
+        let up = super::multipart::Upload {
+            job,
+            path,
+            filename: &filename,
+            kind: kind.as_str(),
+            size: size_u,
+            user_metadata: &user_metadata,
+            sent: sent.clone(),
+        };
+        let result = super::multipart::send(shared, &up).await;
+        let bytes_sent = sent.load(Ordering::Relaxed);
+        let check = check_disk_off_thread(path, job).await;
+        if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+            if let Ok(id) = &result
+                && let Err(e) = shared.client.delete_asset(id).await
+            {
+                tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
+            }
+            let _ = shared.ledger.drop_session(job.id).await;
+            return Err(problem);
+        }
+        return match result {
+            Ok(id) => {
+                crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
+                let end = AttemptEnd {
+                    outcome: "accepted",
+                    http_status: Some(200),
+                    bytes_sent,
+                    error: None,
+                };
+                let committed = commit(shared, job, &id, &end).await;
+                if committed.is_ok()
+                    && let Err(e) = shared.ledger.drop_session(job.id).await
+                {
+                    tracing::debug!(error = %e, "could not forget a finished upload session");
+                }
+                committed
+            }
+            // The session is saved: the next attempt resumes it, no lookup needed.
+            Err(e) => Err(without_lookup(classify(shared, job, &e, bytes_sent))),
+        };
+    }
     let up = DirectUpload {
         path: PathBuf::from(path),
         filename,
-        size: u64::try_from(size).unwrap_or(0),
+        size: size_u,
         enable_hls: shared.config.api.enable_hls,
         enable_thumbnail: shared.config.api.enable_thumbnail,
         user_metadata,
@@ -323,6 +370,56 @@ async fn send_file(
     }
 }
 
+/// `method=url`: the platform fetches the file itself.
+async fn send_url(
+    shared: &Shared,
+    job: &UploadJob,
+    url: &str,
+    stop: &CancellationToken,
+) -> Result<(), Outcome> {
+    if !shared.gate.before_request(stop).await {
+        return Err(retry_now("stopped before sending"));
+    }
+    let user_metadata = job
+        .user_metadata
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Map<_, _>>(m).ok())
+        .unwrap_or_default();
+    let result = shared
+        .client
+        .create_url(
+            url,
+            job.filename.as_deref(),
+            shared.config.api.enable_hls,
+            shared.config.api.enable_thumbnail,
+            &user_metadata,
+        )
+        .await;
+    match result {
+        Ok(asset) => match asset.id.filter(|id| !id.is_empty()) {
+            Some(id) => {
+                let end = AttemptEnd {
+                    outcome: "accepted",
+                    http_status: Some(201),
+                    ..AttemptEnd::default()
+                };
+                commit(shared, job, &id, &end).await
+            }
+            None => Err(without_lookup(classify(
+                shared,
+                job,
+                &ApiError::Malformed {
+                    status: 201,
+                    detail: "the response has no asset _id".into(),
+                },
+                0,
+            ))),
+        },
+        // There is no content hash to find a URL upload by.
+        Err(e) => Err(without_lookup(classify(shared, job, &e, 0))),
+    }
+}
+
 async fn commit(
     shared: &Shared,
     job: &UploadJob,
@@ -345,6 +442,25 @@ async fn commit(
                 lookup: true,
             })
         }
+    }
+}
+
+/// A multipart failure needs no lookup before the next attempt: the saved
+/// session says what the platform has.
+fn without_lookup(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Retry {
+            end,
+            next_at,
+            counted,
+            ..
+        } => Outcome::Retry {
+            end,
+            next_at,
+            counted,
+            lookup: false,
+        },
+        other => other,
     }
 }
 

@@ -149,6 +149,18 @@ impl TestEnv {
         cmd
     }
 
+    /// `upload PATHS` with extra `NAME=VALUE` environment settings.
+    pub async fn upload_bin_with(&self, paths: &[&Path], env: &[&str]) -> Output {
+        let mut cmd = self.cmd(KEY);
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        cmd.arg("upload").args(paths);
+        output(cmd).await
+    }
+
     /// Run `upload PATHS` with the binary and return its output.
     pub async fn upload_bin(&self, paths: &[&Path]) -> Output {
         let mut cmd = self.cmd(KEY);

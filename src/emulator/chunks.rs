@@ -1,0 +1,202 @@
+//! `PUT /_s3/{upload_id}/{chunk_index}?sig=...`: the emulator's stand-in for the S3
+//! presigned URLs of multipart uploads. No `x-api-key`; the signature is the credential.
+//! Faults apply as to API requests (the gate in `faults.rs`).
+//!
+//! Like S3: `Content-Length` is required (411), the body must be exactly the chunk's
+//! length (400), a bad, expired or (with `single_use_urls`) used URL is 403, and success
+//! is 200 with a quoted `ETag`. The body streams to a file in the session's folder,
+//! hashed as it arrives; a re-PUT replaces the chunk.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::header::{CONTENT_LENGTH, ETAG};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use super::error::ApiError;
+use super::faults::discard_body;
+use super::sessions::{PutRefusal, StoredChunk};
+use super::state::Shared;
+
+/// Hex characters of the chunk's sha256 used as its ETag (as long as an S3 MD5 ETag).
+const ETAG_HEX_LEN: usize = 32;
+
+/// Handler for chunk PUTs.
+pub(crate) async fn put_chunk(
+    State(shared): State<Arc<Shared>>,
+    Path((upload_id, index)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let cap = shared.limits.multipart_chunk_size;
+    let Some(content_length) = content_length(&request) else {
+        discard_body(request.into_body(), cap);
+        return ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "MissingContentLength",
+            "You must provide the Content-Length HTTP header.",
+        )
+        .into_response();
+    };
+    let sig = query.as_deref().and_then(sig_param).unwrap_or_default();
+    let ticket = match index.parse::<u64>() {
+        Ok(index) => shared
+            .sessions()
+            .begin_put(
+                &upload_id,
+                index,
+                sig,
+                content_length,
+                shared.limits.single_use_urls,
+            )
+            .map(|ticket| (index, ticket)),
+        Err(_) => Err(PutRefusal::Forbidden("Unknown chunk.")),
+    };
+    let (index, ticket) = match ticket {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            discard_body(request.into_body(), content_length.min(cap));
+            return refused(refusal, content_length).into_response();
+        }
+    };
+    let chunk = match receive(request.into_body(), ticket.path, content_length).await {
+        Ok(chunk) => chunk,
+        Err(response) => return *response,
+    };
+    let etag = chunk.etag.clone();
+    let recorded = shared.sessions().finish_put(&upload_id, index, chunk);
+    match recorded {
+        Ok(replaced) => {
+            if let Some(path) = replaced {
+                remove_file(&path).await;
+            }
+        }
+        Err(chunk) => {
+            remove_file(&chunk.path).await;
+            return ApiError::access_denied("The upload session is no longer accepting chunks.")
+                .into_response();
+        }
+    }
+    {
+        let mut stats = shared.stats();
+        stats.chunk_puts += 1;
+        *stats.chunk_puts_by_upload.entry(upload_id).or_default() += 1;
+    }
+    debug!(index, %etag, "emulator stored a chunk");
+    let mut response = StatusCode::OK.into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(ETAG, value);
+    }
+    response
+}
+
+fn content_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The value of `sig` in a raw query string (signatures are hex: no decoding needed).
+fn sig_param(query: &str) -> Option<&str> {
+    query.split('&').find_map(|pair| pair.strip_prefix("sig="))
+}
+
+fn refused(refusal: PutRefusal, content_length: u64) -> ApiError {
+    match refusal {
+        PutRefusal::Forbidden(message) => ApiError::access_denied(message),
+        PutRefusal::WrongLength { expected } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidChunkSize",
+            format!("This chunk must be exactly {expected} bytes, not {content_length}."),
+        ),
+    }
+}
+
+/// Streams the body to `path`, hashing it. The file is deleted unless the whole body
+/// arrived (also when this future is dropped because the client went away).
+async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk, Box<Response>> {
+    let mut guard = PartFile { path, keep: false };
+    let mut file = tokio::fs::File::create(&guard.path)
+        .await
+        .map_err(|error| io_failure(&error, &guard.path))?;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(frame) = stream.next().await {
+        let Ok(bytes) = frame else {
+            // The client went away mid-body; nobody will read this answer.
+            return Err(Box::new(
+                ApiError::invalid("The body ended early.").into_response(),
+            ));
+        };
+        len += bytes.len() as u64;
+        if len > expected {
+            break;
+        }
+        hasher.update(&bytes);
+        file.write_all(&bytes)
+            .await
+            .map_err(|error| io_failure(&error, &guard.path))?;
+    }
+    if len != expected {
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IncompleteBody",
+                format!("The body was {len} bytes, not the {expected} announced."),
+            )
+            .into_response(),
+        ));
+    }
+    file.flush()
+        .await
+        .map_err(|error| io_failure(&error, &guard.path))?;
+    drop(file);
+    guard.keep = true;
+    let digest = hex::encode(hasher.finalize());
+    Ok(StoredChunk {
+        path: guard.path.clone(),
+        etag: digest[..ETAG_HEX_LEN].to_owned(),
+        len,
+        uploaded_at: SystemTime::now(),
+    })
+}
+
+fn io_failure(error: &std::io::Error, path: &FsPath) -> Box<Response> {
+    // A session expired on purpose has its folder removed under running PUTs.
+    warn!(%error, path = %path.display(), "emulator could not store a chunk");
+    Box::new(ApiError::internal().into_response())
+}
+
+async fn remove_file(path: &FsPath) {
+    if let Err(error) = tokio::fs::remove_file(path).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(%error, path = %path.display(), "emulator could not delete a chunk");
+    }
+}
+
+/// Deletes a partly written chunk file on drop, unless kept.
+#[derive(Debug)]
+struct PartFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

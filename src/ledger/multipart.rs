@@ -1,0 +1,126 @@
+//! SQL for multipart sessions: the session of a file and the chunks whose
+//! PUT succeeded, written as the upload goes so that a restart resumes the
+//! same session and sends only what is missing.
+
+use sqlx::FromRow;
+
+use super::{Ledger, LedgerError, now_ms};
+
+/// A file's multipart session as the ledger holds it.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Session {
+    pub file_id: i64,
+    pub upload_id: String,
+    pub asset_id: String,
+    pub chunk_size: i64,
+    pub total_chunks: i64,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A chunk whose PUT succeeded.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Chunk {
+    pub chunk_index: i64,
+    pub etag: String,
+    pub size: i64,
+    pub reported: bool,
+}
+
+impl Ledger {
+    /// The file's session and its chunks, if it has one.
+    pub async fn session(
+        &self,
+        file_id: i64,
+    ) -> Result<Option<(Session, Vec<Chunk>)>, LedgerError> {
+        let session: Option<Session> = sqlx::query_as(
+            "SELECT file_id, upload_id, asset_id, chunk_size, total_chunks, expires_at, created_at \
+             FROM multipart_sessions WHERE file_id = ?1",
+        )
+        .bind(file_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(session) = session else {
+            return Ok(None);
+        };
+        let chunks = sqlx::query_as(
+            "SELECT chunk_index, etag, size, reported FROM multipart_chunks \
+             WHERE file_id = ?1 ORDER BY chunk_index",
+        )
+        .bind(file_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((session, chunks)))
+    }
+
+    /// Remember a new session (replacing any old one and its chunks)
+    /// before a byte of it is sent.
+    pub async fn save_session(&self, s: &Session) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM multipart_sessions WHERE file_id = ?1")
+            .bind(s.file_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO multipart_sessions (file_id, upload_id, asset_id, chunk_size, \
+             total_chunks, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(s.file_id)
+        .bind(&s.upload_id)
+        .bind(&s.asset_id)
+        .bind(s.chunk_size)
+        .bind(s.total_chunks)
+        .bind(s.expires_at)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A chunk's PUT succeeded: keep its proof at once.
+    pub async fn record_chunk(
+        &self,
+        file_id: i64,
+        chunk_index: i64,
+        etag: &str,
+        size: i64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (file_id, chunk_index) DO UPDATE SET etag = ?3, size = ?4, reported = 0",
+        )
+        .bind(file_id)
+        .bind(chunk_index)
+        .bind(etag)
+        .bind(size)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The platform accepted these chunks' proofs.
+    pub async fn mark_reported(&self, file_id: i64, chunks: &[i64]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for idx in chunks {
+            sqlx::query(
+                "UPDATE multipart_chunks SET reported = 1 WHERE file_id = ?1 AND chunk_index = ?2",
+            )
+            .bind(file_id)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forget a session (finished, or replaced because it expired).
+    pub async fn drop_session(&self, file_id: i64) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM multipart_sessions WHERE file_id = ?1")
+            .bind(file_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

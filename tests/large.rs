@@ -1,0 +1,339 @@
+//! Large files (multipart, resumable), URLs, and what happens after ready.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tl_ingest::emulator::{EmulatorConfig, Faults};
+use tl_ingest::ledger::Ledger;
+
+use crate::helpers::{KEY, Kind, TestEnv, dump, output, record_of, text, wait_until, write_media};
+
+/// A sparse file of `size` bytes that starts like an MP4 (so the platform
+/// accepts it); returns its sha256, computed independently.
+fn sparse_mp4(path: &Path, size: u64) -> String {
+    use sha2::Digest;
+    use std::io::Write;
+    let header = crate::helpers::media(Kind::Mp4, 4096, 77);
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(&header).expect("header");
+    f.set_len(size).expect("sparse");
+    drop(f);
+    let mut h = sha2::Sha256::new();
+    h.update(&header);
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size - header.len() as u64;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64);
+        h.update(&zeros[..usize::try_from(n).expect("small")]);
+        left -= n;
+    }
+    hex::encode(h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_mb_file_goes_up_in_chunks_and_arrives_exact() {
+    let env = TestEnv::new().await;
+    let big = env.inbox.join("camera.mp4");
+    let sha = sparse_mp4(&big, 300_000_000);
+    // Default limits: 300 MB is over the 200 MB direct limit.
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&big))
+        .await;
+    let rec = record_of(&ledger, &big).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    let stats = env.emulator.stats();
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1), "{stats:?}");
+    assert_eq!(stats.multipart_sessions, 1);
+    assert_eq!(
+        stats.chunk_puts,
+        300_000_000u64.div_ceil(5_242_880),
+        "each chunk once"
+    );
+    assert_eq!(stats.create_requests, 0, "no direct upload was tried");
+}
+
+/// The number of chunks the ledger holds for the newest record of `path`.
+async fn recorded_chunks(ledger_path: &Path, path: &Path) -> (Option<String>, usize) {
+    let Ok(ledger) = Ledger::open_existing(ledger_path).await else {
+        return (None, 0);
+    };
+    let abs = std::path::absolute(path).expect("absolute");
+    use std::os::unix::ffi::OsStrExt;
+    let id = ledger
+        .latest_for_path(abs.as_os_str().as_bytes())
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.id);
+    let out = match id {
+        Some(id) => match ledger.session(id).await.ok().flatten() {
+            Some((s, chunks)) => (Some(s.upload_id), chunks.len()),
+            None => (None, 0),
+        },
+        None => (None, 0),
+    };
+    ledger.close().await;
+    out
+}
+
+/// Start `upload` on a slow emulator, SIGKILL it once `min_chunks` chunks
+/// are recorded; returns the session id and how many chunks were recorded.
+async fn kill_midway(env: &TestEnv, file: &Path, min_chunks: usize) -> (String, usize) {
+    let mut child = env
+        .cmd(KEY)
+        .env("TL_INGEST__UPLOAD__MULTIPART_THRESHOLD", "10MB")
+        .arg("upload")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let (lp, fp) = (env.ledger_path.clone(), file.to_path_buf());
+    wait_until(crate::helpers::DEADLINE, "chunks recorded", || {
+        let (lp, fp) = (lp.clone(), fp.clone());
+        async move { recorded_chunks(&lp, &fp).await.1 >= min_chunks }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let (session, n) = recorded_chunks(&env.ledger_path, file).await;
+    (session.expect("a session was saved"), n)
+}
+
+fn chunked_env_config() -> EmulatorConfig {
+    EmulatorConfig {
+        multipart_chunk_size: 1 << 20,
+        ..EmulatorConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            latency_ms: 300,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("long.mp4");
+    let size = 40u64 << 20;
+    let sha = sparse_mp4(&file, size);
+    let total = size.div_ceil(1 << 20);
+
+    let (session, recorded) = kill_midway(&env, &file, 8).await;
+    let puts_before = env.emulator.stats().chunk_puts;
+    env.emulator.set_faults(Faults::default());
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let stats = env.emulator.stats();
+    assert_eq!(
+        stats.multipart_sessions, 1,
+        "the same session was resumed: {stats:?}"
+    );
+    let resent = stats.chunk_puts - puts_before;
+    assert_eq!(
+        resent,
+        total - recorded as u64,
+        "only the chunks without a recorded ETag were sent again"
+    );
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
+    assert!(stats.chunk_puts_by_upload.contains_key(&session));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_replaced() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            latency_ms: 300,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("expires.mp4");
+    let sha = sparse_mp4(&file, 30u64 << 20);
+    let (session, _) = kill_midway(&env, &file, 4).await;
+    assert!(env.emulator.expire_session(&session));
+    env.emulator.set_faults(Faults::default());
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 2, "a new session: {stats:?}");
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    assert_eq!(record_of(&ledger, &file).await.state, "ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_are_queued_once_and_bad_ones_refused() {
+    let env = TestEnv::new().await;
+    let mut cmd = env.cmd(KEY);
+    cmd.args(["add-url", "ftp://example.com/a.mp4"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("only http and https"), "{}", text(&out));
+
+    let mut cmd = env.cmd(KEY);
+    cmd.args([
+        "add-url",
+        "https://media.example.com/clip.mp4",
+        "--filename",
+        "clip.mp4",
+    ]);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut cmd = env.cmd(KEY);
+    cmd.args(["add-url", "https://media.example.com/clip.mp4"]);
+    let out = output(cmd).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("known"),
+        "{}",
+        text(&out)
+    );
+
+    // A daemon picks it up, and a .urls list dropped in its folder.
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let daemon = env.start_daemon(&config);
+    std::fs::write(
+        env.inbox.join("batch.urls"),
+        "# from the field\nhttps://media.example.com/a.mov\nhttps://media.example.com/b.mov\nnot a url\n",
+    )
+    .expect("write list");
+    let ledger_path = env.ledger_path.clone();
+    wait_until(crate::helpers::DEADLINE, "three URL records ready", || {
+        let lp = ledger_path.clone();
+        async move {
+            let Ok(l) = Ledger::open_existing(&lp).await else {
+                return false;
+            };
+            let recs = l.history(&[], None).await.unwrap_or_default();
+            l.close().await;
+            recs.iter()
+                .filter(|r| r.url.is_some() && r.state == "ready")
+                .count()
+                == 3
+        }
+    })
+    .await;
+    // The list again, with one more line: only the new URL is queued.
+    std::fs::write(
+        env.inbox.join("batch.urls"),
+        "https://media.example.com/a.mov\nhttps://media.example.com/b.mov\nhttps://media.example.com/c.mov\n",
+    )
+    .expect("rewrite list");
+    wait_until(crate::helpers::DEADLINE, "the new URL ready", || {
+        let lp = ledger_path.clone();
+        async move {
+            let Ok(l) = Ledger::open_existing(&lp).await else {
+                return false;
+            };
+            let recs = l.history(&[], None).await.unwrap_or_default();
+            l.close().await;
+            recs.iter().any(|r| {
+                r.url.as_deref() == Some("https://media.example.com/c.mov") && r.state == "ready"
+            })
+        }
+    })
+    .await;
+    daemon.stop().await;
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    let recs = ledger.history(&[], None).await.expect("history");
+    assert_eq!(
+        recs.iter().filter(|r| r.url.is_some()).count(),
+        4,
+        "{}",
+        dump(&ledger).await
+    );
+    let named = recs
+        .iter()
+        .find(|r| r.url.as_deref() == Some("https://media.example.com/clip.mp4"))
+        .expect("clip");
+    assert!(named.asset_id.is_some());
+    let json = serde_json::to_string(&recs).expect("json");
+    assert!(json.contains("https://media.example.com/a.mov"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ready_files_move_failures_get_a_sidecar_and_assets_are_indexed() {
+    let env = TestEnv::with(
+        EmulatorConfig {
+            ready_delay: Duration::from_millis(400),
+            ..EmulatorConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let extra = format!(
+        "[watcher]\nsettle = \"200ms\"\nrescan_interval = \"1h\"\n[[watch]]\npath = {:?}\nafter_upload = {{ move_to = \"done\" }}\non_failure = {{ move_to = \"failed\" }}\nindex_id = \"idx-news\"\n",
+        env.inbox.display().to_string()
+    );
+    let config = env.write_daemon_config(&extra);
+    let mut daemon = env.start_daemon(&config);
+    let good = env.inbox.join("day1/clip.mp4");
+    write_media(&good, Kind::Mp4, 20_000, 1);
+    let bad = env.inbox.join("noise.mov");
+    let noise: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8 | 0x80)
+        .collect();
+    std::fs::write(&bad, noise).expect("write");
+
+    // Not moved before ready.
+    daemon
+        .wait(&env, std::slice::from_ref(&good), "processing")
+        .await;
+    assert!(good.exists(), "moved before the asset was ready");
+
+    daemon
+        .wait(&env, std::slice::from_ref(&good), "indexed")
+        .await;
+    let moved = env.inbox.join("done/day1/clip.mp4");
+    wait_until(crate::helpers::DEADLINE, "the file moved", || {
+        let m = moved.clone();
+        async move { m.exists() }
+    })
+    .await;
+    assert!(!good.exists());
+
+    let failed_to = env.inbox.join("failed/noise.mov");
+    let sidecar = env.inbox.join("failed/noise.mov.error.json");
+    wait_until(
+        crate::helpers::DEADLINE,
+        "the failure moved with its sidecar",
+        || {
+            let (f, s) = (failed_to.clone(), sidecar.clone());
+            async move { f.exists() && s.exists() }
+        },
+    )
+    .await;
+    let why: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar).expect("read")).expect("json");
+    assert!(
+        why["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not process"),
+        "{why}"
+    );
+    daemon.stop().await;
+
+    // Moved files were not picked up again.
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    let recs = ledger.history(&[], None).await.expect("history");
+    assert_eq!(recs.len(), 2, "{}", dump(&ledger).await);
+    assert_eq!(env.emulator.stats().indexed_assets, 1);
+    let rec = record_of(&ledger, &good).await;
+    assert_eq!(rec.state, "indexed");
+}
