@@ -337,3 +337,31 @@ async fn after_ready_files_move_failures_get_a_sidecar_and_assets_are_indexed() 
     let rec = record_of(&ledger, &good).await;
     assert_eq!(rec.state, "indexed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_upload_removes_the_file_once_ready() {
+    let env = TestEnv::new().await;
+    let extra = format!(
+        "[watcher]\nsettle = \"200ms\"\nrescan_interval = \"1h\"\n[[watch]]\npath = {:?}\nafter_upload = \"delete\"\n",
+        env.inbox.display().to_string()
+    );
+    let config = env.write_daemon_config(&extra);
+    let mut daemon = env.start_daemon(&config);
+    let clip = env.inbox.join("gone-soon.mp4");
+    write_media(&clip, Kind::Mp4, 9000, 4);
+    daemon
+        .wait(&env, std::slice::from_ref(&clip), "ready")
+        .await;
+    wait_until(crate::helpers::DEADLINE, "the file deleted", || {
+        let c = clip.clone();
+        async move { !c.exists() }
+    })
+    .await;
+    daemon.stop().await;
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    let rec = record_of(&ledger, &clip).await;
+    assert_eq!(rec.state, "ready");
+    assert_eq!(rec.file_action.as_deref(), Some("deleted"));
+}

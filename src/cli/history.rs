@@ -49,6 +49,7 @@ pub fn record_json(r: &Record) -> serde_json::Value {
         "uploaded_at": r.uploaded_at.map(rfc3339),
         "ready_at": r.ready_at.map(rfc3339),
         "updated_at": rfc3339(r.updated_at),
+        "file_action": r.file_action,
     });
     if let Some(obj) = v.as_object_mut() {
         match (&r.path, &r.url) {

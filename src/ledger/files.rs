@@ -146,6 +146,8 @@ pub struct Record {
     pub uploaded_at: Option<i64>,
     pub ready_at: Option<i64>,
     pub updated_at: i64,
+    /// What was done with the file after it finished (moved, deleted).
+    pub file_action: Option<String>,
 }
 
 impl Record {
@@ -182,7 +184,8 @@ const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode F
      WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1";
 
 const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
-     last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at";
+     last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at, \
+     file_action";
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
