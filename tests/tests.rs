@@ -8,5 +8,8 @@ mod daemon;
 mod helpers;
 mod large;
 mod ledger;
+mod ops_config;
+mod ops_history;
+mod ops_records;
 mod pipeline;
 mod service;

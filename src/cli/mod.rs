@@ -6,9 +6,17 @@
 //! daemon.
 
 mod add_url;
+mod completions;
+mod config_cmd;
+mod doctor;
 mod emulator;
+mod forget;
 mod history;
+mod prune;
+mod reconcile;
+mod retry;
 mod run;
+mod show;
 mod status;
 mod upload;
 
@@ -64,6 +72,22 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Counts per state, what is in flight, the last errors.
     Status(status::StatusArgs),
+    /// One record in full: every attempt, error and timing.
+    Show(show::Cmd),
+    /// Put failed records back in the queue.
+    Retry(retry::Cmd),
+    /// Remove records so the files will be uploaded again.
+    Forget(forget::Cmd),
+    /// Check ready records against the platform; list orphans.
+    Reconcile(reconcile::Cmd),
+    /// Drop old finished records that dedupe no longer needs.
+    Prune(prune::Cmd),
+    /// Check or print the configuration.
+    Config(config_cmd::Cmd),
+    /// Check the key, the API, the folders, the ledger; one line per check.
+    Doctor(doctor::Cmd),
+    /// Shell completions (bash, zsh, fish) or the man page.
+    Completions(completions::Cmd),
     /// Serve the built-in TwelveLabs-compatible API emulator.
     Emulator(emulator::EmulatorArgs),
 }
@@ -130,6 +154,14 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Upload(args) => upload::run(&globals, args).await,
         Command::History(args) => history::run(&globals, args).await,
         Command::Status(args) => status::run(&globals, args).await,
+        Command::Show(args) => show::run(&globals, args).await,
+        Command::Retry(args) => retry::run(&globals, args).await,
+        Command::Forget(args) => forget::run(&globals, args).await,
+        Command::Reconcile(args) => reconcile::run(&globals, args).await,
+        Command::Prune(args) => prune::run(&globals, args).await,
+        Command::Config(args) => config_cmd::run(&globals, args).await,
+        Command::Doctor(args) => doctor::run(&globals, args).await,
+        Command::Completions(args) => completions::run(&globals, args).await,
         Command::Emulator(args) => emulator::run(&globals, args).await,
     }
 }
