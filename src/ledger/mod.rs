@@ -8,10 +8,12 @@
 //! pipeline's stages and lets the CLI and tests follow progress without
 //! polling.
 
+pub mod admin;
 pub mod after;
 mod error;
 mod files;
 pub mod multipart;
+pub mod query;
 pub mod state;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1 @@
+//! Record administration for the operator commands (being written).
