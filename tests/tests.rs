@@ -10,6 +10,7 @@ mod large;
 mod ledger;
 mod ops_config;
 mod ops_history;
+mod ops_reconcile;
 mod ops_records;
 mod pipeline;
 mod service;

@@ -14,6 +14,7 @@ mod error;
 mod files;
 pub mod multipart;
 pub mod query;
+pub mod reconcile;
 pub mod state;
 
 use std::path::{Path, PathBuf};

@@ -53,7 +53,8 @@ pub enum Event {
     Index,
     /// The index says the asset is indexed.
     Indexed,
-    /// An operator asked for another try (`retry`), or the record it
+    /// An operator asked for another try (`retry`, or `reconcile
+    /// --requeue` for an asset the platform lost), or the record it
     /// duplicated will not produce an asset after all.
     Requeue,
 }
@@ -111,6 +112,9 @@ impl FileState {
 
             (S::Duplicate, E::Requeue) => S::Queued,
             (S::Failed, E::Requeue) => S::Queued,
+            // `reconcile --requeue`: the platform lost a finished asset.
+            (S::Ready, E::Requeue) => S::Queued,
+            (S::Indexed, E::Requeue) => S::Queued,
             (from, event) => return Err(InvalidTransition { from, event }),
         };
         Ok(next)
@@ -213,6 +217,8 @@ mod tests {
         (S::Indexing, E::Fail, S::Failed),
         (S::Duplicate, E::Requeue, S::Queued),
         (S::Failed, E::Requeue, S::Queued),
+        (S::Ready, E::Requeue, S::Queued),
+        (S::Indexed, E::Requeue, S::Queued),
     ];
 
     #[test]

@@ -1,0 +1,117 @@
+//! `reconcile`: the ledger against the platform.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tl_ingest::api::{ApiClient, ClientOptions, DirectUpload, SHA256_STAMP};
+use tl_ingest::ledger::Ledger;
+use tl_ingest::secret::ApiKey;
+
+use crate::helpers::{KEY, Kind, TestEnv, output, record_of, text, write_media};
+
+fn client(env: &TestEnv) -> ApiClient {
+    ApiClient::new(
+        &ClientOptions {
+            base_url: env.emulator.base_url(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        },
+        &ApiKey::new(KEY).expect("key"),
+    )
+    .expect("client")
+}
+
+#[tokio::test]
+async fn lost_assets_are_reported_and_requeued_and_orphans_listed() {
+    let env = TestEnv::new().await;
+    let files: Vec<_> = (0..3u64)
+        .map(|i| {
+            let p = env.inbox.join(format!("r{i}.mp4"));
+            let sha = write_media(
+                &p,
+                Kind::Mp4,
+                4000 + usize::try_from(i).expect("small"),
+                300 + i,
+            );
+            (p, sha)
+        })
+        .collect();
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    let lost = record_of(&ledger, &files[0].0).await;
+    ledger.close().await;
+
+    // The platform loses one asset, and holds one the ledger never heard of.
+    let api = client(&env);
+    api.delete_asset(lost.asset_id.as_deref().expect("asset"))
+        .await
+        .expect("delete");
+    let stray = env.dir.path().join("stray.mp4");
+    let stray_sha = write_media(&stray, Kind::Mp4, 3000, 999);
+    let mut meta = serde_json::Map::new();
+    meta.insert(SHA256_STAMP.into(), stray_sha.clone().into());
+    let orphan = api
+        .create_direct(&DirectUpload {
+            path: stray.clone(),
+            filename: "stray.mp4".into(),
+            size: 3000,
+            enable_hls: false,
+            enable_thumbnail: false,
+            user_metadata: meta,
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+        .await
+        .expect("orphan upload")
+        .id
+        .expect("id");
+
+    let mut cmd = env.cmd(KEY);
+    cmd.arg("reconcile");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("lost") && stdout.contains("r0.mp4"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains(&format!("orphan   {orphan}")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !stdout.contains("r1.mp4") && !stdout.contains("r2.mp4"),
+        "{}",
+        text(&out)
+    );
+
+    let mut cmd = env.cmd(KEY);
+    cmd.args(["reconcile", "--requeue", "--no-orphans"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    assert_eq!(record_of(&ledger, &files[0].0).await.state, "queued");
+    ledger.close().await;
+
+    let out = env.upload_bin(&[&env.inbox]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let ledger = Ledger::open_existing(&env.ledger_path)
+        .await
+        .expect("ledger");
+    assert_eq!(record_of(&ledger, &files[0].0).await.state, "ready");
+    assert_eq!(
+        env.emulator.stats().uploads_by_sha256.get(&files[0].1),
+        Some(&2)
+    );
+
+    // All in order now but the orphan.
+    let mut cmd = env.cmd(KEY);
+    cmd.args(["reconcile", "--no-orphans"]);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
