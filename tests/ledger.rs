@@ -256,3 +256,29 @@ async fn a_corrupt_ledger_is_a_clear_error() {
         "nothing overwritten"
     );
 }
+
+#[tokio::test]
+async fn a_file_put_back_to_an_older_version_stays_known() {
+    let (_d, ledger) = open().await;
+    let v1 = file("/in/a.mp4", 10, 1);
+    let (a, _) = add(&ledger, &v1, "one").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    ledger
+        .accept(&job, "asset-1", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    // Version 2, then back to version 1's bytes (new mtime): merged into a.
+    let (_, _) = add(&ledger, &file("/in/a.mp4", 12, 2), "two").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    ledger
+        .accept(&job, "asset-2", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let back = file("/in/a.mp4", 10, 3);
+    let (_, out) = add(&ledger, &back, "one").await;
+    assert_eq!(out, HashOutcome::Merged { into: a });
+    assert!(
+        ledger.is_current(&back).await.expect("query"),
+        "a rescan must not settle and hash it again"
+    );
+}

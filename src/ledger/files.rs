@@ -382,20 +382,24 @@ impl Ledger {
         Ok(Discovery::New(id))
     }
 
-    /// Whether the newest record of this path has exactly this size, mtime
-    /// and inode: a file the ledger already knows, which a scan passes over
+    /// Whether a record of this path has exactly this size, mtime and
+    /// inode: a file the ledger already knows, which a scan passes over
     /// without waiting for it to settle or hashing it.
     pub async fn is_current(&self, f: &NewFile) -> Result<bool, LedgerError> {
-        let row: Option<StatRow> = sqlx::query_as(NEWEST_STAT_SQL)
-            .bind(&f.path_bytes)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some_and(|r| {
-            r.size == Some(to_i64(f.size))
-                && r.mtime_ns == Some(f.mtime_ns)
-                && r.device == Some(to_i64(f.device))
-                && r.inode == Some(to_i64(f.inode))
-        }))
+        // Any record of the path, not only the newest: a file put back to
+        // an older version was merged into that version's record.
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM files WHERE path_bytes = ?1 AND size = ?2 AND mtime_ns = ?3 \
+             AND device = ?4 AND inode = ?5 LIMIT 1",
+        )
+        .bind(&f.path_bytes)
+        .bind(to_i64(f.size))
+        .bind(f.mtime_ns)
+        .bind(to_i64(f.device))
+        .bind(to_i64(f.inode))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(known.is_some())
     }
 
     fn announce_requeued(&self, released: Vec<(i64, Option<String>)>) {
