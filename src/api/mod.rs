@@ -260,14 +260,8 @@ impl ApiClient {
             "enable_thumbnail": enable_thumbnail,
             "user_metadata": user_metadata,
         });
-        let resp = self
-            .http
-            .post(format!("{}/assets/multipart-uploads", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport("create upload session", &e, true))?;
-        self.scrub(read_json(resp).await)
+        let url = format!("{}/assets/multipart-uploads", self.base);
+        self.post_json(&url, &body, "create upload session").await
     }
 
     /// `POST /assets/multipart-uploads/{id}/presigned-urls`: fresh URLs
@@ -278,18 +272,13 @@ impl ApiClient {
         start: u64,
         count: u64,
     ) -> Result<Vec<UploadUrl>, ApiError> {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/assets/multipart-uploads/{}/presigned-urls",
-                self.base,
-                encode_segment(upload_id)
-            ))
-            .json(&serde_json::json!({ "start": start, "count": count }))
-            .send()
-            .await
-            .map_err(|e| transport("get upload URLs", &e, false))?;
-        let urls: types::PresignedUrls = self.scrub(read_json(resp).await)?;
+        let url = format!(
+            "{}/assets/multipart-uploads/{}/presigned-urls",
+            self.base,
+            encode_segment(upload_id)
+        );
+        let body = serde_json::json!({ "start": start, "count": count });
+        let urls: types::PresignedUrls = self.post_json(&url, &body, "get upload URLs").await?;
         Ok(urls.upload_urls)
     }
 
@@ -310,18 +299,13 @@ impl ApiClient {
                 })
             })
             .collect();
-        let resp = self
-            .http
-            .post(format!(
-                "{}/assets/multipart-uploads/{}",
-                self.base,
-                encode_segment(upload_id)
-            ))
-            .json(&serde_json::json!({ "completed_chunks": completed }))
-            .send()
-            .await
-            .map_err(|e| transport("report chunks", &e, true))?;
-        self.scrub(read_json(resp).await)
+        let url = format!(
+            "{}/assets/multipart-uploads/{}",
+            self.base,
+            encode_segment(upload_id)
+        );
+        let body = serde_json::json!({ "completed_chunks": completed });
+        self.post_json(&url, &body, "report chunks").await
     }
 
     /// `GET /assets/multipart-uploads/{id}`, every page: the session's
@@ -424,18 +408,13 @@ impl ApiClient {
         index_id: &str,
         asset_id: &str,
     ) -> Result<IndexedAsset, ApiError> {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/indexes/{}/indexed-assets",
-                self.base,
-                encode_segment(index_id)
-            ))
-            .json(&serde_json::json!({ "asset_id": asset_id }))
-            .send()
-            .await
-            .map_err(|e| transport("index asset", &e, true))?;
-        self.scrub(read_json(resp).await)
+        let url = format!(
+            "{}/indexes/{}/indexed-assets",
+            self.base,
+            encode_segment(index_id)
+        );
+        let body = serde_json::json!({ "asset_id": asset_id });
+        self.post_json(&url, &body, "index asset").await
     }
 
     /// `GET /indexes/{index_id}/indexed-assets/{id}`.
@@ -451,6 +430,24 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| transport("get indexed asset", &e, false))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// POST a JSON body, read a JSON answer. The request may have reached
+    /// the platform whenever no answer came back.
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        what: &'static str,
+    ) -> Result<T, ApiError> {
+        let resp = self
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| transport(what, &e, true))?;
         self.scrub(read_json(resp).await)
     }
 

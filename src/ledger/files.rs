@@ -471,31 +471,26 @@ impl Ledger {
 
     /// Not eligible: `discovered` → `skipped` with the reason.
     pub async fn skip(&self, id: i64, reason: &str) -> Result<(), LedgerError> {
-        let from = FileState::Discovered;
-        let to = from.on(Event::Skip)?;
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
-        )
-        .bind(id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        expect_one(done, id, from)?;
-        let path = path_of_tx(&mut tx, id).await?;
-        tx.commit().await?;
-        self.changed(id, path, to, Some(reason.to_string()));
-        Ok(())
+        self.finish(id, FileState::Discovered, Event::Skip, reason)
+            .await
     }
 
     /// A record that cannot go on (vanished, unreadable, rejected):
     /// `from` → `failed`, releasing any record that duplicated it.
     pub async fn fail(&self, id: i64, from: FileState, error: &str) -> Result<(), LedgerError> {
-        let to = from.on(Event::Fail)?;
+        self.finish(id, from, Event::Fail, error).await
+    }
+
+    /// End a record (`skipped` or `failed`) with the reason.
+    async fn finish(
+        &self,
+        id: i64,
+        from: FileState,
+        event: Event,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        let to = from.on(event)?;
+        let error = reason;
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
