@@ -4,7 +4,10 @@
 //! (`--config`, else `$TL_INGEST_CONFIG`, else `./tl-ingest.toml`, else
 //! `/etc/tl-ingest/config.toml`, each only if it exists), then environment
 //! overrides `TL_INGEST__SECTION__KEY`. Every struct denies unknown keys so a
-//! typo is an error that names the key, not a silently ignored setting.
+//! typo is an error that names the key, not a silently ignored setting;
+//! [`Config::load`] finds such keys itself, before deserializing, so the
+//! message says where the key is and which valid key was most likely meant.
+//! [`Config::explain`] tells, for `config show`, which layer set each value.
 //! The API key is not part of this tree: see [`crate::secret`].
 
 use std::collections::BTreeMap;
@@ -12,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use config::ValueKind;
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults, the one place they are written down.
@@ -283,52 +287,126 @@ impl Config {
 
     /// Load, layer, deserialize and validate.
     pub fn load(opts: &LoadOptions) -> Result<(Config, ConfigFile), ConfigError> {
+        let (config, layers) = Config::load_layers(opts)?;
+        Ok((config, layers.file))
+    }
+
+    /// [`Config::load`], and which layer set each value (for `config show`).
+    pub fn explain(opts: &LoadOptions) -> Result<Explained, ConfigError> {
+        let (config, layers) = Config::load_layers(opts)?;
+        let mut set = BTreeMap::new();
+        if let ConfigFile::Path(path) = &layers.file {
+            for (section, value) in &layers.file_tree {
+                let source = || ValueSource::File(path.clone());
+                match &value.kind {
+                    ValueKind::Table(table) => {
+                        for key in table.keys() {
+                            set.insert(format!("{section}.{key}"), source());
+                        }
+                    }
+                    ValueKind::Array(entries) => {
+                        for (i, entry) in entries.iter().enumerate() {
+                            if let ValueKind::Table(table) = &entry.kind {
+                                for key in table.keys() {
+                                    set.insert(format!("{section}[{i}].{key}"), source());
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        set.insert(section.clone(), source());
+                    }
+                }
+            }
+        }
+        for var in &layers.env {
+            set.insert(var.key.join("."), ValueSource::Env(var.name.clone()));
+        }
+        Ok(Explained {
+            config,
+            file: layers.file,
+            set,
+        })
+    }
+
+    fn load_layers(opts: &LoadOptions) -> Result<(Config, Layers), ConfigError> {
         let file = Config::locate(opts)?;
+        let in_file = |reason: String| match &file {
+            ConfigFile::Path(path) => ConfigError::Invalid {
+                path: path.clone(),
+                reason,
+            },
+            ConfigFile::None => ConfigError::Value { reason },
+        };
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULTS_TOML,
             config::FileFormat::Toml,
         ));
+        let mut file_tree = config::Map::new();
         if let ConfigFile::Path(path) = &file {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
                 path: path.clone(),
                 reason: format!("cannot read it: {e}"),
             })?;
-            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            let source = config::File::from_str(&text, config::FileFormat::Toml);
+            file_tree = config::Source::collect(&source).map_err(|e| in_file(describe(&e)))?;
+            builder = builder.add_source(source);
         }
-        let env: config::Map<String, String> = opts
+        let env: Vec<EnvVar> = opts
             .env
             .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(&format!("{ENV_PREFIX}__"))?;
+                Some(EnvVar {
+                    name: name.clone(),
+                    key: rest.split("__").map(str::to_lowercase).collect(),
+                    value: value.clone(),
+                })
+            })
+            .collect();
+
+        let problems = unknown_in_file(&file_tree);
+        if let Some(reason) = summarize(problems) {
+            return Err(in_file(reason));
+        }
+        if let Some(reason) = summarize(unknown_in_env(&env)) {
+            return Err(ConfigError::Value { reason });
+        }
+
+        let env_map: config::Map<String, String> = env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env)),
+                .source(Some(env_map)),
         );
-        let wrap = |e: config::ConfigError| match &file {
-            ConfigFile::Path(path) => ConfigError::Invalid {
-                path: path.clone(),
-                reason: describe(&e),
+        // An error about a value the environment set is not the file's fault.
+        let blame = |reason: String| match env.iter().find(|v| {
+            let key = v.key.join(".");
+            reason.contains(&format!("`{key}`")) || reason.starts_with(&format!("{key}:"))
+        }) {
+            Some(var) => ConfigError::Value {
+                reason: format!("{reason} (set by {})", var.name),
             },
-            ConfigFile::None => ConfigError::Value {
-                reason: describe(&e),
-            },
+            None => in_file(reason),
         };
         let config: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(wrap)?;
-        config.validate().map_err(|reason| match &file {
-            ConfigFile::Path(path) => ConfigError::Invalid {
-                path: path.clone(),
-                reason,
+            .map_err(|e| blame(describe(&e)))?;
+        config.validate().map_err(blame)?;
+        Ok((
+            config,
+            Layers {
+                file,
+                file_tree,
+                env,
             },
-            ConfigFile::None => ConfigError::Value { reason },
-        })?;
-        Ok((config, file))
+        ))
     }
 
     /// Checks that types alone cannot express; the message names the key.
@@ -404,6 +482,483 @@ fn describe(e: &config::ConfigError) -> String {
         return format!("unknown key {rest}");
     }
     text
+}
+
+/// The layers of one load, kept to explain where values came from.
+struct Layers {
+    file: ConfigFile,
+    /// The file as written (empty without a file).
+    file_tree: config::Map<String, config::Value>,
+    /// The `TL_INGEST__…` variables.
+    env: Vec<EnvVar>,
+}
+
+/// One `TL_INGEST__SECTION__KEY` variable.
+struct EnvVar {
+    name: String,
+    /// `["section", "key"]`, lowercased as the config crate does.
+    key: Vec<String>,
+    value: String,
+}
+
+/// Every problem, the first on the line of the message, each other one on
+/// a line of its own.
+fn summarize(problems: Vec<String>) -> Option<String> {
+    let mut iter = problems.into_iter();
+    let first = iter.next()?;
+    Some(iter.fold(first, |all, p| format!("{all}\n  also: {p}")))
+}
+
+/// The top-level keys (sections) of the configuration.
+pub fn sections() -> &'static [&'static str] {
+    probe::fields::<Config>()
+}
+
+/// The valid keys of a section (`watch`: of each `[[watch]]` entry), in
+/// the order they are declared; `None` for a name that is no section.
+pub fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+    Some(match section {
+        "api" => probe::fields::<ApiConfig>(),
+        "ledger" => probe::fields::<LedgerConfig>(),
+        "watch" => probe::fields::<WatchConfig>(),
+        "watcher" => probe::fields::<WatcherConfig>(),
+        "upload" => probe::fields::<UploadConfig>(),
+        "telemetry" => probe::fields::<TelemetryConfig>(),
+        _ => return None,
+    })
+}
+
+/// How a section is written in TOML.
+fn section_header(section: &str) -> String {
+    if section == "watch" {
+        "[[watch]]".into()
+    } else {
+        format!("[{section}]")
+    }
+}
+
+/// Keys of the file that no struct has, each with the most likely meant key.
+fn unknown_in_file(tree: &config::Map<String, config::Value>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut top: Vec<&String> = tree.keys().collect();
+    top.sort_by_key(|k| (sections().iter().position(|s| s == k), k.as_str()));
+    for section in top {
+        let value = &tree[section];
+        let Some(valid) = section_keys(section) else {
+            let is_table = matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_));
+            problems.push(if is_table {
+                let mut msg = format!("unknown section [{section}]");
+                if let Some(near) = nearest(section, sections()) {
+                    msg.push_str(&format!("; did you mean {}?", section_header(near)));
+                } else {
+                    msg.push_str(&format!("; the sections are {}", list(sections())));
+                }
+                msg
+            } else {
+                unknown_key(section, None, "at the top level", sections(), |k| {
+                    format!("[{k}]")
+                })
+            });
+            continue;
+        };
+        let header = section_header(section);
+        let mut check = |table: &config::Map<String, config::Value>, place: String| {
+            let mut keys: Vec<&String> = table.keys().collect();
+            keys.sort();
+            for key in keys {
+                if !valid.contains(&key.as_str()) {
+                    problems.push(unknown_key(key, Some(section), &place, valid, |k| {
+                        format!("`{k}`")
+                    }));
+                }
+            }
+        };
+        match &value.kind {
+            ValueKind::Table(table) if section != "watch" => check(table, format!("in {header}")),
+            ValueKind::Array(entries) if section == "watch" => {
+                for (i, entry) in entries.iter().enumerate() {
+                    if let ValueKind::Table(table) = &entry.kind {
+                        check(table, format!("in {header} #{} (watch[{i}])", i + 1));
+                    }
+                }
+            }
+            // The wrong shape: the deserializer says so, with the key.
+            _ => {}
+        }
+    }
+    problems
+}
+
+/// `TL_INGEST__…` variables that name no key.
+fn unknown_in_env(env: &[EnvVar]) -> Vec<String> {
+    let as_var = |section: &str, key: &str| {
+        format!(
+            "{ENV_PREFIX}__{}__{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        )
+    };
+    let mut problems = Vec::new();
+    for var in env {
+        let Some(section) = var.key.first() else {
+            continue;
+        };
+        let Some(valid) = section_keys(section) else {
+            let mut msg = format!("{}: unknown section [{section}]", var.name);
+            if let Some(near) = nearest(section, sections()) {
+                msg.push_str(&format!(
+                    "; did you mean {ENV_PREFIX}__{}__…?",
+                    near.to_uppercase()
+                ));
+            }
+            problems.push(msg);
+            continue;
+        };
+        // Watch entries cannot be set from the environment; deeper or
+        // shallower names are the deserializer's to explain.
+        let (true, Some(key)) = (section != "watch", var.key.get(1)) else {
+            continue;
+        };
+        if var.key.len() == 2 && !valid.contains(&key.as_str()) {
+            let mut msg = format!("{}: unknown key `{key}` in [{section}]", var.name);
+            match nearest(key, valid) {
+                Some(near) => msg.push_str(&format!("; did you mean {}?", as_var(section, near))),
+                None => msg.push_str(&format!("; the keys of [{section}] are {}", list(valid))),
+            }
+            problems.push(msg);
+        }
+    }
+    problems
+}
+
+/// "unknown key `wokers` in [upload]; did you mean `workers`?", or where
+/// the key belongs, or the valid keys.
+fn unknown_key(
+    key: &str,
+    section: Option<&str>,
+    place: &str,
+    valid: &[&str],
+    show: impl Fn(&str) -> String,
+) -> String {
+    let mut msg = format!("unknown key `{key}` {place}");
+    if let Some(near) = nearest(key, valid) {
+        msg.push_str(&format!("; did you mean {}?", show(near)));
+        return msg;
+    }
+    // A valid key in the wrong place: before any [section], or after a
+    // [[watch]] table (whose keys run on until the next header).
+    let home = sections()
+        .iter()
+        .filter(|s| Some(**s) != section)
+        .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&key)));
+    match home {
+        Some(home) => msg.push_str(&format!(
+            "; `{key}` belongs in {} (keys after a header belong to that table)",
+            section_header(home)
+        )),
+        None => msg.push_str(&format!("; the valid keys here are {}", list(valid))),
+    }
+    msg
+}
+
+fn list(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The valid key closest to `key` by edit distance, if it is close enough
+/// to be a typo of it (compared without case).
+pub fn nearest<'a>(key: &str, valid: &[&'a str]) -> Option<&'a str> {
+    let key = key.to_lowercase();
+    valid
+        .iter()
+        .map(|v| (edit_distance(&key, v), *v))
+        .filter(|(d, v)| {
+            let len = v.chars().count();
+            *d < len && *d <= (len / 3).max(1)
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and swaps of two neighbours each cost one.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The field names a derived `Deserialize` declares, read by asking it to
+/// deserialize from a deserializer that only records them: the key lists
+/// can never drift from the structs.
+mod probe {
+    use serde::de::{Deserialize, Deserializer, Visitor};
+
+    pub fn fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+        let mut out: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut out));
+        out
+    }
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    #[derive(Debug)]
+    struct Stop;
+
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+
+    impl std::error::Error for Stop {}
+
+    impl serde::de::Error for Stop {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Stop
+        }
+    }
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = Stop;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+}
+
+/// Which layer set a value of the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// Built in (`config/default.toml`, or a per-key default of a watch entry).
+    Default,
+    File(PathBuf),
+    /// The environment variable that set it.
+    Env(String),
+}
+
+impl std::fmt::Display for ValueSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueSource::Default => f.write_str("default"),
+            ValueSource::File(p) => write!(f, "file {}", p.display()),
+            ValueSource::Env(name) => write!(f, "env {name}"),
+        }
+    }
+}
+
+/// The effective configuration and where each of its values came from.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    pub config: Config,
+    pub file: ConfigFile,
+    /// Keys the file or the environment set (`upload.workers`,
+    /// `watch[0].path`); every other key has its default.
+    set: BTreeMap<String, ValueSource>,
+}
+
+impl Explained {
+    /// Where the value of `key` (`upload.workers`, `watch[0].path`) came from.
+    pub fn source(&self, key: &str) -> ValueSource {
+        self.set.get(key).cloned().unwrap_or(ValueSource::Default)
+    }
+
+    /// The effective configuration as TOML that loads back to the same
+    /// configuration, each value followed by a comment naming its source.
+    /// Credentials in `api.base_url` are redacted.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let mut tree = serde_json::to_value(&self.config).map_err(|e| ConfigError::Value {
+            reason: format!("cannot render the configuration: {e}"),
+        })?;
+        // Sizes exactly as they can be written back ("200MB", not "190.7 MiB").
+        let u = &self.config.upload;
+        for (key, size) in [
+            ("multipart_threshold", u.multipart_threshold),
+            ("max_direct_size", u.max_direct_size),
+            ("max_image_size", u.max_image_size),
+            ("max_multipart_size", u.max_multipart_size),
+        ] {
+            tree["upload"][key] = serde_json::Value::String(exact_size(size.as_u64()));
+        }
+        tree["api"]["base_url"] = serde_json::Value::String(redact_url(&self.config.api.base_url));
+
+        let mut out = String::new();
+        for section in sections() {
+            let Some(keys) = section_keys(section) else {
+                continue;
+            };
+            match tree.get(*section) {
+                Some(serde_json::Value::Array(entries)) => {
+                    if entries.is_empty() {
+                        out.push_str(&format!(
+                            "\n# {}: none configured\n",
+                            section_header(section)
+                        ));
+                    }
+                    for (i, entry) in entries.iter().enumerate() {
+                        out.push_str(&format!("\n{}\n", section_header(section)));
+                        self.table(&mut out, entry, keys, &format!("{section}[{i}]"));
+                    }
+                }
+                Some(table) => {
+                    out.push_str(&format!("\n{}\n", section_header(section)));
+                    self.table(&mut out, table, keys, section);
+                }
+                None => {}
+            }
+        }
+        Ok(out.trim_start().to_string())
+    }
+
+    fn table(&self, out: &mut String, table: &serde_json::Value, keys: &[&str], prefix: &str) {
+        let rows: Vec<(String, String)> = keys
+            .iter()
+            .map(|key| {
+                let source = self.source(&format!("{prefix}.{key}"));
+                match table.get(*key) {
+                    Some(v) => (format!("{key} = {}", toml_value(v)), source.to_string()),
+                    None => (format!("# {key} is not set"), source.to_string()),
+                }
+            })
+            .collect();
+        let width = rows
+            .iter()
+            .map(|(l, _)| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (line, source) in rows {
+            let pad = width - line.chars().count();
+            out.push_str(&format!("{line}{}  # {source}\n", " ".repeat(pad)));
+        }
+    }
+}
+
+/// A TOML value (inline) for a JSON value of the serialized configuration.
+fn toml_value(v: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "\"\"".into(),
+        J::Bool(b) => b.to_string(),
+        J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.is_nan() => "nan".into(),
+            (_, _, Some(f)) if f.is_infinite() => if f > 0.0 { "inf" } else { "-inf" }.into(),
+            // `{:?}` keeps the point: 3.0 stays a float.
+            (_, _, Some(f)) => format!("{f:?}"),
+            _ => n.to_string(),
+        },
+        J::String(s) => toml_string(s),
+        J::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        J::Object(map) if map.is_empty() => "{}".into(),
+        J::Object(map) => format!(
+            "{{ {} }}",
+            map.iter()
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A JSON string literal is a TOML basic string, but for DEL, which JSON
+/// leaves as it is and TOML wants escaped.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('\u{7f}', "\\u007F")
+}
+
+fn toml_key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare { k.to_string() } else { toml_string(k) }
+}
+
+/// A byte count in the largest unit that divides it exactly.
+pub fn exact_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 8] = [
+        (1 << 40, "TiB"),
+        (1_000_000_000_000, "TB"),
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1_000, "KB"),
+    ];
+    if bytes == 0 {
+        return "0".into();
+    }
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes.is_multiple_of(*unit))
+        .map(|(unit, name)| format!("{}{name}", bytes / unit))
+        .unwrap_or_else(|| format!("{bytes}B"))
+}
+
+/// `https://user:secret@host/…` → `https://user:<redacted>@host/…`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:<redacted>")
+            } else {
+                "<redacted>".to_string()
+            };
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -565,5 +1120,176 @@ mod tests {
             c.ledger_path(&env),
             PathBuf::from("/var/lib/tl-ingest/tl-ingest.db")
         );
+    }
+
+    #[test]
+    fn every_section_has_its_keys_from_the_structs() {
+        assert_eq!(
+            sections(),
+            ["api", "ledger", "watch", "watcher", "upload", "telemetry"]
+        );
+        for s in sections() {
+            assert!(section_keys(s).is_some(), "no key list for [{s}]");
+        }
+        let upload = section_keys("upload").expect("upload");
+        assert_eq!(upload.first(), Some(&"workers"));
+        assert!(section_keys("api").expect("api").contains(&"key_file"));
+        assert!(
+            section_keys("watch")
+                .expect("watch")
+                .contains(&"after_upload")
+        );
+    }
+
+    #[test]
+    fn edit_distance_and_nearest() {
+        assert_eq!(edit_distance("wokers", "workers"), 1);
+        assert_eq!(edit_distance("wrokers", "workers"), 1, "a swap costs one");
+        assert_eq!(edit_distance("", "abc"), 3);
+        let keys = section_keys("upload").expect("upload");
+        assert_eq!(nearest("wokers", keys), Some("workers"));
+        assert_eq!(nearest("Workers", keys), Some("workers"));
+        assert_eq!(nearest("max_atempts", keys), Some("max_attempts"));
+        assert_eq!(nearest("retries", keys), None);
+        assert_eq!(nearest("uplod", sections()), Some("upload"));
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_valid_one() {
+        let msg = load(Some("[upload]\nwokers = 3\n"), &[])
+            .expect_err("typo")
+            .to_string();
+        assert!(
+            msg.contains("unknown key `wokers` in [upload]; did you mean `workers`?"),
+            "{msg}"
+        );
+        let msg = load(Some("[uplod]\nworkers = 3\n"), &[])
+            .expect_err("section")
+            .to_string();
+        assert!(
+            msg.contains("unknown section [uplod]; did you mean [upload]?"),
+            "{msg}"
+        );
+        let msg = load(Some("[[watch]]\npath = \"/x\"\nrecursve = false\n"), &[])
+            .expect_err("watch key")
+            .to_string();
+        assert!(
+            msg.contains("watch[0]") && msg.contains("`recursive`"),
+            "{msg}"
+        );
+        let msg = load(Some("[[watch]]\npath = \"/x\"\nworkers = 2\n"), &[])
+            .expect_err("misplaced")
+            .to_string();
+        assert!(msg.contains("belongs in [upload]"), "{msg}");
+        let msg = load(Some("[upload]\nfrobnicate = 1\nwokers = 2\n"), &[])
+            .expect_err("two")
+            .to_string();
+        assert!(
+            msg.contains("`max_attempts`") && msg.contains("\n  also: "),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn env_problems_name_the_variable_not_the_file() {
+        let err = load(Some(""), &[("TL_INGEST__UPLOAD__WOKERS", "3")]).expect_err("env typo");
+        assert!(matches!(err, ConfigError::Value { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("TL_INGEST__UPLOAD__WOKERS") && msg.contains("TL_INGEST__UPLOAD__WORKERS"),
+            "{msg}"
+        );
+        let err = load(Some(""), &[("TL_INGEST__UPLOAD__WORKERS", "0")]).expect_err("env value");
+        assert!(
+            err.to_string()
+                .contains("upload.workers: must be between 1 and 256, not 0 (set by TL_INGEST__UPLOAD__WORKERS)"),
+            "{err}"
+        );
+        let err = load(Some(""), &[("TL_INGEST__UPLOAD__WORKERS", "many")]).expect_err("type");
+        assert!(
+            err.to_string()
+                .contains("set by TL_INGEST__UPLOAD__WORKERS"),
+            "{err}"
+        );
+    }
+
+    fn explain(file: &str, env: &[(&str, &str)]) -> (Explained, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = opts(dir.path(), Some(file), env);
+        let path = o.explicit.clone().expect("path");
+        (Config::explain(&o).expect("explain"), path, dir)
+    }
+
+    #[test]
+    fn explain_names_the_layer_of_each_value() {
+        let (e, path, _dir) = explain(
+            "[upload]\nworkers = 4\nmax_attempts = 3\n[[watch]]\npath = \"/srv/in\"\n",
+            &[("TL_INGEST__UPLOAD__MAX_ATTEMPTS", "7")],
+        );
+        assert_eq!(e.config.upload.max_attempts, 7);
+        assert_eq!(e.source("upload.workers"), ValueSource::File(path.clone()));
+        assert_eq!(
+            e.source("upload.max_attempts"),
+            ValueSource::Env("TL_INGEST__UPLOAD__MAX_ATTEMPTS".into())
+        );
+        assert_eq!(e.source("upload.dedupe"), ValueSource::Default);
+        assert_eq!(e.source("watch[0].path"), ValueSource::File(path));
+        assert_eq!(e.source("watch[0].recursive"), ValueSource::Default);
+    }
+
+    #[test]
+    fn shown_toml_loads_back_to_the_same_config() {
+        let (e, path, dir) = explain(
+            "[api]\nbase_url = \"https://u:hunter2@example.com/v1.3\"\n\
+             [upload]\nmax_direct_size = \"123MiB\"\n\
+             [[watch]]\npath = \"/srv/in\"\nuser_metadata = { project = \"a \\\"b\\\"\\u007F\", take = 3, ratio = 2.0, ok = true, \"odd key\" = \"x\" }\n\
+             after_upload = { move_to = \"done\" }\nindex_id = \"idx\"\n\
+             [[watch]]\npath = \"/srv/other\"\nafter_upload = \"delete\"\nrecursive = false\n",
+            &[("TL_INGEST__UPLOAD__WORKERS", "8")],
+        );
+        let text = e.to_toml().expect("render");
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line {start}: {text}"))
+        };
+        assert!(line("workers = 8 ").ends_with("  # env TL_INGEST__UPLOAD__WORKERS"));
+        assert!(line("max_attempts = 10 ").ends_with("  # default"));
+        assert!(
+            text.contains(&format!("# file {}", path.display())),
+            "{text}"
+        );
+        assert!(text.contains("max_attempts = 10"), "{text}");
+        assert!(text.contains("max_direct_size = \"123MiB\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("# key_file is not set"), "{text}");
+
+        let shown = dir.path().join("shown.toml");
+        std::fs::write(&shown, &text).expect("write");
+        let again = Config::load(&LoadOptions {
+            explicit: Some(shown),
+            env: BTreeMap::new(),
+            cwd: None,
+        })
+        .expect("shown config loads")
+        .0;
+        let mut expected = e.config.clone();
+        expected.api.base_url = redact_url(&expected.api.base_url);
+        assert_eq!(again, expected, "{text}");
+    }
+
+    #[test]
+    fn sizes_and_urls() {
+        assert_eq!(exact_size(200_000_000), "200MB");
+        assert_eq!(exact_size(32 << 20), "32MiB");
+        assert_eq!(exact_size(10_000_000_000), "10GB");
+        assert_eq!(exact_size(1234), "1234B");
+        assert_eq!(exact_size(0), "0");
+        assert_eq!(
+            redact_url("https://a:b@h/v1.3"),
+            "https://a:<redacted>@h/v1.3"
+        );
+        assert_eq!(redact_url("https://tok@h"), "https://<redacted>@h");
+        assert_eq!(redact_url("http://h:80/x@y"), "http://h:80/x@y");
     }
 }

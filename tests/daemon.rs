@@ -72,9 +72,11 @@ async fn a_slow_writer_is_uploaded_once_with_its_final_bytes() {
     let mut all = crate::helpers::media(Kind::Mp4, 1000, 9);
     f.write_all(&all).expect("write");
     // Append every 100 ms for 2 s: longer than the 300 ms settle time in
-    // total, never still for that long.
+    // total, never still for that long. (The pace of the writer is the
+    // scenario, not a wait for the daemon.)
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
     for i in 0..20u8 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        pace.tick().await;
         let chunk = vec![i; 5000];
         f.write_all(&chunk).expect("append");
         f.flush().expect("flush");

@@ -1,12 +1,678 @@
-//! `tl-ingest doctor` (being written).
+//! `tl-ingest doctor`: one line per check, and for each problem the fix.
+//!
+//! Checks, in order: the API key is present; the base URL answers; the key
+//! is accepted (one cheap authenticated `GET /assets`); each watched folder
+//! exists and can be read (and written where files are deleted or moved);
+//! its filesystem (network filesystems are polled); the inotify watch limit
+//! against the number of folders to watch; the ledger's integrity (read
+//! only: the file is never changed); the ledger's filesystem; free disk
+//! space beside the ledger. Exit 1 if any check fails; warnings do not fail.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 
-use super::{CliError, CliResult, Globals};
+use super::{CliResult, Context, Globals, out, start_emulator};
+use crate::api::{ApiClient, ApiError, ClientOptions};
+use crate::config::{ConfigFile, FileAction, FileActionName, WatchConfig, WatcherMode};
+use crate::secret::{API_KEY_ENV, ApiKey, KeyError, load_api_key};
+use crate::watch::fstype::network_fs;
 
 #[derive(Debug, Args)]
 pub struct Cmd {}
 
-pub async fn run(_globals: &Globals, _args: Cmd) -> CliResult {
-    Err(CliError::failed("not implemented yet"))
+/// Under this much free space beside the ledger, a warning.
+const MIN_FREE: u64 = 1_000_000_000;
+/// The folder count stops here: enough to compare with any sane limit.
+const MAX_FOLDERS_COUNTED: u64 = 2_000_000;
+/// The probe request must not take the configured upload timeout (30 min).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+const INOTIFY_LIMIT: &str = "/proc/sys/fs/inotify/max_user_watches";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+/// The checks so far; each is printed as soon as it is known.
+struct Report {
+    tty: bool,
+    /// Keys to scrub from every line (never printed, only compared).
+    secrets: Vec<ApiKey>,
+    counts: [usize; 4],
+}
+
+impl Report {
+    fn line(&mut self, status: Status, name: &str, detail: &str, fix: Option<&str>) {
+        self.counts[status as usize] += 1;
+        let (mark, colour) = match (status, self.tty) {
+            (Status::Ok, true) => ("✓", "32"),
+            (Status::Warn, true) => ("!", "33"),
+            (Status::Fail, true) => ("✗", "31"),
+            (Status::Skip, true) => ("-", "2"),
+            (Status::Ok, false) => ("OK  ", ""),
+            (Status::Warn, false) => ("WARN", ""),
+            (Status::Fail, false) => ("FAIL", ""),
+            (Status::Skip, false) => ("SKIP", ""),
+        };
+        let mark = if colour.is_empty() {
+            mark.to_string()
+        } else {
+            format!("\x1b[{colour}m{mark}\x1b[0m")
+        };
+        let mut text = format!("{mark} {name}: {detail}");
+        if let Some(fix) = fix {
+            text.push_str(" — fix: ");
+            text.push_str(fix);
+        }
+        for key in &self.secrets {
+            // A key this short would blank ordinary text; none is.
+            if key.expose().len() >= 4 {
+                text = text.replace(key.expose(), "<redacted>");
+            }
+        }
+        out(&text);
+    }
+
+    fn ok(&mut self, name: &str, detail: &str) {
+        self.line(Status::Ok, name, detail, None);
+    }
+
+    fn warn(&mut self, name: &str, detail: &str, fix: &str) {
+        self.line(Status::Warn, name, detail, Some(fix));
+    }
+
+    fn fail(&mut self, name: &str, detail: &str, fix: &str) {
+        self.line(Status::Fail, name, detail, Some(fix));
+    }
+
+    fn skip(&mut self, name: &str, detail: &str) {
+        self.line(Status::Skip, name, detail, None);
+    }
+}
+
+pub async fn run(globals: &Globals, _args: Cmd) -> CliResult {
+    let ctx = Context::load(globals, tracing::Level::WARN)?;
+    let mut report = Report {
+        tty: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        secrets: ctx
+            .env
+            .get(API_KEY_ENV)
+            .and_then(|k| ApiKey::new(k))
+            .into_iter()
+            .collect(),
+        counts: [0; 4],
+    };
+    match &ctx.file {
+        ConfigFile::Path(p) => report.ok("configuration", &format!("loaded {}", p.display())),
+        ConfigFile::None => report.ok(
+            "configuration",
+            "no file: built-in defaults and environment",
+        ),
+    }
+
+    api_checks(&ctx, &mut report).await;
+    let native_roots = watch_checks(&ctx, &mut report);
+    inotify_check(&ctx, native_roots, &mut report).await;
+    ledger_checks(&ctx, &mut report).await;
+
+    let [ok, warn, fail, skip] = report.counts;
+    let total = ok + warn + fail + skip;
+    let mut summary = if fail == 0 {
+        format!("doctor: {ok} of {total} checks OK, none failed")
+    } else {
+        format!("doctor: {fail} of {total} checks failed")
+    };
+    if warn > 0 {
+        summary.push_str(&format!(
+            ", {warn} warning{}",
+            if warn == 1 { "" } else { "s" }
+        ));
+    }
+    out(&summary);
+    Ok(if fail > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Key present, base URL reachable, key accepted.
+async fn api_checks(ctx: &Context, r: &mut Report) {
+    const PRESENT: &str = "API key present";
+    const REACHABLE: &str = "API reachable";
+    const ACCEPTED: &str = "API key accepted";
+    let (_emulator, base_url, key) = if ctx.emulator {
+        match start_emulator().await {
+            Ok((emu, key)) => {
+                r.ok(
+                    PRESENT,
+                    "the built-in emulator's throwaway key (--emulator)",
+                );
+                r.secrets.push(key.clone());
+                let url = emu.base_url();
+                (Some(emu), url, Some(key))
+            }
+            Err(e) => {
+                r.fail(
+                    "emulator",
+                    &e.message,
+                    "run without --emulator, or free a loopback port",
+                );
+                return;
+            }
+        }
+    } else {
+        let base = ctx.config.api.base_url.clone();
+        match load_api_key(&ctx.env, ctx.config.api.key_file.as_deref()) {
+            Ok((key, source)) => {
+                r.ok(PRESENT, &format!("from {source}"));
+                r.secrets.push(key.clone());
+                (None, base, Some(key))
+            }
+            Err(e) => {
+                let fix = match &e {
+                    KeyError::Missing => {
+                        "export TWELVELABS_API_KEY=…, or set api.key_file, or LoadCredential=twelvelabs-api-key:… in the unit"
+                    }
+                    KeyError::Unreadable { .. } => {
+                        "make the key file readable by the user tl-ingest runs as (owned by it, chmod 600)"
+                    }
+                    KeyError::Empty { .. } => "write the API key into the key file",
+                };
+                r.fail(PRESENT, &e.to_string(), fix);
+                (None, base, None)
+            }
+        }
+    };
+
+    // Without a key, reachability is still worth knowing: a placeholder
+    // key is refused, and the refusal proves the API answers.
+    let probe_key = match &key {
+        Some(k) => k.clone(),
+        None => match ApiKey::new("tl-ingest-doctor-no-key") {
+            Some(k) => k,
+            None => return,
+        },
+    };
+    let opts = ClientOptions {
+        base_url: base_url.clone(),
+        request_timeout: ctx.config.api.request_timeout.min(PROBE_TIMEOUT),
+        connect_timeout: ctx.config.api.connect_timeout.min(PROBE_TIMEOUT),
+    };
+    let client = match ApiClient::new(&opts, &probe_key) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail(
+                REACHABLE,
+                &format!("cannot make a client: {e}"),
+                "check the API key for stray characters",
+            );
+            return;
+        }
+    };
+    let not_checked = "not checked: the API did not answer usably";
+    let base = &crate::config::redact_url(&base_url);
+    match client.list_assets(None, 1, 1).await {
+        Ok(_) => {
+            r.ok(REACHABLE, &format!("{base} answers"));
+            if key.is_some() {
+                r.ok(ACCEPTED, "an authenticated GET /assets succeeded");
+            } else {
+                r.skip(ACCEPTED, "no key to check");
+            }
+        }
+        Err(ApiError::Transport { detail, .. }) => {
+            r.fail(
+                REACHABLE,
+                &format!("{base} is not reachable ({detail})"),
+                "check api.base_url, DNS, proxy settings and the firewall; is the host up?",
+            );
+            r.skip(ACCEPTED, "not checked: the API is not reachable");
+        }
+        Err(e @ ApiError::Status { status, .. }) => match status {
+            401 | 403 => {
+                r.ok(REACHABLE, &format!("{base} answers"));
+                if key.is_some() {
+                    r.fail(
+                        ACCEPTED,
+                        &format!("the key was rejected ({e})"),
+                        "put a valid key (TwelveLabs dashboard → API keys) in $TWELVELABS_API_KEY, api.key_file or the credential",
+                    );
+                } else {
+                    r.skip(ACCEPTED, "no key to check");
+                }
+            }
+            429 => {
+                r.ok(REACHABLE, &format!("{base} answers"));
+                r.warn(
+                    ACCEPTED,
+                    &format!("not confirmed: rate limited ({e})"),
+                    "run doctor again in a minute; lower upload.requests_per_minute if this persists",
+                );
+            }
+            404 => {
+                r.fail(
+                    REACHABLE,
+                    &format!("{base} answered {e} for /assets"),
+                    "api.base_url should be the v1.3 API, e.g. https://api.twelvelabs.io/v1.3",
+                );
+                r.skip(ACCEPTED, not_checked);
+            }
+            _ => {
+                r.fail(
+                    REACHABLE,
+                    &format!("{base} answered {e}"),
+                    "if it is 5xx the platform has trouble: try later; otherwise check api.base_url and any proxy",
+                );
+                r.skip(ACCEPTED, not_checked);
+            }
+        },
+        Err(e) => {
+            r.fail(
+                REACHABLE,
+                &format!("{base} does not answer like the TwelveLabs API: {e}"),
+                "check api.base_url (e.g. https://api.twelvelabs.io/v1.3) and any proxy",
+            );
+            r.skip(ACCEPTED, not_checked);
+        }
+    }
+}
+
+/// Each root: exists, readable, writable where needed, its filesystem.
+/// Returns the roots inotify will watch (local ones, in native mode).
+fn watch_checks(ctx: &Context, r: &mut Report) -> Vec<(PathBuf, bool)> {
+    let config = &ctx.config;
+    let mut native = Vec::new();
+    if config.watch.is_empty() {
+        r.skip(
+            "watch folders",
+            "none configured (`run` needs a [[watch]] table; `upload` does not)",
+        );
+        return native;
+    }
+    for (i, w) in config.watch.iter().enumerate() {
+        let path = std::path::absolute(&w.path).unwrap_or_else(|_| w.path.clone());
+        let name = format!("watch[{i}] {}", path.display());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                r.fail(
+                    &name,
+                    "is not a folder",
+                    &format!("point watch[{i}].path at a folder"),
+                );
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                r.fail(
+                    &name,
+                    "does not exist",
+                    &format!(
+                        "create it (mkdir -p {}) or fix watch[{i}].path",
+                        path.display()
+                    ),
+                );
+                continue;
+            }
+            Err(e) => {
+                r.fail(
+                    &name,
+                    &format!("cannot be read: {e}"),
+                    "give the user tl-ingest runs as access to it",
+                );
+                continue;
+            }
+        }
+        if let Err(e) = std::fs::read_dir(&path) {
+            r.fail(
+                &name,
+                &format!("cannot be listed: {e}"),
+                "give the user tl-ingest runs as read and execute permission on it",
+            );
+            continue;
+        }
+        match write_problem(&path, w) {
+            Some((detail, fix)) => r.fail(&name, &detail, &fix),
+            None => r.ok(&name, &access_summary(w)),
+        }
+        let fs_name = format!("filesystem of watch[{i}]");
+        match (network_fs(&path), config.watcher.mode) {
+            (Some(fs), WatcherMode::Native) => r.warn(
+                &fs_name,
+                &format!(
+                    "{fs}: inotify misses changes made on other machines, so this folder is polled"
+                ),
+                "set watcher.mode = \"poll\" to say so (and tune watcher.poll_interval)",
+            ),
+            (Some(fs), WatcherMode::Poll) => r.ok(&fs_name, &format!("{fs}, polled")),
+            (None, WatcherMode::Native) => {
+                r.ok(&fs_name, "local");
+                native.push((path.clone(), w.recursive));
+            }
+            (None, WatcherMode::Poll) => r.ok(&fs_name, "local (polled: watcher.mode = \"poll\")"),
+        }
+    }
+    native
+}
+
+fn access_summary(w: &WatchConfig) -> String {
+    match needs_write(w) {
+        Some(why) => format!("readable and writable ({why})"),
+        None => "readable".into(),
+    }
+}
+
+/// Why tl-ingest must write in this root, if it must.
+fn needs_write(w: &WatchConfig) -> Option<String> {
+    let why = |key: &str, action: &FileAction| match action {
+        FileAction::Named(FileActionName::Keep) => None,
+        FileAction::Named(FileActionName::Delete) => Some(format!("{key} = \"delete\"")),
+        FileAction::MoveTo { move_to } => Some(format!(
+            "{key} = {{ move_to = {:?} }}",
+            move_to.display().to_string()
+        )),
+    };
+    let reasons: Vec<String> = [
+        why("after_upload", &w.after_upload),
+        why("on_failure", &w.on_failure),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+/// The detail and fix when a root (or a `move_to` target) cannot be written
+/// though files must be deleted or moved.
+fn write_problem(root: &Path, w: &WatchConfig) -> Option<(String, String)> {
+    let why = needs_write(w)?;
+    if !writable(root) {
+        return Some((
+            format!("is not writable, but {why}"),
+            "give the user tl-ingest runs as write permission on it, or use \"keep\"".into(),
+        ));
+    }
+    for action in [&w.after_upload, &w.on_failure] {
+        let FileAction::MoveTo { move_to } = action else {
+            continue;
+        };
+        let target = if move_to.is_absolute() {
+            move_to.clone()
+        } else {
+            root.join(move_to)
+        };
+        // It is created when needed: the nearest existing folder must be writable.
+        let existing = target.ancestors().find(|a| a.exists());
+        match existing {
+            Some(dir) if dir.is_dir() && writable(dir) => {}
+            Some(dir) => {
+                return Some((
+                    format!(
+                        "files cannot be moved to {}: {} is not a writable folder",
+                        target.display(),
+                        dir.display()
+                    ),
+                    "make the move_to folder writable, or choose another".into(),
+                ));
+            }
+            None => {
+                return Some((
+                    format!("files cannot be moved to {}", target.display()),
+                    "choose a move_to folder that can be created".into(),
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn writable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+/// The inotify limit against the folders the native watcher will watch.
+async fn inotify_check(ctx: &Context, roots: Vec<(PathBuf, bool)>, r: &mut Report) {
+    const NAME: &str = "inotify watches";
+    if ctx.config.watcher.mode == WatcherMode::Poll {
+        r.skip(NAME, "not used (watcher.mode = \"poll\")");
+        return;
+    }
+    if roots.is_empty() {
+        r.skip(NAME, "no local folder to watch");
+        return;
+    }
+    let limit = match std::fs::read_to_string(INOTIFY_LIMIT)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        Some(l) => l,
+        None => {
+            r.skip(NAME, &format!("cannot read {INOTIFY_LIMIT} (not Linux?)"));
+            return;
+        }
+    };
+    let cap = limit.saturating_add(1).min(MAX_FOLDERS_COUNTED);
+    let counted = tokio::task::spawn_blocking(move || count_folders(&roots, cap)).await;
+    let Ok(count) = counted else {
+        r.skip(NAME, "could not count the folders");
+        return;
+    };
+    let suggested = (count.saturating_mul(2)).next_power_of_two().max(524_288);
+    let raise = format!(
+        "echo fs.inotify.max_user_watches={suggested} | sudo tee /etc/sysctl.d/90-tl-ingest.conf && sudo sysctl --system (or set watcher.mode = \"poll\")"
+    );
+    if count > limit {
+        r.fail(
+            NAME,
+            &format!(
+                "{}{count} folders to watch, but fs.inotify.max_user_watches is {limit}",
+                if count >= cap { "at least " } else { "" }
+            ),
+            &raise,
+        );
+    } else if count >= cap {
+        r.warn(
+            NAME,
+            &format!("more than {cap} folders to watch (stopped counting); limit {limit}"),
+            "watch fewer, deeper trees, or set watcher.mode = \"poll\"",
+        );
+    } else if count.saturating_mul(4) > limit.saturating_mul(3) {
+        r.warn(
+            NAME,
+            &format!(
+                "{count} folders to watch, close to fs.inotify.max_user_watches = {limit} (other programs use watches too)"
+            ),
+            &raise,
+        );
+    } else {
+        let folders = if count == 1 { "folder" } else { "folders" };
+        r.ok(
+            NAME,
+            &format!("{count} {folders} to watch, fs.inotify.max_user_watches = {limit}"),
+        );
+    }
+}
+
+/// Folders under the roots (one per non-recursive root), up to `cap`.
+fn count_folders(roots: &[(PathBuf, bool)], cap: u64) -> u64 {
+    let mut count = 0u64;
+    for (root, recursive) in roots {
+        if !recursive {
+            count += 1;
+        } else {
+            let walk = walkdir::WalkDir::new(root)
+                .follow_links(false)
+                .into_iter()
+                .filter_entry(|e| e.file_type().is_dir());
+            for entry in walk {
+                if entry.is_ok() {
+                    count += 1;
+                }
+                if count >= cap {
+                    return count;
+                }
+            }
+        }
+        if count >= cap {
+            return count;
+        }
+    }
+    count
+}
+
+/// Integrity, filesystem and free space of the ledger.
+async fn ledger_checks(ctx: &Context, r: &mut Report) {
+    const NAME: &str = "ledger";
+    let path = ctx.ledger_path();
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !dir.is_dir() {
+        r.fail(
+            NAME,
+            &format!("its folder {} does not exist", dir.display()),
+            "create the folder, or set ledger.path (StateDirectory= under systemd)",
+        );
+        return;
+    }
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if writable(&dir) {
+                r.ok(
+                    NAME,
+                    &format!(
+                        "{} does not exist yet; it is created on first use",
+                        path.display()
+                    ),
+                );
+            } else {
+                r.fail(
+                    NAME,
+                    &format!("{} cannot be created: {} is not writable", path.display(), dir.display()),
+                    "give the user tl-ingest runs as write permission on the folder, or set ledger.path",
+                );
+            }
+        }
+        Err(e) => r.fail(
+            NAME,
+            &format!("{}: {e}", path.display()),
+            "give the user tl-ingest runs as access to it",
+        ),
+        Ok(m) if !m.is_file() => r.fail(
+            NAME,
+            &format!("{} is not a file", path.display()),
+            "set ledger.path to a file",
+        ),
+        Ok(_) => integrity(&path, r).await,
+    }
+
+    let fs_name = "ledger filesystem";
+    match network_fs(&dir) {
+        Some(fs) => r.warn(
+            fs_name,
+            &format!(
+                "{} is on {fs}: SQLite locking there is unreliable",
+                dir.display()
+            ),
+            "put ledger.path on a local disk (e.g. /var/lib/tl-ingest)",
+        ),
+        None => r.ok(fs_name, "local"),
+    }
+
+    let disk = "free disk";
+    match rustix::fs::statvfs(&dir) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let shown = bytesize::ByteSize(free).display().si().to_string();
+            if free < MIN_FREE {
+                r.warn(
+                    disk,
+                    &format!("only {shown} free in {}", dir.display()),
+                    "free some space: the ledger and SQLite's journal need room to grow",
+                );
+            } else {
+                r.ok(disk, &format!("{shown} free in {}", dir.display()));
+            }
+        }
+        Err(e) => r.skip(disk, &format!("cannot tell: {e}")),
+    }
+}
+
+/// `PRAGMA integrity_check` on a read-only connection: the file is never
+/// changed, whatever it holds.
+async fn integrity(path: &Path, r: &mut Report) {
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+    const NAME: &str = "ledger integrity";
+    let shown = path.display();
+    let fix_corrupt = "stop the daemon, move the file aside (a new ledger is started) or restore a backup; `sqlite3 FILE .recover` may save its records";
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = match options.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail(
+                NAME,
+                &format!("cannot open {shown}: {}", db_message(&e)),
+                fix_corrupt,
+            );
+            return;
+        }
+    };
+    let rows: Result<Vec<String>, _> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await;
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {
+            let schema: Result<i64, _> = sqlx::query_scalar(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            )
+            .fetch_one(&mut conn)
+            .await;
+            match schema {
+                Ok(n) if n > 0 => r.ok(NAME, &format!("{shown}: ok")),
+                Ok(_) => r.fail(
+                    NAME,
+                    &format!("{shown} is an SQLite file without a tl-ingest schema"),
+                    "set ledger.path to the ledger, or move this file aside",
+                ),
+                Err(e) => r.fail(NAME, &format!("{shown}: {}", db_message(&e)), fix_corrupt),
+            }
+        }
+        Ok(rows) => {
+            let first = rows.first().cloned().unwrap_or_default();
+            r.fail(
+                NAME,
+                &format!("{shown}: {} problem(s), first: {first}", rows.len()),
+                fix_corrupt,
+            );
+        }
+        Err(e) => r.fail(
+            NAME,
+            &format!("{shown} is not a valid SQLite ledger: {}", db_message(&e)),
+            fix_corrupt,
+        ),
+    }
+    use sqlx::Connection;
+    let _ = conn.close().await;
+}
+
+fn db_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
 }

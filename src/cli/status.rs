@@ -1,82 +1,595 @@
-//! `tl-ingest status`: counts per state, what is in flight, the last errors.
+//! `tl-ingest status`: a one-line verdict, whether a daemon holds the
+//! ledger, counts per state, what is in flight, the queue, the last errors.
+//!
+//! Everything comes from the ledger and the lock file: `status` runs in
+//! another process than the daemon, which may be running or not.
 
+use std::cmp::Reverse;
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::history::record_json;
-use super::{CliError, CliResult, Context, Globals, out};
-use crate::daemon::lock::LedgerLock;
-use crate::ledger::{FileState, rfc3339};
+use super::history::{
+    Stdout, ago, colour_stdout, human_size, record_json, shorten_middle, span, state_cell,
+};
+use super::{CliError, CliResult, Context, Globals};
+use crate::daemon::lock::{Holder, LedgerLock};
+use crate::ledger::query::{InFlight, RecentAttempt};
+use crate::ledger::{FileState, Record, now_ms, rfc3339};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    /// One JSON object.
+    Json,
+}
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// The same as `--format json`.
+    #[arg(long, hide = true)]
     pub json: bool,
+}
+
+/// How many recent attempts the verdict looks at.
+const ATTEMPT_WINDOW: u32 = 50;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Everything `status` shows, read once.
+struct Facts {
+    now: i64,
+    ledger: String,
+    daemon: Option<Holder>,
+    counts: Vec<(FileState, i64)>,
+    queued: i64,
+    oldest_queued: Option<i64>,
+    next_due: Option<i64>,
+    in_flight: Vec<InFlight>,
+    errors: Vec<Record>,
+    attempts: Vec<RecentAttempt>,
+    failed_last_hour: i64,
+}
+
+impl Facts {
+    fn count(&self, state: FileState) -> i64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn unfinished(&self) -> i64 {
+        self.counts
+            .iter()
+            .filter(|(s, _)| !s.is_terminal())
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Idle,
+    Working,
+    RateLimited,
+    Stuck,
+}
+
+impl Health {
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Idle => "idle",
+            Health::Working => "working",
+            Health::RateLimited => "rate_limited",
+            Health::Stuck => "stuck",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    health: Health,
+    /// The whole line, starting with the verdict: `stuck: …`.
+    line: String,
+}
+
+fn files(n: i64) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
+}
+
+/// Attempts that ended, with when and how, the latest end first. An
+/// interruption (a stop or restart) says nothing about the platform: left out.
+fn ended_attempts(attempts: &[RecentAttempt]) -> Vec<(&RecentAttempt, i64, &str)> {
+    let mut ended: Vec<(&RecentAttempt, i64, &str)> = attempts
+        .iter()
+        .filter_map(|a| Some((a, a.ended_at?, a.outcome.as_deref()?)))
+        .filter(|(_, _, outcome)| *outcome != "interrupted")
+        .collect();
+    ended.sort_by_key(|(a, at, _)| Reverse((*at, a.id)));
+    ended
+}
+
+/// The one-line verdict, from the ledger alone.
+fn verdict(f: &Facts) -> Verdict {
+    let v = |health, line: String| Verdict { health, line };
+    let unfinished = f.unfinished();
+    let waiting = format!("{} waiting", files(unfinished));
+    let ended = ended_attempts(&f.attempts);
+    let newest = ended.first();
+
+    if unfinished > 0
+        && let Some((_, at, "auth")) = newest
+    {
+        return v(
+            Health::Stuck,
+            format!(
+                "stuck: the API key was rejected ({}); {waiting}",
+                ago(f.now, *at)
+            ),
+        );
+    }
+    if unfinished > 0 && f.daemon.is_none() {
+        return v(
+            Health::Stuck,
+            format!("stuck: {waiting} and no daemon is running (start one: tl-ingest run)"),
+        );
+    }
+    if let Some((a, _, "rate_limited")) = newest
+        && a.file_state == FileState::Queued.as_str()
+        && a.next_attempt_at > f.now
+    {
+        return v(
+            Health::RateLimited,
+            format!(
+                "rate limited until {} (in {}); {waiting}",
+                rfc3339(a.next_attempt_at),
+                span(a.next_attempt_at - f.now)
+            ),
+        );
+    }
+    let last_hour = ended.iter().filter(|(_, at, _)| *at >= f.now - HOUR_MS);
+    let (mut uploaded, mut refused) = (0, 0);
+    for (_, _, outcome) in last_hour {
+        match *outcome {
+            "accepted" | "found" => uploaded += 1,
+            "rate_limited" | "changed" => {}
+            _ => refused += 1,
+        }
+    }
+    let failed = f.failed_last_hour;
+    // Three or more failures in the hour and no upload at all: not a
+    // bad file or two, something is wrong.
+    if unfinished > 0 && uploaded == 0 && (failed >= 3 || refused >= 3) {
+        let line = if failed >= 3 {
+            format!("stuck: {failed} failed in the last hour and none uploaded; {waiting}")
+        } else {
+            format!(
+                "stuck: the last {refused} attempts failed and none uploaded in the last hour; {waiting}"
+            )
+        };
+        return v(Health::Stuck, line);
+    }
+    let recent_failures = if failed > 0 {
+        format!(" ({failed} failed in the last hour)")
+    } else {
+        String::new()
+    };
+    if unfinished > 0 {
+        let parts: Vec<String> = [
+            FileState::Uploading,
+            FileState::Processing,
+            FileState::Indexing,
+            FileState::Queued,
+            FileState::Discovered,
+        ]
+        .into_iter()
+        .filter_map(|s| {
+            let n = f.count(s);
+            (n > 0).then(|| format!("{n} {s}"))
+        })
+        .collect();
+        return v(
+            Health::Working,
+            format!("working: {}{recent_failures}", parts.join(", ")),
+        );
+    }
+    v(
+        Health::Idle,
+        format!("idle: nothing to do{recent_failures}"),
+    )
+}
+
+async fn gather(ctx: &Context) -> Result<Facts, CliError> {
+    let path = ctx.ledger_path();
+    let daemon = LedgerLock::holder(&path);
+    let ledger = ctx.read_ledger().await?;
+    let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
+    let now = now_ms();
+    let facts = async {
+        let (queued, oldest_queued) = ledger.queue_stats().await?;
+        Ok::<_, crate::ledger::LedgerError>(Facts {
+            now,
+            ledger: path.display().to_string(),
+            daemon,
+            counts: ledger.counts().await?,
+            queued,
+            oldest_queued,
+            next_due: ledger.next_due().await?,
+            in_flight: ledger.in_flight_detail().await?,
+            errors: ledger.last_errors(5).await?,
+            attempts: ledger.recent_attempts(ATTEMPT_WINDOW).await?,
+            failed_last_hour: ledger.failed_since(now - HOUR_MS).await?,
+        })
+    }
+    .await;
+    ledger.close().await;
+    facts.map_err(failed)
 }
 
 pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
     let ctx = Context::load(globals, tracing::Level::WARN)?;
-    let holder = LedgerLock::holder(&ctx.ledger_path());
-    let ledger = ctx.read_ledger().await?;
-    let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
-    let counts = ledger.counts().await.map_err(failed)?;
-    let in_flight = ledger.in_flight().await.map_err(failed)?;
-    let errors = ledger.recent_errors(5).await.map_err(failed)?;
-    ledger.close().await;
+    let facts = gather(&ctx).await?;
+    let verdict = verdict(&facts);
+    let json = args.json || args.format == Format::Json;
+    let text = if json {
+        to_json(&facts, &verdict).to_string()
+    } else {
+        to_text(&facts, &verdict, colour_stdout())
+    };
+    let mut stdout = Stdout::new();
+    stdout.line(&text);
+    stdout.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
 
-    if args.json {
-        let counts: serde_json::Map<String, serde_json::Value> = FileState::ALL
-            .iter()
-            .map(|s| {
-                let n = counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
-                (s.as_str().to_string(), json!(n))
-            })
-            .collect();
-        let v = json!({
-            "ledger": ctx.ledger_path().display().to_string(),
-            "daemon": holder.as_ref().map(|h| json!({
-                "pid": h.pid,
-                "since": h.since_ms.map(rfc3339),
-            })),
-            "counts": counts,
-            "in_flight": in_flight.iter().map(record_json).collect::<Vec<_>>(),
-            "recent_errors": errors.iter().map(record_json).collect::<Vec<_>>(),
-        });
-        let _ = out(&v.to_string());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let _ = out(&format!("ledger: {}", ctx.ledger_path().display()));
-    let daemon = match &holder {
+fn daemon_json(h: &Holder) -> serde_json::Value {
+    json!({ "pid": h.pid, "since": h.since_ms.map(rfc3339) })
+}
+
+fn to_json(f: &Facts, verdict: &Verdict) -> serde_json::Value {
+    let counts: serde_json::Map<String, serde_json::Value> = FileState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(f.count(*s))))
+        .collect();
+    let in_flight: Vec<serde_json::Value> = f
+        .in_flight
+        .iter()
+        .map(|i| {
+            let mut v = record_json(&i.record);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("attempt".into(), json!(i.attempt));
+                obj.insert(
+                    "attempt_started_at".into(),
+                    json!(i.started_at.map(rfc3339)),
+                );
+                obj.insert(
+                    "running_seconds".into(),
+                    json!(i.started_at.map(|t| (f.now - t).max(0) / 1000)),
+                );
+                obj.insert("bytes_sent".into(), json!(i.bytes_sent));
+                obj.insert("bytes_total".into(), json!(i.record.size));
+            }
+            v
+        })
+        .collect();
+    let last_attempt = ended_attempts(&f.attempts).first().map(|(a, _, _)| {
+        json!({
+            "id": a.id,
+            "file_id": a.file_id,
+            "outcome": a.outcome,
+            "http_status": a.http_status,
+            "error": a.error,
+            "started_at": rfc3339(a.started_at),
+            "ended_at": a.ended_at.map(rfc3339),
+        })
+    });
+    json!({
+        "verdict": { "state": verdict.health.as_str(), "message": verdict.line },
+        "ledger": f.ledger,
+        "daemon": f.daemon.as_ref().map(daemon_json),
+        "counts": counts,
+        "total": f.counts.iter().map(|(_, n)| n).sum::<i64>(),
+        "queue": {
+            "queued": f.queued,
+            "oldest_discovered_at": f.oldest_queued.map(rfc3339),
+            "oldest_age_seconds": f.oldest_queued.map(|t| (f.now - t).max(0) / 1000),
+            // null: nothing queued, or the next one is due now.
+            "next_attempt_at": f.next_due.filter(|t| *t > f.now).map(rfc3339),
+        },
+        "in_flight": in_flight,
+        "recent_errors": f.errors.iter().map(record_json).collect::<Vec<_>>(),
+        "failed_last_hour": f.failed_last_hour,
+        "last_attempt": last_attempt,
+    })
+}
+
+/// Text output wider than this is shortened (paths, in the middle).
+const WIDTH: usize = 100;
+
+fn to_text(f: &Facts, verdict: &Verdict, colour: bool) -> String {
+    let mut lines = Vec::new();
+    let headline = if colour {
+        let sgr = match verdict.health {
+            Health::Idle => "32",
+            Health::Working => "34",
+            Health::RateLimited => "33",
+            Health::Stuck => "1;31",
+        };
+        format!("\x1b[{sgr}m{}\x1b[0m", verdict.line)
+    } else {
+        verdict.line.clone()
+    };
+    lines.push(headline);
+    lines.push(format!("ledger:   {}", f.ledger));
+    let daemon = match &f.daemon {
         Some(h) => format!(
             "running (pid {}, since {})",
             h.pid.map_or("?".into(), |p| p.to_string()),
-            h.since_ms.map_or("?".into(), rfc3339)
+            h.since_ms
+                .map_or("?".into(), |t| format!("{}, {}", rfc3339(t), ago(f.now, t)))
         ),
         None => "not running".into(),
     };
-    let _ = out(&format!("daemon: {daemon}"));
-    let total: i64 = counts.iter().map(|(_, n)| n).sum();
-    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    let _ = out(&format!("records: {total} ({})", parts.join(", ")));
-    if !in_flight.is_empty() {
-        let _ = out("uploading:");
-        for r in &in_flight {
-            let _ = out(&format!("  {}", r.path.as_deref().unwrap_or("")));
+    lines.push(format!("daemon:   {daemon}"));
+    let total: i64 = f.counts.iter().map(|(_, n)| n).sum();
+    let parts: Vec<String> = f
+        .counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    lines.push(if parts.is_empty() {
+        "records:  none".to_string()
+    } else {
+        format!("records:  {total} ({})", parts.join(", "))
+    });
+    let queue = match f.oldest_queued {
+        Some(oldest) if f.queued > 0 => {
+            let due = match f.next_due {
+                Some(t) if t > f.now => format!("; next attempt in {}", span(t - f.now)),
+                _ => String::new(),
+            };
+            format!(
+                "{} queued, the oldest discovered {}{due}",
+                f.queued,
+                ago(f.now, oldest)
+            )
+        }
+        _ => "empty".into(),
+    };
+    lines.push(format!("queue:    {queue}"));
+
+    if let Some((a, at, outcome)) = ended_attempts(&f.attempts).first() {
+        let status = a
+            .http_status
+            .map(|s| format!(" (HTTP {s})"))
+            .unwrap_or_default();
+        let error = a
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        let shown = a.path.as_deref().or(a.url.as_deref()).unwrap_or("");
+        let name = std::path::Path::new(shown)
+            .file_name()
+            .map_or(shown.into(), |n| n.to_string_lossy());
+        lines.push(format!(
+            "last attempt: {outcome}{status} {}, {name}{error}",
+            ago(f.now, *at)
+        ));
+    }
+    if f.in_flight.is_empty() {
+        lines.push("in flight: nothing".into());
+    } else {
+        lines.push("in flight:".into());
+        for i in &f.in_flight {
+            lines.push(in_flight_line(f, i));
         }
     }
-    if !errors.is_empty() {
-        let _ = out("last errors:");
-        for r in &errors {
-            let _ = out(&format!(
-                "  [{}] {}: {}",
-                r.state,
-                r.path.as_deref().or(r.url.as_deref()).unwrap_or(""),
-                r.last_error.as_deref().unwrap_or("")
+    if f.errors.is_empty() {
+        lines.push("last errors: none".into());
+    } else {
+        lines.push("last errors:".into());
+        for r in &f.errors {
+            let head = format!(
+                "  #{}  {}  {}  ",
+                r.id,
+                state_cell(&r.state, 0, colour),
+                ago(f.now, r.updated_at)
+            );
+            let used = format!("  #{}  {}  {}  ", r.id, r.state, ago(f.now, r.updated_at))
+                .chars()
+                .count();
+            let shown = r.path.as_deref().or(r.url.as_deref()).unwrap_or("");
+            lines.push(format!(
+                "{head}{}",
+                shorten_middle(shown, WIDTH.saturating_sub(used))
             ));
+            lines.push(format!("      {}", r.last_error.as_deref().unwrap_or("")));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    lines.join("\n")
+}
+
+fn in_flight_line(f: &Facts, i: &InFlight) -> String {
+    let r = &i.record;
+    let running = match i.started_at {
+        Some(t) if f.daemon.is_some() => {
+            format!("attempt {}, running {}", i.attempt, span(f.now - t))
+        }
+        Some(_) => format!(
+            "attempt {}, cut off (resumes when a daemon starts)",
+            i.attempt
+        ),
+        None => format!("attempt {}", i.attempt.max(1)),
+    };
+    let bytes = match (i.bytes_sent, r.size) {
+        (Some(sent), Some(total)) => format!("{} of {} sent", human_size(sent), human_size(total)),
+        (Some(sent), None) => format!("{} sent", human_size(sent)),
+        (None, Some(total)) => human_size(total),
+        (None, None) => String::new(),
+    };
+    let head = format!("  #{}  {running}  {bytes}  ", r.id);
+    let shown = r.path.as_deref().or(r.url.as_deref()).unwrap_or("");
+    let path = shorten_middle(shown, WIDTH.saturating_sub(head.chars().count()));
+    format!("{head}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_750_000_000_000;
+
+    fn facts(counts: &[(FileState, i64)], attempts: Vec<RecentAttempt>) -> Facts {
+        Facts {
+            now: NOW,
+            ledger: "l.db".into(),
+            daemon: Some(Holder {
+                pid: Some(42),
+                since_ms: Some(NOW - 60_000),
+            }),
+            counts: counts.to_vec(),
+            queued: 0,
+            oldest_queued: None,
+            next_due: None,
+            in_flight: Vec::new(),
+            errors: Vec::new(),
+            attempts,
+            failed_last_hour: 0,
+        }
+    }
+
+    fn attempt(id: i64, ago_ms: i64, outcome: &str, state: &str, next: i64) -> RecentAttempt {
+        RecentAttempt {
+            id,
+            file_id: id,
+            started_at: NOW - ago_ms - 1000,
+            ended_at: Some(NOW - ago_ms),
+            outcome: Some(outcome.into()),
+            http_status: None,
+            error: None,
+            file_state: state.into(),
+            next_attempt_at: next,
+            path: Some(format!("/in/{id}.mp4")),
+            url: None,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        use FileState as S;
+        let idle = facts(
+            &[(S::Ready, 3)],
+            vec![attempt(1, 5000, "accepted", "ready", 0)],
+        );
+        assert_eq!(verdict(&idle).health, Health::Idle);
+        assert_eq!(verdict(&idle).line, "idle: nothing to do");
+
+        let working = facts(&[(S::Ready, 3), (S::Uploading, 2), (S::Queued, 5)], vec![]);
+        assert_eq!(verdict(&working).line, "working: 2 uploading, 5 queued");
+
+        let auth = facts(
+            &[(S::Queued, 2)],
+            vec![
+                attempt(2, 180_000, "auth", "queued", 0),
+                attempt(1, 200_000, "accepted", "ready", 0),
+            ],
+        );
+        let v = verdict(&auth);
+        assert_eq!(v.health, Health::Stuck);
+        assert_eq!(
+            v.line,
+            "stuck: the API key was rejected (3m ago); 2 files waiting"
+        );
+
+        let mut down = facts(&[(S::Queued, 1)], vec![]);
+        down.daemon = None;
+        assert!(
+            verdict(&down).line.contains("no daemon is running"),
+            "{:?}",
+            verdict(&down)
+        );
+
+        let limited = facts(
+            &[(S::Queued, 4)],
+            vec![attempt(1, 1000, "rate_limited", "queued", NOW + 42_000)],
+        );
+        let v = verdict(&limited);
+        assert_eq!(v.health, Health::RateLimited);
+        assert!(
+            v.line.starts_with("rate limited until 20") && v.line.contains("(in 42s)"),
+            "{v:?}"
+        );
+
+        let mut failing = facts(
+            &[(S::Queued, 1), (S::Failed, 4)],
+            (1..=4)
+                .map(|i| attempt(i, i * 1000, "permanent", "failed", 0))
+                .collect(),
+        );
+        failing.failed_last_hour = 4;
+        assert_eq!(
+            verdict(&failing).line,
+            "stuck: 4 failed in the last hour and none uploaded; 1 file waiting"
+        );
+        // One success in the hour: working, with the failures noted.
+        failing
+            .attempts
+            .insert(0, attempt(9, 100, "accepted", "processing", 0));
+        assert_eq!(
+            verdict(&failing).line,
+            "working: 1 queued (4 failed in the last hour)"
+        );
+    }
+
+    #[test]
+    fn text_fits_and_names_the_daemon() {
+        let mut f = facts(&[(FileState::Uploading, 1)], vec![]);
+        f.in_flight.push(InFlight {
+            record: Record {
+                id: 7,
+                path: Some(format!("/srv/{}clip.mp4", "very-deep/".repeat(20))),
+                url: None,
+                state: "uploading".into(),
+                asset_id: None,
+                sha256: None,
+                size: Some(400_000_000),
+                mime: None,
+                attempts: 1,
+                last_error: None,
+                duplicate_of: None,
+                next_attempt_at: 0,
+                discovered_at: NOW - 100_000,
+                uploaded_at: None,
+                ready_at: None,
+                updated_at: NOW - 8000,
+                file_action: None,
+            },
+            attempt: 2,
+            started_at: Some(NOW - 8000),
+            bytes_sent: Some(100_000_000),
+        });
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(text.contains("daemon:   running (pid 42, since "), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("#7"))
+            .expect("in-flight line");
+        assert!(
+            line.contains("attempt 2, running 8s  100.0 MB of 400.0 MB sent"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("clip.mp4") && line.chars().count() <= WIDTH,
+            "{line}"
+        );
+    }
 }

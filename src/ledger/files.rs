@@ -183,7 +183,7 @@ struct StatRow {
 const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode FROM files \
      WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1";
 
-const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
+pub(super) const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
      last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at, \
      file_action";
 
@@ -730,8 +730,11 @@ impl Ledger {
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
         let done = sqlx::query(
+            // An interrupted attempt says nothing about the file: keep the
+            // error that explains why it is waiting (a rejected key, say).
             "UPDATE files SET state = ?3, attempts = attempts + ?4, next_attempt_at = ?5, \
-             last_error = ?6, lookup_first = (lookup_first OR ?7), updated_at = ?8 \
+             last_error = CASE WHEN ?9 = 'interrupted' THEN last_error ELSE ?6 END, \
+             lookup_first = (lookup_first OR ?7), updated_at = ?8 \
              WHERE id = ?1 AND state = ?2",
         )
         .bind(job.id)
@@ -742,6 +745,7 @@ impl Ledger {
         .bind(&end.error)
         .bind(lookup_first)
         .bind(now_ms())
+        .bind(end.outcome)
         .execute(&mut *tx)
         .await?;
         expect_one(done, job.id, from)?;
