@@ -70,7 +70,8 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
 
     let waited = wait_until_done(&pipeline, changes).await;
     match waited {
-        Waited::Done => running.shutdown(Duration::ZERO).await,
+        // Nothing is in flight: the stages stop as soon as they are told.
+        Waited::Done => running.shutdown(Duration::from_secs(5)).await,
         Waited::Interrupted | Waited::AuthRejected(_) => {
             running.shutdown(ctx.config.upload.shutdown_grace).await
         }
