@@ -16,13 +16,13 @@ const KEY: &str = "test-key";
 
 async fn start_with(edit: impl FnOnce(&mut EmulatorConfig)) -> Emulator {
     let mut config = EmulatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: "127.0.0.1:0".parse().expect("emulator test setup"),
         api_key: KEY.to_owned(),
         ready_delay: Duration::from_millis(50),
         ..EmulatorConfig::default()
     };
     edit(&mut config);
-    Emulator::start(config).await.unwrap()
+    Emulator::start(config).await.expect("emulator test setup")
 }
 
 async fn start() -> Emulator {
@@ -31,7 +31,7 @@ async fn start() -> Emulator {
 
 fn client() -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder().build().unwrap()
+    Client::builder().build().expect("emulator test setup")
 }
 
 /// A minimal MP4 header (`ftyp` box at offset 4) padded to `len` bytes.
@@ -71,9 +71,9 @@ async fn post_form(client: &Client, emu: &Emulator, form: Form) -> reqwest::Resu
 async fn upload_ok(client: &Client, emu: &Emulator, bytes: Vec<u8>, filename: &str) -> Value {
     let response = post_form(client, emu, direct_form(bytes, filename))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.unwrap()
+    response.json().await.expect("emulator test setup")
 }
 
 async fn get(client: &Client, emu: &Emulator, path: &str) -> Response {
@@ -82,11 +82,11 @@ async fn get(client: &Client, emu: &Emulator, path: &str) -> Response {
         .header("x-api-key", KEY)
         .send()
         .await
-        .unwrap()
+        .expect("emulator test setup")
 }
 
 async fn error_code(response: Response) -> String {
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     body["code"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -96,7 +96,7 @@ async fn wait_settled(client: &Client, emu: &Emulator, id: &str) -> Value {
     loop {
         let response = get(client, emu, &format!("/assets/{id}")).await;
         assert_eq!(response.status(), StatusCode::OK);
-        let asset: Value = response.json().await.unwrap();
+        let asset: Value = response.json().await.expect("emulator test setup");
         if asset["status"] != "processing" {
             return asset;
         }
@@ -112,14 +112,19 @@ async fn small_mp4_upload_becomes_ready_and_is_hashed() {
     let bytes = mp4_bytes(10_000);
     let asset = upload_ok(&client, &emu, bytes.clone(), "clip.mp4").await;
 
-    let id = asset["_id"].as_str().unwrap();
+    let id = asset["_id"].as_str().expect("emulator test setup");
     assert_eq!(id.len(), 24);
     assert!(id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
     assert_eq!(asset["status"], "processing");
     assert_eq!(asset["method"], "direct");
     assert_eq!(asset["filename"], "clip.mp4");
     assert_eq!(asset["file_type"], "video/mp4");
-    assert!(asset["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        asset["created_at"]
+            .as_str()
+            .expect("emulator test setup")
+            .ends_with('Z')
+    );
     assert!(asset.get("user_metadata").is_none());
 
     let detail = wait_settled(&client, &emu, id).await;
@@ -146,9 +151,11 @@ async fn file_part_may_come_before_method() {
     let form = Form::new()
         .part("file", Part::bytes(mp4_bytes(500)).file_name("first.mp4"))
         .text("method", "direct");
-    let response = post_form(&client, &emu, form).await.unwrap();
+    let response = post_form(&client, &emu, form)
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::CREATED);
-    let asset: Value = response.json().await.unwrap();
+    let asset: Value = response.json().await.expect("emulator test setup");
     // No filename field: the file part's own name is used.
     assert_eq!(asset["filename"], "first.mp4");
 }
@@ -161,9 +168,9 @@ async fn wrong_key_is_401() {
         .header("x-api-key", "nope")
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["code"], "api_key_invalid");
     assert_eq!(body["message"], "The API key you provided is not valid.");
 }
@@ -201,7 +208,9 @@ async fn form_parameter_errors_are_400() {
         ),
     ];
     for (form, code) in cases {
-        let response = post_form(&client, &emu, form).await.unwrap();
+        let response = post_form(&client, &emu, form)
+            .await
+            .expect("emulator test setup");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(error_code(response).await, code);
     }
@@ -217,9 +226,19 @@ async fn text_named_mp4_is_created_then_fails() {
     let asset = upload_ok(&client, &emu, text, "x.mp4").await;
     assert_eq!(asset["file_type"], "application/octet-stream");
 
-    let detail = wait_settled(&client, &emu, asset["_id"].as_str().unwrap()).await;
+    let detail = wait_settled(
+        &client,
+        &emu,
+        asset["_id"].as_str().expect("emulator test setup"),
+    )
+    .await;
     assert_eq!(detail["status"], "failed");
-    assert!(!detail["error"]["message"].as_str().unwrap().is_empty());
+    assert!(
+        !detail["error"]["message"]
+            .as_str()
+            .expect("emulator test setup")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -232,11 +251,11 @@ async fn over_limit_upload_gets_a_400_response() {
     let client = client();
     let response = post_form(&client, &emu, direct_form(mp4_bytes(1_000_000), "big.mp4"))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["code"], "parameter_invalid");
-    let message = body["message"].as_str().unwrap();
+    let message = body["message"].as_str().expect("emulator test setup");
     assert!(message.contains("1000000 bytes"), "{message}");
     assert!(message.contains("video/audio"), "{message}");
 
@@ -244,10 +263,15 @@ async fn over_limit_upload_gets_a_400_response() {
     upload_ok(&client, &emu, png_bytes(1500), "a.png").await;
     let response = post_form(&client, &emu, direct_form(png_bytes(3000), "b.png"))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("images"));
+    let body: Value = response.json().await.expect("emulator test setup");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("emulator test setup")
+            .contains("images")
+    );
     assert_eq!(emu.assets().len(), 1);
 }
 
@@ -275,18 +299,20 @@ async fn list_filters_and_pages_newest_first() {
         )
         .await;
         assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
+        let body: Value = response.json().await.expect("emulator test setup");
         let info = &body["page_info"];
         assert_eq!(info["total_results"], 5);
         assert_eq!(info["total_page"], 3);
         assert_eq!(info["limit_per_page"], 2);
         assert_eq!(info["page"], page);
-        let data = body["data"].as_array().unwrap();
+        let data = body["data"].as_array().expect("emulator test setup");
         assert_eq!(data.len(), [2, 2, 1, 0][page - 1]);
-        names.extend(
-            data.iter()
-                .map(|a| a["filename"].as_str().unwrap().to_owned()),
-        );
+        names.extend(data.iter().map(|a| {
+            a["filename"]
+                .as_str()
+                .expect("emulator test setup")
+                .to_owned()
+        }));
     }
     let expected: Vec<String> = (0..5).rev().map(|i| format!("Holiday-{i}.mp4")).collect();
     assert_eq!(names, expected);
@@ -305,15 +331,19 @@ async fn list_by_asset_ids() {
     let c = upload_ok(&client, &emu, mp4_bytes(100), "c.mp4").await;
     let path = format!(
         "/assets?asset_ids%5B%5D={}&asset_ids[]={}",
-        a["_id"].as_str().unwrap(),
-        c["_id"].as_str().unwrap()
+        a["_id"].as_str().expect("emulator test setup"),
+        c["_id"].as_str().expect("emulator test setup")
     );
-    let body: Value = get(&client, &emu, &path).await.json().await.unwrap();
+    let body: Value = get(&client, &emu, &path)
+        .await
+        .json()
+        .await
+        .expect("emulator test setup");
     let names: Vec<&str> = body["data"]
         .as_array()
-        .unwrap()
+        .expect("emulator test setup")
         .iter()
-        .map(|a| a["filename"].as_str().unwrap())
+        .map(|a| a["filename"].as_str().expect("emulator test setup"))
         .collect();
     assert_eq!(names, ["c.mp4", "a.mp4"]);
     // Each id matches the same sha256: the counter holds all three uploads.
@@ -329,19 +359,24 @@ async fn user_metadata_round_trips_and_is_validated() {
     let client = client();
     let meta = json!({"sha256": "abc", "n": 3, "ratio": 0.5, "ok": true});
     let form = direct_form(mp4_bytes(200), "m.mp4").text("user_metadata", meta.to_string());
-    let response = post_form(&client, &emu, form).await.unwrap();
+    let response = post_form(&client, &emu, form)
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::CREATED);
-    let asset: Value = response.json().await.unwrap();
+    let asset: Value = response.json().await.expect("emulator test setup");
     assert_eq!(asset["user_metadata"], meta);
     let detail: Value = get(
         &client,
         &emu,
-        &format!("/assets/{}", asset["_id"].as_str().unwrap()),
+        &format!(
+            "/assets/{}",
+            asset["_id"].as_str().expect("emulator test setup")
+        ),
     )
     .await
     .json()
     .await
-    .unwrap();
+    .expect("emulator test setup");
     assert_eq!(detail["user_metadata"], meta);
     assert_eq!(emu.assets()[0].user_metadata, Some(meta));
 
@@ -352,7 +387,9 @@ async fn user_metadata_round_trips_and_is_validated() {
         r#"{"n":null}"#,
     ] {
         let form = direct_form(mp4_bytes(200), "m.mp4").text("user_metadata", bad);
-        let response = post_form(&client, &emu, form).await.unwrap();
+        let response = post_form(&client, &emu, form)
+            .await
+            .expect("emulator test setup");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(response).await, "parameter_invalid");
     }
@@ -366,12 +403,19 @@ async fn url_upload_takes_name_from_url() {
     let form = Form::new()
         .text("method", "url")
         .text("url", "https://cdn.example.com/media/talk.mp4?sig=1");
-    let response = post_form(&client, &emu, form).await.unwrap();
+    let response = post_form(&client, &emu, form)
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::CREATED);
-    let asset: Value = response.json().await.unwrap();
+    let asset: Value = response.json().await.expect("emulator test setup");
     assert_eq!(asset["method"], "url");
     assert_eq!(asset["filename"], "talk.mp4");
-    let detail = wait_settled(&client, &emu, asset["_id"].as_str().unwrap()).await;
+    let detail = wait_settled(
+        &client,
+        &emu,
+        asset["_id"].as_str().expect("emulator test setup"),
+    )
+    .await;
     assert_eq!(detail["status"], "ready");
     let views = emu.assets();
     assert_eq!(
@@ -389,23 +433,26 @@ async fn delete_then_get_is_404() {
     let url = format!(
         "{}/assets/{}",
         emu.base_url(),
-        asset["_id"].as_str().unwrap()
+        asset["_id"].as_str().expect("emulator test setup")
     );
     let response = client
         .delete(&url)
         .header("x-api-key", KEY)
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
+    assert_eq!(
+        response.json::<Value>().await.expect("emulator test setup"),
+        json!({})
+    );
 
     let response = client
         .get(&url)
         .header("x-api-key", KEY)
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(response).await, "resource_not_exist");
     let response = client
@@ -413,7 +460,7 @@ async fn delete_then_get_is_404() {
         .header("x-api-key", KEY)
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert!(emu.assets().is_empty());
 }
@@ -439,21 +486,28 @@ async fn rate_limit_fault_answers_429_with_headers() {
     let client = client();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("emulator test setup")
         .as_secs();
     for _ in 0..3 {
         let response = get(&client, &emu, "/assets").await;
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        let header = |name: &str| {
+            response.headers()[name]
+                .to_str()
+                .expect("emulator test setup")
+                .to_owned()
+        };
         assert_eq!(header("retry-after"), "7");
         assert_eq!(header("x-ratelimit-remaining"), "0");
-        let reset: u64 = header("x-ratelimit-reset").parse().unwrap();
+        let reset: u64 = header("x-ratelimit-reset")
+            .parse()
+            .expect("emulator test setup");
         assert!((now + 7..=now + 9).contains(&reset), "{reset} vs {now}");
         assert_eq!(error_code(response).await, "too_many_requests");
     }
     let response = post_form(&client, &emu, direct_form(mp4_bytes(100), "r.mp4"))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let stats = emu.stats();
     assert_eq!((stats.injected_rate_limits, stats.requests), (4, 4));
@@ -468,7 +522,10 @@ async fn early_answers_reach_a_client_sending_a_large_body() {
     let client = client();
     let big = mp4_bytes(16 * 1024 * 1024);
     let response = post_form(&client, &emu, direct_form(big.clone(), "big.mp4")).await;
-    assert_eq!(response.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        response.expect("emulator test setup").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
 
     emu.set_faults(Faults {
         error_before_body: 1.0,
@@ -476,7 +533,7 @@ async fn early_answers_reach_a_client_sending_a_large_body() {
     });
     let response = post_form(&client, &emu, direct_form(big.clone(), "big.mp4")).await;
     assert_eq!(
-        response.unwrap().status(),
+        response.expect("emulator test setup").status(),
         StatusCode::INTERNAL_SERVER_ERROR
     );
 
@@ -487,7 +544,10 @@ async fn early_answers_reach_a_client_sending_a_large_body() {
         .multipart(direct_form(big, "big.mp4"))
         .send()
         .await;
-    assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.expect("emulator test setup").status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -496,7 +556,7 @@ async fn error_faults_answer_500() {
     let client = client();
     let response = post_form(&client, &emu, direct_form(mp4_bytes(100), "e.mp4"))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(emu.stats().injected_errors_before_body, 1);
 
@@ -508,7 +568,7 @@ async fn error_faults_answer_500() {
     let bytes = mp4_bytes(300_000);
     let response = post_form(&client, &emu, direct_form(bytes, "e.mp4"))
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error_code(response).await, "internal_error");
     let stats = emu.stats();
@@ -548,7 +608,9 @@ async fn reset_is_a_tcp_reset() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let emu = start_with(|c| c.faults.reset_mid_body = 1.0).await;
-    let mut stream = tokio::net::TcpStream::connect(emu.addr()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(emu.addr())
+        .await
+        .expect("emulator test setup");
     let body = vec![b'x'; 1_000_000];
     let head = format!(
         "POST /v1.3/assets HTTP/1.1\r\nhost: emu\r\nx-api-key: {KEY}\r\n\
@@ -605,19 +667,19 @@ async fn admin_routes_need_no_key_and_change_faults() {
         .get(format!("{admin}/stats"))
         .send()
         .await
-        .unwrap()
+        .expect("emulator test setup")
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(stats["assets_created"], 1);
     let assets: Value = client
         .get(format!("{admin}/assets"))
         .send()
         .await
-        .unwrap()
+        .expect("emulator test setup")
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(assets[0]["filename"], "adm.mp4");
 
     let response = client
@@ -625,7 +687,7 @@ async fn admin_routes_need_no_key_and_change_faults() {
         .json(&json!({"rate_limit": 1.0, "retry_after_secs": 3}))
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(emu.faults().rate_limit, 1.0);
     assert_eq!(emu.faults().retry_after_secs, 3);
@@ -633,10 +695,10 @@ async fn admin_routes_need_no_key_and_change_faults() {
         .get(format!("{admin}/faults"))
         .send()
         .await
-        .unwrap()
+        .expect("emulator test setup")
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(faults["rate_limit"], 1.0);
     let response = get(&client, &emu, "/assets").await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -646,7 +708,7 @@ async fn admin_routes_need_no_key_and_change_faults() {
         .json(&json!({"rate_limit": 2.0}))
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     // Admin requests are not API requests.
     assert_eq!(emu.stats().requests, 2);
@@ -681,7 +743,7 @@ async fn post_json(client: &Client, emu: &Emulator, path: &str, body: Value) -> 
         .json(&body)
         .send()
         .await
-        .unwrap()
+        .expect("emulator test setup")
 }
 
 /// Creates a multipart session and expects 201; returns its JSON.
@@ -689,18 +751,21 @@ async fn create_session(client: &Client, emu: &Emulator, filename: &str, size: u
     let body = json!({"filename": filename, "type": "video", "total_size": size});
     let response = post_json(client, emu, "/assets/multipart-uploads", body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.unwrap()
+    response.json().await.expect("emulator test setup")
 }
 
 /// `chunk_index -> url` of an `upload_urls` array.
 fn urls_of(body: &Value) -> Vec<(u64, String)> {
     body["upload_urls"]
         .as_array()
-        .unwrap()
+        .expect("emulator test setup")
         .iter()
         .map(|u| {
-            let index = u["chunk_index"].as_u64().unwrap();
-            (index, u["url"].as_str().unwrap().to_owned())
+            let index = u["chunk_index"].as_u64().expect("emulator test setup");
+            (
+                index,
+                u["url"].as_str().expect("emulator test setup").to_owned(),
+            )
         })
         .collect()
 }
@@ -716,11 +781,21 @@ async fn more_urls(
     let path = format!("/assets/multipart-uploads/{upload_id}/presigned-urls");
     let response = post_json(client, emu, &path, json!({"start": start, "count": count})).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["upload_id"], upload_id);
     assert_eq!(body["start_index"], start);
-    assert!(body["generated_at"].as_str().unwrap().ends_with('Z'));
-    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        body["generated_at"]
+            .as_str()
+            .expect("emulator test setup")
+            .ends_with('Z')
+    );
+    assert!(
+        body["expires_at"]
+            .as_str()
+            .expect("emulator test setup")
+            .ends_with('Z')
+    );
     let urls = urls_of(&body);
     assert_eq!(body["count"], urls.len());
     urls
@@ -738,9 +813,12 @@ async fn put(client: &Client, url: &str, bytes: Vec<u8>) -> reqwest::Result<Resp
 
 /// PUTs a chunk and expects 200; returns its ETag as sent (quoted).
 async fn put_ok(client: &Client, url: &str, bytes: Vec<u8>) -> String {
-    let response = put(client, url, bytes).await.unwrap();
+    let response = put(client, url, bytes).await.expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::OK, "PUT {url}");
-    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("emulator test setup")
+        .to_owned();
     assert!(etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'));
     etag
 }
@@ -771,15 +849,26 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
     let client = client();
     let source = random_mp4(11 * CHUNK + 1234, 7);
     let created = create_session(&client, &emu, "big.mp4", source.len()).await;
-    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
-    let asset_id = created["asset_id"].as_str().unwrap().to_owned();
+    let upload_id = created["upload_id"]
+        .as_str()
+        .expect("emulator test setup")
+        .to_owned();
+    let asset_id = created["asset_id"]
+        .as_str()
+        .expect("emulator test setup")
+        .to_owned();
     assert_eq!(created["chunk_size"], CHUNK);
     assert_eq!(created["total_chunks"], 12);
     assert_eq!(
         created["upload_headers"]["Content-Type"],
         "application/octet-stream"
     );
-    assert!(created["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        created["expires_at"]
+            .as_str()
+            .expect("emulator test setup")
+            .ends_with('Z')
+    );
     let mut urls = urls_of(&created);
     assert_eq!(
         urls.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
@@ -793,7 +882,7 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         .await
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(detail["status"], "processing");
     assert_eq!(detail["method"], "multipart");
     assert_eq!(emu.assets()[0].status, "uploading");
@@ -824,7 +913,7 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         .collect();
     let response = report(&client, &emu, &upload_id, json!(batch)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["asset_id"], asset_id.as_str());
     assert_eq!(
         (
@@ -838,7 +927,11 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
 
     // The status shows the reported chunks; the list shows the session.
     let path = format!("/assets/multipart-uploads/{upload_id}?page_limit=50");
-    let status: Value = get(&client, &emu, &path).await.json().await.unwrap();
+    let status: Value = get(&client, &emu, &path)
+        .await
+        .json()
+        .await
+        .expect("emulator test setup");
     assert_eq!(status["status"], "active");
     assert_eq!(status["chunks_completed"], 6);
     assert_eq!(status["chunks_pending"], 6);
@@ -846,7 +939,9 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
     assert_eq!(status["total_size"], source.len());
     assert_eq!(status["uploaded_size"], 6 * CHUNK);
     assert_eq!(status["page_info"]["total_results"], 12);
-    let chunks = status["uploaded_chunks"].as_array().unwrap();
+    let chunks = status["uploaded_chunks"]
+        .as_array()
+        .expect("emulator test setup");
     assert_eq!(chunks.len(), 12);
     for (i, chunk) in chunks.iter().enumerate() {
         assert_eq!(chunk["index"], i + 1);
@@ -858,7 +953,7 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         .await
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(list["page_info"]["total_results"], 1);
     let entry = &list["data"][0];
     assert_eq!(entry["upload_id"], upload_id.as_str());
@@ -872,7 +967,7 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         .collect();
     let response = report(&client, &emu, &upload_id, json!(batch)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(
         (
             &body["processed_chunks"],
@@ -881,7 +976,12 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         ),
         (&json!(6), &json!(1), &json!(12))
     );
-    assert!(body["url"].as_str().unwrap().contains(&asset_id));
+    assert!(
+        body["url"]
+            .as_str()
+            .expect("emulator test setup")
+            .contains(&asset_id)
+    );
 
     let stats = emu.stats();
     assert_eq!(stats.uploads_by_sha256.len(), 1);
@@ -915,14 +1015,20 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
     .await
     .json()
     .await
-    .unwrap();
+    .expect("emulator test setup");
     assert_eq!(status["status"], "completed");
-    assert_eq!(status["uploaded_chunks"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        status["uploaded_chunks"]
+            .as_array()
+            .expect("emulator test setup")
+            .len(),
+        10
+    );
     let list: Value = get(&client, &emu, "/assets/multipart-uploads")
         .await
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(list["data"], json!([]));
     let response = report(
         &client,
@@ -931,7 +1037,7 @@ async fn multipart_upload_assembles_hashes_and_becomes_ready() {
         json!([proof(1, &etags[0], CHUNK)]),
     )
     .await;
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["duplicate_chunks"], 1);
     assert!(body["url"].is_string());
     assert_eq!(emu.stats().assets_created, 1);
@@ -993,7 +1099,7 @@ async fn multipart_create_validates_its_parameters() {
         .json(&json!({"filename": "a.mp4", "type": "video", "total_size": 10}))
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(emu.assets().is_empty());
     assert_eq!(emu.stats().multipart_sessions, 0);
@@ -1005,7 +1111,7 @@ async fn multipart_create_validates_its_parameters() {
     });
     let response = post_json(&client, &emu, "/assets/multipart-uploads", body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let created: Value = response.json().await.unwrap();
+    let created: Value = response.json().await.expect("emulator test setup");
     // The default 5 MiB chunk covers it all.
     assert_eq!(created["total_chunks"], 1);
     assert_eq!(
@@ -1042,15 +1148,22 @@ async fn chunk_puts_and_reports_are_checked() {
     let client = client();
     let source = random_mp4(2 * CHUNK + 512, 3);
     let created = create_session(&client, &emu, "c.mp4", source.len()).await;
-    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
+    let upload_id = created["upload_id"]
+        .as_str()
+        .expect("emulator test setup")
+        .to_owned();
     let urls = urls_of(&created);
     assert_eq!(urls.len(), 3);
     let chunk = |i: usize| source[(i - 1) * CHUNK..(i * CHUNK).min(source.len())].to_vec();
 
     // Wrong lengths: a short chunk, and a last chunk sent as a full one.
-    let response = put(&client, &urls[0].1, vec![0; CHUNK - 1]).await.unwrap();
+    let response = put(&client, &urls[0].1, vec![0; CHUNK - 1])
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = put(&client, &urls[2].1, vec![0; CHUNK]).await.unwrap();
+    let response = put(&client, &urls[2].1, vec![0; CHUNK])
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     // No Content-Length (a chunked body): 411.
@@ -1061,22 +1174,31 @@ async fn chunk_puts_and_reports_are_checked() {
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::LENGTH_REQUIRED);
 
     // Bad signatures: altered, missing, or another chunk's.
     let altered = format!("{}0", urls[0].1);
-    let unsigned = urls[0].1.split('?').next().unwrap().to_owned();
+    let unsigned = urls[0]
+        .1
+        .split('?')
+        .next()
+        .expect("emulator test setup")
+        .to_owned();
     let swapped = urls[1].1.replace("/2?", "/1?");
     for url in [&altered, &unsigned, &swapped] {
-        let response = put(&client, url, chunk(1)).await.unwrap();
+        let response = put(&client, url, chunk(1))
+            .await
+            .expect("emulator test setup");
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{url}");
         assert_eq!(error_code(response).await, "AccessDenied");
     }
 
     // Single use: the refused attempts above did not spend the URL; a stored PUT does.
     let first_etag = put_ok(&client, &urls[0].1, vec![1; CHUNK]).await;
-    let response = put(&client, &urls[0].1, chunk(1)).await.unwrap();
+    let response = put(&client, &urls[0].1, chunk(1))
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     // A fresh URL re-PUTs the chunk, which replaces it and gets the new ETag.
     let fresh = more_urls(&client, &emu, &upload_id, 1, 1).await;
@@ -1105,7 +1227,7 @@ async fn chunk_puts_and_reports_are_checked() {
     .await
     .json()
     .await
-    .unwrap();
+    .expect("emulator test setup");
     assert_eq!(status["chunks_completed"], 0);
     assert_eq!(status["uploaded_chunks"][0]["status"], "pending");
     assert!(status["uploaded_chunks"][0]["uploaded_at"].is_string());
@@ -1113,12 +1235,16 @@ async fn chunk_puts_and_reports_are_checked() {
 
     let response = report(&client, &emu, &upload_id, json!([proof(1, &etag1, CHUNK)])).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["processed_chunks"], 1);
 
     // Paging over chunks.
     let path = format!("/assets/multipart-uploads/{upload_id}?page=2&page_limit=2");
-    let status: Value = get(&client, &emu, &path).await.json().await.unwrap();
+    let status: Value = get(&client, &emu, &path)
+        .await
+        .json()
+        .await
+        .expect("emulator test setup");
     assert_eq!(status["page_info"]["total_page"], 2);
     assert_eq!(
         status["uploaded_chunks"],
@@ -1158,7 +1284,10 @@ async fn presigned_urls_expire() {
     // Reusable (not single-use) until it expires, then 403.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = put(&client, &url, mp4_bytes(100)).await.unwrap().status();
+        let status = put(&client, &url, mp4_bytes(100))
+            .await
+            .expect("emulator test setup")
+            .status();
         if status == StatusCode::FORBIDDEN {
             break;
         }
@@ -1175,8 +1304,14 @@ async fn expired_session_refuses_everything_and_shows_expired() {
     let client = client();
     let source = random_mp4(2500, 5);
     let created = create_session(&client, &emu, "e.mp4", source.len()).await;
-    let upload_id = created["upload_id"].as_str().unwrap().to_owned();
-    let asset_id = created["asset_id"].as_str().unwrap().to_owned();
+    let upload_id = created["upload_id"]
+        .as_str()
+        .expect("emulator test setup")
+        .to_owned();
+    let asset_id = created["asset_id"]
+        .as_str()
+        .expect("emulator test setup")
+        .to_owned();
     let urls = urls_of(&created);
     let etag = put_ok(&client, &urls[0].1, source[..1000].to_vec()).await;
     assert!(emu.shared.chunk_root.session_dir(&upload_id).exists());
@@ -1194,7 +1329,7 @@ async fn expired_session_refuses_everything_and_shows_expired() {
     assert_eq!(error_code(response).await, "upload_expired");
     let response = put(&client, &urls[1].1, source[1000..2000].to_vec())
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
     let status: Value = get(
@@ -1205,13 +1340,13 @@ async fn expired_session_refuses_everything_and_shows_expired() {
     .await
     .json()
     .await
-    .unwrap();
+    .expect("emulator test setup");
     assert_eq!(status["status"], "expired");
     let list: Value = get(&client, &emu, "/assets/multipart-uploads")
         .await
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert_eq!(list["data"][0]["status"], "expired");
     // Its asset never becomes ready.
     let detail = wait_settled(&client, &emu, &asset_id).await;
@@ -1226,7 +1361,7 @@ async fn multipart_text_file_completes_then_fails() {
     let client = client();
     let text = b"not a video\n".repeat(100);
     let created = create_session(&client, &emu, "notes.mp4", text.len()).await;
-    let upload_id = created["upload_id"].as_str().unwrap();
+    let upload_id = created["upload_id"].as_str().expect("emulator test setup");
     let urls = urls_of(&created);
     let etag1 = put_ok(&client, &urls[0].1, text[..1000].to_vec()).await;
     let etag2 = put_ok(&client, &urls[1].1, text[1000..].to_vec()).await;
@@ -1235,9 +1370,14 @@ async fn multipart_text_file_completes_then_fails() {
         .await
         .json()
         .await
-        .unwrap();
+        .expect("emulator test setup");
     assert!(body["url"].is_string());
-    let detail = wait_settled(&client, &emu, created["asset_id"].as_str().unwrap()).await;
+    let detail = wait_settled(
+        &client,
+        &emu,
+        created["asset_id"].as_str().expect("emulator test setup"),
+    )
+    .await;
     assert_eq!(detail["status"], "failed");
     assert_eq!(detail["file_type"], "application/octet-stream");
     assert_eq!(emu.stats().uploads_by_sha256[&sha256_hex(&text)], 1);
@@ -1264,7 +1404,9 @@ async fn faults_apply_to_chunk_puts() {
         rate_limit: 1.0,
         ..Faults::default()
     });
-    let response = put(&client, &url, source.clone()).await.unwrap();
+    let response = put(&client, &url, source.clone())
+        .await
+        .expect("emulator test setup");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     emu.set_faults(Faults::default());
     put_ok(&client, &url, source).await;
@@ -1283,15 +1425,20 @@ async fn ready_assets_can_be_indexed_and_index_settles() {
     let emu = start_with(|c| c.ready_delay = Duration::from_millis(300)).await;
     let client = client();
     let asset = upload_ok(&client, &emu, mp4_bytes(5000), "i.mp4").await;
-    let asset_id = asset["_id"].as_str().unwrap();
+    let asset_id = asset["_id"].as_str().expect("emulator test setup");
     let index_path = "/indexes/idx1/indexed-assets";
 
     // Still processing: refused.
     let response = post_json(&client, &emu, index_path, json!({"asset_id": asset_id})).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
+    let body: Value = response.json().await.expect("emulator test setup");
     assert_eq!(body["code"], "parameter_invalid");
-    assert!(body["message"].as_str().unwrap().contains("not ready"));
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("emulator test setup")
+            .contains("not ready")
+    );
     // Unknown asset, missing asset_id.
     let response = post_json(&client, &emu, index_path, json!({"asset_id": "nope"})).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -1306,9 +1453,9 @@ async fn ready_assets_can_be_indexed_and_index_settles() {
         json!({"asset_id": asset_id, "enable_video_stream": true, "user_metadata": {"k": "v"}});
     let response = post_json(&client, &emu, index_path, body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let accepted: Value = response.json().await.unwrap();
+    let accepted: Value = response.json().await.expect("emulator test setup");
     assert_eq!(accepted["asset_id"], asset_id);
-    let id = accepted["_id"].as_str().unwrap();
+    let id = accepted["_id"].as_str().expect("emulator test setup");
 
     let path = format!("{index_path}/{id}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1316,8 +1463,11 @@ async fn ready_assets_can_be_indexed_and_index_settles() {
     let indexed = loop {
         let response = get(&client, &emu, &path).await;
         assert_eq!(response.status(), StatusCode::OK);
-        let indexed: Value = response.json().await.unwrap();
-        let status = indexed["status"].as_str().unwrap().to_owned();
+        let indexed: Value = response.json().await.expect("emulator test setup");
+        let status = indexed["status"]
+            .as_str()
+            .expect("emulator test setup")
+            .to_owned();
         assert!(
             ["pending", "indexing", "ready"].contains(&status.as_str()),
             "{status}"
@@ -1341,7 +1491,12 @@ async fn ready_assets_can_be_indexed_and_index_settles() {
         json!({"filename": "i.mp4", "size": 5000})
     );
     assert_eq!(indexed["user_metadata"], json!({"k": "v"}));
-    assert!(indexed["indexed_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        indexed["indexed_at"]
+            .as_str()
+            .expect("emulator test setup")
+            .ends_with('Z')
+    );
 
     let response = get(
         &client,
