@@ -82,6 +82,12 @@ fn handler(
                     });
                     continue;
                 }
+                // Reading a file or listing a folder is not a change, and
+                // our own scans cause such events: passing them on made the
+                // daemon rescan every folder forever.
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    continue;
+                }
                 for path in &event.paths {
                     let _ = tx.blocking_send(Feed::Path {
                         watch,
@@ -202,6 +208,20 @@ mod tests {
             ),
             "{feeds:?}"
         );
+    }
+
+    #[test]
+    fn access_events_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode};
+        let opened = Event::new(EventKind::Access(AccessKind::Open(AccessMode::Read)))
+            .add_path("/in/sub".into());
+        let closed = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
+            .add_path("/in/a.mp4".into());
+        let feeds = run(Ok(vec![
+            DebouncedEvent::new(opened, std::time::Instant::now()),
+            DebouncedEvent::new(closed, std::time::Instant::now()),
+        ]));
+        assert!(feeds.is_empty(), "{feeds:?}");
     }
 
     #[test]
