@@ -8,7 +8,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{FromRow, QueryBuilder, Sqlite};
 
 use super::files::RECORD_COLUMNS;
 use super::state::{Event, FileState};
@@ -354,7 +354,10 @@ impl Ledger {
         }
         let requeued = match asset_id {
             Some(_) => None,
-            None => release_duplicates(&mut tx, id).await?,
+            None => super::files::release_duplicates_tx(&mut tx, id)
+                .await?
+                .into_iter()
+                .next(),
         };
         let done = sqlx::query("DELETE FROM files WHERE id = ?1 AND state = ?2")
             .bind(id)
@@ -503,54 +506,4 @@ impl Ledger {
             .await?;
         Ok(())
     }
-}
-
-/// Records that duplicated `id` (which has no asset and is going away)
-/// cannot count on it: the oldest is queued to be sent itself, the others
-/// become its duplicates. Returns the queued record and its display path.
-async fn release_duplicates(
-    conn: &mut SqliteConnection,
-    id: i64,
-) -> Result<Option<(i64, Option<String>)>, LedgerError> {
-    let from = FileState::Duplicate;
-    let to = from.on(Event::Requeue)?;
-    let heir: Option<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT id, coalesce(path, url) FROM files WHERE duplicate_of = ?1 AND state = ?2 \
-         ORDER BY id LIMIT 1",
-    )
-    .bind(id)
-    .bind(from.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((heir_id, heir_path)) = heir else {
-        return Ok(None);
-    };
-    let now = now_ms();
-    let done = sqlx::query(
-        "UPDATE files SET state = ?3, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
-         updated_at = ?4 WHERE id = ?1 AND state = ?2",
-    )
-    .bind(heir_id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Err(LedgerError::Conflict {
-            id: heir_id,
-            expected: from.as_str(),
-        });
-    }
-    sqlx::query(
-        "UPDATE files SET duplicate_of = ?2, asset_id = NULL, updated_at = ?3 \
-         WHERE duplicate_of = ?1 AND state = ?4",
-    )
-    .bind(id)
-    .bind(heir_id)
-    .bind(now)
-    .bind(from.as_str())
-    .execute(&mut *conn)
-    .await?;
-    Ok(Some((heir_id, heir_path)))
 }

@@ -231,13 +231,13 @@ async fn end_attempt_tx(
 /// oldest of them is queued to be sent itself, and the others become its
 /// duplicates (one upload for the content, as before). Returns the queued
 /// record, if any.
-async fn release_duplicates_tx(
+pub(super) async fn release_duplicates_tx(
     conn: &mut SqliteConnection,
     id: i64,
 ) -> Result<Vec<(i64, Option<String>)>, LedgerError> {
     let to = FileState::Duplicate.on(Event::Requeue)?;
     let heir: Option<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT id, path FROM files WHERE duplicate_of = ?1 AND state = 'duplicate' \
+        "SELECT id, coalesce(path, url) FROM files WHERE duplicate_of = ?1 AND state = 'duplicate' \
          ORDER BY id LIMIT 1",
     )
     .bind(id)
