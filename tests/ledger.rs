@@ -3,7 +3,7 @@
 
 use tl_ingest::config::Dedupe;
 use tl_ingest::ledger::{
-    AttemptEnd, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile,
+    AttemptEnd, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile, SameSize,
 };
 
 fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {
@@ -281,4 +281,113 @@ async fn a_file_put_back_to_an_older_version_stays_known() {
         ledger.is_current(&back).await.expect("query"),
         "a rescan must not settle and hash it again"
     );
+}
+
+/// A file of a size no other record has cannot be a duplicate: it is queued
+/// unhashed (the upload hashes it), and a later file of that size waits for
+/// the hash, then dedupes against it.
+#[tokio::test]
+async fn a_unique_size_is_queued_unhashed_and_a_twin_waits_for_its_hash() {
+    let (_d, ledger) = open().await;
+    let Discovery::New(a) = ledger
+        .discover(&file("/in/a.mp4", 10, 1))
+        .await
+        .expect("discover")
+    else {
+        panic!("new");
+    };
+    let job_a = hash_job(&ledger, a).await;
+    assert_eq!(ledger.same_size(&job_a).await.expect("q"), SameSize::None);
+    assert_eq!(
+        ledger
+            .queue_unhashed(&job_a, Some("video/mp4"))
+            .await
+            .expect("queue"),
+        HashOutcome::QueuedUnhashed
+    );
+    let claimed = ledger.claim().await.expect("claim").expect("due");
+    assert_eq!((claimed.id, claimed.sha256.as_deref()), (a, None));
+
+    // The twin arrives while `a` is being sent with its hash unknown.
+    let Discovery::New(b) = ledger
+        .discover(&file("/in/b.mp4", 10, 2))
+        .await
+        .expect("discover")
+    else {
+        panic!("new");
+    };
+    let job_b = hash_job(&ledger, b).await;
+    assert_eq!(
+        ledger.same_size(&job_b).await.expect("q"),
+        SameSize::Pending
+    );
+    assert_eq!(
+        ledger.queue_unhashed(&job_b, None).await.expect("queue"),
+        HashOutcome::Wait
+    );
+    assert_eq!(
+        ledger
+            .record_hash(&job_b, "same", None, Dedupe::Content)
+            .await
+            .expect("hash"),
+        HashOutcome::Wait,
+        "no dedupe decision while the other hash is unknown"
+    );
+    assert_eq!(state(&ledger, b).await, FileState::Discovered);
+    assert!(
+        ledger.to_hash(100).await.expect("to_hash").is_empty(),
+        "a waiting record is not taken again at once"
+    );
+    assert!(ledger.next_hash_due().await.expect("due").is_some());
+
+    // The upload learns the hash and commits it with the asset id.
+    let hashed = tl_ingest::ledger::UploadJob {
+        sha256: Some("same".into()),
+        ..claimed
+    };
+    ledger
+        .accept(&hashed, "asset-a", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    let rec_a = ledger.record(a).await.expect("q").expect("a");
+    assert_eq!(rec_a.sha256.as_deref(), Some("same"));
+    assert_eq!(ledger.same_size(&job_b).await.expect("q"), SameSize::Hashed);
+    assert_eq!(
+        ledger.queue_unhashed(&job_b, None).await.expect("queue"),
+        HashOutcome::NeedsHash,
+        "a known size is hashed before it is queued"
+    );
+    assert_eq!(
+        ledger
+            .record_hash(&job_b, "same", None, Dedupe::Content)
+            .await
+            .expect("hash"),
+        HashOutcome::Duplicate { of: a }
+    );
+}
+
+/// A record that changes while it waits is examined again at once.
+#[tokio::test]
+async fn a_changed_file_is_not_kept_waiting() {
+    let (_d, ledger) = open().await;
+    let (_a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "aa").await;
+    let Discovery::New(b) = ledger
+        .discover(&file("/in/b.mp4", 10, 2))
+        .await
+        .expect("discover")
+    else {
+        panic!("new");
+    };
+    let job_b = hash_job(&ledger, b).await;
+    ledger.wait_for_hash(&job_b).await.expect("wait");
+    assert!(ledger.to_hash(100).await.expect("to_hash").is_empty());
+    assert_eq!(
+        ledger
+            .discover(&file("/in/b.mp4", 11, 3))
+            .await
+            .expect("discover"),
+        Discovery::Changed(b)
+    );
+    let job = hash_job(&ledger, b).await;
+    assert_eq!(job.size, 11);
 }

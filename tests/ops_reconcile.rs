@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tl_ingest::api::{ApiClient, ClientOptions, DirectUpload, SHA256_STAMP};
+use tl_ingest::api::{ApiClient, ClientOptions, DirectUpload, Stamp};
 use tl_ingest::ledger::Ledger;
 use tl_ingest::secret::ApiKey;
 
@@ -50,22 +50,22 @@ async fn lost_assets_are_reported_and_requeued_and_orphans_listed() {
         .expect("delete");
     let stray = env.dir.path().join("stray.mp4");
     let stray_sha = write_media(&stray, Kind::Mp4, 3000, 999);
-    let mut meta = serde_json::Map::new();
-    meta.insert(SHA256_STAMP.into(), stray_sha.clone().into());
-    let orphan = api
+    // Stamped the way the pipeline does when it hashes during the upload.
+    let created = api
         .create_direct(&DirectUpload {
             path: stray.clone(),
             filename: "stray.mp4".into(),
             size: 3000,
             enable_hls: false,
             enable_thumbnail: false,
-            user_metadata: meta,
+            user_metadata: serde_json::Map::new(),
+            stamp: Stamp::in_flight(),
             sent: Arc::new(AtomicU64::new(0)),
         })
         .await
-        .expect("orphan upload")
-        .id
-        .expect("id");
+        .expect("orphan upload");
+    assert_eq!(created.sha256, stray_sha, "the stamp is the file's sha256");
+    let orphan = created.asset.id.expect("id");
 
     let mut cmd = env.cmd(KEY);
     cmd.arg("reconcile");

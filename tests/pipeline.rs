@@ -331,3 +331,174 @@ async fn a_file_rewritten_during_its_upload_is_detected_and_sent_again() {
     assert_eq!(on_platform.len(), 1, "{on_platform:?}");
     assert_eq!(on_platform[0].sha256.as_deref(), Some(final_sha.as_str()));
 }
+
+/// Files of sizes no other record has are hashed in the same read as their
+/// upload: the stamp, sent after the file, is on every asset, and the
+/// ledger holds the same hash.
+#[tokio::test]
+async fn a_file_hashed_during_its_upload_is_stamped_with_its_sha256() {
+    let env = TestEnv::new().await;
+    let files: Vec<(PathBuf, String)> = (0..4u64)
+        .map(|i| {
+            let p = env.inbox.join(format!("clip{i}.mp4"));
+            let sha = write_media(
+                &p,
+                Kind::Mp4,
+                300_000 + 1000 * usize::try_from(i).expect("small"),
+                i,
+            );
+            (p, sha)
+        })
+        .collect();
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    let assets = env.emulator.assets();
+    for (path, sha) in &files {
+        let rec = record_of(&ledger, path).await;
+        assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+        assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+        let asset = assets
+            .iter()
+            .find(|a| Some(&a.id) == rec.asset_id.as_ref())
+            .expect("the asset exists");
+        assert_eq!(
+            asset.sha256.as_deref(),
+            Some(sha.as_str()),
+            "bytes received"
+        );
+        let stamp = asset
+            .user_metadata
+            .as_ref()
+            .and_then(|m| m.get(tl_ingest::api::SHA256_STAMP))
+            .and_then(|v| v.as_str());
+        assert_eq!(stamp, Some(sha.as_str()), "{}", path.display());
+    }
+}
+
+/// A crash while a file was being sent unhashed: the next run hashes it,
+/// finds the asset the platform already made from it, and sends nothing.
+#[tokio::test]
+async fn an_unhashed_upload_interrupted_by_a_crash_is_found_not_resent() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use tl_ingest::api::{ApiClient, ClientOptions, DirectUpload, Stamp};
+    use tl_ingest::ledger::{Discovery, Ledger};
+
+    let env = TestEnv::new().await;
+    let clip = env.inbox.join("crash.mp4");
+    let sha = write_media(&clip, Kind::Mp4, 123_457, 11);
+
+    // The platform got the whole file before the "crash".
+    let client = ApiClient::new(
+        &ClientOptions {
+            base_url: env.emulator.base_url(),
+            request_timeout: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(5),
+        },
+        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
+    )
+    .expect("client");
+    let created = client
+        .create_direct(&DirectUpload {
+            path: clip.clone(),
+            filename: "crash.mp4".into(),
+            size: 123_457,
+            enable_hls: false,
+            enable_thumbnail: false,
+            user_metadata: serde_json::Map::new(),
+            stamp: Stamp::in_flight(),
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+        .await
+        .expect("upload");
+    let asset_id = created.asset.id.expect("id");
+
+    // The ledger the crash left: the record claimed, its hash unknown.
+    {
+        let ledger = Ledger::open(&env.ledger_path).await.expect("open");
+        let meta = std::fs::metadata(&clip).expect("stat");
+        let f = tl_ingest::pipeline::discover::new_file(&clip, &meta, None);
+        let Discovery::New(id) = ledger.discover(&f).await.expect("discover") else {
+            panic!("new");
+        };
+        let job = ledger
+            .to_hash(10)
+            .await
+            .expect("to_hash")
+            .into_iter()
+            .find(|j| j.id == id)
+            .expect("job");
+        ledger
+            .queue_unhashed(&job, Some("video/mp4"))
+            .await
+            .expect("queue");
+        let claimed = ledger.claim().await.expect("claim").expect("due");
+        assert_eq!(claimed.sha256, None);
+        ledger.close().await;
+    }
+
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&clip))
+        .await;
+    let rec = record_of(&ledger, &clip).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.asset_id.as_deref(), Some(asset_id.as_str()));
+    assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.create_requests, 1, "nothing was sent again");
+    let attempts = ledger.attempts(rec.id).await.expect("attempts");
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.outcome.as_deref() == Some("found")),
+        "{attempts:?}"
+    );
+}
+
+/// A copy that appears while the original is being sent unhashed waits for
+/// the original's hash and becomes its duplicate: one upload.
+#[tokio::test]
+async fn a_copy_made_during_an_unhashed_upload_is_its_duplicate() {
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 500,
+        ..Faults::default()
+    })
+    .await;
+    let clip = env.inbox.join("orig.mp4");
+    let copy = env.inbox.join("copy.mp4");
+    let sha = write_media(&clip, Kind::Mp4, 200_000, 5);
+    let copy_once_uploading = |ledger: &tl_ingest::ledger::Ledger| {
+        let mut changes = ledger.subscribe();
+        let (clip, copy, ledger) = (clip.clone(), copy.clone(), ledger.clone());
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(c) if c.state == FileState::Uploading => break,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            std::fs::copy(&clip, &copy).expect("copy");
+            let meta = std::fs::metadata(&copy).expect("stat");
+            let f = tl_ingest::pipeline::discover::new_file(&copy, &meta, None);
+            ledger.discover(&f).await.expect("discover the copy");
+        });
+    };
+    let ledger = env
+        .run_pipeline_with(
+            env.config(),
+            std::slice::from_ref(&clip),
+            copy_once_uploading,
+        )
+        .await;
+    let (orig, dup) = (
+        record_of(&ledger, &clip).await,
+        record_of(&ledger, &copy).await,
+    );
+    assert_eq!(orig.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(dup.state, "duplicate", "{}", dump(&ledger).await);
+    assert_eq!(dup.duplicate_of, Some(orig.id));
+    assert_eq!(dup.asset_id, orig.asset_id);
+    assert_eq!(env.emulator.stats().uploads_by_sha256.get(&sha), Some(&1));
+}

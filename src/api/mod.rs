@@ -2,19 +2,18 @@
 //! request bodies streamed from disk and every failure turned into an
 //! [`ApiError`] that knows its [`ErrorClass`].
 
+mod body;
 mod error;
 pub mod types;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use futures_util::TryStreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::multipart::{Form, Part};
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 
 pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, retry_at};
 pub use types::{
@@ -24,9 +23,6 @@ pub use types::{
 
 use crate::secret::ApiKey;
 
-/// Read buffer for streaming a file into a request body. Large enough that
-/// the syscall and chunk overhead vanish next to the network.
-const STREAM_BUFFER: usize = 256 * 1024;
 /// A response body larger than this is not one the API sends.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
 /// Pages of `GET /assets?filename=` searched for a lost upload.
@@ -52,11 +48,41 @@ pub struct DirectUpload {
     pub size: u64,
     pub enable_hls: bool,
     pub enable_thumbnail: bool,
-    /// Sent as the JSON-encoded `user_metadata` field (includes the sha256 stamp).
+    /// Sent as the JSON-encoded `user_metadata` field, with the sha256
+    /// stamp added.
     pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    pub stamp: Stamp,
     /// Bytes of the file handed to the connection so far (progress, and
     /// whether a failed request had sent everything).
     pub sent: Arc<AtomicU64>,
+}
+
+/// Where the sha256 stamp in `user_metadata` comes from.
+#[derive(Debug, Clone)]
+pub enum Stamp {
+    /// Hashed before the upload: `user_metadata` goes ahead of the file,
+    /// in the order the official SDK sends the fields.
+    Known(String),
+    /// Hashed while the file is sent (one read instead of two):
+    /// `user_metadata` is the form's last field, after the file. The hash
+    /// is put here once the whole file was read and sent, whatever the
+    /// server answers.
+    InFlight(Arc<OnceLock<String>>),
+}
+
+impl Stamp {
+    /// Hashed during the upload, into a fresh slot.
+    pub fn in_flight() -> Stamp {
+        Stamp::InFlight(Arc::default())
+    }
+}
+
+/// A direct upload the platform accepted.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub asset: Asset,
+    /// The sha256 the asset was stamped with.
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug)]
@@ -128,28 +154,44 @@ impl ApiClient {
 
     /// `POST /assets` with `method=direct`, the file streamed from disk with
     /// a known length.
-    pub async fn create_direct(&self, up: &DirectUpload) -> Result<Asset, ApiError> {
+    pub async fn create_direct(&self, up: &DirectUpload) -> Result<Created, ApiError> {
         up.sent.store(0, Ordering::Relaxed);
         let file = tokio::fs::File::open(&up.path)
             .await
-            .map_err(|e| ApiError::LocalRead(format!("{}: {e}", up.path.display())))?;
-        let sent = up.sent.clone();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(up.size), STREAM_BUFFER)
-            .inspect_ok(move |chunk| {
-                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            });
+            .map_err(|e| ApiError::LocalRead(format!("{}: {e}", up.path.display())))?
+            .into_std()
+            .await;
+        // The stamp goes ahead of the file when it is known, else after it.
+        let (stamped, digest_tx, ahead, after) = match &up.stamp {
+            Stamp::Known(sha256) => (
+                Arc::new(OnceLock::from(sha256.clone())),
+                None,
+                Some(stamp_metadata(&up.user_metadata, sha256)),
+                None,
+            ),
+            Stamp::InFlight(stamped) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let part = trailing_metadata(&up.user_metadata, rx, stamped.clone());
+                (stamped.clone(), Some(tx), None, Some(part))
+            }
+        };
+        let stream = body::stream(file, up.size, up.sent.clone(), digest_tx);
         let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), up.size)
             .file_name(up.filename.clone())
             .mime_str("application/octet-stream")
             .map_err(|e| ApiError::LocalRead(e.to_string()))?;
-        let metadata = serde_json::Value::Object(up.user_metadata.clone()).to_string();
-        let form = Form::new()
+        let mut form = Form::new()
             .text("method", "direct")
             .text("filename", up.filename.clone())
             .text("enable_hls", up.enable_hls.to_string())
-            .text("enable_thumbnail", up.enable_thumbnail.to_string())
-            .text("user_metadata", metadata)
-            .part("file", part);
+            .text("enable_thumbnail", up.enable_thumbnail.to_string());
+        if let Some(text) = ahead {
+            form = form.text("user_metadata", text);
+        }
+        form = form.part("file", part);
+        if let Some(part) = after {
+            form = form.part("user_metadata", part);
+        }
         let result = self
             .http
             .post(format!("{}/assets", self.base))
@@ -158,7 +200,19 @@ impl ApiClient {
             .await;
         let body_sent = || up.sent.load(Ordering::Relaxed) >= up.size;
         let resp = result.map_err(|e| transport("upload", &e, body_sent()))?;
-        self.scrub(read_json(resp).await)
+        let status = resp.status().as_u16();
+        let asset: Asset = self.scrub(read_json(resp).await)?;
+        match stamped.get() {
+            Some(sha256) => Ok(Created {
+                asset,
+                sha256: sha256.clone(),
+            }),
+            // Accepted before the whole form was sent: not the file.
+            None => Err(ApiError::Malformed {
+                status,
+                detail: "the server answered before the whole file was sent".into(),
+            }),
+        }
     }
 
     /// `POST /assets` with `method=url`.
@@ -360,17 +414,20 @@ impl ApiClient {
         len: u64,
         sent: Arc<AtomicU64>,
     ) -> Result<String, ChunkError> {
-        use tokio::io::AsyncSeekExt;
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| {
-            ChunkError::Api(ApiError::LocalRead(format!("{}: {e}", path.display())))
-        })?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), STREAM_BUFFER)
-            .inspect_ok(move |chunk| {
-                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            });
+        let open = move |path: std::path::PathBuf| -> std::io::Result<std::fs::File> {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        };
+        let file = tokio::task::spawn_blocking({
+            let path = path.to_path_buf();
+            move || open(path)
+        })
+        .await
+        .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?
+        .map_err(|e| ChunkError::Api(ApiError::LocalRead(format!("{}: {e}", path.display()))))?;
+        let stream = body::stream(file, len, sent, None);
         let mut req = self
             .storage
             .put(url)
@@ -608,6 +665,39 @@ async fn status_error(resp: reqwest::Response) -> ApiError {
         message,
         retry_at: retry_at(&headers, SystemTime::now()),
     }
+}
+
+/// `user_metadata` with the sha256 stamp, JSON-encoded.
+fn stamp_metadata(meta: &serde_json::Map<String, serde_json::Value>, sha256: &str) -> String {
+    let mut meta = meta.clone();
+    meta.insert(SHA256_STAMP.into(), sha256.into());
+    serde_json::Value::Object(meta).to_string()
+}
+
+/// The `user_metadata` field sent after the file: its text waits for the
+/// file's digest. Its length is known up front (a sha256 is always 64 hex
+/// digits), so the request keeps a Content-Length.
+fn trailing_metadata(
+    meta: &serde_json::Map<String, serde_json::Value>,
+    digest: tokio::sync::oneshot::Receiver<String>,
+    stamped: Arc<OnceLock<String>>,
+) -> Part {
+    let meta = meta.clone();
+    let len = stamp_metadata(&meta, &"0".repeat(64)).len() as u64;
+    let text = futures_util::stream::once(async move {
+        let sha256 = digest
+            .await
+            .map_err(|_| std::io::Error::other("the file could not be read to the end"))?;
+        let text = stamp_metadata(&meta, &sha256);
+        if text.len() as u64 != len {
+            return Err(std::io::Error::other(
+                "the sha256 stamp is not 64 hex digits",
+            ));
+        }
+        let _ = stamped.set(sha256);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(text))
+    });
+    Part::stream_with_length(reqwest::Body::wrap_stream(text), len)
 }
 
 async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiError> {

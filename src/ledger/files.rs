@@ -75,7 +75,35 @@ pub enum HashOutcome {
     },
     /// The record moved on before the hash was recorded.
     Gone,
+    /// Queued without a hash: it is computed while the file is sent.
+    QueuedUnhashed,
+    /// Another record of this size is being sent with its hash still
+    /// unknown: the record waits, `discovered`, until that hash is known.
+    Wait,
+    /// Another record of this size appeared: hash it before queueing.
+    NeedsHash,
 }
+
+/// What other records of the same size say about hashing a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSize {
+    /// None: the content cannot be a duplicate, so the hash can be
+    /// computed during the upload.
+    None,
+    /// Some, all with their hash known: hash now, then dedupe.
+    Hashed,
+    /// One is being sent with its hash still unknown: wait for it.
+    Pending,
+}
+
+/// How long a record waits for another record of its size to get its hash.
+const WAIT_FOR_HASH_MS: i64 = 250;
+
+/// Records of `size` other than `id` that could hold its content: `NULL`
+/// when there are none, else whether one is still unhashed in flight.
+const SAME_SIZE_SQL: &str = "SELECT MAX(sha256 IS NULL AND state != 'discovered') FROM files \
+     WHERE size = ?1 AND id != ?2 AND path_bytes IS NOT NULL AND state IN \
+     ('discovered', 'queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed')";
 
 /// A claimed record, for one upload attempt.
 #[derive(Debug, Clone, FromRow)]
@@ -328,8 +356,8 @@ impl Ledger {
                     let to = state.on(Event::Changed)?;
                     let done = sqlx::query(
                         "UPDATE files SET state = ?3, size = ?4, mtime_ns = ?5, device = ?6, \
-                         inode = ?7, sha256 = NULL, mime = NULL, updated_at = ?8 \
-                         WHERE id = ?1 AND state = ?2",
+                         inode = ?7, sha256 = NULL, mime = NULL, next_attempt_at = 0, \
+                         updated_at = ?8 WHERE id = ?1 AND state = ?2",
                     )
                     .bind(id)
                     .bind(state.as_str())
@@ -462,11 +490,79 @@ impl Ledger {
     pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
         Ok(sqlx::query_as(
             "SELECT id, path_bytes, path, size, mtime_ns FROM files \
-             WHERE state = 'discovered' AND path_bytes IS NOT NULL ORDER BY id LIMIT ?1",
+             WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= ?2 \
+             ORDER BY id LIMIT ?1",
         )
         .bind(i64::from(limit))
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// When the next waiting `discovered` record becomes due (Unix ms).
+    pub async fn next_hash_due(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM files WHERE state = 'discovered' \
+             AND path_bytes IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// What other records of this size say about hashing it (see [`SameSize`]).
+    pub async fn same_size(&self, job: &HashJob) -> Result<SameSize, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        same_size_on(&mut conn, job).await
+    }
+
+    /// Keep a `discovered` record waiting a moment for another record of
+    /// its size to get its hash.
+    pub async fn wait_for_hash(&self, job: &HashJob) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE files SET next_attempt_at = ?2 WHERE id = ?1 AND state = 'discovered'")
+            .bind(job.id)
+            .bind(now_ms() + WAIT_FOR_HASH_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Queue an eligible `discovered` record with its hash left to the
+    /// upload, if still no other record has its size (else `NeedsHash`,
+    /// or `Wait`).
+    pub async fn queue_unhashed(
+        &self,
+        job: &HashJob,
+        mime: Option<&str>,
+    ) -> Result<HashOutcome, LedgerError> {
+        let from = FileState::Discovered;
+        let to = from.on(Event::Hashed)?;
+        let mut tx = self.begin().await?;
+        match same_size_on(&mut tx, job).await? {
+            SameSize::None => {}
+            SameSize::Hashed => return Ok(HashOutcome::NeedsHash),
+            SameSize::Pending => return Ok(HashOutcome::Wait),
+        }
+        let done = sqlx::query(
+            "UPDATE files SET state = ?3, sha256 = NULL, mime = ?4, duplicate_of = NULL, \
+             next_attempt_at = 0, updated_at = ?5 \
+             WHERE id = ?1 AND state = ?2 AND size = ?6 AND mtime_ns = ?7",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(mime)
+        .bind(now_ms())
+        .bind(job.size)
+        .bind(job.mtime_ns)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            // Changed (or ended) since it was examined.
+            return Ok(HashOutcome::Gone);
+        }
+        tx.commit().await?;
+        self.changed(job.id, job.path.clone(), to, None);
+        Ok(HashOutcome::QueuedUnhashed)
     }
 
     /// Not eligible: `discovered` → `skipped` with the reason.
@@ -537,6 +633,16 @@ impl Ledger {
                     && size == Some(job.size)
                     && mtime == Some(job.mtime_ns) => {}
             _ => return Ok(HashOutcome::Gone),
+        }
+        // Its twin may be the record being sent unhashed: wait for its hash.
+        if same_size_on(&mut tx, job).await? == SameSize::Pending {
+            sqlx::query("UPDATE files SET next_attempt_at = ?2 WHERE id = ?1")
+                .bind(job.id)
+                .bind(now_ms() + WAIT_FOR_HASH_MS)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(HashOutcome::Wait);
         }
 
         // The same path with the same content: the same version, seen again.
@@ -684,14 +790,15 @@ impl Ledger {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, asset_id = ?4, attempts = attempts + 1, \
-             last_error = NULL, lookup_first = 0, uploaded_at = ?5, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
+             last_error = NULL, lookup_first = 0, uploaded_at = ?5, updated_at = ?5, \
+             sha256 = coalesce(sha256, ?6) WHERE id = ?1 AND state = ?2",
         )
         .bind(job.id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(asset_id)
         .bind(now)
+        .bind(&job.sha256)
         .execute(&mut *tx)
         .await?;
         expect_one(done, job.id, from)?;
@@ -711,6 +818,20 @@ impl Ledger {
             asset_id: Some(asset_id.to_string()),
             detail: None,
         });
+        Ok(())
+    }
+
+    /// The hash of a record being sent unhashed, learnt from an attempt
+    /// that sent the whole file but was not accepted.
+    pub async fn set_sha256(&self, id: i64, sha256: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE files SET sha256 = ?2 WHERE id = ?1 AND state = 'uploading' \
+             AND sha256 IS NULL",
+        )
+        .bind(id)
+        .bind(sha256)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -800,7 +921,7 @@ impl Ledger {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, sha256 = NULL, mime = NULL, last_error = ?4, \
-             size = coalesce(?5, size), mtime_ns = coalesce(?6, mtime_ns), \
+             next_attempt_at = 0, size = coalesce(?5, size), mtime_ns = coalesce(?6, mtime_ns), \
              device = coalesce(?7, device), inode = coalesce(?8, inode), updated_at = ?9 \
              WHERE id = ?1 AND state = ?2",
         )
@@ -1079,4 +1200,20 @@ impl Ledger {
         q.push_bind(i64::from(limit));
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
+}
+
+async fn same_size_on(
+    conn: &mut sqlx::SqliteConnection,
+    job: &HashJob,
+) -> Result<SameSize, LedgerError> {
+    let pending: Option<bool> = sqlx::query_scalar(SAME_SIZE_SQL)
+        .bind(job.size)
+        .bind(job.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(match pending {
+        None => SameSize::None,
+        Some(false) => SameSize::Hashed,
+        Some(true) => SameSize::Pending,
+    })
 }

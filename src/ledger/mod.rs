@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 pub use error::LedgerError;
 pub use files::{
     AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, NewFile, Origin, PollJob, Record,
-    UploadJob,
+    SameSize, UploadJob,
 };
 pub use state::{Event, FileState};
 

@@ -1,6 +1,13 @@
 //! The hash stage: every `discovered` record is checked for eligibility,
 //! hashed (sha256, streamed, on a blocking thread), and then queued,
 //! deduplicated or skipped by the ledger.
+//!
+//! A duplicate has the same size as its original. So when no other record
+//! has a file's size, the file is queued unhashed and hashed in the same
+//! read as its upload, which halves the reading and hashing. Until that
+//! hash is known, another file of the same size waits for it (see
+//! [`SameSize`]). Multipart uploads are always hashed first: their session
+//! carries the stamp before a byte is sent.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes};
-use super::eligibility::{HEAD_LEN, Limits, Verdict, judge};
-use crate::ledger::{FileState, HashJob, HashOutcome, NewFile};
+use super::eligibility::{HEAD_LEN, Limits, Verdict, judge, kind_of};
+use crate::ledger::{FileState, HashJob, HashOutcome, LedgerError, NewFile, SameSize};
 
 /// Read size for hashing: large reads keep syscalls out of the profile.
 const HASH_BUFFER: usize = 1024 * 1024;
@@ -24,8 +31,9 @@ const BATCH: u32 = 64;
 /// What looking at a file found.
 #[derive(Debug)]
 pub enum Examined {
+    /// Eligible; `sha256` is `None` when it was left to the upload.
     Send {
-        sha256: String,
+        sha256: Option<String>,
         mime: Option<String>,
     },
     Skip(String),
@@ -54,8 +62,9 @@ pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Met
     Ok((file, meta))
 }
 
-/// Judge and hash one file (blocking).
-pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
+/// Judge and hash one file (blocking). With `leave_hash`, an eligible file
+/// that will go up in one request is not hashed.
+pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) -> Examined {
     let (mut file, meta) = match open_regular(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Examined::Vanished,
@@ -82,6 +91,9 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
         Verdict::Skip(reason) => return Examined::Skip(reason),
         Verdict::Send { mime, .. } => mime,
     };
+    if leave_hash && !limits.multipart(kind_of(path, mime.as_deref()), meta.len()) {
+        return Examined::Send { sha256: None, mime };
+    }
     let mut hasher = Sha256::new();
     hasher.update(&head);
     let mut buf = vec![0u8; HASH_BUFFER];
@@ -105,7 +117,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits) -> Examined {
         Err(e) => return Examined::Unreadable(e.to_string()),
     }
     Examined::Send {
-        sha256: hex::encode(hasher.finalize()),
+        sha256: Some(hex::encode(hasher.finalize())),
         mime,
     }
 }
@@ -148,8 +160,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
         };
         if jobs.is_empty() {
-            let woke =
-                super::wait_for_state(&mut changes, &stop, FileState::Discovered, None).await;
+            // Records waiting for a twin's hash are due soon.
+            let due = shared.ledger.next_hash_due().await.ok().flatten();
+            let woke = super::wait_for_state(&mut changes, &stop, FileState::Discovered, due).await;
             if !woke {
                 return;
             }
@@ -171,29 +184,44 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn hash_one(shared: &Shared, job: HashJob) {
-    let path = path_from_bytes(&job.path_bytes);
-    let limits = shared.limits;
-    let examined = {
-        let (path, job) = (path.clone(), job.clone());
-        tokio::task::spawn_blocking(move || examine(&path, &job, &limits)).await
-    };
+    if let Err(e) = hash_and_record(shared, &job).await {
+        tracing::warn!(path = %job.path, error = %e, "could not record the hash result");
+    }
+}
+
+async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerError> {
     let ledger = &shared.ledger;
-    let result = match examined {
-        Err(e) => {
-            tracing::error!(path = %job.path, error = %e, "hashing task failed");
-            return;
+    let leave_hash = match ledger.same_size(job).await? {
+        SameSize::Pending => return ledger.wait_for_hash(job).await,
+        SameSize::None => true,
+        SameSize::Hashed => false,
+    };
+    let mut examined = examine_off_thread(shared, job, leave_hash).await;
+    if let Examined::Send { sha256: None, mime } = &examined {
+        match ledger.queue_unhashed(job, mime.as_deref()).await? {
+            HashOutcome::NeedsHash => examined = examine_off_thread(shared, job, false).await,
+            HashOutcome::Wait => return ledger.wait_for_hash(job).await,
+            _ => return Ok(()),
         }
-        Ok(Examined::Send { sha256, mime }) => ledger
-            .record_hash(&job, &sha256, mime.as_deref(), shared.config.upload.dedupe)
-            .await
-            .map(|outcome| match outcome {
-                HashOutcome::Merged { into } => {
-                    tracing::debug!(path = %job.path, into, "same version as an existing record");
-                }
-                HashOutcome::Duplicate { .. } | HashOutcome::Queued | HashOutcome::Gone => {}
-            }),
-        Ok(Examined::Skip(reason)) => ledger.skip(job.id, &reason).await,
-        Ok(Examined::Vanished) => {
+    }
+    match examined {
+        Examined::Send {
+            sha256: Some(sha256),
+            mime,
+        } => {
+            let dedupe = shared.config.upload.dedupe;
+            let outcome = ledger
+                .record_hash(job, &sha256, mime.as_deref(), dedupe)
+                .await?;
+            if let HashOutcome::Merged { into } = outcome {
+                tracing::debug!(path = %job.path, into, "same version as an existing record");
+            }
+            Ok(())
+        }
+        // Only an examination that may leave the hash returns none.
+        Examined::Send { sha256: None, .. } => Ok(()),
+        Examined::Skip(reason) => ledger.skip(job.id, &reason).await,
+        Examined::Vanished => {
             ledger
                 .fail(
                     job.id,
@@ -202,7 +230,7 @@ async fn hash_one(shared: &Shared, job: HashJob) {
                 )
                 .await
         }
-        Ok(Examined::Unreadable(reason)) => {
+        Examined::Unreadable(reason) => {
             ledger
                 .fail(
                     job.id,
@@ -212,11 +240,18 @@ async fn hash_one(shared: &Shared, job: HashJob) {
                 .await
         }
         // Record the new stat; the record comes round again to be hashed.
-        Ok(Examined::Changed(now)) => ledger.discover(&now).await.map(|_| ()),
-    };
-    if let Err(e) = result {
-        tracing::warn!(path = %job.path, error = %e, "could not record the hash result");
+        Examined::Changed(now) => ledger.discover(&now).await.map(|_| ()),
     }
+}
+
+/// [`examine`] on a blocking thread.
+async fn examine_off_thread(shared: &Shared, job: &HashJob, leave_hash: bool) -> Examined {
+    let path = path_from_bytes(&job.path_bytes);
+    let limits = shared.limits;
+    let job = job.clone();
+    tokio::task::spawn_blocking(move || examine(&path, &job, &limits, leave_hash))
+        .await
+        .unwrap_or_else(|e| Examined::Unreadable(format!("the hashing task failed: {e}")))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
 use super::eligibility::kind_of;
-use crate::api::{ApiError, DirectUpload, ErrorClass, SHA256_STAMP, wire_filename};
+use crate::api::{ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, wire_filename};
 use crate::ledger::{AttemptEnd, Event, FileState, NewFile, UploadJob, now_ms, to_ms};
 
 /// Run one worker until `stop` (no new claims) or `abort` (drop the
@@ -178,6 +178,27 @@ async fn check_disk_off_thread(path: &Path, job: &UploadJob) -> DiskCheck {
         .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
 }
 
+/// sha256 of the file on a blocking thread, for an attempt that needs it
+/// before sending; the file must still be the version discovery recorded.
+async fn hash_off_thread(path: &Path, job: &UploadJob) -> Result<String, Outcome> {
+    let (p, j) = (path.to_path_buf(), job.clone());
+    let hashed = tokio::task::spawn_blocking(move || {
+        let sha256 = super::hasher::sha256_file(&p);
+        (sha256, check_disk(&p, &j))
+    })
+    .await;
+    match hashed {
+        Ok((Ok(sha256), DiskCheck::Same)) => Ok(sha256),
+        Ok((Err(e), DiskCheck::Same)) => Err(Outcome::Finish(
+            Event::Fail,
+            unsent("unreadable", &format!("cannot read the file: {e}")),
+        )),
+        Ok((_, check)) => Err(disk_problem(check, "while it was hashed", 0)
+            .unwrap_or_else(|| retry_now("hashing again"))),
+        Err(e) => Err(retry_now(&format!("the hashing task failed: {e}"))),
+    }
+}
+
 /// The file is not what was hashed any more: say what to do about it.
 fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome> {
     match check {
@@ -225,9 +246,12 @@ async fn send_file(
     {
         return Err(problem);
     }
-    let (Some(sha256), Some(size)) = (job.sha256.as_deref(), job.size) else {
+    let Some(size) = job.size else {
         return Err(Outcome::Changed(
-            unsent("changed", "record was queued without a hash; hashing again"),
+            unsent(
+                "changed",
+                "record was queued without a size; examining it again",
+            ),
             None,
         ));
     };
@@ -236,11 +260,27 @@ async fn send_file(
     let kind = kind_of(path, job.mime.as_deref());
     let multipart = shared.limits.multipart(kind, size_u);
 
+    // The hash stage leaves the hash to the upload when no other record has
+    // this size (see `hasher`). A lookup and a multipart session need it
+    // before anything is sent.
+    let hashed;
+    let job = match &job.sha256 {
+        None if multipart || job.lookup_first => {
+            hashed = UploadJob {
+                sha256: Some(hash_off_thread(path, job).await?),
+                ..job.clone()
+            };
+            &hashed
+        }
+        _ => job,
+    };
+
     // A multipart upload resumes its saved session instead.
     if job.lookup_first && !multipart {
         if !shared.gate.wait_open(stop).await {
             return Err(retry_now("stopped before the lookup"));
         }
+        let sha256 = job.sha256.as_deref().unwrap_or_default();
         match shared.client.find_by_stamp(&filename, sha256).await {
             Ok(Some(asset)) => {
                 let id = asset.id.unwrap_or_default();
@@ -265,9 +305,10 @@ async fn send_file(
         .as_deref()
         .and_then(|m| serde_json::from_str::<serde_json::Map<_, _>>(m).ok())
         .unwrap_or_default();
-    user_metadata.insert(SHA256_STAMP.into(), sha256.into());
     let sent = Arc::new(AtomicU64::new(0));
     if multipart {
+        let sha256 = job.sha256.clone().unwrap_or_default();
+        user_metadata.insert(SHA256_STAMP.into(), sha256.into());
         shared
             .progress
             .insert(job.id, job.display(), size_u, sent.clone());
@@ -322,6 +363,10 @@ async fn send_file(
         enable_hls: shared.config.api.enable_hls,
         enable_thumbnail: shared.config.api.enable_thumbnail,
         user_metadata,
+        stamp: match &job.sha256 {
+            Some(sha256) => Stamp::Known(sha256.clone()),
+            None => Stamp::in_flight(),
+        },
         sent: sent.clone(),
     };
     shared
@@ -337,7 +382,7 @@ async fn send_file(
     // content that was hashed.
     let check = check_disk_off_thread(path, job).await;
     match result {
-        Ok(asset) => {
+        Ok(Created { asset, sha256 }) => {
             let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
                 let e = ApiError::Malformed {
                     status: 201,
@@ -359,11 +404,23 @@ async fn send_file(
                 error: None,
             };
             crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
-            commit(shared, job, &id, &end).await
+            let job = UploadJob {
+                sha256: Some(sha256),
+                ..job.clone()
+            };
+            commit(shared, &job, &id, &end).await
         }
         Err(e) => {
             if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
                 return Err(problem);
+            }
+            // The whole file went out, so its hash is known: keep it for a
+            // lookup or a later attempt.
+            if let (None, Stamp::InFlight(stamped)) = (&job.sha256, &up.stamp)
+                && let Some(sha256) = stamped.get()
+                && let Err(e) = shared.ledger.set_sha256(job.id, sha256).await
+            {
+                tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
             }
             Err(classify(shared, job, &e, bytes_sent))
         }
