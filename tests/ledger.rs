@@ -231,10 +231,30 @@ async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
         a
     };
     let ledger = Ledger::open(&path).await.expect("reopen");
+    let before = tl_ingest::ledger::now_ms();
     assert_eq!(ledger.recover().await.expect("recover"), 1);
-    let job = ledger.claim().await.expect("claim").expect("queued again");
-    assert_eq!(job.id, a);
-    assert!(job.lookup_first, "must be looked up before sending again");
+    // Queued again, but not at once: the cut-off request may still become
+    // an asset on the platform, and the lookup must come after that.
+    assert_eq!(state(&ledger, a).await, FileState::Queued);
+    assert!(ledger.claim().await.expect("claim").is_none());
+    let due = ledger.next_due().await.expect("due").expect("queued");
+    assert!(
+        due >= before + tl_ingest::ledger::LOOKUP_DELAY_MS,
+        "due {due}, recovered at {before}"
+    );
+    let rec = ledger.record(a).await.expect("q").expect("a");
+    assert_eq!(rec.next_attempt_at, due);
+    // When due, it is looked up before it is sent again.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("raw connection");
+    let lookup: bool = sqlx::query_scalar("SELECT lookup_first FROM files WHERE id = ?1")
+        .bind(a)
+        .fetch_one(&pool)
+        .await
+        .expect("lookup_first");
+    assert!(lookup, "must be looked up before sending again");
+    pool.close().await;
     let attempts = ledger.attempts(a).await.expect("attempts");
     assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
 }
@@ -390,4 +410,25 @@ async fn a_changed_file_is_not_kept_waiting() {
     );
     let job = hash_job(&ledger, b).await;
     assert_eq!(job.size, 11);
+}
+
+/// Several processes opening a new ledger at once (the daemon starting while
+/// `status` runs) all get a migrated ledger: none fails on a migration the
+/// other applied first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_a_new_ledger_all_succeed() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { Ledger::open(&path).await.map(|l| l.path().to_owned()) })
+            })
+            .collect();
+        for open in opens {
+            let opened = open.await.expect("task");
+            assert!(opened.is_ok(), "round {round}: {opened:?}");
+        }
+    }
 }

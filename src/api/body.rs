@@ -6,7 +6,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -48,31 +48,25 @@ fn read_into(
     let mut hasher = digest.as_ref().map(|_| Sha256::new());
     let mut left = size;
     while left > 0 {
-        let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-        let mut buf = BytesMut::zeroed(want);
-        let n = loop {
-            match file.read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        };
-        if n == 0 {
+        let want = left.min(CHUNK as u64);
+        // Read into spare capacity: no zeroing of a buffer about to be filled.
+        let mut buf = Vec::with_capacity(CHUNK);
+        if let Err(e) = (&mut file).take(want).read_to_end(&mut buf) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        if buf.is_empty() {
             let _ = tx.blocking_send(Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the file is shorter than when it was examined",
             )));
             return;
         }
-        buf.truncate(n);
         if let Some(h) = hasher.as_mut() {
             h.update(&buf);
         }
-        left -= n as u64;
-        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+        left -= buf.len() as u64;
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return;
         }
     }

@@ -25,6 +25,8 @@ use crate::secret::ApiKey;
 
 /// A response body larger than this is not one the API sends.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
+/// Keys shorter than this are not scrubbed from error text (see `scrub_err`).
+const MIN_SCRUBBED_KEY: usize = 8;
 /// Pages of `GET /assets?filename=` searched for a lost upload.
 const LOOKUP_MAX_PAGES: u64 = 20;
 
@@ -518,7 +520,9 @@ impl ApiClient {
     fn scrub_err(&self, mut e: ApiError) -> ApiError {
         let key = self.key.expose();
         let clean = |s: &mut String| {
-            if !key.is_empty() && s.contains(key) {
+            // A key of a few characters would take every occurrence of them
+            // out of the message ("API <redacted>ey") and hide nothing.
+            if key.len() >= MIN_SCRUBBED_KEY && s.contains(key) {
                 *s = s.replace(key, "<redacted>");
             }
         };
@@ -769,6 +773,27 @@ mod tests {
         assert!(!text.contains("tlk_SECRET_value_42"), "{text}");
         assert!(text.contains("<redacted>"), "the echo was there: {text}");
         assert_eq!(err.class(), ErrorClass::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_key_of_a_few_characters_does_not_mangle_messages() {
+        let addr = echoing_proxy().await;
+        let client = ApiClient::new(
+            &ClientOptions {
+                base_url: format!("http://{addr}/v1.3"),
+                request_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+            &ApiKey::new("k").expect("key"),
+        )
+        .expect("client");
+        let err = client.get_asset("abc").await.expect_err("502");
+        let text = err.to_string();
+        assert!(!text.contains("<redacted>"), "{text}");
+        assert!(
+            text.contains("Bad Gateway") || text.contains("502"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -58,10 +58,12 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
         .map_err(|e| CliError::failed(e.to_string()))?;
 
     let changes = ledger.subscribe();
+    // What failed before this run is tried again; what fails during it is not.
+    let started = crate::ledger::now_ms();
     let running = pipeline.start();
     let filter = Filter::new(&WatchConfig::for_path(PathBuf::new()))
         .map_err(|e| CliError::usage(e.to_string()))?;
-    let report = discover(&ledger, &args.paths, &filter, None, true)
+    let report = discover(&ledger, &args.paths, &filter, None, Some(started))
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     for problem in &report.problems {

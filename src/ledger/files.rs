@@ -96,6 +96,12 @@ pub enum SameSize {
     Pending,
 }
 
+/// How long after an upload was cut off (a crash, a shutdown) the platform
+/// is searched for it: a request whose body had reached the server may
+/// still become an asset a moment after the client is gone, and a lookup
+/// made before that would send the file twice.
+pub const LOOKUP_DELAY_MS: i64 = 3000;
+
 /// How long a record waits for another record of its size to get its hash.
 const WAIT_FOR_HASH_MS: i64 = 250;
 
@@ -1065,12 +1071,13 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         let moved = sqlx::query(
-            "UPDATE files SET state = ?2, lookup_first = 1, next_attempt_at = 0, updated_at = ?3 \
+            "UPDATE files SET state = ?2, lookup_first = 1, next_attempt_at = ?4, updated_at = ?3 \
              WHERE state = ?1",
         )
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now)
+        .bind(now + LOOKUP_DELAY_MS)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -1080,24 +1087,45 @@ impl Ledger {
 
     /// An operator asks for another try: `failed` → `queued`, attempts reset.
     pub async fn requeue_failed(&self, id: i64) -> Result<(), LedgerError> {
+        match self.requeue_failed_before(id, i64::MAX).await? {
+            true => Ok(()),
+            false => Err(LedgerError::Conflict {
+                id,
+                expected: FileState::Failed.as_str(),
+            }),
+        }
+    }
+
+    /// [`Ledger::requeue_failed`] for a record that failed before
+    /// `before_ms` (Unix ms): `upload` retries what had failed before it
+    /// started, not what failed again during the run. False when the
+    /// record is not such a failure.
+    pub async fn requeue_failed_before(
+        &self,
+        id: i64,
+        before_ms: i64,
+    ) -> Result<bool, LedgerError> {
         let from = FileState::Failed;
         let to = from.on(Event::Requeue)?;
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, updated_at = ?4 \
-             WHERE id = ?1 AND state = ?2",
+             WHERE id = ?1 AND state = ?2 AND updated_at < ?5",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now_ms())
+        .bind(before_ms)
         .execute(&mut *tx)
         .await?;
-        expect_one(done, id, from)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
         let path = path_of_tx(&mut tx, id).await?;
         tx.commit().await?;
         self.changed(id, path, to, None);
-        Ok(())
+        Ok(true)
     }
 
     /// How many records are not in a terminal state.

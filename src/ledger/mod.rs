@@ -28,8 +28,8 @@ use tokio::sync::broadcast;
 
 pub use error::LedgerError;
 pub use files::{
-    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, NewFile, Origin, PollJob, Record,
-    SameSize, UploadJob,
+    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile, Origin,
+    PollJob, Record, SameSize, UploadJob,
 };
 pub use state::{Event, FileState};
 
@@ -100,16 +100,29 @@ impl Ledger {
             // A long export is not a slow statement worth a warning on
             // stderr; real slowness shows in the benchmarks.
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
+        // A new file is switched to WAL by whoever connects first; another
+        // process connecting at that instant is told "locked" at once,
+        // without a busy wait: try again shortly.
+        let mut tries = 0;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         // Readers migrate only a ledger that is behind (an upgrade with no
         // daemon since): two processes migrating a new file at once would
         // race, and the writer holding the ledger lock does it anyway.
         if create || schema_behind(&pool).await.map_err(open_err)? {
-            MIGRATOR.run(&pool).await.map_err(|e| LedgerError::Open {
+            migrate(&pool).await.map_err(|e| LedgerError::Open {
                 path: path.to_path_buf(),
                 reason: format!("cannot apply its schema: {e}"),
             })?;
@@ -158,6 +171,39 @@ impl Ledger {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Apply missing migrations. Another process (a command started while the
+/// daemon creates or upgrades the ledger) may be applying the same ones:
+/// SQLite has no migration lock, so a migration that fails is retried once
+/// the other process has had time to finish, and then skipped as applied.
+async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
+    const TRIES: u32 = 5;
+    let mut tries = 0;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tries += 1;
+                if tries >= TRIES {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "migration failed; another process may be applying it");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+            }
+        }
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (primary result codes 5 and 6).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
 

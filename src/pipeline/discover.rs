@@ -138,14 +138,15 @@ pub struct WalkReport {
 
 /// Walk `roots` (files or folders, recursively), record every candidate in
 /// the ledger, and return what was found. A file named directly is taken
-/// whatever its extension; files inside folders pass `filter`. When
-/// `requeue_failed`, a file whose newest record failed is queued again.
+/// whatever its extension; files inside folders pass `filter`. With
+/// `requeue_failed_before`, a file whose newest record failed before that
+/// instant (Unix ms) is queued again.
 pub async fn discover(
     ledger: &Ledger,
     roots: &[PathBuf],
     filter: &Filter,
     user_metadata: Option<&str>,
-    requeue_failed: bool,
+    requeue_failed_before: Option<i64>,
 ) -> Result<WalkReport, LedgerError> {
     let (tx, mut rx) = mpsc::channel::<Result<(PathBuf, std::fs::Metadata), String>>(256);
     let roots = roots.to_vec();
@@ -166,9 +167,9 @@ pub async fn discover(
             id,
             state: FileState::Failed,
         } = ledger.discover(&found).await?
-            && requeue_failed
+            && let Some(before) = requeue_failed_before
+            && ledger.requeue_failed_before(id, before).await?
         {
-            ledger.requeue_failed(id).await?;
             report.requeued += 1;
         }
         report.paths.push(path);

@@ -38,14 +38,15 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             if !super::wait_for_state(&mut changes, &stop, FileState::Processing, None).await {
                 return;
             }
+            continue;
         }
-        // Give the platform a moment before the first question, too.
+        // Give the platform a moment before each round of questions (the
+        // first one too: nothing is ready the instant it is uploaded).
         if !super::pause(&stop, interval).await {
             return;
         }
-        if jobs.is_empty() {
-            continue;
-        }
+        // Including what was accepted during the pause.
+        let jobs = shared.ledger.processing(BATCH).await.unwrap_or(jobs);
         futures_util::stream::iter(jobs)
             .take_until(stop.cancelled())
             .for_each_concurrent(PARALLEL_POLLS, |job| {

@@ -19,7 +19,9 @@ use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
 use super::eligibility::kind_of;
 use crate::api::{ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, wire_filename};
-use crate::ledger::{AttemptEnd, Event, FileState, NewFile, UploadJob, now_ms, to_ms};
+use crate::ledger::{
+    AttemptEnd, Event, FileState, LOOKUP_DELAY_MS, NewFile, UploadJob, now_ms, to_ms,
+};
 
 /// Run one worker until `stop` (no new claims) or `abort` (drop the
 /// attempt in flight, leaving its record queued for a lookup).
@@ -70,7 +72,12 @@ async fn interrupted(shared: &Shared, job: &UploadJob) {
         error: Some("stopped during the upload".into()),
         ..AttemptEnd::default()
     };
-    if let Err(e) = shared.ledger.retry_later(job, &end, 0, false, true).await {
+    let next_at = now_ms() + LOOKUP_DELAY_MS;
+    if let Err(e) = shared
+        .ledger
+        .retry_later(job, &end, next_at, false, true)
+        .await
+    {
         tracing::warn!(file_id = job.id, error = %e, "could not requeue an interrupted upload");
     }
 }

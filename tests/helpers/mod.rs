@@ -195,9 +195,10 @@ impl TestEnv {
         let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(config));
         pipeline.recover().await.expect("recover");
         let mut changes = ledger.subscribe();
+        let started = tl_ingest::ledger::now_ms();
         let running = pipeline.start();
         let filter = Filter::new(&WatchConfig::for_path(PathBuf::new())).expect("filter");
-        discover(&ledger, paths, &filter, None, true)
+        discover(&ledger, paths, &filter, None, Some(started))
             .await
             .expect("discover");
         let finished = tokio::time::timeout(DEADLINE, async {
