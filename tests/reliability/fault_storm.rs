@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tl_ingest::emulator::Faults;
 
@@ -47,8 +47,10 @@ async fn fault_storm_every_file_ready_once_and_429s_pause_the_whole_pool() {
     config.upload.max_attempts = 30;
 
     let started = Instant::now();
+    // Each 429 pauses everything for a second: allow for them in soak runs.
+    let deadline = Duration::from_secs(u64::try_from(scaled(90, 900)).expect("secs"));
     let ledger = env
-        .run_pipeline(config, std::slice::from_ref(&env.inbox))
+        .run_pipeline_within(config, std::slice::from_ref(&env.inbox), |_| (), deadline)
         .await;
     let took = started.elapsed();
 
