@@ -481,7 +481,28 @@ fn describe(e: &config::ConfigError) -> String {
     if let Some(rest) = text.strip_prefix("unknown field ") {
         return format!("unknown key {rest}");
     }
-    text
+    without_quoted_source(&text)
+}
+
+/// A TOML parse error quotes the offending line of the file, and that line
+/// may hold a secret pasted where it does not belong (an API key in the
+/// config): keep the position and the reason, drop the quoted line.
+fn without_quoted_source(text: &str) -> String {
+    if !text.contains("TOML parse error") {
+        return text.to_string();
+    }
+    let quoted = |line: &str| {
+        let (before, _) = match line.split_once('|') {
+            Some(split) => split,
+            None => return false,
+        };
+        before.trim().chars().all(|c| c.is_ascii_digit())
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !quoted(l))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The layers of one load, kept to explain where values came from.
@@ -984,6 +1005,19 @@ mod tests {
     fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         Config::load(&opts(dir.path(), file, env)).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn a_toml_syntax_error_gives_the_position_without_quoting_the_line() {
+        let err = load(Some("[api]\nkey = \"tlk_pasted_secret\n"), &[]).expect_err("broken");
+        let msg = err.to_string();
+        assert!(!msg.contains("tlk_pasted_secret"), "{msg}");
+        assert!(
+            msg.contains("test.toml")
+                && msg.contains("line 2")
+                && msg.contains("invalid basic string"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -112,6 +112,7 @@ async fn faults_and_rate_limits_still_end_ready_with_nothing_uploaded_twice() {
         reset_mid_body: 0.20,
         latency_ms: 5,
         seed: Some(20261129),
+        ..Faults::default()
     };
     let env = TestEnv::with_faults(faults).await;
     let mut shas = Vec::new();

@@ -13,4 +13,5 @@ mod ops_history;
 mod ops_reconcile;
 mod ops_records;
 mod pipeline;
+mod reliability;
 mod service;

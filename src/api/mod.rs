@@ -708,11 +708,38 @@ async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Ap
     if !resp.status().is_success() {
         return Err(status_error(resp).await);
     }
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let (status, body) = read_capped(resp).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
         status,
-        detail: format!("not the JSON expected ({e})"),
+        detail: unusable_body(&content_type, &body, &e),
     })
+}
+
+/// Why a success answer's body cannot be used, in words that point at the
+/// cause: an HTML page (a captive portal or a proxy answering for the API)
+/// is named as such, and an excerpt of the body is kept either way.
+fn unusable_body(content_type: &str, body: &[u8], e: &serde_json::Error) -> String {
+    let text = String::from_utf8_lossy(body);
+    let words: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let excerpt: String = words.chars().take(120).collect();
+    let html = content_type.starts_with("text/html")
+        || excerpt.to_ascii_lowercase().starts_with("<!doctype html")
+        || excerpt.to_ascii_lowercase().starts_with("<html");
+    if body.is_empty() {
+        "the body is empty, not the JSON expected".to_string()
+    } else if html {
+        format!(
+            "an HTML page, not the JSON expected (a proxy or captive portal may be answering for the API): {excerpt:?}"
+        )
+    } else {
+        format!("not the JSON expected ({e}): {excerpt:?}")
+    }
 }
 
 #[cfg(test)]
@@ -793,6 +820,22 @@ mod tests {
         assert!(
             text.contains("Bad Gateway") || text.contains("502"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unusable_body_is_described_with_an_excerpt() {
+        let e = serde_json::from_slice::<Asset>(b"<").expect_err("not JSON");
+        let page = b"<!DOCTYPE html>\n<html><body>Service   Unavailable</body></html>";
+        let d = unusable_body("text/html; charset=utf-8", page, &e);
+        assert!(d.starts_with("an HTML page"), "{d}");
+        assert!(d.contains("Service Unavailable"), "{d}");
+        let d = unusable_body("application/json", br#"{"_id": "ab"#, &e);
+        assert!(d.starts_with("not the JSON expected"), "{d}");
+        assert!(d.contains(r#"{\"_id\": \"ab"#), "{d}");
+        assert_eq!(
+            unusable_body("", b"", &e),
+            "the body is empty, not the JSON expected"
         );
     }
 

@@ -64,6 +64,21 @@ pub struct EmulatorArgs {
     /// Seed for the fault sequence (reproducible runs).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Share (0-1) of JSON answers cut off half-way.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_json: f64,
+    /// Share (0-1) of 201 upload answers sent without `_id` (the asset is made).
+    #[arg(long, default_value_t = 0.0)]
+    pub missing_id: f64,
+    /// Share (0-1) of requests answered 200 with an HTML page instead of the real answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub html_200: f64,
+    /// Share (0-1) of asset answers with an undocumented status value.
+    #[arg(long, default_value_t = 0.0)]
+    pub unknown_status: f64,
+    /// Share (0-1) of uploaded assets that are gone (404) once reported ready.
+    #[arg(long, default_value_t = 0.0)]
+    pub vanish_after_ready: f64,
 }
 
 pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
@@ -78,6 +93,11 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
         ("--error-after-body", args.error_after_body),
         ("--rate-limit", args.rate_limit),
         ("--reset-mid-body", args.reset_mid_body),
+        ("--malformed-json", args.malformed_json),
+        ("--missing-id", args.missing_id),
+        ("--html-200", args.html_200),
+        ("--unknown-status", args.unknown_status),
+        ("--vanish-after-ready", args.vanish_after_ready),
     ] {
         if !(0.0..=1.0).contains(&share) {
             return Err(CliError::usage(format!(
@@ -103,6 +123,11 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
             reset_mid_body: args.reset_mid_body,
             latency_ms: args.latency_ms,
             seed: args.seed,
+            malformed_json: args.malformed_json,
+            missing_id: args.missing_id,
+            html_200: args.html_200,
+            unknown_status: args.unknown_status,
+            vanish_after_ready: args.vanish_after_ready,
         },
     };
     let emu = Emulator::start(config)

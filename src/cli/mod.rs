@@ -135,9 +135,22 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tl-ingest: {}", e.message);
+            eprintln!("tl-ingest: {}", redact_env_key(&e.message));
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// An error may repeat a configured value, and a value may be the API key
+/// pasted into the wrong setting: the key from the environment is never
+/// printed, whatever the message.
+fn redact_env_key(message: &str) -> String {
+    let key = std::env::var(crate::secret::API_KEY_ENV)
+        .ok()
+        .and_then(|k| ApiKey::new(&k));
+    match key {
+        Some(key) if message.contains(key.expose()) => message.replace(key.expose(), "<redacted>"),
+        _ => message.to_string(),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Fault injection and the gatekeeping every `/v1.3` request goes through, in this order:
 //! added latency, API-key check (401), rate limit (429), error before the body (500),
-//! connection reset part-way through the body. The last fault, a 500 after the whole
-//! body was read, is only drawn here and applied by the upload route.
+//! connection reset part-way through the body. The 500 after the whole body was read and
+//! the asset that vanishes once ready are only drawn here and applied by the routes.
+//! Last come the lies told about an answer the route gave: an HTML page instead of it
+//! (`200 OK`), a `201` without `_id`, an undocumented asset status, JSON cut off
+//! half-way.
 //!
 //! Chunk PUTs to the presigned URLs (`/_s3/...`) go through the same gate without the
 //! key check (the URL's signature is checked by the route) and are not counted as API
@@ -12,10 +15,12 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::Faults;
@@ -32,17 +37,55 @@ const UNKNOWN_LENGTH_RESET_SPAN: f64 = 16.0 * 1024.0 * 1024.0;
 /// Bytes beyond the largest upload limit still drained after an early answer (form overhead).
 const EARLY_DRAIN_SLACK: u64 = 1024 * 1024;
 
+/// Longest answer body read back to tell a lie about it (API answers are small).
+const MAX_LIED_BODY: usize = 16 * 1024 * 1024;
+
+/// After a 429 goes out, requests arriving within this long were already on their way;
+/// later ones, until its `Retry-After` runs out, count as not having waited.
+const RATE_LIMIT_GRACE: Duration = Duration::from_millis(250);
+
+/// The status an asset is given by `unknown_status`: not one the API documents.
+const UNKNOWN_STATUS: &str = "awaiting_moderation";
+
+/// The page a captive portal or a misrouted proxy answers with.
+const HTML_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\n\
+    <body><h1>Service Unavailable</h1><p>The gateway could not reach the upstream \
+    service. Please try again later.</p></body></html>\n";
+
 /// The current faults and the RNG they are drawn from.
 #[derive(Debug)]
 pub(crate) struct FaultState {
     faults: Faults,
     rng: fastrand::Rng,
+    /// When clients were last told by an injected 429 to wait: from (the answer plus
+    /// [`RATE_LIMIT_GRACE`]) until (the answer plus its `Retry-After`).
+    rate_limit_window: Option<(Instant, Instant)>,
 }
 
 impl FaultState {
     pub fn new(faults: Faults) -> Self {
         let rng = seeded_rng(faults.seed);
-        Self { faults, rng }
+        Self {
+            faults,
+            rng,
+            rate_limit_window: None,
+        }
+    }
+
+    /// An injected 429 asking to wait `retry_after_secs` is going out now.
+    fn note_rate_limit(&mut self, retry_after_secs: u64) {
+        let now = Instant::now();
+        self.rate_limit_window = Some((
+            now + RATE_LIMIT_GRACE,
+            now + Duration::from_secs(retry_after_secs),
+        ));
+    }
+
+    /// Whether a request arriving now did not wait as the last injected 429 asked.
+    fn inside_rate_limit_window(&self) -> bool {
+        let now = Instant::now();
+        self.rate_limit_window
+            .is_some_and(|(from, until)| from <= now && now < until)
     }
 
     /// New faults take effect for the next request; a seed restarts the fault sequence.
@@ -66,6 +109,15 @@ impl FaultState {
         let error_before_body = chance(rng, f.error_before_body);
         let reset_mid_body = chance(rng, f.reset_mid_body).then(|| rng.f64());
         let error_after_body = chance(rng, f.error_after_body);
+        // Drawn after the older faults, so that their seeded sequences stay as they were
+        // (a share of 0 consumes no draw).
+        let vanish_after_ready = chance(rng, f.vanish_after_ready);
+        let lies = Lies {
+            malformed_json: chance(rng, f.malformed_json),
+            missing_id: chance(rng, f.missing_id),
+            html_200: chance(rng, f.html_200),
+            unknown_status: chance(rng, f.unknown_status),
+        };
         FaultPlan {
             latency: Duration::from_millis(f.latency_ms),
             retry_after_secs: f.retry_after_secs,
@@ -73,6 +125,8 @@ impl FaultState {
             error_before_body,
             reset_mid_body,
             error_after_body,
+            vanish_after_ready,
+            lies,
         }
     }
 }
@@ -100,11 +154,27 @@ struct FaultPlan {
     /// Share of the body to read before resetting the connection.
     reset_mid_body: Option<f64>,
     error_after_body: bool,
+    vanish_after_ready: bool,
+    lies: Lies,
+}
+
+/// What is done to the answer a route gave.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lies {
+    malformed_json: bool,
+    missing_id: bool,
+    html_200: bool,
+    unknown_status: bool,
 }
 
 /// Request extension telling the upload route to answer 500 after reading the body.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorAfterBody(pub bool);
+
+/// Request extension telling the upload route that the asset it creates is to vanish
+/// once it has been reported `ready`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VanishAfterReady(pub bool);
 
 /// Middleware for all routes: counts and gates `/v1.3` requests, gates chunk PUTs, passes
 /// others (the admin routes) through.
@@ -125,7 +195,16 @@ pub(crate) async fn api_gate(
     if check_key {
         count_request(&shared, &method, &path);
     }
-    let plan = shared.faults().draw();
+    let (plan, not_waiting) = {
+        let mut faults = shared.faults();
+        (
+            faults.draw(),
+            check_key && faults.inside_rate_limit_window(),
+        )
+    };
+    if not_waiting {
+        shared.stats().requests_while_rate_limited += 1;
+    }
     let (response, fault) = gate(&shared, plan, check_key, request, next).await;
     debug!(
         %method,
@@ -181,7 +260,104 @@ async fn gate(
     request
         .extensions_mut()
         .insert(ErrorAfterBody(plan.error_after_body));
-    (next.run(request).await, None)
+    request
+        .extensions_mut()
+        .insert(VanishAfterReady(plan.vanish_after_ready));
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    tell_lies(shared, plan.lies, &method, &path, response).await
+}
+
+/// Applies the lies drawn for this request to the answer the route gave; returns the
+/// answer sent and the name of the lie told, if any.
+async fn tell_lies(
+    shared: &Shared,
+    lies: Lies,
+    method: &Method,
+    path: &str,
+    response: Response,
+) -> (Response, Option<&'static str>) {
+    if lies.html_200 {
+        shared.stats().injected_html_200 += 1;
+        let page = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            HTML_PAGE,
+        );
+        return (page.into_response(), Some("html_200"));
+    }
+    let drop_id = lies.missing_id
+        && is_create_asset(method, path)
+        && response.status() == StatusCode::CREATED;
+    let odd_status =
+        lies.unknown_status && is_asset_read(method, path) && response.status() == StatusCode::OK;
+    let cut = lies.malformed_json && is_json(response.headers());
+    if !drop_id && !odd_status && !cut {
+        return (response, None);
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_LIED_BODY).await else {
+        return (ApiError::internal().into_response(), None);
+    };
+    let mut bytes = bytes.to_vec();
+    let mut fault = None;
+    if (drop_id || odd_status)
+        && let Ok(mut value) = serde_json::from_slice::<Value>(&bytes)
+    {
+        if drop_id {
+            if let Value::Object(obj) = &mut value {
+                obj.remove("_id");
+            }
+            shared.stats().injected_missing_ids += 1;
+            fault = Some("missing_id");
+        } else {
+            set_unknown_status(&mut value);
+            shared.stats().injected_unknown_status += 1;
+            fault = Some("unknown_status");
+        }
+        bytes = value.to_string().into_bytes();
+    }
+    if cut {
+        bytes.truncate(bytes.len() / 2);
+        shared.stats().injected_malformed_json += 1;
+        fault = Some("malformed_json");
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    (Response::from_parts(parts, Body::from(bytes)), fault)
+}
+
+/// `GET /v1.3/assets` or `GET /v1.3/assets/{id}`.
+fn is_asset_read(method: &Method, path: &str) -> bool {
+    if method != Method::GET {
+        return false;
+    }
+    match path.strip_prefix("/v1.3/assets") {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('/')
+            .is_some_and(|id| !id.is_empty() && !id.contains('/') && id != "multipart-uploads"),
+        None => false,
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Gives an asset (or every asset of a list) a status the API does not document.
+fn set_unknown_status(value: &mut Value) {
+    let set = |asset: &mut Value| {
+        if let Some(status) = asset.get_mut("status") {
+            *status = Value::from(UNKNOWN_STATUS);
+        }
+    };
+    match value.get_mut("data").and_then(Value::as_array_mut) {
+        Some(assets) => assets.iter_mut().for_each(set),
+        None => set(value),
+    }
 }
 
 /// The answer given before the body is read, if any: 401, or an injected 429 or 500.
@@ -196,6 +372,7 @@ fn early_answer(
     }
     if plan.rate_limit {
         shared.stats().injected_rate_limits += 1;
+        shared.faults().note_rate_limit(plan.retry_after_secs);
         let response = rate_limited(plan.retry_after_secs);
         return Some((response, Some("rate_limit")));
     }

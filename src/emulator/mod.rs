@@ -120,6 +120,21 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Seed of the fault RNG, for reproducible fault sequences.
     pub seed: Option<u64>,
+    /// Share of API answers whose JSON body is cut off half-way (the status is kept; an
+    /// upload still creates its asset).
+    pub malformed_json: f64,
+    /// Share of `201` answers to `POST /assets` sent without `_id` (the asset is created).
+    pub missing_id: f64,
+    /// Share of API requests answered `200 OK` with an HTML page, as a captive portal or
+    /// a misrouted proxy would: the request is served (an upload creates its asset) and
+    /// its real answer thrown away.
+    pub html_200: f64,
+    /// Share of asset answers (`GET /assets/{id}`, `GET /assets`) whose `status` is a
+    /// value the API has never documented.
+    pub unknown_status: f64,
+    /// Share of uploaded assets that are gone (404) once the platform has reported them
+    /// `ready` to a `GET /assets/{id}`.
+    pub vanish_after_ready: f64,
 }
 
 /// Counters since the emulator started.
@@ -137,6 +152,16 @@ pub struct Stats {
     pub injected_errors_after_body: u64,
     pub injected_rate_limits: u64,
     pub injected_resets: u64,
+    pub injected_malformed_json: u64,
+    pub injected_missing_ids: u64,
+    pub injected_html_200: u64,
+    pub injected_unknown_status: u64,
+    /// Assets removed after being reported `ready` (`vanish_after_ready`).
+    pub vanished_assets: u64,
+    /// API requests that arrived while an injected 429 still asked clients to wait: from
+    /// 250 ms after the 429 went out (requests already on their way) until its
+    /// `Retry-After` ran out. A client that pauses its whole pool on a 429 keeps this 0.
+    pub requests_while_rate_limited: u64,
     /// All API (`/v1.3`) requests; admin requests and chunk PUTs are not counted.
     pub requests: u64,
     /// Multipart sessions created.

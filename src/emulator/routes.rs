@@ -64,9 +64,19 @@ async fn get_asset(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = shared.store();
-    let asset = store.get(&id).ok_or_else(|| ApiError::not_found("asset"))?;
-    Ok(Json(asset.to_detail_json(shared.limits.ready_delay)))
+    let ready_delay = shared.limits.ready_delay;
+    let (detail, vanished) = {
+        let mut store = shared.store();
+        let asset = store.get(&id).ok_or_else(|| ApiError::not_found("asset"))?;
+        let detail = asset.to_detail_json(ready_delay);
+        // Reported ready this once; from now on the platform has lost it.
+        let ready = asset.status(ready_delay) == "ready";
+        (detail, ready && store.vanish(&id))
+    };
+    if vanished {
+        shared.stats().vanished_assets += 1;
+    }
+    Ok(Json(detail))
 }
 
 async fn delete_asset(
@@ -195,6 +205,11 @@ fn validate_faults(faults: &Faults) -> Result<(), ApiError> {
         ("error_after_body", faults.error_after_body),
         ("rate_limit", faults.rate_limit),
         ("reset_mid_body", faults.reset_mid_body),
+        ("malformed_json", faults.malformed_json),
+        ("missing_id", faults.missing_id),
+        ("html_200", faults.html_200),
+        ("unknown_status", faults.unknown_status),
+        ("vanish_after_ready", faults.vanish_after_ready),
     ];
     match shares.iter().find(|(_, p)| !(0.0..=1.0).contains(p)) {
         Some((name, p)) => Err(ApiError::invalid(format!(

@@ -4,7 +4,7 @@
 //! `uploading` (shown as `processing` on the wire) until its session completes; only then
 //! does its processing clock start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 // Tokio's clock, so that tests running with paused time see assets settle in step.
@@ -159,6 +159,8 @@ pub(crate) struct Store {
     by_seq: BTreeMap<u64, Asset>,
     seq_by_id: HashMap<String, u64>,
     next_seq: u64,
+    /// Assets to remove once they have been reported `ready` (fault `vanish_after_ready`).
+    vanishing: HashSet<String>,
 }
 
 impl Store {
@@ -230,7 +232,18 @@ impl Store {
         self.by_seq.get_mut(seq)
     }
 
+    /// The asset is to vanish once it has been reported `ready`.
+    pub fn mark_vanishing(&mut self, id: &str) {
+        self.vanishing.insert(id.to_owned());
+    }
+
+    /// Removes the asset if it was marked to vanish; true if it was.
+    pub fn vanish(&mut self, id: &str) -> bool {
+        self.vanishing.remove(id) && self.remove(id)
+    }
+
     pub fn remove(&mut self, id: &str) -> bool {
+        self.vanishing.remove(id);
         match self.seq_by_id.remove(id) {
             Some(seq) => self.by_seq.remove(&seq).is_some(),
             None => false,

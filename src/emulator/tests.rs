@@ -1519,3 +1519,124 @@ async fn uploading_multipart_asset_cannot_be_indexed() {
     assert_eq!(error_code(response).await, "parameter_invalid");
     assert_eq!(emu.stats().indexed_assets, 0);
 }
+
+#[tokio::test]
+async fn lies_html_200_missing_id_and_cut_json_still_create_the_asset() {
+    let emu = start_with(|c| c.faults.html_200 = 1.0).await;
+    let client = client();
+    let response = post_form(&client, &emu, direct_form(mp4_bytes(1000), "h.mp4"))
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(response.text().await.unwrap().contains("<html>"));
+    assert_eq!(emu.assets().len(), 1, "the upload was served all the same");
+
+    emu.set_faults(Faults {
+        missing_id: 1.0,
+        ..Faults::default()
+    });
+    let response = post_form(&client, &emu, direct_form(mp4_bytes(1001), "m.mp4"))
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("_id").is_none(), "{body}");
+    assert_eq!(body["filename"], "m.mp4");
+    // Only 201s lose their id: a GET keeps it.
+    let listed = get(&client, &emu, "/assets").await;
+    let listed: Value = listed.json().await.unwrap();
+    assert!(listed["data"][0]["_id"].is_string());
+
+    emu.set_faults(Faults {
+        malformed_json: 1.0,
+        ..Faults::default()
+    });
+    let response = post_form(&client, &emu, direct_form(mp4_bytes(1002), "c.mp4"))
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let text = response.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    assert!(text.starts_with('{'), "{text}");
+
+    let stats = emu.stats();
+    assert_eq!(stats.assets_created, 3);
+    assert_eq!(
+        (
+            stats.injected_html_200,
+            stats.injected_missing_ids,
+            stats.injected_malformed_json
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn unknown_status_and_an_asset_that_vanishes_once_ready() {
+    let emu = start().await;
+    let client = client();
+    let asset = upload_ok(&client, &emu, mp4_bytes(1000), "u.mp4").await;
+    let id = asset["_id"].as_str().unwrap().to_owned();
+    emu.set_faults(Faults {
+        unknown_status: 1.0,
+        ..Faults::default()
+    });
+    let one: Value = get(&client, &emu, &format!("/assets/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["status"], "awaiting_moderation");
+    let list: Value = get(&client, &emu, "/assets").await.json().await.unwrap();
+    assert_eq!(list["data"][0]["status"], "awaiting_moderation");
+    assert_eq!(emu.stats().injected_unknown_status, 2);
+
+    emu.set_faults(Faults {
+        vanish_after_ready: 1.0,
+        ..Faults::default()
+    });
+    let gone = upload_ok(&client, &emu, mp4_bytes(2000), "v.mp4").await;
+    let gone = gone["_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_settled(&client, &emu, &gone).await["status"], "ready");
+    let after = get(&client, &emu, &format!("/assets/{gone}")).await;
+    assert_eq!(after.status(), StatusCode::NOT_FOUND);
+    assert_eq!(emu.stats().vanished_assets, 1);
+    // An asset uploaded before the fault was set stays.
+    emu.set_faults(Faults::default());
+    assert_eq!(
+        wait_settled(&client, &emu, &id).await["status"],
+        "ready",
+        "unmarked assets never vanish"
+    );
+    assert_eq!(
+        get(&client, &emu, &format!("/assets/{id}")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn requests_that_do_not_wait_out_a_429_are_counted() {
+    let emu = start_with(|c| {
+        c.faults.rate_limit = 1.0;
+        c.faults.retry_after_secs = 5;
+    })
+    .await;
+    let client = client();
+    assert_eq!(
+        get(&client, &emu, "/assets").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // At once: still on its way, not counted.
+    get(&client, &emu, "/assets").await;
+    assert_eq!(emu.stats().requests_while_rate_limited, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    emu.set_faults(Faults::default());
+    get(&client, &emu, "/assets").await;
+    assert_eq!(emu.stats().requests_while_rate_limited, 1);
+}

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::error::ApiError;
-use super::faults::ErrorAfterBody;
+use super::faults::{ErrorAfterBody, VanishAfterReady};
 use super::state::{Limits, Shared};
 use super::store::{NewAsset, Outcome, UNSUPPORTED_MEDIA_MESSAGE};
 
@@ -87,6 +87,10 @@ pub(crate) async fn create_asset(
         .extensions()
         .get::<ErrorAfterBody>()
         .is_some_and(|fault| fault.0);
+    let vanish_after_ready = request
+        .extensions()
+        .get::<VanishAfterReady>()
+        .is_some_and(|fault| fault.0);
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|_| ApiError::invalid("The request must be multipart/form-data."))?;
@@ -109,7 +113,11 @@ pub(crate) async fn create_asset(
     let new = validate(form, &shared.limits)?;
     let asset = {
         let mut store = shared.store();
-        store.insert(new)
+        let asset = store.insert(new);
+        if vanish_after_ready {
+            store.mark_vanishing(&asset.id);
+        }
+        asset
     };
     record_created(&shared, asset.new.sha256.as_deref());
     Ok((StatusCode::CREATED, Json(asset.to_asset_json())))

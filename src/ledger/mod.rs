@@ -87,7 +87,7 @@ impl Ledger {
     async fn connect(path: &Path, create: bool) -> Result<Ledger, LedgerError> {
         let open_err = |e: sqlx::Error| LedgerError::Open {
             path: path.to_path_buf(),
-            reason: describe_open_error(&e),
+            reason: describe_open_error(&e, path),
         };
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(open_err)?
@@ -227,8 +227,8 @@ async fn schema_behind(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
     Ok(usize::try_from(applied).unwrap_or(0) < MIGRATOR.iter().count())
 }
 
-fn describe_open_error(e: &sqlx::Error) -> String {
-    match e {
+fn describe_open_error(e: &sqlx::Error, path: &Path) -> String {
+    let described = match e {
         sqlx::Error::Database(db) => {
             let msg = db.message();
             if msg.contains("not a database") || msg.contains("malformed") {
@@ -238,7 +238,28 @@ fn describe_open_error(e: &sqlx::Error) -> String {
             }
         }
         other => other.to_string(),
+    };
+    // SQLite says "disk I/O error" when it cannot grow its WAL or shared
+    // memory files on a full disk: name the cause.
+    match free_bytes_beside(path) {
+        Some(free) if free < NEARLY_FULL => {
+            format!("{described}; the disk holding it is full ({free} bytes free)")
+        }
+        _ => described,
     }
+}
+
+/// Less free space than this cannot hold a ledger's WAL and shared memory.
+const NEARLY_FULL: u64 = 64 * 1024;
+
+/// Bytes free to this user on the filesystem holding `path`'s folder.
+fn free_bytes_beside(path: &Path) -> Option<u64> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Now, in the ledger's unit (Unix milliseconds).

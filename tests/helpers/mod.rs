@@ -181,6 +181,18 @@ impl TestEnv {
         paths: &[PathBuf],
         before: F,
     ) -> Ledger {
+        self.run_pipeline_within(config, paths, before, DEADLINE)
+            .await
+    }
+
+    /// [`TestEnv::run_pipeline_with`], with its own deadline (soak runs).
+    pub async fn run_pipeline_within<F: FnOnce(&Ledger)>(
+        &self,
+        config: Config,
+        paths: &[PathBuf],
+        before: F,
+        deadline: Duration,
+    ) -> Ledger {
         let ledger = Ledger::open(&self.ledger_path).await.expect("ledger opens");
         before(&ledger);
         let client = ApiClient::new(
@@ -201,7 +213,7 @@ impl TestEnv {
         discover(&ledger, paths, &filter, None, Some(started))
             .await
             .expect("discover");
-        let finished = tokio::time::timeout(DEADLINE, async {
+        let finished = tokio::time::timeout(deadline, async {
             while ledger.unfinished().await.expect("count") > 0 {
                 // Any committed change may be the last one; a lag is a change too.
                 let _ = changes.recv().await;
@@ -210,7 +222,7 @@ impl TestEnv {
         .await;
         if finished.is_err() {
             let dump = dump(&ledger).await;
-            panic!("pipeline did not finish within {DEADLINE:?}; ledger:\n{dump}");
+            panic!("pipeline did not finish within {deadline:?}; ledger:\n{dump}");
         }
         running.shutdown(Duration::ZERO).await;
         ledger
