@@ -112,7 +112,7 @@ async fn a_file_deleted_between_discovery_and_hashing_fails_with_the_reason() {
             std::slice::from_ref(&env.inbox),
             &filter,
             None,
-            true,
+            Some(tl_ingest::ledger::now_ms()),
         )
         .await
         .expect("discover");
