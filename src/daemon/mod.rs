@@ -9,7 +9,9 @@
 //! Files reach the ledger only through the settle gate: a file is recorded
 //! (`discovered`) once its size and mtime have held still for
 //! `watcher.settle`. Files the ledger already knows with the same stat are
-//! passed over without settling or hashing, which keeps restarts cheap.
+//! passed over without settling or hashing, which keeps restarts cheap:
+//! scans send files in batches, and the ledger answers for a whole batch in
+//! one query.
 
 pub mod lock;
 pub mod systemd;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError, Origin, now_ms};
+use crate::ledger::{FileState, Ledger, LedgerError, NewFile, Origin, now_ms};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
@@ -84,6 +86,13 @@ const MAX_URL_LIST: u64 = 4 * 1024 * 1024;
 const STAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// /healthz fails when the main loop has not turned for this long.
 const STALL: Duration = Duration::from_secs(30);
+/// A scan sends what it found in batches of this many files...
+const SCAN_BATCH: usize = 256;
+/// ...or after this long, whichever comes first (a slow walk over a network
+/// mount still hands files on).
+const SCAN_BATCH_AGE: Duration = Duration::from_millis(100);
+/// Batches found by scans and not handled yet, at most (all scans together).
+const SCAN_BATCHES_QUEUED: usize = 4;
 
 struct Root {
     cfg: WatchConfig,
@@ -121,6 +130,8 @@ pub async fn run(
         running,
         roots,
         settler: Settler::new(Duration::ZERO),
+        startup: None,
+        scan_batches: Arc::new(tokio::sync::Semaphore::new(SCAN_BATCHES_QUEUED)),
         feed_tx,
         auth_rejected_at: None,
         health: Arc::new(Mutex::new(Ok(()))),
@@ -137,8 +148,13 @@ pub async fn run(
         workers = d.config.upload.workers,
         "tl-ingest is running"
     );
+    d.startup = Some(StartupScan {
+        started: Instant::now(),
+        left: d.roots.len(),
+        files: 0,
+    });
     for i in 0..d.roots.len() {
-        d.scan(i, None, "start-up scan");
+        d.scan(i, None, STARTUP_SCAN);
     }
 
     let mut settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
@@ -176,6 +192,19 @@ pub async fn run(
 
 fn settle_period(settle: Duration) -> Duration {
     (settle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Why the scans at start are made (and how their end is recognised).
+const STARTUP_SCAN: &str = "start-up scan";
+
+/// The scans made at start, until every root's is over.
+#[derive(Debug)]
+struct StartupScan {
+    started: Instant,
+    /// Roots whose scan is not over yet.
+    left: usize,
+    /// Files found so far.
+    files: usize,
 }
 
 fn make_client(setup: &Setup, config: &Config) -> Result<ApiClient, DaemonError> {
@@ -302,6 +331,11 @@ struct Daemon {
     running: Running,
     roots: Vec<Root>,
     settler: Settler,
+    /// The start-up scans, while they last.
+    startup: Option<StartupScan>,
+    /// Permits for scan batches waiting for the main loop (see
+    /// [`Feed::Found`]).
+    scan_batches: Arc<tokio::sync::Semaphore>,
     /// Watchers and scans send here; the main loop receives.
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
@@ -346,7 +380,8 @@ impl Daemon {
     }
 
     /// Walk a root (or a new folder inside it) on a blocking thread,
-    /// feeding every candidate file to the main loop.
+    /// feeding the candidate files to the main loop in batches, then
+    /// [`Feed::ScanDone`].
     fn scan(&self, watch: usize, start: Option<PathBuf>, why: &'static str) {
         let Some(root) = self.roots.get(watch) else {
             return;
@@ -359,26 +394,62 @@ impl Daemon {
         if start == path {
             crate::metrics::rescan(why);
         }
+        let started = Instant::now();
+        let permits = self.scan_batches.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            walk_tree(
+            let mut batch = Vec::new();
+            let mut batch_since = Instant::now();
+            let mut files = 0usize;
+            // False when the daemon is stopping: the walk stops too.
+            let send = |batch: &mut Vec<(PathBuf, std::fs::Metadata)>| {
+                if batch.is_empty() {
+                    return true;
+                }
+                let Ok(permit) = runtime.block_on(permits.clone().acquire_owned()) else {
+                    return false;
+                };
+                let files = std::mem::take(batch);
+                tx.blocking_send(Feed::Found {
+                    watch,
+                    files,
+                    permit,
+                })
+                .is_ok()
+            };
+            let finished = walk_tree(
                 &path,
                 &start,
                 recursive,
                 &filter,
                 &mut |found| match found {
-                    Ok((file, meta)) => tx
-                        .blocking_send(Feed::Found {
-                            watch,
-                            path: file,
-                            meta,
-                        })
-                        .is_ok(),
+                    Ok(file) => {
+                        if batch.is_empty() {
+                            batch_since = Instant::now();
+                        }
+                        batch.push(file);
+                        files += 1;
+                        if batch.len() >= SCAN_BATCH || batch_since.elapsed() >= SCAN_BATCH_AGE {
+                            send(&mut batch)
+                        } else {
+                            true
+                        }
+                    }
                     Err(problem) => {
                         tracing::warn!(error = %problem, "while scanning");
                         true
                     }
                 },
             );
+            // The daemon is stopping if a send failed: nobody to tell.
+            if finished && send(&mut batch) {
+                let _ = tx.blocking_send(Feed::ScanDone {
+                    watch,
+                    why,
+                    files,
+                    started,
+                });
+            }
         });
     }
 
@@ -389,7 +460,20 @@ impl Daemon {
                 let meta = stat_off_thread(path.clone()).await;
                 self.on_path(watch, path, meta).await
             }
-            Feed::Found { watch, path, meta } => self.on_path(watch, path, Some(meta)).await,
+            Feed::Found {
+                watch,
+                files,
+                permit,
+            } => {
+                self.on_found(watch, files).await;
+                drop(permit);
+            }
+            Feed::ScanDone {
+                watch,
+                why,
+                files,
+                started,
+            } => self.on_scan_done(watch, why, files, started),
             Feed::Rescan { watch, reason } => {
                 tracing::info!(reason = %reason, "rescanning");
                 self.scan(watch, None, "lost events");
@@ -450,17 +534,80 @@ impl Daemon {
         let found = new_file(&path, &meta, None);
         match self.ledger.is_current(&found).await {
             Ok(true) => self.settler.forget(&path),
-            Ok(false) => self.settler.observe(
-                path,
-                watch,
-                Seen {
-                    size: found.size,
-                    mtime_ns: found.mtime_ns,
-                },
-                Instant::now(),
-            ),
+            Ok(false) => self.observe(watch, path, &found),
             Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
         }
+    }
+
+    /// Files a scan found: those the ledger knows as they are are passed
+    /// over, the others go through the settle gate.
+    async fn on_found(&mut self, watch: usize, files: Vec<(PathBuf, std::fs::Metadata)>) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        // A batch from before a reload may belong to a root that is gone or
+        // has other filters.
+        let (paths, stats): (Vec<PathBuf>, Vec<NewFile>) = files
+            .into_iter()
+            .filter(|(path, meta)| {
+                meta.is_file()
+                    && path
+                        .strip_prefix(&root.path)
+                        .is_ok_and(|rel| root.filter.accepts(rel))
+            })
+            .map(|(path, meta)| {
+                let f = new_file(&path, &meta, None);
+                (path, f)
+            })
+            .unzip();
+        let current = match self.ledger.current_among(&stats).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the ledger");
+                return;
+            }
+        };
+        for ((path, f), known) in paths.into_iter().zip(&stats).zip(current) {
+            if known {
+                self.settler.forget(&path);
+            } else {
+                self.observe(watch, path, f);
+            }
+        }
+    }
+
+    fn on_scan_done(&mut self, watch: usize, why: &'static str, files: usize, started: Instant) {
+        tracing::debug!(watch, why, files, elapsed = ?started.elapsed(), "scan finished");
+        if why != STARTUP_SCAN {
+            return;
+        }
+        let Some(s) = &mut self.startup else {
+            return;
+        };
+        s.files += files;
+        s.left = s.left.saturating_sub(1);
+        if s.left == 0 {
+            tracing::info!(
+                files = s.files,
+                settling = self.settler.len(),
+                elapsed_ms = u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "start-up scan finished"
+            );
+            self.startup = None;
+        }
+    }
+
+    /// A sighting of a candidate file for the settle gate.
+    fn observe(&mut self, watch: usize, path: PathBuf, f: &NewFile) {
+        self.settler.observe(
+            path,
+            watch,
+            Seen {
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+            },
+            Instant::now(),
+        );
     }
 
     /// Look at every unsettled file again; record the ones that held still.

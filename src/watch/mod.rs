@@ -7,7 +7,7 @@ pub mod fstype;
 pub mod settle;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, RecommendedCache};
@@ -15,17 +15,28 @@ use tokio::sync::mpsc;
 
 use crate::config::{WatcherConfig, WatcherMode};
 
-/// What a watcher reports.
-#[derive(Debug, Clone)]
+/// What a watcher (or a scan) reports.
+#[derive(Debug)]
 pub enum Feed {
     /// Something happened at this path (a file or a folder) in watch `watch`.
     Path { watch: usize, path: PathBuf },
-    /// A scan found this file, with its metadata (not an event: counted
-    /// apart, and not stat'ed again).
+    /// A scan found these files, with their metadata (not events: counted
+    /// apart, not stat'ed again, and checked against the ledger together).
     Found {
         watch: usize,
-        path: PathBuf,
-        meta: std::fs::Metadata,
+        files: Vec<(PathBuf, std::fs::Metadata)>,
+        /// Held until the batch is handled: scans wait for a permit before
+        /// sending, so a fast walk does not queue a whole tree in memory.
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// A scan is over: every file it found was sent before this.
+    ScanDone {
+        watch: usize,
+        why: &'static str,
+        /// Files found.
+        files: usize,
+        /// When the scan was asked for.
+        started: Instant,
     },
     /// Events were lost: scan the whole root again.
     Rescan { watch: usize, reason: String },
