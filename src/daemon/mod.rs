@@ -8,10 +8,11 @@
 //!
 //! Files reach the ledger only through the settle gate: a file is recorded
 //! (`discovered`) once its size and mtime have held still for
-//! `watcher.settle`. Files the ledger already knows with the same stat are
-//! passed over without settling or hashing, which keeps restarts cheap:
-//! scans send files in batches, and the ledger answers for a whole batch in
-//! one query.
+//! `watcher.settle`, counted from its last change (see `watch::settle`).
+//! The loop wakes when the next file is due, not on a fixed tick. Files the
+//! ledger already knows with the same stat are passed over without settling
+//! or hashing, which keeps restarts cheap: scans send files in batches, and
+//! the ledger answers for a whole batch in one query.
 
 pub mod lock;
 pub mod systemd;
@@ -20,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +33,8 @@ use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
 use crate::secret::{ApiKey, load_api_key};
-use crate::watch::settle::{Seen, Settler};
-use crate::watch::{Feed, Mode, RootWatcher, limit_message, watch_root};
+use crate::watch::settle::{Seen, Settler, since_mtime};
+use crate::watch::{Feed, Mode, RootWatcher, fstype, limit_message, watch_root};
 use lock::{LedgerLock, LockError};
 
 /// What the outside world asks of a running daemon (signals, tests).
@@ -93,6 +94,10 @@ const SCAN_BATCH: usize = 256;
 const SCAN_BATCH_AGE: Duration = Duration::from_millis(100);
 /// Batches found by scans and not handled yet, at most (all scans together).
 const SCAN_BATCHES_QUEUED: usize = 4;
+/// Files due to settle within this of each other are looked at in one pass.
+const SETTLE_COALESCE: Duration = Duration::from_millis(10);
+/// After a pass whose stats did not answer in time, wait this long.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
 
 struct Root {
     cfg: WatchConfig,
@@ -103,6 +108,10 @@ struct Root {
     metadata: Option<String>,
     /// What the watch wants done with its files, stored with each record.
     origin: Origin,
+    /// The root is on a local filesystem, whose mtimes come from our own
+    /// clock: the settle gate may count from a file's mtime. (A network
+    /// server's clock may be behind ours.)
+    local: bool,
     /// Dropped to stop watching.
     watcher: Option<RootWatcher>,
 }
@@ -130,6 +139,7 @@ pub async fn run(
         running,
         roots,
         settler: Settler::new(Duration::ZERO),
+        next_settle_pass: Instant::now(),
         startup: None,
         scan_batches: Arc::new(tokio::sync::Semaphore::new(SCAN_BATCHES_QUEUED)),
         feed_tx,
@@ -157,8 +167,6 @@ pub async fn run(
         d.scan(i, None, STARTUP_SCAN);
     }
 
-    let mut settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
-    settle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut rescan_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + d.config.watcher.rescan_interval,
         d.config.watcher.rescan_interval,
@@ -168,16 +176,18 @@ pub async fn run(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
+        // The next file due to settle, not before the next pass may run.
+        let settle_at = d
+            .settler
+            .next_due()
+            .map(|due| tokio::time::Instant::from_std(due.max(d.next_settle_pass)));
         tokio::select! {
             control = controls.recv() => match control {
-                Some(Control::Reload) => {
-                    d.reload().await;
-                    settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
-                }
+                Some(Control::Reload) => d.reload().await,
                 Some(Control::Shutdown) | None => break,
             },
             Some(feed) = feed_rx.recv() => d.on_feed(feed).await,
-            _ = settle_tick.tick() => d.settle().await,
+            () = sleep_until(settle_at) => d.settle().await,
             _ = rescan_tick.tick() => {
                 for i in 0..d.roots.len() {
                     d.scan(i, None, "periodic rescan");
@@ -190,8 +200,12 @@ pub async fn run(
     Ok(())
 }
 
-fn settle_period(settle: Duration) -> Duration {
-    (settle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+/// Sleep until `at`; forever if there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why the scans at start are made (and how their end is recognised).
@@ -269,6 +283,7 @@ fn arm_roots(
             .map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?
             .with_url_lists();
         let origin = origin_of(&cfg, &path);
+        let local = fstype::network_fs(&path).is_none();
         let metadata = (!cfg.user_metadata.is_empty())
             .then(|| serde_json::to_string(&cfg.user_metadata).ok())
             .flatten();
@@ -283,6 +298,7 @@ fn arm_roots(
             filter,
             metadata,
             origin,
+            local,
             watcher: Some(watcher),
         });
     }
@@ -331,6 +347,9 @@ struct Daemon {
     running: Running,
     roots: Vec<Root>,
     settler: Settler,
+    /// The settle gate is not looked at again before this (passes close
+    /// together are merged; a pass that timed out is not retried at once).
+    next_settle_pass: Instant,
     /// The start-up scans, while they last.
     startup: Option<StartupScan>,
     /// Permits for scan batches waiting for the main loop (see
@@ -455,10 +474,10 @@ impl Daemon {
 
     async fn on_feed(&mut self, feed: Feed) {
         match feed {
-            Feed::Path { watch, path } => {
+            Feed::Path { watch, path, at } => {
                 crate::metrics::watcher_events(1);
                 let meta = stat_off_thread(path.clone()).await;
-                self.on_path(watch, path, meta).await
+                self.on_path(watch, path, meta, at).await
             }
             Feed::Found {
                 watch,
@@ -507,8 +526,15 @@ impl Daemon {
         self.scan(watch, None, "watch limit reached");
     }
 
-    /// `meta`: the path's metadata, `None` if it is gone (or did not answer).
-    async fn on_path(&mut self, watch: usize, path: PathBuf, meta: Option<std::fs::Metadata>) {
+    /// An event at `path`, at `at`. `meta`: the path's metadata, `None` if
+    /// it is gone (or did not answer).
+    async fn on_path(
+        &mut self,
+        watch: usize,
+        path: PathBuf,
+        meta: Option<std::fs::Metadata>,
+        at: Instant,
+    ) {
         let Some(root) = self.roots.get(watch) else {
             return;
         };
@@ -534,7 +560,7 @@ impl Daemon {
         let found = new_file(&path, &meta, None);
         match self.ledger.is_current(&found).await {
             Ok(true) => self.settler.forget(&path),
-            Ok(false) => self.observe(watch, path, &found),
+            Ok(false) => self.observe(watch, path, &found, Some(at)),
             Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
         }
     }
@@ -571,7 +597,7 @@ impl Daemon {
             if known {
                 self.settler.forget(&path);
             } else {
-                self.observe(watch, path, f);
+                self.observe(watch, path, f, None);
             }
         }
     }
@@ -597,8 +623,22 @@ impl Daemon {
         }
     }
 
-    /// A sighting of a candidate file for the settle gate.
-    fn observe(&mut self, watch: usize, path: PathBuf, f: &NewFile) {
+    /// A sighting of a candidate file for the settle gate. `event`: when
+    /// the watcher saw it change, if it did.
+    fn observe(&mut self, watch: usize, path: PathBuf, f: &NewFile, event: Option<Instant>) {
+        let now = Instant::now();
+        let local = self.roots.get(watch).is_some_and(|r| r.local);
+        let since = if local {
+            // The mtime is the last write, on our own clock. An event says
+            // the file changed no earlier than then: an mtime restored by
+            // `cp -p`, tar or rsync claims older.
+            let by_mtime = since_mtime(f.mtime_ns, SystemTime::now(), now);
+            event.map_or(by_mtime, |at| by_mtime.max(at))
+        } else {
+            // A file server's clock may be behind ours, and an event is
+            // no proof that nothing changed after it: only our own look.
+            now
+        };
         self.settler.observe(
             path,
             watch,
@@ -606,17 +646,22 @@ impl Daemon {
                 size: f.size,
                 mtime_ns: f.mtime_ns,
             },
-            Instant::now(),
+            now,
+            since,
         );
     }
 
-    /// Look at every unsettled file again; record the ones that held still.
+    /// Look again at the files due to settle; record the ones that held
+    /// still.
     async fn settle(&mut self) {
-        if self.settler.is_empty() {
+        // Taken before the stats: what they show held at least from then.
+        let now = Instant::now();
+        self.next_settle_pass = now + SETTLE_COALESCE;
+        let due = self.settler.due(now);
+        if due.is_empty() {
             return;
         }
-        let pending = self.settler.pending();
-        let paths: Vec<PathBuf> = pending.iter().map(|(p, _)| p.clone()).collect();
+        let paths: Vec<PathBuf> = due.iter().map(|(p, _)| p.clone()).collect();
         // One blocking pass for all of them: a stat can hang on a network
         // mount, and the main loop must keep turning.
         let stats = tokio::time::timeout(
@@ -631,19 +676,26 @@ impl Daemon {
         .await;
         let Ok(Ok(stats)) = stats else {
             tracing::warn!("looking at files waiting to settle took too long; trying again");
+            self.next_settle_pass = Instant::now() + SETTLE_RETRY;
             return;
         };
-        let now = Instant::now();
+        let wall = SystemTime::now();
         let mut metas = std::collections::HashMap::new();
-        for ((path, watch), meta) in pending.into_iter().zip(stats) {
+        for ((path, watch), meta) in due.into_iter().zip(stats) {
             match meta {
                 Some(m) => {
                     let f = new_file(&path, &m, None);
+                    let local = self.roots.get(watch).is_some_and(|r| r.local);
+                    let since = if local {
+                        since_mtime(f.mtime_ns, wall, now)
+                    } else {
+                        now
+                    };
                     let seen = Seen {
                         size: f.size,
                         mtime_ns: f.mtime_ns,
                     };
-                    self.settler.observe(path.clone(), watch, seen, now);
+                    self.settler.observe(path.clone(), watch, seen, now, since);
                     metas.insert(path, m);
                 }
                 None => self.settler.forget(&path),
@@ -664,6 +716,9 @@ impl Daemon {
                 Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
                 Err(e) => {
                     tracing::warn!(path = %found.path, error = %e, "cannot record the file; will retry");
+                    // Back in the gate from now: tried again after the
+                    // settle time, not at once.
+                    let now = Instant::now();
                     self.settler.observe(
                         path,
                         watch,
@@ -671,6 +726,7 @@ impl Daemon {
                             size: found.size,
                             mtime_ns: found.mtime_ns,
                         },
+                        now,
                         now,
                     );
                 }
