@@ -151,7 +151,7 @@ pub async fn run(
     let _metrics_stop = metrics_stop.clone().drop_guard();
     d.serve_metrics(metrics_stop).await?;
     d.settler.set_settle(d.config.watcher.settle);
-    systemd::ready();
+    systemd::ready().await;
     tracing::info!(
         ledger = %d.setup.ledger_path.display(),
         roots = d.roots.len(),
@@ -852,14 +852,14 @@ impl Daemon {
 
     /// SIGHUP: re-read the configuration; apply it only if all of it works.
     async fn reload(&mut self) {
-        systemd::reloading();
+        systemd::reloading().await;
         match self.try_reload().await {
             Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded; still running on the previous one")
             }
         }
-        systemd::ready();
+        systemd::ready().await;
     }
 
     async fn try_reload(&mut self) -> Result<(), String> {
@@ -894,7 +894,7 @@ impl Daemon {
     }
 
     async fn shutdown(mut self, controls: &mut mpsc::Receiver<Control>) {
-        systemd::stopping();
+        systemd::stopping().await;
         tracing::info!(grace = ?self.config.upload.shutdown_grace, "stopping: finishing uploads in flight");
         for root in &mut self.roots {
             root.watcher = None;
