@@ -114,6 +114,46 @@ async fn notify_socket_gets_ready_status_and_stopping_and_a_second_daemon_exits_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_nobody_reads_does_not_stall_the_daemon() {
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    // Fill its queue (net.unix.max_dgram_qlen datagrams), as a supervisor
+    // that stopped reading leaves it: every notification would block.
+    let filler = UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("non-blocking");
+    let mut queued = 0;
+    loop {
+        match filler.send_to(b"FILLER=1\n", &sock_path) {
+            Ok(_) => queued += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the notify socket: {e}"),
+        }
+        assert!(queued < 100_000, "the notify socket never filled");
+    }
+
+    let daemon = spawn_run(&env, &config, Some(&sock_path));
+    let before = env.inbox.join("before.mp4");
+    write_media(&before, Kind::Mp4, 5000, 1);
+    env.wait_for_state(std::slice::from_ref(&before), "ready")
+        .await;
+    // Still turning after STATUS= refreshes were refused.
+    let after = env.inbox.join("after.mp4");
+    write_media(&after, Kind::Mp4, 6000, 2);
+    env.wait_for_state(std::slice::from_ref(&after), "ready")
+        .await;
+
+    // Reading again, the supervisor hears from it again.
+    let mut seen = Vec::new();
+    expect_notification(&sock, &mut seen, "STATUS=").await;
+    signal(&daemon, "TERM");
+    expect_notification(&sock, &mut seen, "STOPPING=1").await;
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_upload_exits_0_within_the_grace_and_the_next_start_finishes() {
     // Every request takes 3 s: uploads are in flight when SIGTERM comes,
     // and a 300 ms grace is not enough for them.

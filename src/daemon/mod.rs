@@ -8,8 +8,11 @@
 //!
 //! Files reach the ledger only through the settle gate: a file is recorded
 //! (`discovered`) once its size and mtime have held still for
-//! `watcher.settle`. Files the ledger already knows with the same stat are
-//! passed over without settling or hashing, which keeps restarts cheap.
+//! `watcher.settle`, counted from its last change (see `watch::settle`).
+//! The loop wakes when the next file is due, not on a fixed tick. Files the
+//! ledger already knows with the same stat are passed over without settling
+//! or hashing, which keeps restarts cheap: scans send files in batches, and
+//! the ledger answers for a whole batch in one query.
 
 pub mod lock;
 pub mod systemd;
@@ -18,20 +21,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError, Origin, now_ms};
+use crate::ledger::{FileState, Ledger, LedgerError, NewFile, Origin, now_ms};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
 use crate::secret::{ApiKey, load_api_key};
-use crate::watch::settle::{Seen, Settler};
-use crate::watch::{Feed, Mode, RootWatcher, limit_message, watch_root};
+use crate::watch::settle::{Seen, Settler, since_mtime};
+use crate::watch::{Feed, Mode, RootWatcher, fstype, limit_message, watch_root};
 use lock::{LedgerLock, LockError};
 
 /// What the outside world asks of a running daemon (signals, tests).
@@ -84,6 +87,17 @@ const MAX_URL_LIST: u64 = 4 * 1024 * 1024;
 const STAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// /healthz fails when the main loop has not turned for this long.
 const STALL: Duration = Duration::from_secs(30);
+/// A scan sends what it found in batches of this many files...
+const SCAN_BATCH: usize = 256;
+/// ...or after this long, whichever comes first (a slow walk over a network
+/// mount still hands files on).
+const SCAN_BATCH_AGE: Duration = Duration::from_millis(100);
+/// Batches found by scans and not handled yet, at most (all scans together).
+const SCAN_BATCHES_QUEUED: usize = 4;
+/// Files due to settle within this of each other are looked at in one pass.
+const SETTLE_COALESCE: Duration = Duration::from_millis(10);
+/// After a pass whose stats did not answer in time, wait this long.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
 
 struct Root {
     cfg: WatchConfig,
@@ -94,6 +108,10 @@ struct Root {
     metadata: Option<String>,
     /// What the watch wants done with its files, stored with each record.
     origin: Origin,
+    /// The root is on a local filesystem, whose mtimes come from our own
+    /// clock: the settle gate may count from a file's mtime. (A network
+    /// server's clock may be behind ours.)
+    local: bool,
     /// Dropped to stop watching.
     watcher: Option<RootWatcher>,
 }
@@ -121,6 +139,9 @@ pub async fn run(
         running,
         roots,
         settler: Settler::new(Duration::ZERO),
+        next_settle_pass: Instant::now(),
+        startup: None,
+        scan_batches: Arc::new(tokio::sync::Semaphore::new(SCAN_BATCHES_QUEUED)),
         feed_tx,
         auth_rejected_at: None,
         health: Arc::new(Mutex::new(Ok(()))),
@@ -130,19 +151,22 @@ pub async fn run(
     let _metrics_stop = metrics_stop.clone().drop_guard();
     d.serve_metrics(metrics_stop).await?;
     d.settler.set_settle(d.config.watcher.settle);
-    systemd::ready();
+    systemd::ready().await;
     tracing::info!(
         ledger = %d.setup.ledger_path.display(),
         roots = d.roots.len(),
         workers = d.config.upload.workers,
         "tl-ingest is running"
     );
+    d.startup = Some(StartupScan {
+        started: Instant::now(),
+        left: d.roots.len(),
+        files: 0,
+    });
     for i in 0..d.roots.len() {
-        d.scan(i, None, "start-up scan");
+        d.scan(i, None, STARTUP_SCAN);
     }
 
-    let mut settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
-    settle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut rescan_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + d.config.watcher.rescan_interval,
         d.config.watcher.rescan_interval,
@@ -152,16 +176,18 @@ pub async fn run(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
+        // The next file due to settle, not before the next pass may run.
+        let settle_at = d
+            .settler
+            .next_due()
+            .map(|due| tokio::time::Instant::from_std(due.max(d.next_settle_pass)));
         tokio::select! {
             control = controls.recv() => match control {
-                Some(Control::Reload) => {
-                    d.reload().await;
-                    settle_tick = tokio::time::interval(settle_period(d.config.watcher.settle));
-                }
+                Some(Control::Reload) => d.reload().await,
                 Some(Control::Shutdown) | None => break,
             },
             Some(feed) = feed_rx.recv() => d.on_feed(feed).await,
-            _ = settle_tick.tick() => d.settle().await,
+            () = sleep_until(settle_at) => d.settle().await,
             _ = rescan_tick.tick() => {
                 for i in 0..d.roots.len() {
                     d.scan(i, None, "periodic rescan");
@@ -174,8 +200,25 @@ pub async fn run(
     Ok(())
 }
 
-fn settle_period(settle: Duration) -> Duration {
-    (settle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+/// Sleep until `at`; forever if there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the scans at start are made (and how their end is recognised).
+const STARTUP_SCAN: &str = "start-up scan";
+
+/// The scans made at start, until every root's is over.
+#[derive(Debug)]
+struct StartupScan {
+    started: Instant,
+    /// Roots whose scan is not over yet.
+    left: usize,
+    /// Files found so far.
+    files: usize,
 }
 
 fn make_client(setup: &Setup, config: &Config) -> Result<ApiClient, DaemonError> {
@@ -240,6 +283,7 @@ fn arm_roots(
             .map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?
             .with_url_lists();
         let origin = origin_of(&cfg, &path);
+        let local = fstype::network_fs(&path).is_none();
         let metadata = (!cfg.user_metadata.is_empty())
             .then(|| serde_json::to_string(&cfg.user_metadata).ok())
             .flatten();
@@ -254,6 +298,7 @@ fn arm_roots(
             filter,
             metadata,
             origin,
+            local,
             watcher: Some(watcher),
         });
     }
@@ -302,6 +347,14 @@ struct Daemon {
     running: Running,
     roots: Vec<Root>,
     settler: Settler,
+    /// The settle gate is not looked at again before this (passes close
+    /// together are merged; a pass that timed out is not retried at once).
+    next_settle_pass: Instant,
+    /// The start-up scans, while they last.
+    startup: Option<StartupScan>,
+    /// Permits for scan batches waiting for the main loop (see
+    /// [`Feed::Found`]).
+    scan_batches: Arc<tokio::sync::Semaphore>,
     /// Watchers and scans send here; the main loop receives.
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
@@ -346,7 +399,8 @@ impl Daemon {
     }
 
     /// Walk a root (or a new folder inside it) on a blocking thread,
-    /// feeding every candidate file to the main loop.
+    /// feeding the candidate files to the main loop in batches, then
+    /// [`Feed::ScanDone`].
     fn scan(&self, watch: usize, start: Option<PathBuf>, why: &'static str) {
         let Some(root) = self.roots.get(watch) else {
             return;
@@ -359,37 +413,86 @@ impl Daemon {
         if start == path {
             crate::metrics::rescan(why);
         }
+        let started = Instant::now();
+        let permits = self.scan_batches.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            walk_tree(
+            let mut batch = Vec::new();
+            let mut batch_since = Instant::now();
+            let mut files = 0usize;
+            // False when the daemon is stopping: the walk stops too.
+            let send = |batch: &mut Vec<(PathBuf, std::fs::Metadata)>| {
+                if batch.is_empty() {
+                    return true;
+                }
+                let Ok(permit) = runtime.block_on(permits.clone().acquire_owned()) else {
+                    return false;
+                };
+                let files = std::mem::take(batch);
+                tx.blocking_send(Feed::Found {
+                    watch,
+                    files,
+                    permit,
+                })
+                .is_ok()
+            };
+            let finished = walk_tree(
                 &path,
                 &start,
                 recursive,
                 &filter,
                 &mut |found| match found {
-                    Ok((file, meta)) => tx
-                        .blocking_send(Feed::Found {
-                            watch,
-                            path: file,
-                            meta,
-                        })
-                        .is_ok(),
+                    Ok(file) => {
+                        if batch.is_empty() {
+                            batch_since = Instant::now();
+                        }
+                        batch.push(file);
+                        files += 1;
+                        if batch.len() >= SCAN_BATCH || batch_since.elapsed() >= SCAN_BATCH_AGE {
+                            send(&mut batch)
+                        } else {
+                            true
+                        }
+                    }
                     Err(problem) => {
                         tracing::warn!(error = %problem, "while scanning");
                         true
                     }
                 },
             );
+            // The daemon is stopping if a send failed: nobody to tell.
+            if finished && send(&mut batch) {
+                let _ = tx.blocking_send(Feed::ScanDone {
+                    watch,
+                    why,
+                    files,
+                    started,
+                });
+            }
         });
     }
 
     async fn on_feed(&mut self, feed: Feed) {
         match feed {
-            Feed::Path { watch, path } => {
+            Feed::Path { watch, path, at } => {
                 crate::metrics::watcher_events(1);
                 let meta = stat_off_thread(path.clone()).await;
-                self.on_path(watch, path, meta).await
+                self.on_path(watch, path, meta, at).await
             }
-            Feed::Found { watch, path, meta } => self.on_path(watch, path, Some(meta)).await,
+            Feed::Found {
+                watch,
+                files,
+                permit,
+            } => {
+                self.on_found(watch, files).await;
+                drop(permit);
+            }
+            Feed::ScanDone {
+                watch,
+                why,
+                files,
+                started,
+            } => self.on_scan_done(watch, why, files, started),
             Feed::Rescan { watch, reason } => {
                 tracing::info!(reason = %reason, "rescanning");
                 self.scan(watch, None, "lost events");
@@ -423,8 +526,15 @@ impl Daemon {
         self.scan(watch, None, "watch limit reached");
     }
 
-    /// `meta`: the path's metadata, `None` if it is gone (or did not answer).
-    async fn on_path(&mut self, watch: usize, path: PathBuf, meta: Option<std::fs::Metadata>) {
+    /// An event at `path`, at `at`. `meta`: the path's metadata, `None` if
+    /// it is gone (or did not answer).
+    async fn on_path(
+        &mut self,
+        watch: usize,
+        path: PathBuf,
+        meta: Option<std::fs::Metadata>,
+        at: Instant,
+    ) {
         let Some(root) = self.roots.get(watch) else {
             return;
         };
@@ -450,26 +560,108 @@ impl Daemon {
         let found = new_file(&path, &meta, None);
         match self.ledger.is_current(&found).await {
             Ok(true) => self.settler.forget(&path),
-            Ok(false) => self.settler.observe(
-                path,
-                watch,
-                Seen {
-                    size: found.size,
-                    mtime_ns: found.mtime_ns,
-                },
-                Instant::now(),
-            ),
+            Ok(false) => self.observe(watch, path, &found, Some(at)),
             Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
         }
     }
 
-    /// Look at every unsettled file again; record the ones that held still.
-    async fn settle(&mut self) {
-        if self.settler.is_empty() {
+    /// Files a scan found: those the ledger knows as they are are passed
+    /// over, the others go through the settle gate.
+    async fn on_found(&mut self, watch: usize, files: Vec<(PathBuf, std::fs::Metadata)>) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        // A batch from before a reload may belong to a root that is gone or
+        // has other filters.
+        let (paths, stats): (Vec<PathBuf>, Vec<NewFile>) = files
+            .into_iter()
+            .filter(|(path, meta)| {
+                meta.is_file()
+                    && path
+                        .strip_prefix(&root.path)
+                        .is_ok_and(|rel| root.filter.accepts(rel))
+            })
+            .map(|(path, meta)| {
+                let f = new_file(&path, &meta, None);
+                (path, f)
+            })
+            .unzip();
+        let current = match self.ledger.current_among(&stats).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the ledger");
+                return;
+            }
+        };
+        for ((path, f), known) in paths.into_iter().zip(&stats).zip(current) {
+            if known {
+                self.settler.forget(&path);
+            } else {
+                self.observe(watch, path, f, None);
+            }
+        }
+    }
+
+    fn on_scan_done(&mut self, watch: usize, why: &'static str, files: usize, started: Instant) {
+        tracing::debug!(watch, why, files, elapsed = ?started.elapsed(), "scan finished");
+        if why != STARTUP_SCAN {
             return;
         }
-        let pending = self.settler.pending();
-        let paths: Vec<PathBuf> = pending.iter().map(|(p, _)| p.clone()).collect();
+        let Some(s) = &mut self.startup else {
+            return;
+        };
+        s.files += files;
+        s.left = s.left.saturating_sub(1);
+        if s.left == 0 {
+            tracing::info!(
+                files = s.files,
+                settling = self.settler.len(),
+                elapsed_ms = u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "start-up scan finished"
+            );
+            self.startup = None;
+        }
+    }
+
+    /// A sighting of a candidate file for the settle gate. `event`: when
+    /// the watcher saw it change, if it did.
+    fn observe(&mut self, watch: usize, path: PathBuf, f: &NewFile, event: Option<Instant>) {
+        let now = Instant::now();
+        let local = self.roots.get(watch).is_some_and(|r| r.local);
+        let since = if local {
+            // The mtime is the last write, on our own clock. An event says
+            // the file changed no earlier than then: an mtime restored by
+            // `cp -p`, tar or rsync claims older.
+            let by_mtime = since_mtime(f.mtime_ns, SystemTime::now(), now);
+            event.map_or(by_mtime, |at| by_mtime.max(at))
+        } else {
+            // A file server's clock may be behind ours, and an event is
+            // no proof that nothing changed after it: only our own look.
+            now
+        };
+        self.settler.observe(
+            path,
+            watch,
+            Seen {
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+            },
+            now,
+            since,
+        );
+    }
+
+    /// Look again at the files due to settle; record the ones that held
+    /// still.
+    async fn settle(&mut self) {
+        // Taken before the stats: what they show held at least from then.
+        let now = Instant::now();
+        self.next_settle_pass = now + SETTLE_COALESCE;
+        let due = self.settler.due(now);
+        if due.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = due.iter().map(|(p, _)| p.clone()).collect();
         // One blocking pass for all of them: a stat can hang on a network
         // mount, and the main loop must keep turning.
         let stats = tokio::time::timeout(
@@ -484,19 +676,26 @@ impl Daemon {
         .await;
         let Ok(Ok(stats)) = stats else {
             tracing::warn!("looking at files waiting to settle took too long; trying again");
+            self.next_settle_pass = Instant::now() + SETTLE_RETRY;
             return;
         };
-        let now = Instant::now();
+        let wall = SystemTime::now();
         let mut metas = std::collections::HashMap::new();
-        for ((path, watch), meta) in pending.into_iter().zip(stats) {
+        for ((path, watch), meta) in due.into_iter().zip(stats) {
             match meta {
                 Some(m) => {
                     let f = new_file(&path, &m, None);
+                    let local = self.roots.get(watch).is_some_and(|r| r.local);
+                    let since = if local {
+                        since_mtime(f.mtime_ns, wall, now)
+                    } else {
+                        now
+                    };
                     let seen = Seen {
                         size: f.size,
                         mtime_ns: f.mtime_ns,
                     };
-                    self.settler.observe(path.clone(), watch, seen, now);
+                    self.settler.observe(path.clone(), watch, seen, now, since);
                     metas.insert(path, m);
                 }
                 None => self.settler.forget(&path),
@@ -517,6 +716,9 @@ impl Daemon {
                 Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
                 Err(e) => {
                     tracing::warn!(path = %found.path, error = %e, "cannot record the file; will retry");
+                    // Back in the gate from now: tried again after the
+                    // settle time, not at once.
+                    let now = Instant::now();
                     self.settler.observe(
                         path,
                         watch,
@@ -524,6 +726,7 @@ impl Daemon {
                             size: found.size,
                             mtime_ns: found.mtime_ns,
                         },
+                        now,
                         now,
                     );
                 }
@@ -649,14 +852,14 @@ impl Daemon {
 
     /// SIGHUP: re-read the configuration; apply it only if all of it works.
     async fn reload(&mut self) {
-        systemd::reloading();
+        systemd::reloading().await;
         match self.try_reload().await {
             Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded; still running on the previous one")
             }
         }
-        systemd::ready();
+        systemd::ready().await;
     }
 
     async fn try_reload(&mut self) -> Result<(), String> {
@@ -691,7 +894,7 @@ impl Daemon {
     }
 
     async fn shutdown(mut self, controls: &mut mpsc::Receiver<Control>) {
-        systemd::stopping();
+        systemd::stopping().await;
         tracing::info!(grace = ?self.config.upload.shutdown_grace, "stopping: finishing uploads in flight");
         for root in &mut self.roots {
             root.watcher = None;

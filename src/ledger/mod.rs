@@ -15,6 +15,7 @@ mod files;
 pub mod multipart;
 pub mod query;
 pub mod reconcile;
+mod scan;
 pub mod state;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ pub mod fstype;
 pub mod settle;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, RecommendedCache};
@@ -15,17 +15,34 @@ use tokio::sync::mpsc;
 
 use crate::config::{WatcherConfig, WatcherMode};
 
-/// What a watcher reports.
-#[derive(Debug, Clone)]
+/// What a watcher (or a scan) reports.
+#[derive(Debug)]
 pub enum Feed {
-    /// Something happened at this path (a file or a folder) in watch `watch`.
-    Path { watch: usize, path: PathBuf },
-    /// A scan found this file, with its metadata (not an event: counted
-    /// apart, and not stat'ed again).
-    Found {
+    /// Something happened at this path (a file or a folder) in watch
+    /// `watch`; `at` is when the watcher received the event (the path
+    /// changed then, and may have changed again since).
+    Path {
         watch: usize,
         path: PathBuf,
-        meta: std::fs::Metadata,
+        at: Instant,
+    },
+    /// A scan found these files, with their metadata (not events: counted
+    /// apart, not stat'ed again, and checked against the ledger together).
+    Found {
+        watch: usize,
+        files: Vec<(PathBuf, std::fs::Metadata)>,
+        /// Held until the batch is handled: scans wait for a permit before
+        /// sending, so a fast walk does not queue a whole tree in memory.
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// A scan is over: every file it found was sent before this.
+    ScanDone {
+        watch: usize,
+        why: &'static str,
+        /// Files found.
+        files: usize,
+        /// When the scan was asked for.
+        started: Instant,
     },
     /// Events were lost: scan the whole root again.
     Rescan { watch: usize, reason: String },
@@ -56,6 +73,11 @@ impl std::fmt::Debug for RootWatcher {
 }
 
 /// Merge bursts of events on the same file; settling is done elsewhere.
+/// On a local filesystem this does not delay a pick-up: the settle clock
+/// of a file starts at its last write (its mtime), not when the event
+/// arrives, so the debounce is hidden inside any settle time longer than
+/// it. A shorter one would only mean more events: the debouncer passes on
+/// a file still being written every tick (a quarter of this).
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The message for an exhausted inotify watch limit.
@@ -92,6 +114,7 @@ fn handler(
                     let _ = tx.blocking_send(Feed::Path {
                         watch,
                         path: path.clone(),
+                        at: event.time,
                     });
                 }
             }
@@ -193,18 +216,19 @@ mod tests {
     }
 
     #[test]
-    fn a_rescan_flag_asks_for_a_rescan_of_that_root() {
+    fn a_rescan_flag_asks_for_a_rescan_and_events_pass_with_their_time() {
         let lost = Event::new(EventKind::Other).set_flag(Flag::Rescan);
         let ordinary = Event::new(EventKind::Any).add_path("/in/a.mp4".into());
+        let when = Instant::now();
         let feeds = run(Ok(vec![
-            DebouncedEvent::new(lost, std::time::Instant::now()),
-            DebouncedEvent::new(ordinary, std::time::Instant::now()),
+            DebouncedEvent::new(lost, when),
+            DebouncedEvent::new(ordinary, when),
         ]));
         assert!(
             matches!(
                 feeds.as_slice(),
-                [Feed::Rescan { watch: 3, .. }, Feed::Path { watch: 3, path }]
-                    if path == std::path::Path::new("/in/a.mp4")
+                [Feed::Rescan { watch: 3, .. }, Feed::Path { watch: 3, path, at }]
+                    if path == std::path::Path::new("/in/a.mp4") && *at == when
             ),
             "{feeds:?}"
         );
