@@ -123,6 +123,17 @@ async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
     let total = size.div_ceil(1 << 20);
 
     let (session, recorded) = kill_midway(&env, &file, 8).await;
+    // PUTs the killed run had on the wire may still complete on the server.
+    let emulator = &env.emulator;
+    crate::helpers::wait_until(
+        crate::helpers::DEADLINE,
+        "the killed run's requests ended",
+        || {
+            let busy = emulator.stats().requests_in_progress;
+            async move { busy == 0 }
+        },
+    )
+    .await;
     let puts_before = env.emulator.stats().chunk_puts;
     env.emulator.set_faults(Faults::default());
     let out = env

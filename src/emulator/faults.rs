@@ -192,6 +192,7 @@ pub(crate) async fn api_gate(
         return next.run(request).await;
     };
     let method = request.method().clone();
+    let _busy = InProgress::enter(&shared);
     if check_key {
         count_request(&shared, &method, &path);
     }
@@ -214,6 +215,24 @@ pub(crate) async fn api_gate(
         "emulator request"
     );
     response
+}
+
+/// Counts a request in `Stats::requests_in_progress` until it is answered
+/// or dropped.
+struct InProgress<'a>(&'a Shared);
+
+impl<'a> InProgress<'a> {
+    fn enter(shared: &'a Shared) -> InProgress<'a> {
+        shared.stats().requests_in_progress += 1;
+        InProgress(shared)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let mut stats = self.0.stats();
+        stats.requests_in_progress = stats.requests_in_progress.saturating_sub(1);
+    }
 }
 
 fn is_api_path(path: &str) -> bool {

@@ -174,6 +174,10 @@ pub struct Stats {
     pub chunk_puts_by_upload: BTreeMap<String, u64>,
     /// Assets accepted for indexing (202).
     pub indexed_assets: u64,
+    /// API requests and chunk PUTs being handled right now. A client killed
+    /// mid-request can leave some running (its body was already in the
+    /// socket): tests wait for 0 before they count what a new run sends.
+    pub requests_in_progress: u64,
 }
 
 /// An asset as the emulator holds it, for tests and the admin API.
