@@ -36,7 +36,24 @@ impl ApiKey {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
+
+    /// `text` with the key replaced by `<redacted>`: for messages that may
+    /// repeat it (a server echoing headers, a config error quoting a value
+    /// where the key was pasted). A key of a few characters is left alone:
+    /// replacing it would take those letters out of every word ("API
+    /// <redacted>ey") and hide nothing.
+    pub fn redact(&self, text: &str) -> String {
+        let key = self.expose();
+        if key.len() >= MIN_REDACTED_LEN && text.contains(key) {
+            text.replace(key, "<redacted>")
+        } else {
+            text.to_string()
+        }
+    }
 }
+
+/// Keys shorter than this are not redacted (see [`ApiKey::redact`]).
+const MIN_REDACTED_LEN: usize = 8;
 
 /// Where the key was found, for `config show` and `doctor` (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +131,17 @@ fn read_key_file(path: &Path) -> Result<ApiKey, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_hides_a_key_but_not_a_few_letters() {
+        let key = ApiKey::new("tlk_SECRET_42").expect("key");
+        assert_eq!(
+            key.redact("x-api-key: tlk_SECRET_42 twice tlk_SECRET_42"),
+            "x-api-key: <redacted> twice <redacted>"
+        );
+        let short = ApiKey::new("k").expect("key");
+        assert_eq!(short.redact("API key"), "API key");
+    }
 
     #[test]
     fn debug_never_shows_the_key() {

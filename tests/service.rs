@@ -240,12 +240,38 @@ async fn sighup_with_a_broken_config_keeps_the_daemon_running() {
     write_media(&after, Kind::Mp4, 6000, 2);
     env.wait_for_state(std::slice::from_ref(&after), "ready")
         .await;
+
+    // The key pasted where a URL belongs: the refusal may quote the value,
+    // and the log must not show it.
+    let pasted = good
+        .lines()
+        .map(|l| {
+            if l.starts_with("base_url") {
+                format!("base_url = {KEY:?}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(pasted.contains(KEY), "{pasted}");
+    std::fs::write(&config, pasted).expect("paste the key");
+    signal(&daemon, "HUP");
+    let later = env.inbox.join("later.mp4");
+    write_media(&later, Kind::Mp4, 7000, 3);
+    env.wait_for_state(std::slice::from_ref(&later), "ready")
+        .await;
     std::fs::write(&config, good).expect("restore");
 
     signal(&daemon, "TERM");
     let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("configuration not reloaded"), "{stderr}");
+    assert_eq!(
+        stderr.matches("configuration not reloaded").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(!stderr.contains(KEY), "the key was logged: {stderr}");
 }
 
 #[test]

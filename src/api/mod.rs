@@ -25,8 +25,6 @@ use crate::secret::ApiKey;
 
 /// A response body larger than this is not one the API sends.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
-/// Keys shorter than this are not scrubbed from error text (see `scrub_err`).
-const MIN_SCRUBBED_KEY: usize = 8;
 /// Pages of `GET /assets?filename=` searched for a lost upload.
 const LOOKUP_MAX_PAGES: u64 = 20;
 
@@ -152,6 +150,11 @@ impl ApiClient {
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// `text` without this client's key (see [`ApiKey::redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        self.key.redact(text)
     }
 
     /// `POST /assets` with `method=direct`, the file streamed from disk with
@@ -518,14 +521,7 @@ impl ApiClient {
     }
 
     fn scrub_err(&self, mut e: ApiError) -> ApiError {
-        let key = self.key.expose();
-        let clean = |s: &mut String| {
-            // A key of a few characters would take every occurrence of them
-            // out of the message ("API <redacted>ey") and hide nothing.
-            if key.len() >= MIN_SCRUBBED_KEY && s.contains(key) {
-                *s = s.replace(key, "<redacted>");
-            }
-        };
+        let clean = |s: &mut String| *s = self.key.redact(s);
         match &mut e {
             ApiError::Status { message, code, .. } => {
                 if let Some(m) = message {

@@ -149,8 +149,8 @@ fn redact_env_key(message: &str) -> String {
         .ok()
         .and_then(|k| ApiKey::new(&k));
     match key {
-        Some(key) if message.contains(key.expose()) => message.replace(key.expose(), "<redacted>"),
-        _ => message.to_string(),
+        Some(key) => key.redact(message),
+        None => message.to_string(),
     }
 }
 

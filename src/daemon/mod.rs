@@ -81,6 +81,8 @@ pub enum DaemonError {
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How often STATUS= (and the watchdog) are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// Records are counted at least this often, for other processes' changes.
+const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 /// A `.urls` list larger than this is read only this far.
 const MAX_URL_LIST: u64 = 4 * 1024 * 1024;
 /// Longest the main loop waits for a stat (a hung network mount).
@@ -123,13 +125,16 @@ pub async fn run(
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<(), DaemonError> {
     let _lock = LedgerLock::acquire(&setup.ledger_path)?;
-    let ledger = Ledger::open(&setup.ledger_path).await?;
+    // The key and the folders first: a start that fails on them leaves no
+    // new, empty ledger behind.
     let client = make_client(&setup, &config)?;
     let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(4096);
     let roots = arm_roots(&setup, &config, &feed_tx)?;
+    let ledger = Ledger::open(&setup.ledger_path).await?;
     let config = Arc::new(config);
     let pipeline = Pipeline::new(ledger.clone(), client, config.clone());
     pipeline.recover().await?;
+    let ledger_changes = ledger.subscribe();
     let running = pipeline.start();
     let mut d = Daemon {
         setup,
@@ -146,6 +151,8 @@ pub async fn run(
         auth_rejected_at: None,
         health: Arc::new(Mutex::new(Ok(()))),
         heartbeat: Arc::new(AtomicI64::new(now_ms())),
+        status_changes: ledger_changes,
+        counts: None,
     };
     let metrics_stop = CancellationToken::new();
     let _metrics_stop = metrics_stop.clone().drop_guard();
@@ -362,6 +369,11 @@ struct Daemon {
     health: Arc<Mutex<Result<(), String>>>,
     /// When the main loop last turned (Unix ms); read by /healthz.
     heartbeat: Arc<AtomicI64>,
+    /// Changes since the status tick last counted the records.
+    status_changes: tokio::sync::broadcast::Receiver<crate::ledger::Change>,
+    /// The last counts per state, and when they were taken: counting is a
+    /// pass over every record, so it is done again only after a change.
+    counts: Option<(Vec<(FileState, i64)>, Instant)>,
 }
 
 impl Daemon {
@@ -777,6 +789,29 @@ impl Daemon {
         tracing::info!(path = %path.display(), urls = urls.len(), new = added, "URL list read");
     }
 
+    /// Records per state: counted again only when this daemon changed
+    /// something since, or now and then for changes other processes made
+    /// (`retry`, `forget`); otherwise the ledger is only asked a cheap
+    /// question, so that an idle daemon over a million records stays idle.
+    async fn counts(&mut self) -> Result<Vec<(FileState, i64)>, crate::ledger::LedgerError> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut changed = false;
+        while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.status_changes.try_recv() {
+            changed = true;
+        }
+        match &self.counts {
+            Some((counts, at)) if !changed && at.elapsed() < RECOUNT_EVERY => {
+                self.ledger.ping().await?;
+                Ok(counts.clone())
+            }
+            _ => {
+                let counts = self.ledger.counts().await?;
+                self.counts = Some((counts.clone(), Instant::now()));
+                Ok(counts)
+            }
+        }
+    }
+
     /// Refresh systemd's STATUS= and the watchdog; retry a rejected key
     /// after a while.
     async fn status(&mut self) {
@@ -786,7 +821,7 @@ impl Daemon {
             let age = oldest.map_or(0, |t| now_ms().saturating_sub(t).max(0));
             crate::metrics::queue(depth, age as f64 / 1000.0);
         }
-        match self.ledger.counts().await {
+        match self.counts().await {
             Ok(counts) => {
                 let by_state: Vec<(&str, i64)> = FileState::ALL
                     .iter()
@@ -856,6 +891,8 @@ impl Daemon {
         match self.try_reload().await {
             Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
             Err(e) => {
+                // The message may quote a value, and a value may be the key.
+                let e = self.pipeline.client().redact(&e);
                 tracing::error!(error = %e, "configuration not reloaded; still running on the previous one")
             }
         }

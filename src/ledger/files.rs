@@ -1148,6 +1148,12 @@ impl Ledger {
         )
     }
 
+    /// Whether the ledger answers (a query that reads nothing).
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Record counts per state.
     pub async fn counts(&self) -> Result<Vec<(FileState, i64)>, LedgerError> {
         let rows: Vec<(String, i64)> =

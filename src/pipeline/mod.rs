@@ -122,6 +122,10 @@ impl Pipeline {
         &self.shared.ledger
     }
 
+    pub fn client(&self) -> &ApiClient {
+        &self.shared.client
+    }
+
     pub fn gate(&self) -> &Gate {
         &self.shared.gate
     }

@@ -227,6 +227,18 @@ async fn every_bad_setup_is_one_clear_message_and_exit_2_with_nothing_overwritte
             let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
             assert!(lines <= 8, "{what}: one message, not a flood:\n{all}");
             let appeared = assert_untouched(&what, &before, &snapshot(env.dir.path()));
+            // The lock file may appear; a new, empty ledger may not.
+            let ledger_name = env
+                .ledger_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert!(
+                !appeared
+                    .iter()
+                    .any(|n| n.starts_with(&ledger_name) && !n.ends_with(".lock")),
+                "{what}: a new ledger was left behind: {appeared:?}"
+            );
             if appeared.is_empty() {
                 outcomes.push(format!("{what}=2"));
             } else {
@@ -288,7 +300,8 @@ async fn a_full_disk_for_the_ledger_is_a_clear_error_and_exit_2() {
         &format!("path = {:?}", env.ledger_path.display().to_string()),
         &format!("path = {:?}", ledger.display().to_string()),
     );
-    std::fs::write(&config, base).expect("write config");
+    // `run` needs a folder to watch before it gets to the ledger.
+    std::fs::write(&config, format!("{base}{}", watch(&env))).expect("write config");
 
     // A ledger that exists, then the disk fills up; new files come.
     write_media(&env.inbox.join("first.mp4"), Kind::Mp4, 3_000, 1);
