@@ -505,3 +505,53 @@ async fn a_copy_made_during_an_unhashed_upload_is_its_duplicate() {
     assert_eq!(dup.asset_id, orig.asset_id);
     assert_eq!(env.emulator.stats().uploads_by_sha256.get(&sha), Some(&1));
 }
+
+/// Each asset is asked about one `poll_interval` after it was accepted, so
+/// an asset the platform makes ready within that time is asked about once,
+/// however the uploads are staggered. (Asking all of them in rounds would
+/// ask the ones accepted late in a round too early.)
+#[tokio::test]
+async fn each_asset_is_asked_about_one_poll_interval_after_its_upload() {
+    let env = TestEnv::with(
+        EmulatorConfig {
+            ready_delay: std::time::Duration::from_millis(350),
+            ..EmulatorConfig::default()
+        },
+        // One worker and slow requests: the uploads end one by one.
+        Faults {
+            latency_ms: 100,
+            ..Faults::default()
+        },
+    )
+    .await;
+    for i in 0..6u64 {
+        write_media(
+            &env.inbox.join(format!("s{i}.mp4")),
+            Kind::Mp4,
+            10_000 + 100 * usize::try_from(i).expect("small"),
+            i,
+        );
+    }
+    let mut config = env.config();
+    config.api.poll_interval = std::time::Duration::from_millis(400);
+    config.upload.workers = 1;
+    let ledger = env
+        .run_pipeline(config, std::slice::from_ref(&env.inbox))
+        .await;
+    let stats = env.emulator.stats();
+    for r in ledger.history(&[], None).await.expect("h") {
+        eprintln!(
+            "DBG {} up {:?} ready {:?}",
+            r.path.clone().unwrap_or_default(),
+            r.uploaded_at,
+            r.ready_at
+        );
+    }
+    eprintln!("DBG requests {}", stats.requests);
+    assert_eq!(stats.assets_created, 6, "{}", dump(&ledger).await);
+    assert_eq!(
+        stats.requests,
+        6 + 6,
+        "one create and one status request per asset: {stats:?}"
+    );
+}

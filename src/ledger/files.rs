@@ -951,14 +951,27 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records whose asset is processing, least recently updated first.
-    pub async fn processing(&self, limit: u32) -> Result<Vec<PollJob>, LedgerError> {
+    /// Records whose asset is processing and that were accepted or last
+    /// asked about at or before `cutoff` (Unix ms), least recently first.
+    pub async fn processing(&self, limit: u32, cutoff: i64) -> Result<Vec<PollJob>, LedgerError> {
         Ok(sqlx::query_as(
             "SELECT id, asset_id, uploaded_at, path, url, attempts FROM files \
-             WHERE state = 'processing' AND asset_id IS NOT NULL ORDER BY updated_at, id LIMIT ?1",
+             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= ?2 \
+             ORDER BY updated_at, id LIMIT ?1",
         )
         .bind(i64::from(limit))
+        .bind(cutoff)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When the least recently asked-about `processing` record was last
+    /// accepted or asked about (Unix ms), if any.
+    pub async fn oldest_processing(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(updated_at) FROM files WHERE state = 'processing' AND asset_id IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
         .await?)
     }
 

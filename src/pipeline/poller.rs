@@ -1,6 +1,7 @@
-//! The poller: asks the platform about every `processing` asset each
-//! `api.poll_interval` until it is `ready` or `failed`. One task for all
-//! records, so waiting for the platform never holds an upload worker.
+//! The poller: asks the platform about every `processing` asset one
+//! `api.poll_interval` after it was accepted and after each answer, until
+//! it is `ready` or `failed`. One task for all records, so waiting for the
+//! platform never holds an upload worker.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,46 +22,62 @@ const BATCH: u32 = 500;
 const PROCESSING_DEADLINE_MS: i64 = 24 * 3_600_000;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let interval = shared.config.api.poll_interval;
+    let interval = i64::try_from(shared.config.api.poll_interval.as_millis()).unwrap_or(i64::MAX);
     let mut changes = shared.ledger.subscribe();
     loop {
         // Changes from before this query are covered by it.
         while changes.try_recv().is_ok() {}
-        let jobs = match shared.ledger.processing(BATCH).await {
+        // Each asset is asked about one interval after it was accepted, and
+        // again one interval after each answer: nothing is ready the instant
+        // it is uploaded, and a round shared by all would ask some too soon.
+        let now = crate::ledger::now_ms();
+        let due = shared
+            .ledger
+            .processing(BATCH, now.saturating_sub(interval))
+            .await;
+        let jobs = match due {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the ledger; retrying");
-                Vec::new()
+                if !super::pause(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
             }
         };
         if jobs.is_empty() {
-            // Nothing to ask about: sleep until something is accepted.
-            if !super::wait_for_state(&mut changes, &stop, FileState::Processing, None).await {
+            let next = match shared.ledger.oldest_processing().await {
+                Ok(oldest) => oldest.map(|at| at.saturating_add(interval)),
+                Err(_) => Some(now + 1000),
+            };
+            if !super::wait_for_state(&mut changes, &stop, FileState::Processing, next).await {
                 return;
             }
             continue;
         }
-        // Give the platform a moment before each round of questions (the
-        // first one too: nothing is ready the instant it is uploaded).
-        if !super::pause(&stop, interval).await {
-            return;
-        }
-        // Including what was accepted during the pause.
-        let jobs = shared.ledger.processing(BATCH).await.unwrap_or(jobs);
-        futures_util::stream::iter(jobs)
+        let recorded = futures_util::stream::iter(jobs)
             .take_until(stop.cancelled())
-            .for_each_concurrent(PARALLEL_POLLS, |job| {
+            .map(|job| {
                 let shared = shared.clone();
                 let stop = stop.clone();
                 async move { poll_one(&shared, &job, &stop).await }
             })
+            .buffer_unordered(PARALLEL_POLLS)
+            .fold(true, |all, ok| async move { all && ok })
             .await;
+        // An answer that could not be recorded leaves its record due: do
+        // not ask again at once.
+        if !recorded && !super::pause(&stop, Duration::from_secs(1)).await {
+            return;
+        }
     }
 }
 
-async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
+/// Ask about one asset and record the answer; false if the ledger could
+/// not record it.
+async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> bool {
     if stop.is_cancelled() || !shared.gate.wait_open(stop).await {
-        return;
+        return true;
     }
     if let Some(at) = job.uploaded_at
         && crate::ledger::now_ms().saturating_sub(at) > PROCESSING_DEADLINE_MS
@@ -76,8 +93,9 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
             .await
         {
             tracing::warn!(file_id = job.id, error = %e, "could not record the poll result");
+            return false;
         }
-        return;
+        return true;
     }
     let ledger = &shared.ledger;
     let shown = job
@@ -151,5 +169,7 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) {
     };
     if let Err(e) = result {
         tracing::warn!(file_id = job.id, error = %e, "could not record the poll result");
+        return false;
     }
+    true
 }

@@ -87,10 +87,16 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let inbox = dir.path().join("inbox");
         std::fs::create_dir(&inbox).expect("inbox");
+        // Assets are ready 50 ms after upload unless the test chose a delay.
+        let ready_delay = if emulator.ready_delay == EmulatorConfig::default().ready_delay {
+            Duration::from_millis(50)
+        } else {
+            emulator.ready_delay
+        };
         let emulator = Emulator::start(EmulatorConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             api_key: KEY.into(),
-            ready_delay: Duration::from_millis(50),
+            ready_delay,
             faults,
             ..emulator
         })
