@@ -114,4 +114,37 @@ mod tests {
         assert_eq!(found, known);
         ledger.close().await;
     }
+
+    async fn plan(ledger: &Ledger, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(1i64)
+                .bind(2i64)
+                .bind(3i64)
+                .bind(4i64)
+                .bind(5i64)
+                .fetch_all(&ledger.pool)
+                .await
+                .expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Many files of one size must not turn a lookup by path into a pass
+    /// over every record of that size (0004's plain size index did).
+    #[tokio::test]
+    async fn path_lookups_use_the_path_index_and_size_questions_the_size_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        let by_path = plan(
+            &ledger,
+            "SELECT 1 FROM files WHERE path_bytes = ?1 AND size = ?2 AND mtime_ns = ?3 \
+             AND device = ?4 AND inode = ?5",
+        )
+        .await;
+        assert!(by_path.contains("files_path"), "{by_path}");
+        let same_size = plan(&ledger, super::super::files::SAME_SIZE_SQL).await;
+        assert!(same_size.contains("files_live_size"), "{same_size}");
+        assert!(same_size.contains("files_unhashed_size"), "{same_size}");
+        ledger.close().await;
+    }
 }
