@@ -555,3 +555,106 @@ async fn each_asset_is_asked_about_one_poll_interval_after_its_upload() {
         "one create and one status request per asset: {stats:?}"
     );
 }
+
+/// A copy of a file queued unhashed whose upload cannot start (a long rate
+/// limit) does not wait for it: the hash stage hashes the original itself,
+/// and the copy becomes its duplicate at once.
+#[tokio::test]
+async fn a_copy_does_not_wait_for_an_original_held_back_by_a_rate_limit() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tl_ingest::api::{ApiClient, ClientOptions};
+    use tl_ingest::ledger::Ledger;
+    use tl_ingest::pipeline::Pipeline;
+    use tl_ingest::pipeline::discover::new_file;
+
+    // Every request is refused with a one-hour 429: after the first one,
+    // no upload even starts.
+    let env = TestEnv::with_faults(Faults {
+        rate_limit: 1.0,
+        retry_after_secs: 3600,
+        ..Faults::default()
+    })
+    .await;
+    let first = env.inbox.join("first.mp4");
+    let orig = env.inbox.join("orig.mp4");
+    let copy = env.inbox.join("copy.mp4");
+    write_media(&first, Kind::Mp4, 30_000, 20);
+    let sha = write_media(&orig, Kind::Mp4, 40_000, 21);
+    std::fs::copy(&orig, &copy).expect("copy");
+
+    let ledger = Ledger::open(&env.ledger_path).await.expect("ledger");
+    let client = ApiClient::new(
+        &ClientOptions {
+            base_url: env.emulator.base_url(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        },
+        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
+    )
+    .expect("client");
+    let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(env.config()));
+    let mut changes = ledger.subscribe();
+    let running = pipeline.start();
+    let stat = |p: &std::path::Path| new_file(p, &std::fs::metadata(p).expect("stat"), None);
+    let outcome = tokio::time::timeout(crate::helpers::DEADLINE, async {
+        // The first file meets the 429: every worker pauses for an hour.
+        let first_id = match ledger.discover(&stat(&first)).await.expect("discover") {
+            tl_ingest::ledger::Discovery::New(id) => id,
+            other => panic!("{other:?}"),
+        };
+        next_change(&mut changes, |c| {
+            c.id == first_id && c.state == FileState::Uploading
+        })
+        .await;
+        next_change(&mut changes, |c| {
+            c.id == first_id && c.state == FileState::Queued
+        })
+        .await;
+        // The original is queued unhashed, and nobody sends it.
+        let orig_id = match ledger.discover(&stat(&orig)).await.expect("discover") {
+            tl_ingest::ledger::Discovery::New(id) => id,
+            other => panic!("{other:?}"),
+        };
+        next_change(&mut changes, |c| {
+            c.id == orig_id && c.state == FileState::Queued
+        })
+        .await;
+        ledger
+            .discover(&stat(&copy))
+            .await
+            .expect("discover the copy");
+        loop {
+            let rec = record_of(&ledger, &copy).await;
+            if rec.state != "discovered" {
+                return rec;
+            }
+            let _ = changes.recv().await;
+        }
+    })
+    .await;
+    let rec_copy = match outcome {
+        Ok(rec) => rec,
+        Err(_) => panic!("the copy still waits:\n{}", dump(&ledger).await),
+    };
+    running.shutdown(Duration::ZERO).await;
+    let rec_orig = record_of(&ledger, &orig).await;
+    assert_eq!(rec_orig.state, "queued", "{}", dump(&ledger).await);
+    assert_eq!(rec_orig.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(rec_copy.state, "duplicate", "{}", dump(&ledger).await);
+    assert_eq!(rec_copy.duplicate_of, Some(rec_orig.id));
+    assert_eq!(env.emulator.stats().assets_created, 0);
+}
+
+/// Wait for the first change `want` accepts.
+async fn next_change(
+    changes: &mut tokio::sync::broadcast::Receiver<tl_ingest::ledger::Change>,
+    want: impl Fn(&tl_ingest::ledger::Change) -> bool,
+) {
+    loop {
+        let c = changes.recv().await.expect("change feed");
+        if want(&c) {
+            return;
+        }
+    }
+}

@@ -538,6 +538,40 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records of this job's size queued or claimed with their hash left to
+    /// their upload: the hash stage hashes them itself rather than keep a
+    /// twin waiting for as long as that upload takes to start and finish (a
+    /// retry schedule, a rate limit that holds a claimed record).
+    pub async fn unhashed_twins(&self, job: &HashJob) -> Result<Vec<HashJob>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, path_bytes, path, size, mtime_ns FROM files \
+             WHERE size = ?1 AND id != ?2 AND path_bytes IS NOT NULL \
+             AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
+             'indexing', 'indexed') AND state IN ('queued', 'uploading') LIMIT 16",
+        )
+        .bind(job.size)
+        .bind(job.id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The hash of such a twin, computed by the hash stage: kept only if the
+    /// record still has the stat it was hashed at and no hash yet (its own
+    /// upload may have recorded one meanwhile, of the same bytes).
+    pub async fn set_twin_sha256(&self, twin: &HashJob, sha256: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE files SET sha256 = ?2 WHERE id = ?1 AND state IN ('queued', 'uploading') \
+             AND sha256 IS NULL AND size = ?3 AND mtime_ns = ?4",
+        )
+        .bind(twin.id)
+        .bind(sha256)
+        .bind(twin.size)
+        .bind(twin.mtime_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Queue an eligible `discovered` record with its hash left to the
     /// upload, if still no other record has its size (else `NeedsHash`,
     /// or `Wait`).

@@ -192,7 +192,24 @@ async fn hash_one(shared: &Shared, job: HashJob) {
 async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerError> {
     let ledger = &shared.ledger;
     let leave_hash = match ledger.same_size(job).await? {
-        SameSize::Pending => return ledger.wait_for_hash(job).await,
+        SameSize::Pending => {
+            // Its twin's upload may take long to start or end (a retry
+            // schedule, a rate limit holding the claim): hash the twin here
+            // instead of waiting for it.
+            for twin in ledger.unhashed_twins(job).await? {
+                if let Examined::Send {
+                    sha256: Some(sha256),
+                    ..
+                } = examine_off_thread(shared, &twin, false).await
+                {
+                    ledger.set_twin_sha256(&twin, &sha256).await?;
+                }
+            }
+            if ledger.same_size(job).await? == SameSize::Pending {
+                return ledger.wait_for_hash(job).await;
+            }
+            false
+        }
         SameSize::None => true,
         SameSize::Hashed => false,
     };

@@ -134,14 +134,16 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> b
                 shared.gate.rate_limited(
                     until.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(5)),
                 );
-                Ok(())
+                // Not due again at once, even if the pause is already over
+                // (`Retry-After: 0`): no tight loop against the API.
+                ledger.touch(job).await
             }
             ErrorClass::Auth => {
                 shared.gate.auth_rejected(format!(
                     "the API key was rejected by {} ({e}); uploads are paused until it is fixed",
                     shared.client.base_url()
                 ));
-                Ok(())
+                ledger.touch(job).await
             }
             ErrorClass::NotFound => {
                 let failed = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);

@@ -273,8 +273,13 @@ async fn send_file(
     let hashed;
     let job = match &job.sha256 {
         None if multipart || job.lookup_first => {
+            let sha256 = hash_off_thread(path, job).await?;
+            // Files of this size waiting for it need not wait for the upload.
+            if let Err(e) = shared.ledger.set_sha256(job.id, &sha256).await {
+                tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
+            }
             hashed = UploadJob {
-                sha256: Some(hash_off_thread(path, job).await?),
+                sha256: Some(sha256),
                 ..job.clone()
             };
             &hashed
