@@ -658,3 +658,51 @@ async fn next_change(
         }
     }
 }
+
+/// A platform that ignores form fields after the file would lose the stamp
+/// sent there: the first upload shows it (the asset comes back without the
+/// stamp), and every later file is hashed first, its stamp sent ahead.
+#[tokio::test]
+async fn a_platform_that_drops_the_trailing_stamp_gets_it_ahead_of_the_file() {
+    let env = TestEnv::with(
+        EmulatorConfig {
+            ignore_fields_after_file: true,
+            ..EmulatorConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let files: Vec<(PathBuf, String)> = (0..4u64)
+        .map(|i| {
+            let p = env.inbox.join(format!("f{i}.mp4"));
+            let size = 20_000 + 100 * usize::try_from(i).expect("small");
+            let sha = write_media(&p, Kind::Mp4, size, 30 + i);
+            (p, sha)
+        })
+        .collect();
+    let mut config = env.config();
+    config.upload.workers = 1;
+    let ledger = env
+        .run_pipeline(config, std::slice::from_ref(&env.inbox))
+        .await;
+    let assets = env.emulator.assets();
+    let mut unstamped = 0;
+    for (path, sha) in &files {
+        let rec = record_of(&ledger, path).await;
+        assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+        let asset = assets
+            .iter()
+            .find(|a| Some(&a.id) == rec.asset_id.as_ref())
+            .expect("asset");
+        let stamp = asset
+            .user_metadata
+            .as_ref()
+            .and_then(|m| m.get(tl_ingest::api::SHA256_STAMP))
+            .and_then(|v| v.as_str());
+        match stamp {
+            Some(s) => assert_eq!(s, sha, "{}", path.display()),
+            None => unstamped += 1,
+        }
+    }
+    assert_eq!(unstamped, 1, "only the upload that showed the problem");
+}

@@ -114,6 +114,7 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
         max_multipart_size: args.max_multipart_size,
         multipart_chunk_size: args.multipart_chunk_size,
         single_use_urls: args.single_use_urls,
+        ignore_fields_after_file: false,
         url_ttl: args.url_ttl,
         faults: Faults {
             error_before_body: args.error_before_body,

@@ -62,6 +62,10 @@ pub struct EmulatorConfig {
     pub multipart_chunk_size: u64,
     /// Whether a presigned chunk URL answers 403 once it has been used for a PUT.
     pub single_use_urls: bool,
+    /// Whether form fields after the file part of `POST /assets` are
+    /// ignored, as a server that reads the fields it needs before the file
+    /// would: tl-ingest must notice its trailing sha256 stamp is lost.
+    pub ignore_fields_after_file: bool,
     /// How long presigned chunk URLs are valid.
     pub url_ttl: Duration,
     /// Faults injected from the first request on.
@@ -79,6 +83,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("max_multipart_size", &self.max_multipart_size)
             .field("multipart_chunk_size", &self.multipart_chunk_size)
             .field("single_use_urls", &self.single_use_urls)
+            .field("ignore_fields_after_file", &self.ignore_fields_after_file)
             .field("url_ttl", &self.url_ttl)
             .field("faults", &self.faults)
             .finish()
@@ -96,6 +101,7 @@ impl Default for EmulatorConfig {
             max_multipart_size: 10_000_000_000,
             multipart_chunk_size: 5_242_880,
             single_use_urls: false,
+            ignore_fields_after_file: false,
             url_ttl: Duration::from_secs(60 * 60),
             faults: Faults::default(),
         }

@@ -24,6 +24,7 @@ pub(crate) struct Limits {
     /// Never 0.
     pub multipart_chunk_size: u64,
     pub single_use_urls: bool,
+    pub ignore_fields_after_file: bool,
     pub url_ttl: Duration,
 }
 
@@ -62,6 +63,7 @@ impl Shared {
                 max_multipart_size: config.max_multipart_size,
                 multipart_chunk_size: config.multipart_chunk_size.max(1),
                 single_use_urls: config.single_use_urls,
+                ignore_fields_after_file: config.ignore_fields_after_file,
                 url_ttl: config.url_ttl,
             },
             addr,

@@ -98,7 +98,12 @@ pub(crate) async fn create_asset(
         .limits
         .max_direct_size
         .max(shared.limits.max_image_size);
-    let form = read_form(&mut multipart, hash_cap).await?;
+    let form = read_form(
+        &mut multipart,
+        hash_cap,
+        shared.limits.ignore_fields_after_file,
+    )
+    .await?;
     if error_after_body {
         shared.stats().injected_errors_after_body += 1;
         debug!(
@@ -136,10 +141,19 @@ pub(crate) fn record_created(shared: &Shared, sha256: Option<&str>) {
 }
 
 /// Reads every field to the end. Only a broken multipart stream stops it early.
-async fn read_form(multipart: &mut Multipart, hash_cap: u64) -> Result<UploadForm, ApiError> {
+async fn read_form(
+    multipart: &mut Multipart,
+    hash_cap: u64,
+    ignore_after_file: bool,
+) -> Result<UploadForm, ApiError> {
     let mut form = UploadForm::default();
     while let Some(mut field) = multipart.next_field().await.map_err(stream_error)? {
         let name = field.name().unwrap_or_default().to_owned();
+        if ignore_after_file && form.file.is_some() {
+            debug!(field = %name, "emulator ignored a field after the file");
+            drain(&mut field).await.map_err(stream_error)?;
+            continue;
+        }
         match name.as_str() {
             "file" if form.file.is_some() => {
                 form.fail(ApiError::invalid("file was given more than once"));

@@ -45,6 +45,9 @@ pub struct Shared {
     pub policy: RetryPolicy,
     pub limits: Limits,
     pub progress: Progress,
+    /// False once the platform was seen to drop a `user_metadata` sent
+    /// after the file: every file is then hashed before it is sent.
+    pub stamp_after_file: std::sync::atomic::AtomicBool,
 }
 
 /// Uploads in flight, for progress bars: file, total, bytes sent so far.
@@ -109,6 +112,7 @@ impl Pipeline {
             policy: RetryPolicy::from_config(&config.upload),
             limits: Limits::from_config(&config.upload),
             progress: Progress::default(),
+            stamp_after_file: std::sync::atomic::AtomicBool::new(true),
             ledger,
             client,
             config,

@@ -272,7 +272,10 @@ async fn send_file(
     // before anything is sent.
     let hashed;
     let job = match &job.sha256 {
-        None if multipart || job.lookup_first => {
+        None if multipart
+            || job.lookup_first
+            || !shared.stamp_after_file.load(Ordering::Relaxed) =>
+        {
             let sha256 = hash_off_thread(path, job).await?;
             // Files of this size waiting for it need not wait for the upload.
             if let Err(e) = shared.ledger.set_sha256(job.id, &sha256).await {
@@ -395,6 +398,9 @@ async fn send_file(
     let check = check_disk_off_thread(path, job).await;
     match result {
         Ok(Created { asset, sha256 }) => {
+            if matches!(up.stamp, Stamp::InFlight(_)) {
+                check_trailing_stamp(shared, &asset, &sha256);
+            }
             let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
                 let e = ApiError::Malformed {
                     status: 201,
@@ -436,6 +442,25 @@ async fn send_file(
             }
             Err(classify(shared, job, &e, bytes_sent))
         }
+    }
+}
+
+/// The platform answers with the asset, `user_metadata` included. If the
+/// stamp sent after the file is not in it, the platform may ignore fields
+/// after the file, and a crashed upload could not be found by its stamp:
+/// from then on every file is hashed before it is sent, with the stamp
+/// ahead of it. (A platform that simply does not echo `user_metadata`
+/// costs the one-read upload, nothing else.)
+fn check_trailing_stamp(shared: &Shared, asset: &crate::api::Asset, sha256: &str) {
+    if asset.sha256_stamp().as_deref() == Some(sha256) {
+        return;
+    }
+    if shared.stamp_after_file.swap(false, Ordering::Relaxed) {
+        tracing::error!(
+            asset_id = asset.id.as_deref().unwrap_or_default(),
+            "the platform dropped the user_metadata sent after the file; \
+             hashing every file before sending it from now on"
+        );
     }
 }
 
