@@ -212,11 +212,19 @@ impl ApiClient {
                 asset,
                 sha256: sha256.clone(),
             }),
-            // Accepted before the whole form was sent: not the file.
-            None => Err(ApiError::Malformed {
-                status,
-                detail: "the server answered before the whole file was sent".into(),
-            }),
+            // Accepted before the whole form was sent: not the file. The
+            // asset has no stamp a lookup could find: remove it.
+            None => {
+                if let Some(id) = asset.id.as_deref().filter(|id| !id.is_empty())
+                    && let Err(e) = self.delete_asset(id).await
+                {
+                    tracing::warn!(asset_id = id, error = %e, "could not delete an asset made from part of a file");
+                }
+                Err(ApiError::Malformed {
+                    status,
+                    detail: "the server answered before the whole file was sent".into(),
+                })
+            }
         }
     }
 

@@ -170,22 +170,34 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // Stop between files when told to (a hash already running finishes
         // on its thread; its result is simply not recorded).
-        futures_util::stream::iter(jobs)
+        let recorded = futures_util::stream::iter(jobs)
             .take_until(stop.cancelled())
-            .for_each_concurrent(parallel, |job| {
+            .map(|job| {
                 let shared = shared.clone();
                 async move { hash_one(&shared, job).await }
             })
+            .buffer_unordered(parallel)
+            .fold(true, |all, ok| async move { all && ok })
             .await;
         if stop.is_cancelled() {
+            return;
+        }
+        // A result the ledger could not take leaves its record due: do not
+        // read the same files again at once (a full disk, say).
+        if !recorded && !super::pause(&stop, std::time::Duration::from_secs(1)).await {
             return;
         }
     }
 }
 
-async fn hash_one(shared: &Shared, job: HashJob) {
-    if let Err(e) = hash_and_record(shared, &job).await {
-        tracing::warn!(path = %job.path, error = %e, "could not record the hash result");
+/// Examine one record and record the outcome; false if the ledger failed.
+async fn hash_one(shared: &Shared, job: HashJob) -> bool {
+    match hash_and_record(shared, &job).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(path = %job.path, error = %e, "could not record the hash result");
+            false
+        }
     }
 }
 
