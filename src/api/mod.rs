@@ -180,7 +180,15 @@ impl ApiClient {
                 (stamped.clone(), Some(tx), None, Some(part))
             }
         };
-        let stream = body::stream(file, up.size, up.sent.clone(), digest_tx);
+        // The body ends when this call returns, whatever the connection
+        // does with it then (an HTTP/2 stream the server stopped reading
+        // would otherwise keep the reader thread and the file forever).
+        let done = tokio_util::sync::CancellationToken::new();
+        let _done = done.clone().drop_guard();
+        let stream = futures_util::StreamExt::take_until(
+            body::stream(file, up.size, up.sent.clone(), digest_tx),
+            done.cancelled_owned(),
+        );
         let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), up.size)
             .file_name(up.filename.clone())
             .mime_str("application/octet-stream")
@@ -440,7 +448,13 @@ impl ApiClient {
         .await
         .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?
         .map_err(|e| ChunkError::Api(ApiError::LocalRead(format!("{}: {e}", path.display()))))?;
-        let stream = body::stream(file, len, sent, None);
+        // As in `create_direct`: the body ends when this call returns.
+        let done = tokio_util::sync::CancellationToken::new();
+        let _done = done.clone().drop_guard();
+        let stream = futures_util::StreamExt::take_until(
+            body::stream(file, len, sent, None),
+            done.cancelled_owned(),
+        );
         let mut req = self
             .storage
             .put(url)
