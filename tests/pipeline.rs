@@ -539,15 +539,6 @@ async fn each_asset_is_asked_about_one_poll_interval_after_its_upload() {
         .run_pipeline(config, std::slice::from_ref(&env.inbox))
         .await;
     let stats = env.emulator.stats();
-    for r in ledger.history(&[], None).await.expect("h") {
-        eprintln!(
-            "DBG {} up {:?} ready {:?}",
-            r.path.clone().unwrap_or_default(),
-            r.uploaded_at,
-            r.ready_at
-        );
-    }
-    eprintln!("DBG requests {}", stats.requests);
     assert_eq!(stats.assets_created, 6, "{}", dump(&ledger).await);
     assert_eq!(
         stats.requests,
