@@ -432,3 +432,46 @@ async fn concurrent_opens_of_a_new_ledger_all_succeed() {
         }
     }
 }
+
+/// A failed file tried again is hashed and deduplicated afresh: if its
+/// content was uploaded since by another file, it becomes that file's
+/// duplicate instead of being sent twice.
+#[tokio::test]
+async fn a_retried_failure_whose_content_was_uploaded_since_is_a_duplicate() {
+    let (_d, ledger) = open().await;
+    let Discovery::New(b) = ledger
+        .discover(&file("/in/b.mp4", 10, 1))
+        .await
+        .expect("discover")
+    else {
+        panic!("new");
+    };
+    ledger
+        .fail(b, FileState::Discovered, "the file vanished before upload")
+        .await
+        .expect("fail");
+    // Meanwhile the same content arrives under another name and is uploaded.
+    let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 2), "same").await;
+    let job = ledger.claim().await.expect("claim").expect("due");
+    assert_eq!(job.id, a);
+    ledger
+        .accept(&job, "asset-a", &AttemptEnd::default())
+        .await
+        .expect("accept");
+
+    assert_eq!(
+        ledger.requeue(b).await.expect("retry"),
+        tl_ingest::ledger::admin::Requeued::Queued
+    );
+    assert_eq!(state(&ledger, b).await, FileState::Discovered);
+    let job_b = hash_job(&ledger, b).await;
+    assert_eq!(
+        ledger
+            .record_hash(&job_b, "same", None, Dedupe::Content)
+            .await
+            .expect("hash"),
+        HashOutcome::Duplicate { of: a }
+    );
+    let rec = ledger.record(b).await.expect("q").expect("b");
+    assert_eq!(rec.asset_id.as_deref(), Some("asset-a"));
+}

@@ -202,7 +202,10 @@ async fn retry_requeues_a_failed_record_and_upload_sends_it_again() {
     );
     let requeued = record_of(&ledger, &a).await;
     assert_eq!(requeued.id, failed.id, "the same record");
-    assert_eq!(requeued.state, "queued");
+    assert_eq!(
+        requeued.state, "discovered",
+        "to be hashed and deduplicated again"
+    );
     assert_eq!(requeued.attempts, 0);
     assert_eq!(requeued.last_error, None);
     assert_eq!(record_of(&ledger, &ok).await.state, "ready");
@@ -210,7 +213,7 @@ async fn retry_requeues_a_failed_record_and_upload_sends_it_again() {
     // Retrying what is queued changes nothing.
     let out = cli(&env, &["retry", path_str(&a)]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout(&out).contains("not failed (state queued)"));
+    assert!(stdout(&out).contains("not failed (state discovered)"));
 
     // The next upload sends it again (and the emulator refuses it again).
     let out = env.upload_bin(&[&a]).await;
@@ -253,9 +256,10 @@ async fn retry_failed_requeues_every_failed_record() {
         "{}",
         text(&out)
     );
+    // Files go back to be examined, hashed and deduplicated afresh.
     for p in &paths {
         let r = record_of(&ledger, p).await;
-        assert_eq!((r.state.as_str(), r.attempts), ("queued", 0), "{p:?}");
+        assert_eq!((r.state.as_str(), r.attempts), ("discovered", 0), "{p:?}");
     }
     assert_eq!(record_of(&ledger, &ok).await.state, "ready");
 

@@ -1,5 +1,7 @@
 //! `tl-ingest retry [--failed] [KEY...]`: put failed records back in the
-//! queue, attempts reset, through the state machine (`failed` → `queued`).
+//! queue, attempts reset, through the state machine (`failed` → `discovered`
+//! for a file, which is hashed and deduplicated again; `failed` → `queued` for
+//! a URL).
 //! A running daemon picks them up within seconds; otherwise the next `run`
 //! or `upload` does. Records in any other state are reported and left as
 //! they are.

@@ -56,7 +56,7 @@ pub struct Detail {
 /// What `retry` did to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeued {
-    /// `failed` → `queued`, attempts reset.
+    /// Back in line, attempts reset (a file is hashed and deduplicated first).
     Queued,
     /// Not failed: left as is.
     NotFailed(FileState),
@@ -287,10 +287,12 @@ impl Ledger {
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
-    /// An operator asks for another try: `failed` → `queued` (through
-    /// [`Event::Requeue`]), with attempts, backoff, last error and the file
-    /// action of the failure reset, so that the retry ends like a first
-    /// try. Any other state is left as is.
+    /// An operator asks for another try of a `failed` record, with
+    /// attempts, backoff, last error and the file action of the failure
+    /// reset, so that the retry ends like a first try: a file goes back to
+    /// `discovered` ([`Event::Reexamine`]) to be hashed and deduplicated
+    /// again, a URL to `queued` ([`Event::Requeue`]). Any other state is
+    /// left as is.
     pub async fn requeue(&self, id: i64) -> Result<Requeued, LedgerError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<(String, Option<String>, Option<String>)> =
@@ -305,7 +307,12 @@ impl Ledger {
         if from != FileState::Failed {
             return Ok(Requeued::NotFailed(from));
         }
-        let to = from.on(Event::Requeue)?;
+        let event = if path.is_some() {
+            Event::Reexamine
+        } else {
+            Event::Requeue
+        };
+        let to = from.on(event)?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, last_error = NULL, \
              file_action = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",

@@ -1138,7 +1138,8 @@ impl Ledger {
         Ok(moved)
     }
 
-    /// An operator asks for another try: `failed` → `queued`, attempts reset.
+    /// Another try of a failed record, attempts reset: a file back to
+    /// `discovered` (hashed and deduplicated again), a URL to `queued`.
     pub async fn requeue_failed(&self, id: i64) -> Result<(), LedgerError> {
         match self.requeue_failed_before(id, i64::MAX).await? {
             true => Ok(()),
@@ -1159,8 +1160,18 @@ impl Ledger {
         before_ms: i64,
     ) -> Result<bool, LedgerError> {
         let from = FileState::Failed;
-        let to = from.on(Event::Requeue)?;
         let mut tx = self.begin().await?;
+        let is_file: Option<bool> =
+            sqlx::query_scalar("SELECT path_bytes IS NOT NULL FROM files WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // A file is examined, hashed and deduplicated afresh; a URL queued.
+        let event = match is_file {
+            Some(true) => Event::Reexamine,
+            _ => Event::Requeue,
+        };
+        let to = from.on(event)?;
         let done = sqlx::query(
             "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, updated_at = ?4 \
              WHERE id = ?1 AND state = ?2 AND updated_at < ?5",

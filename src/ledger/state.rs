@@ -57,6 +57,10 @@ pub enum Event {
     /// --requeue` for an asset the platform lost), or the record it
     /// duplicated will not produce an asset after all.
     Requeue,
+    /// Another try of a failed file (`retry`, or `upload` naming it again):
+    /// it is examined, hashed and deduplicated afresh before it is queued,
+    /// so that content uploaded since by another file is not sent twice.
+    Reexamine,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +116,7 @@ impl FileState {
 
             (S::Duplicate, E::Requeue) => S::Queued,
             (S::Failed, E::Requeue) => S::Queued,
+            (S::Failed, E::Reexamine) => S::Discovered,
             // `reconcile --requeue`: the platform lost a finished asset.
             (S::Ready, E::Requeue) => S::Queued,
             (S::Indexed, E::Requeue) => S::Queued,
@@ -178,7 +183,7 @@ mod tests {
     use Event as E;
     use FileState as S;
 
-    const EVENTS: [Event; 12] = [
+    const EVENTS: [Event; 13] = [
         E::Hashed,
         E::Skip,
         E::Duplicate,
@@ -191,6 +196,7 @@ mod tests {
         E::Index,
         E::Indexed,
         E::Requeue,
+        E::Reexamine,
     ];
 
     /// The whole table, written out: (from, event, to). Every pair not here
@@ -217,6 +223,7 @@ mod tests {
         (S::Indexing, E::Fail, S::Failed),
         (S::Duplicate, E::Requeue, S::Queued),
         (S::Failed, E::Requeue, S::Queued),
+        (S::Failed, E::Reexamine, S::Discovered),
         (S::Ready, E::Requeue, S::Queued),
         (S::Indexed, E::Requeue, S::Queued),
     ];
@@ -244,7 +251,7 @@ mod tests {
             for event in EVENTS {
                 if let Ok(to) = from.on(event) {
                     assert!(
-                        matches!(event, E::Requeue | E::Index),
+                        matches!(event, E::Requeue | E::Reexamine | E::Index),
                         "{from} left by {event:?} to {to}"
                     );
                 }
