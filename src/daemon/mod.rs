@@ -888,6 +888,8 @@ impl Daemon {
     /// SIGHUP: re-read the configuration; apply it only if all of it works.
     async fn reload(&mut self) {
         systemd::reloading().await;
+        // Requeued interrupted uploads are not announced: count afresh.
+        self.counts = None;
         match self.try_reload().await {
             Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
             Err(e) => {
