@@ -475,3 +475,34 @@ async fn a_retried_failure_whose_content_was_uploaded_since_is_a_duplicate() {
     let rec = ledger.record(b).await.expect("q").expect("b");
     assert_eq!(rec.asset_id.as_deref(), Some("asset-a"));
 }
+
+/// A file that cannot be read now (a network mount away) is tried again
+/// later, the try counted, and is not taken again before then.
+#[tokio::test]
+async fn a_file_unreadable_for_now_is_examined_again_later() {
+    let (_d, ledger) = open().await;
+    let Discovery::New(id) = ledger
+        .discover(&file("/mnt/nas/a.mp4", 10, 1))
+        .await
+        .expect("discover")
+    else {
+        panic!("new");
+    };
+    let job = hash_job(&ledger, id).await;
+    assert_eq!(job.attempts, 0);
+    let later = tl_ingest::ledger::now_ms() + 60_000;
+    ledger
+        .examine_later(&job, later, "cannot read the file now: Stale file handle")
+        .await
+        .expect("later");
+    assert!(ledger.to_hash(100).await.expect("to_hash").is_empty());
+    assert_eq!(ledger.next_hash_due().await.expect("due"), Some(later));
+    let rec = ledger.record(id).await.expect("q").expect("rec");
+    assert_eq!(rec.state, "discovered");
+    assert_eq!(rec.attempts, 1);
+    assert!(
+        rec.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("Stale"))
+    );
+}

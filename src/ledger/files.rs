@@ -58,6 +58,9 @@ pub struct HashJob {
     pub path: String,
     pub size: i64,
     pub mtime_ns: i64,
+    /// Earlier tries that met a transient read error (a network mount).
+    #[sqlx(default)]
+    pub attempts: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,7 +504,7 @@ impl Ledger {
     /// Records waiting for eligibility and hashing, oldest first.
     pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
         Ok(sqlx::query_as(
-            "SELECT id, path_bytes, path, size, mtime_ns FROM files \
+            "SELECT id, path_bytes, path, size, mtime_ns, attempts FROM files \
              WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= ?2 \
              ORDER BY id LIMIT ?1",
         )
@@ -525,6 +528,28 @@ impl Ledger {
     pub async fn same_size(&self, job: &HashJob) -> Result<SameSize, LedgerError> {
         let mut conn = self.pool.acquire().await?;
         same_size_on(&mut conn, job).await
+    }
+
+    /// A `discovered` file could not be read for a reason that may pass (a
+    /// network mount that is down): try again at `next_at` (Unix ms),
+    /// counting the try (against `upload.max_attempts`, like an upload).
+    pub async fn examine_later(
+        &self,
+        job: &HashJob,
+        next_at: i64,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE files SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, \
+             updated_at = ?4 WHERE id = ?1 AND state = 'discovered'",
+        )
+        .bind(job.id)
+        .bind(next_at)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Keep a `discovered` record waiting a moment for another record of

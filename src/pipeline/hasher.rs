@@ -41,6 +41,9 @@ pub enum Examined {
     Vanished,
     /// It exists but cannot be read; the reason.
     Unreadable(String),
+    /// It cannot be read now for a reason that may pass (a network mount
+    /// that is down or stale); the reason.
+    Unavailable(String),
     /// It is not what discovery recorded (changed since, or while hashing).
     Changed(Box<NewFile>),
 }
@@ -71,7 +74,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
             return Examined::Skip("not a regular file".into());
         }
-        Err(e) => return Examined::Unreadable(e.to_string()),
+        Err(e) => return unreadable(&e),
     };
     let found = new_file(path, &meta, None);
     if !same_size_and_mtime(&found, job) {
@@ -85,7 +88,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
         {
             return Examined::Changed(Box::new(new_file(path, &now, None)));
         }
-        return Examined::Unreadable(e.to_string());
+        return unreadable(&e);
     }
     let mime = match judge(path, meta.len(), &head, limits) {
         Verdict::Skip(reason) => return Examined::Skip(reason),
@@ -102,7 +105,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Examined::Unreadable(e.to_string()),
+            Err(e) => return unreadable(&e),
         }
     }
     // Written to while we read it: the hash is of nothing that will last.
@@ -120,6 +123,36 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
         sha256: Some(hex::encode(hasher.finalize())),
         mime,
     }
+}
+
+/// A read error, as transient (worth another try later) or not.
+fn unreadable(e: &std::io::Error) -> Examined {
+    if is_transient_io(e) {
+        Examined::Unavailable(e.to_string())
+    } else {
+        Examined::Unreadable(e.to_string())
+    }
+}
+
+/// Errors a network filesystem gives while its server is away or the mount
+/// is stale (and a local disk's EIO, which retrying cannot make worse).
+pub fn is_transient_io(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EIO
+                | libc::ESTALE
+                | libc::ETIMEDOUT
+                | libc::ENOTCONN
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::EAGAIN
+        )
+    )
 }
 
 /// What discovery recorded is what is on disk now.
@@ -268,6 +301,28 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
                 )
                 .await
         }
+        Examined::Unavailable(reason) => {
+            let tried = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
+            match shared.policy.next(tried) {
+                Some(wait) => {
+                    tracing::warn!(path = %job.path, error = %reason, retry_in = ?wait, "cannot read the file now; will try again");
+                    let at = crate::ledger::now_ms()
+                        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                    ledger
+                        .examine_later(job, at, &format!("cannot read the file now: {reason}"))
+                        .await
+                }
+                None => {
+                    ledger
+                        .fail(
+                            job.id,
+                            FileState::Discovered,
+                            &format!("gave up after {tried} tries: cannot read the file: {reason}"),
+                        )
+                        .await
+                }
+            }
+        }
         // Record the new stat; the record comes round again to be hashed.
         Examined::Changed(now) => ledger.discover(&now).await.map(|_| ()),
     }
@@ -296,6 +351,20 @@ mod tests {
             sha256_file(&p).expect("hash"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn network_mount_errors_are_tried_again_and_others_are_not() {
+        for errno in [libc::EIO, libc::ESTALE, libc::ETIMEDOUT, libc::ENOTCONN] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(is_transient_io(&e), "{e}");
+            assert!(matches!(unreadable(&e), Examined::Unavailable(_)), "{e}");
+        }
+        for errno in [libc::EACCES, libc::EPERM, libc::EISDIR, libc::ELOOP] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(!is_transient_io(&e), "{e}");
+            assert!(matches!(unreadable(&e), Examined::Unreadable(_)), "{e}");
+        }
     }
 
     #[test]
