@@ -9,6 +9,7 @@
 //! - [`api`]: the TwelveLabs v1.3 client.
 //! - [`pipeline`]: discover → hash → dedupe → upload → poll.
 //! - [`emulator`]: a TwelveLabs-compatible server for offline use and tests.
+//! - [`io_error`]: which file errors are worth another try.
 //! - [`metrics`]: Prometheus `/metrics` and `/healthz`.
 //! - [`watch`]: folder watchers and the settle gate.
 //! - [`daemon`]: `tl-ingest run`, the service.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod io_error;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;

@@ -163,7 +163,7 @@ impl ApiClient {
         up.sent.store(0, Ordering::Relaxed);
         let file = tokio::fs::File::open(&up.path)
             .await
-            .map_err(|e| ApiError::LocalRead(format!("{}: {e}", up.path.display())))?
+            .map_err(|e| open_error(&up.path, &e))?
             .into_std()
             .await;
         // The stamp goes ahead of the file when it is known, else after it.
@@ -447,7 +447,7 @@ impl ApiClient {
         })
         .await
         .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?
-        .map_err(|e| ChunkError::Api(ApiError::LocalRead(format!("{}: {e}", path.display()))))?;
+        .map_err(|e| ChunkError::Api(open_error(path, &e)))?;
         // As in `create_direct`: the body ends when this call returns.
         let done = tokio_util::sync::CancellationToken::new();
         let _done = done.clone().drop_guard();
@@ -689,6 +689,20 @@ async fn status_error(resp: reqwest::Response) -> ApiError {
     }
 }
 
+/// A file that cannot be opened: permanent, unless the error is one a
+/// network mount gives while its server is away (then tried again).
+fn open_error(path: &std::path::Path, e: &std::io::Error) -> ApiError {
+    if crate::io_error::is_transient(e) {
+        ApiError::Transport {
+            what: "cannot open the file now",
+            detail: format!("{}: {e}", path.display()),
+            body_sent: false,
+        }
+    } else {
+        ApiError::LocalRead(format!("{}: {e}", path.display()))
+    }
+}
+
 /// `user_metadata` with the sha256 stamp, JSON-encoded.
 fn stamp_metadata(meta: &serde_json::Map<String, serde_json::Value>, sha256: &str) -> String {
     let mut meta = meta.clone();
@@ -855,6 +869,16 @@ mod tests {
             unusable_body("", b"", &e),
             "the body is empty, not the JSON expected"
         );
+    }
+
+    #[test]
+    fn a_file_a_mount_cannot_open_now_is_retried_and_a_forbidden_one_is_not() {
+        let path = std::path::Path::new("/mnt/nas/a.mp4");
+        let stale = open_error(path, &std::io::Error::from_raw_os_error(libc::ESTALE));
+        assert_eq!(stale.class(), ErrorClass::Transient, "{stale}");
+        let denied = open_error(path, &std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(denied.class(), ErrorClass::Permanent, "{denied}");
+        assert!(denied.to_string().contains("/mnt/nas/a.mp4"), "{denied}");
     }
 
     #[test]

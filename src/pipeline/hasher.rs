@@ -127,32 +127,11 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
 
 /// A read error, as transient (worth another try later) or not.
 fn unreadable(e: &std::io::Error) -> Examined {
-    if is_transient_io(e) {
+    if crate::io_error::is_transient(e) {
         Examined::Unavailable(e.to_string())
     } else {
         Examined::Unreadable(e.to_string())
     }
-}
-
-/// Errors a network filesystem gives while its server is away or the mount
-/// is stale (and a local disk's EIO, which retrying cannot make worse).
-pub fn is_transient_io(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EIO
-                | libc::ESTALE
-                | libc::ETIMEDOUT
-                | libc::ENOTCONN
-                | libc::EHOSTDOWN
-                | libc::EHOSTUNREACH
-                | libc::ENETDOWN
-                | libc::ENETUNREACH
-                | libc::ECONNRESET
-                | libc::ECONNABORTED
-                | libc::EAGAIN
-        )
-    )
 }
 
 /// What discovery recorded is what is on disk now.
@@ -357,12 +336,12 @@ mod tests {
     fn network_mount_errors_are_tried_again_and_others_are_not() {
         for errno in [libc::EIO, libc::ESTALE, libc::ETIMEDOUT, libc::ENOTCONN] {
             let e = std::io::Error::from_raw_os_error(errno);
-            assert!(is_transient_io(&e), "{e}");
+            assert!(crate::io_error::is_transient(&e), "{e}");
             assert!(matches!(unreadable(&e), Examined::Unavailable(_)), "{e}");
         }
         for errno in [libc::EACCES, libc::EPERM, libc::EISDIR, libc::ELOOP] {
             let e = std::io::Error::from_raw_os_error(errno);
-            assert!(!is_transient_io(&e), "{e}");
+            assert!(!crate::io_error::is_transient(&e), "{e}");
             assert!(matches!(unreadable(&e), Examined::Unreadable(_)), "{e}");
         }
     }

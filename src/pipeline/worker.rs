@@ -153,6 +153,8 @@ enum DiskCheck {
     Same,
     Vanished,
     Unreadable(String),
+    /// Cannot be looked at now (a network mount away): try again later.
+    Unavailable(String),
     Changed(Box<NewFile>),
 }
 
@@ -173,6 +175,7 @@ fn check_disk(path: &Path, job: &UploadJob) -> DiskCheck {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DiskCheck::Vanished,
+        Err(e) if crate::io_error::is_transient(&e) => DiskCheck::Unavailable(e.to_string()),
         Err(e) => DiskCheck::Unreadable(e.to_string()),
     }
 }
@@ -187,7 +190,7 @@ async fn check_disk_off_thread(path: &Path, job: &UploadJob) -> DiskCheck {
 
 /// sha256 of the file on a blocking thread, for an attempt that needs it
 /// before sending; the file must still be the version discovery recorded.
-async fn hash_off_thread(path: &Path, job: &UploadJob) -> Result<String, Outcome> {
+async fn hash_off_thread(shared: &Shared, path: &Path, job: &UploadJob) -> Result<String, Outcome> {
     let (p, j) = (path.to_path_buf(), job.clone());
     let hashed = tokio::task::spawn_blocking(move || {
         let sha256 = super::hasher::sha256_file(&p);
@@ -200,14 +203,20 @@ async fn hash_off_thread(path: &Path, job: &UploadJob) -> Result<String, Outcome
             Event::Fail,
             unsent("unreadable", &format!("cannot read the file: {e}")),
         )),
-        Ok((_, check)) => Err(disk_problem(check, "while it was hashed", 0)
+        Ok((_, check)) => Err(disk_problem(shared, job, check, "while it was hashed", 0)
             .unwrap_or_else(|| retry_now("hashing again"))),
         Err(e) => Err(retry_now(&format!("the hashing task failed: {e}"))),
     }
 }
 
 /// The file is not what was hashed any more: say what to do about it.
-fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome> {
+fn disk_problem(
+    shared: &Shared,
+    job: &UploadJob,
+    check: DiskCheck,
+    when: &str,
+    bytes_sent: u64,
+) -> Option<Outcome> {
     match check {
         DiskCheck::Same => None,
         DiskCheck::Vanished => Some(Outcome::Finish(
@@ -218,6 +227,17 @@ fn disk_problem(check: DiskCheck, when: &str, bytes_sent: u64) -> Option<Outcome
                 error: Some(format!("the file vanished {when}")),
                 ..AttemptEnd::default()
             },
+        )),
+        // Retried with backoff, like a transient API error.
+        DiskCheck::Unavailable(reason) => Some(classify(
+            shared,
+            job,
+            &ApiError::Transport {
+                what: "cannot read the file now",
+                detail: reason,
+                body_sent: false,
+            },
+            bytes_sent,
         )),
         DiskCheck::Unreadable(reason) => Some(Outcome::Finish(
             Event::Fail,
@@ -249,8 +269,8 @@ async fn send_file(
     path: &Path,
     stop: &CancellationToken,
 ) -> Result<(), Outcome> {
-    if let Some(problem) = disk_problem(check_disk_off_thread(path, job).await, "before upload", 0)
-    {
+    let before = check_disk_off_thread(path, job).await;
+    if let Some(problem) = disk_problem(shared, job, before, "before upload", 0) {
         return Err(problem);
     }
     let Some(size) = job.size else {
@@ -276,7 +296,7 @@ async fn send_file(
             || job.lookup_first
             || !shared.stamp_after_file.load(Ordering::Relaxed) =>
         {
-            let sha256 = hash_off_thread(path, job).await?;
+            let sha256 = hash_off_thread(shared, path, job).await?;
             // Files of this size waiting for it need not wait for the upload.
             if let Err(e) = shared.ledger.set_sha256(job.id, &sha256).await {
                 tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
@@ -341,7 +361,7 @@ async fn send_file(
         let result = super::multipart::send(shared, &up).await;
         let bytes_sent = sent.load(Ordering::Relaxed);
         let check = check_disk_off_thread(path, job).await;
-        if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+        if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
             if let Ok(id) = &result
                 && let Err(e) = shared.client.delete_asset(id).await
             {
@@ -408,7 +428,7 @@ async fn send_file(
                 };
                 return Err(classify(shared, job, &e, bytes_sent));
             };
-            if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+            if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
                 // The platform holds bytes that are not the file's: remove them.
                 if let Err(e) = shared.client.delete_asset(&id).await {
                     tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
@@ -429,7 +449,7 @@ async fn send_file(
             commit(shared, &job, &id, &end).await
         }
         Err(e) => {
-            if let Some(problem) = disk_problem(check, "during upload", bytes_sent) {
+            if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
                 return Err(problem);
             }
             // The whole file went out, so its hash is known: keep it for a
