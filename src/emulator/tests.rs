@@ -1635,8 +1635,23 @@ async fn requests_that_do_not_wait_out_a_429_are_counted() {
     // At once: still on its way, not counted.
     get(&client, &emu, "/assets").await;
     assert_eq!(emu.stats().requests_while_rate_limited, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the 250 ms for requests already on their way are over, the
+    // next request is counted: ask until one is, within a deadline.
     emu.set_faults(Faults::default());
-    get(&client, &emu, "/assets").await;
+    let counted = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            get(&client, &emu, "/assets").await;
+            if emu.stats().requests_while_rate_limited > 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "no request was counted within the 429's wait"
+    );
     assert_eq!(emu.stats().requests_while_rate_limited, 1);
 }

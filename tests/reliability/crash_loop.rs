@@ -80,8 +80,25 @@ async fn crash_loop_every_file_ends_ready_once_with_its_own_bytes() {
         let mut child = spawn_daemon(&env, &config, &log);
         // The random moment is the scenario, not a wait for the daemon:
         // anywhere from start-up (recovery, the first scan) to mid-upload.
+        // Until then the daemon must keep running: wait for it to exit,
+        // with the moment as the deadline, and kill it when that passes.
         let moment = Duration::from_millis(rng.u64(20..800));
-        tokio::time::sleep(moment).await;
+        let exited = tokio::time::timeout(moment, async {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tick.tick().await;
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    return status;
+                }
+            }
+        })
+        .await;
+        if let Ok(status) = exited {
+            panic!(
+                "the daemon exited by itself ({status}); log: {}",
+                log.display()
+            );
+        }
         child.kill().expect("SIGKILL");
         tokio::task::spawn_blocking(move || child.wait())
             .await
