@@ -1163,21 +1163,10 @@ impl Ledger {
         Ok(moved)
     }
 
-    /// Another try of a failed record, attempts reset: a file back to
-    /// `discovered` (hashed and deduplicated again), a URL to `queued`.
-    pub async fn requeue_failed(&self, id: i64) -> Result<(), LedgerError> {
-        match self.requeue_failed_before(id, i64::MAX).await? {
-            true => Ok(()),
-            false => Err(LedgerError::Conflict {
-                id,
-                expected: FileState::Failed.as_str(),
-            }),
-        }
-    }
-
-    /// [`Ledger::requeue_failed`] for a record that failed before
-    /// `before_ms` (Unix ms): `upload` retries what had failed before it
-    /// started, not what failed again during the run. False when the
+    /// Another try of a record that failed before `before_ms` (Unix ms),
+    /// attempts reset: a file back to `discovered` (hashed and deduplicated
+    /// again), a URL to `queued`. `upload` retries what had failed before
+    /// it started, not what failed again during the run. False when the
     /// record is not such a failure.
     pub async fn requeue_failed_before(
         &self,

@@ -209,6 +209,14 @@ async fn hash_off_thread(shared: &Shared, path: &Path, job: &UploadJob) -> Resul
     }
 }
 
+/// Record the hash of a record being sent before the attempt ends (a
+/// failure to do so only costs a twin some waiting).
+async fn remember_hash(shared: &Shared, job: &UploadJob, sha256: &str) {
+    if let Err(e) = shared.ledger.set_sha256(job.id, sha256).await {
+        tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
+    }
+}
+
 /// The file is not what was hashed any more: say what to do about it.
 fn disk_problem(
     shared: &Shared,
@@ -298,9 +306,7 @@ async fn send_file(
         {
             let sha256 = hash_off_thread(shared, path, job).await?;
             // Files of this size waiting for it need not wait for the upload.
-            if let Err(e) = shared.ledger.set_sha256(job.id, &sha256).await {
-                tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
-            }
+            remember_hash(shared, job, &sha256).await;
             hashed = UploadJob {
                 sha256: Some(sha256),
                 ..job.clone()
@@ -456,9 +462,8 @@ async fn send_file(
             // lookup or a later attempt.
             if let (None, Stamp::InFlight(stamped)) = (&job.sha256, &up.stamp)
                 && let Some(sha256) = stamped.get()
-                && let Err(e) = shared.ledger.set_sha256(job.id, sha256).await
             {
-                tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
+                remember_hash(shared, job, sha256).await;
             }
             Err(classify(shared, job, &e, bytes_sent))
         }
