@@ -18,6 +18,8 @@ use bytesize::ByteSize;
 use config::ValueKind;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Location, PgUrl};
+
 /// The embedded defaults, the one place they are written down.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -68,6 +70,31 @@ pub struct ApiConfig {
 pub struct LedgerConfig {
     /// SQLite file; relative paths are under `$STATE_DIRECTORY` when systemd sets it.
     pub path: PathBuf,
+    /// A PostgreSQL ledger shared by a fleet (`postgres://…`); when set it
+    /// is used instead of `path`. Shown without its password.
+    #[serde(
+        default,
+        serialize_with = "serialize_redacted_url",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub url: Option<String>,
+    /// How long a daemon's claim on a record lasts without a heartbeat
+    /// (PostgreSQL): another daemon takes the record over after that.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => match PgUrl::parse(u) {
+            Ok(u) => s.serialize_str(&u.to_string()),
+            Err(_) => s.serialize_str("<not a postgres:// URL>"),
+        },
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -448,6 +475,12 @@ impl Config {
         if self.ledger.path.as_os_str().is_empty() {
             return Err("ledger.path: must not be empty".into());
         }
+        if let Some(url) = &self.ledger.url {
+            PgUrl::parse(url).map_err(|e| format!("ledger.url: {e}"))?;
+        }
+        if self.ledger.lease < Duration::from_secs(1) {
+            return Err("ledger.lease: must be at least 1s".into());
+        }
         for (i, w) in self.watch.iter().enumerate() {
             if w.path.as_os_str().is_empty() {
                 return Err(format!("watch[{i}].path: must not be empty"));
@@ -458,6 +491,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The ledger: the PostgreSQL URL when one is set, else the file.
+    pub fn ledger_location(&self, env: &BTreeMap<String, String>) -> Location {
+        match self.ledger.url.as_deref().map(PgUrl::parse) {
+            Some(Ok(url)) => Location::Postgres(url),
+            // Refused by `validate`; a file is the safe reading otherwise.
+            _ => Location::Sqlite(self.ledger_path(env)),
+        }
     }
 
     /// The ledger file, resolved against `$STATE_DIRECTORY` when systemd sets it.

@@ -21,7 +21,8 @@ fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {
 
 async fn open() -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+    let location = crate::helpers::pg::ledger_location(dir.path().join("l.db")).await;
+    let ledger = Ledger::open_at(&location).await.expect("open");
     (dir, ledger)
 }
 
@@ -423,7 +424,7 @@ async fn concurrent_opens_of_a_new_ledger_all_succeed() {
         let opens: Vec<_> = (0..4)
             .map(|_| {
                 let path = path.clone();
-                tokio::spawn(async move { Ledger::open(&path).await.map(|l| l.path().to_owned()) })
+                tokio::spawn(async move { Ledger::open(&path).await.map(|l| l.location().clone()) })
             })
             .collect();
         for open in opens {

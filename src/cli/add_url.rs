@@ -38,7 +38,7 @@ pub async fn run(globals: &Globals, args: AddUrlArgs) -> CliResult {
     if !bad.is_empty() {
         return Err(CliError::usage(bad.join("\n")));
     }
-    let ledger = ctx.open_ledger(&ctx.ledger_path()).await?;
+    let ledger = ctx.open_ledger(&ctx.ledger_location()).await?;
     for url in &urls {
         let (id, new) = ledger
             .add_url(url, args.filename.as_deref(), None, None)

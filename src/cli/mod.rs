@@ -31,7 +31,7 @@ use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, ConfigFile, LoadOptions};
 use crate::daemon::lock::LockError;
 use crate::emulator::{Emulator, EmulatorConfig};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Location};
 use crate::secret::{ApiKey, load_api_key};
 
 #[derive(Debug, Parser)]
@@ -235,16 +235,27 @@ impl Context {
         }
     }
 
+    /// Where the ledger is: the configured PostgreSQL URL or file, or with
+    /// `--emulator` the emulator's file (never a shared ledger: demo
+    /// uploads must not look like real ones to the fleet).
+    pub fn ledger_location(&self) -> Location {
+        if self.emulator {
+            Location::Sqlite(self.ledger_path())
+        } else {
+            self.config.ledger_location(&self.env)
+        }
+    }
+
     /// Open (or create) the ledger for work.
-    pub async fn open_ledger(&self, path: &std::path::Path) -> Result<Ledger, CliError> {
-        Ledger::open(path)
+    pub async fn open_ledger(&self, location: &Location) -> Result<Ledger, CliError> {
+        Ledger::open_at(location)
             .await
             .map_err(|e| CliError::usage(e.to_string()))
     }
 
     /// Open an existing ledger for reading.
     pub async fn read_ledger(&self) -> Result<Ledger, CliError> {
-        Ledger::open_existing(&self.ledger_path())
+        Ledger::open_existing_at(&self.ledger_location())
             .await
             .map_err(|e| CliError::usage(e.to_string()))
     }

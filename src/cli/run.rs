@@ -29,12 +29,12 @@ pub async fn run(globals: &Globals, _args: RunArgs) -> CliResult {
     } else {
         (ClientSource::Configured, None, None)
     };
-    let ledger_path = ctx.ledger_path();
+    let ledger = ctx.ledger_location();
     let controls =
         forward_signals().map_err(|e| CliError::failed(format!("cannot handle signals: {e}")))?;
     let setup = Setup {
         load: ctx.load.clone(),
-        ledger_path,
+        ledger,
         client,
         default_watch,
     };

@@ -16,7 +16,7 @@ use super::history::{
 use super::{CliError, CliResult, Context, Globals};
 use crate::daemon::lock::{Holder, LedgerLock};
 use crate::ledger::query::{InFlight, RecentAttempt};
-use crate::ledger::{FileState, Record, now_ms, rfc3339};
+use crate::ledger::{FileState, Location, Record, now_ms, rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -207,8 +207,11 @@ fn verdict(f: &Facts) -> Verdict {
 }
 
 async fn gather(ctx: &Context) -> Result<Facts, CliError> {
-    let path = ctx.ledger_path();
-    let daemon = LedgerLock::holder(&path);
+    let location = ctx.ledger_location();
+    let daemon = match &location {
+        Location::Sqlite(path) => LedgerLock::holder(path),
+        Location::Postgres(_) => None,
+    };
     let ledger = ctx.read_ledger().await?;
     let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
     let now = now_ms();
@@ -216,7 +219,7 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
         let (queued, oldest_queued) = ledger.queue_stats().await?;
         Ok::<_, crate::ledger::LedgerError>(Facts {
             now,
-            ledger: path.display().to_string(),
+            ledger: location.to_string(),
             daemon,
             counts: ledger.counts().await?,
             queued,

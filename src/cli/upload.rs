@@ -47,10 +47,11 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
     } else {
         (ctx.api_client()?, None)
     };
-    let ledger_path = ctx.ledger_path();
-    // A daemon on the same ledger would work the same queue.
-    let _lock = LedgerLock::acquire(&ledger_path).map_err(lock_error)?;
-    let ledger = ctx.open_ledger(&ledger_path).await?;
+    let location = ctx.ledger_location();
+    // A daemon on the same SQLite ledger would work the same queue (a
+    // shared ledger coordinates through leases instead).
+    let _lock = LedgerLock::acquire_for(&location).map_err(lock_error)?;
+    let ledger = ctx.open_ledger(&location).await?;
     let pipeline = Pipeline::new(ledger.clone(), client, ctx.config.clone());
     pipeline
         .recover()

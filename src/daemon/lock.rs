@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::ledger::Location;
+
 /// Who holds a ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -50,6 +52,15 @@ fn read_holder(file: &mut File) -> Holder {
 }
 
 impl LedgerLock {
+    /// The lock of a SQLite ledger; none for a shared (PostgreSQL) one,
+    /// where daemons coordinate through claims and leases.
+    pub fn acquire_for(ledger: &Location) -> Result<Option<LedgerLock>, LockError> {
+        match ledger {
+            Location::Sqlite(path) => Self::acquire(path).map(Some),
+            Location::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Take the ledger, or say who has it.
     pub fn acquire(ledger: &Path) -> Result<LedgerLock, LockError> {
         let path = lock_path(ledger);

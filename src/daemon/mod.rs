@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError, NewFile, Origin, now_ms};
+use crate::ledger::{FileState, Ledger, LedgerError, Location, NewFile, Origin, now_ms};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
@@ -60,7 +60,7 @@ pub enum ClientSource {
 pub struct Setup {
     /// How the configuration is (re)loaded.
     pub load: LoadOptions,
-    pub ledger_path: PathBuf,
+    pub ledger: Location,
     pub client: ClientSource,
     /// Watched when the configuration names no `[[watch]]` (`run --emulator`).
     pub default_watch: Option<PathBuf>,
@@ -124,13 +124,13 @@ pub async fn run(
     config: Config,
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<(), DaemonError> {
-    let _lock = LedgerLock::acquire(&setup.ledger_path)?;
+    let _lock = LedgerLock::acquire_for(&setup.ledger)?;
     // The key and the folders first: a start that fails on them leaves no
     // new, empty ledger behind.
     let client = make_client(&setup, &config)?;
     let (feed_tx, mut feed_rx) = mpsc::channel::<Feed>(4096);
     let roots = arm_roots(&setup, &config, &feed_tx)?;
-    let ledger = Ledger::open(&setup.ledger_path).await?;
+    let ledger = Ledger::open_at(&setup.ledger).await?;
     let config = Arc::new(config);
     let pipeline = Pipeline::new(ledger.clone(), client, config.clone());
     pipeline.recover().await?;
@@ -160,7 +160,7 @@ pub async fn run(
     d.settler.set_settle(d.config.watcher.settle);
     systemd::ready().await;
     tracing::info!(
-        ledger = %d.setup.ledger_path.display(),
+        ledger = %d.setup.ledger,
         roots = d.roots.len(),
         workers = d.config.upload.workers,
         "tl-ingest is running"
@@ -903,10 +903,13 @@ impl Daemon {
 
     async fn try_reload(&mut self) -> Result<(), String> {
         let (config, _) = Config::load(&self.setup.load).map_err(|e| e.to_string())?;
-        if config.ledger_path(&self.setup.load.env) != self.config.ledger_path(&self.setup.load.env)
+        if config.ledger_location(&self.setup.load.env)
+            != self.config.ledger_location(&self.setup.load.env)
             && matches!(self.setup.client, ClientSource::Configured)
         {
-            tracing::warn!("ledger.path changed: that takes a restart; keeping the current ledger");
+            tracing::warn!(
+                "ledger.path or ledger.url changed: that takes a restart; keeping the current ledger"
+            );
         }
         let client = make_client(&self.setup, &config).map_err(|e| e.to_string())?;
         let roots = arm_roots(&self.setup, &config, &self.feed_tx).map_err(|e| e.to_string())?;

@@ -8,8 +8,9 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use sqlx::{FromRow, QueryBuilder, Sqlite};
+use sqlx::FromRow;
 
+use super::engine::stmt;
 use super::files::RECORD_COLUMNS;
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, Record, now_ms};
@@ -162,7 +163,7 @@ impl Ledger {
             .collect();
         found.extend(if owners.is_empty() { by_asset } else { owners });
         if let Some(prefix) = sha_prefix(key) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
+            let mut q = stmt(format!(
                 "SELECT {RECORD_COLUMNS} FROM files WHERE sha256 >= "
             ));
             q.push_bind(prefix.clone())
@@ -170,7 +171,7 @@ impl Ledger {
                 .push_bind(format!("{prefix}g"))
                 .push(" ORDER BY id LIMIT ")
                 .push_bind(MAX_CANDIDATES + 1);
-            let by_sha: Vec<Record> = q.build_query_as().fetch_all(&self.pool).await?;
+            let by_sha: Vec<Record> = q.fetch_all(&self.pool).await?;
             found.extend(by_sha);
         }
         if key.bytes().all(|b| b.is_ascii_digit())
@@ -181,13 +182,13 @@ impl Ledger {
         }
         if found.is_empty() {
             // Indexed asset ids are rare keys and have no index: last.
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
+            let mut q = stmt(format!(
                 "SELECT {RECORD_COLUMNS} FROM files WHERE indexed_asset_id = "
             ));
             q.push_bind(key.to_string())
                 .push(" ORDER BY id LIMIT ")
                 .push_bind(MAX_CANDIDATES + 1);
-            found = q.build_query_as().fetch_all(&self.pool).await?;
+            found = q.fetch_all(&self.pool).await?;
         }
         found.sort_by_key(|r| r.id);
         found.dedup_by_key(|r| r.id);
@@ -238,7 +239,7 @@ impl Ledger {
         newest_first: bool,
         limit: Option<i64>,
     ) -> Result<Vec<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
+        let mut q = stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE {column} = "
         ));
         // Text columns compare with text, the path with its bytes.
@@ -255,14 +256,14 @@ impl Ledger {
         if let Some(limit) = limit {
             q.push(" LIMIT ").push_bind(limit);
         }
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// The columns `show` prints beyond the [`Record`].
     pub async fn detail(&self, id: i64) -> Result<Option<Detail>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT path_bytes, mtime_ns, device, inode, user_metadata, lookup_first, root, filename, \
-             index_id, after_upload, on_failure, indexed_asset_id FROM files WHERE id = ?1",
+             index_id, after_upload, on_failure, indexed_asset_id FROM files WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -271,20 +272,18 @@ impl Ledger {
 
     /// Records that point at `id` as their original (its duplicates).
     pub async fn duplicates_of(&self, id: i64) -> Result<Vec<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
+        let mut q = stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE duplicate_of = "
         ));
         q.push_bind(id).push(" ORDER BY id");
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Every `failed` record, oldest first.
     pub async fn failed_records(&self) -> Result<Vec<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {RECORD_COLUMNS} FROM files WHERE state = "
-        ));
+        let mut q = stmt(format!("SELECT {RECORD_COLUMNS} FROM files WHERE state = "));
         q.push_bind(FileState::Failed.as_str()).push(" ORDER BY id");
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// An operator asks for another try of a `failed` record, with
@@ -294,11 +293,11 @@ impl Ledger {
     /// again, a URL to `queued` ([`Event::Requeue`]). Any other state is
     /// left as is.
     pub async fn requeue(&self, id: i64) -> Result<Requeued, LedgerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin().await?;
         let row: Option<(String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT state, path, url FROM files WHERE id = ?1")
+            stmt("SELECT state, path, url FROM files WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?;
         let Some((state, path, url)) = row else {
             return Ok(Requeued::Gone);
@@ -313,15 +312,15 @@ impl Ledger {
             Event::Requeue
         };
         let to = from.on(event)?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, last_error = NULL, \
-             file_action = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, attempts = 0, next_attempt_at = 0, last_error = NULL, \
+             file_action = NULL, updated_at = $4 WHERE id = $1 AND state = $2",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         if done.rows_affected() != 1 {
             return Err(LedgerError::Conflict {
@@ -347,11 +346,11 @@ impl Ledger {
     /// the oldest of them is queued to be sent itself and the others point
     /// at that one. A record being uploaded is not removed.
     pub async fn forget(&self, id: i64) -> Result<Forgotten, LedgerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin().await?;
         let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, asset_id FROM files WHERE id = ?1")
+            stmt("SELECT state, asset_id FROM files WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?;
         let Some((state, asset_id)) = row else {
             return Ok(Forgotten::Gone);
@@ -366,10 +365,10 @@ impl Ledger {
                 .into_iter()
                 .next(),
         };
-        let done = sqlx::query("DELETE FROM files WHERE id = ?1 AND state = ?2")
+        let done = stmt("DELETE FROM files WHERE id = $1 AND state = $2")
             .bind(id)
             .bind(&state)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if done.rows_affected() != 1 {
             return Err(LedgerError::Conflict {
@@ -401,9 +400,9 @@ impl Ledger {
         &self,
         cutoff_ms: i64,
     ) -> Result<Vec<NewestOfPath>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT f.id, f.path_bytes FROM files f \
-             WHERE f.state IN ('duplicate', 'skipped', 'failed') AND f.updated_at < ?1 \
+             WHERE f.state IN ('duplicate', 'skipped', 'failed') AND f.updated_at < $1 \
              AND f.path_bytes IS NOT NULL \
              AND f.id = (SELECT max(g.id) FROM files g WHERE g.path_bytes = f.path_bytes)",
         )
@@ -423,24 +422,22 @@ impl Ledger {
         keep: &[i64],
         dry_run: bool,
     ) -> Result<PruneReport, LedgerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let old: i64 = sqlx::query_scalar(
+        let mut tx = self.pool.begin().await?;
+        let old: i64 = stmt(
             "SELECT count(*) FROM files WHERE state IN \
-             ('ready', 'indexed', 'duplicate', 'skipped', 'failed') AND updated_at < ?1",
+             ('ready', 'indexed', 'duplicate', 'skipped', 'failed') AND updated_at < $1",
         )
         .bind(cutoff_ms)
-        .fetch_one(&mut *tx)
+        .scalar_one(&mut tx)
         .await?;
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
+        stmt("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id INTEGER PRIMARY KEY)")
+            .execute(&mut tx)
             .await?;
-        sqlx::query("DELETE FROM temp.prune_ids")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+        stmt("DELETE FROM temp.prune_ids").execute(&mut tx).await?;
+        stmt(
             "INSERT INTO temp.prune_ids (id) SELECT f.id FROM files f \
              WHERE f.state IN ('ready', 'indexed', 'duplicate', 'skipped', 'failed') \
-             AND f.updated_at < ?1 \
+             AND f.updated_at < $1 \
              AND NOT (f.state IN ('ready', 'indexed') AND ( \
                (f.path_bytes IS NOT NULL AND \
                  f.id = (SELECT max(g.id) FROM files g WHERE g.path_bytes = f.path_bytes)) \
@@ -448,22 +445,22 @@ impl Ledger {
                  f.id = (SELECT max(g.id) FROM files g WHERE g.url = f.url))))",
         )
         .bind(cutoff_ms)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         for id in keep {
-            sqlx::query("DELETE FROM temp.prune_ids WHERE id = ?1")
+            stmt("DELETE FROM temp.prune_ids WHERE id = $1")
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         // Keep what kept records point at, until nothing more is kept.
         loop {
-            let kept = sqlx::query(
+            let kept = stmt(
                 "DELETE FROM temp.prune_ids WHERE id IN (SELECT f.duplicate_of FROM files f \
                  WHERE f.duplicate_of IS NOT NULL \
                  AND f.id NOT IN (SELECT id FROM temp.prune_ids))",
             )
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
             if kept == 0 {
@@ -475,23 +472,20 @@ impl Ledger {
             ..PruneReport::default()
         };
         if dry_run {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
+            let q = stmt(format!(
                 "SELECT {RECORD_COLUMNS} FROM files WHERE id IN (SELECT id FROM temp.prune_ids) \
                  ORDER BY id"
             ));
-            report.would_remove = q.build_query_as().fetch_all(&mut *tx).await?;
+            report.would_remove = q.fetch_all(&mut tx).await?;
             report.removed = u64::try_from(report.would_remove.len()).unwrap_or(u64::MAX);
             tx.rollback().await?;
             return Ok(report);
         }
-        report.removed =
-            sqlx::query("DELETE FROM files WHERE id IN (SELECT id FROM temp.prune_ids)")
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        sqlx::query("DROP TABLE temp.prune_ids")
-            .execute(&mut *tx)
-            .await?;
+        report.removed = stmt("DELETE FROM files WHERE id IN (SELECT id FROM temp.prune_ids)")
+            .execute(&mut tx)
+            .await?
+            .rows_affected();
+        stmt("DROP TABLE temp.prune_ids").execute(&mut tx).await?;
         tx.commit().await?;
         tracing::info!(removed = report.removed, "ledger pruned");
         Ok(report)
@@ -499,14 +493,14 @@ impl Ledger {
 
     /// Give the freed pages back to the filesystem (after `prune`).
     pub async fn vacuum(&self) -> Result<(), LedgerError> {
-        sqlx::query("VACUUM").execute(&self.pool).await?;
+        stmt("VACUUM").execute(&self.pool).await?;
         Ok(())
     }
 
     /// Set a record's `updated_at` (Unix ms): for tests and tooling that
     /// need old records without waiting.
     pub async fn set_updated_at(&self, id: i64, updated_at_ms: i64) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE files SET updated_at = ?2 WHERE id = ?1")
+        stmt("UPDATE files SET updated_at = $2 WHERE id = $1")
             .bind(id)
             .bind(updated_at_ms)
             .execute(&self.pool)

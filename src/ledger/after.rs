@@ -4,6 +4,7 @@
 
 use sqlx::FromRow;
 
+use super::engine::stmt;
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, now_ms};
 
@@ -49,10 +50,10 @@ pub struct ActionJob {
 impl Ledger {
     /// Ready records whose watch wants them indexed, not yet submitted.
     pub async fn to_index(&self, limit: u32) -> Result<Vec<IndexJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
              WHERE state = 'ready' AND index_id IS NOT NULL AND asset_id IS NOT NULL \
-             ORDER BY id LIMIT ?1",
+             ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -61,10 +62,10 @@ impl Ledger {
 
     /// Records being indexed.
     pub async fn indexing(&self, limit: u32) -> Result<Vec<IndexJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
              WHERE state = 'indexing' AND indexed_asset_id IS NOT NULL \
-             ORDER BY updated_at, id LIMIT ?1",
+             ORDER BY updated_at, id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -79,9 +80,9 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let from = FileState::Ready;
         let to = from.on(Event::Index)?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, indexed_asset_id = ?4, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, indexed_asset_id = $4, updated_at = $5 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -110,9 +111,9 @@ impl Ledger {
     pub async fn mark_indexed(&self, job: &IndexJob) -> Result<(), LedgerError> {
         let from = FileState::Indexing;
         let to = from.on(Event::Indexed)?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, last_error = NULL, updated_at = ?4 \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, last_error = NULL, updated_at = $4 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -143,17 +144,17 @@ impl Ledger {
         let from = FileState::Ready;
         let via = from.on(Event::Index)?;
         let to = via.on(Event::Fail)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
+        let mut tx = self.pool.begin().await?;
+        let done = stmt(
+            "UPDATE files SET state = $3, last_error = $4, updated_at = $5 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(reason)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         if done.rows_affected() != 1 {
             return Err(LedgerError::Conflict {
@@ -161,12 +162,11 @@ impl Ledger {
                 expected: from.as_str(),
             });
         }
-        let path: Option<String> =
-            sqlx::query_scalar("SELECT coalesce(path, url) FROM files WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
+        let path: Option<String> = stmt("SELECT coalesce(path, url) FROM files WHERE id = $1")
+            .bind(id)
+            .scalar_optional(&mut tx)
+            .await?
+            .flatten();
         tx.commit().await?;
         self.announce(Change {
             id,
@@ -180,7 +180,7 @@ impl Ledger {
 
     /// Note a transient indexing problem on the record (it is tried again).
     pub async fn note_index_error(&self, id: i64, error: &str) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE files SET last_error = ?2, updated_at = ?3 WHERE id = ?1")
+        stmt("UPDATE files SET last_error = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(error)
             .bind(now_ms())
@@ -192,14 +192,14 @@ impl Ledger {
     /// Finished records with a file action still to do: `after_upload` once
     /// the asset is ready (or later), `on_failure` once failed.
     pub async fn pending_actions(&self, limit: u32) -> Result<Vec<ActionJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, path_bytes, path, root, state, size, mtime_ns, inode, sha256, asset_id, \
              attempts, last_error, \
              CASE WHEN state = 'failed' THEN on_failure ELSE after_upload END AS action \
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
              AND ((state IN ('ready', 'indexing', 'indexed') AND after_upload IS NOT NULL) \
                OR (state = 'failed' AND on_failure IS NOT NULL)) \
-             ORDER BY id LIMIT ?1",
+             ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -208,7 +208,7 @@ impl Ledger {
 
     /// Record what was done with the file (it is not done again).
     pub async fn set_file_action(&self, id: i64, done: &str) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE files SET file_action = ?2, updated_at = ?3 WHERE id = ?1")
+        stmt("UPDATE files SET file_action = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(done)
             .bind(now_ms())

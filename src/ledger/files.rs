@@ -5,13 +5,12 @@
 //! compare-and-set `UPDATE … WHERE id = ? AND state = ?` whose target state
 //! comes from [`FileState::on`].
 
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::FromRow;
 
+use super::engine::{Done, Ex, Tx, stmt};
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, now_ms};
 use crate::config::Dedupe;
-
-type Tx = sqlx::Transaction<'static, Sqlite>;
 
 /// A file seen on disk.
 #[derive(Debug, Clone)]
@@ -113,10 +112,10 @@ const WAIT_FOR_HASH_MS: i64 = 250;
 /// by a partial index whose WHERE these repeat word for word (migration
 /// 0005), so that a thousand files of one size cost no more than one.
 pub(super) const SAME_SIZE_SQL: &str = "SELECT \
-     EXISTS (SELECT 1 FROM files WHERE size = ?1 AND id != ?2 AND path_bytes IS NOT NULL \
+     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
        AND state IN ('discovered', 'queued', 'uploading', 'processing', 'ready', 'indexing', \
        'indexed')), \
-     EXISTS (SELECT 1 FROM files WHERE size = ?1 AND id != ?2 AND path_bytes IS NOT NULL \
+     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
        AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
        'indexing', 'indexed'))";
 
@@ -224,7 +223,7 @@ struct StatRow {
 }
 
 const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode FROM files \
-     WHERE path_bytes = ?1 ORDER BY id DESC LIMIT 1";
+     WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1";
 
 pub(super) const RECORD_COLUMNS: &str = "id, path, url, state, asset_id, sha256, size, mime, attempts, \
      last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, updated_at, \
@@ -235,11 +234,7 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Fail unless exactly one row moved: the compare-and-set lost.
-fn expect_one(
-    result: sqlx::sqlite::SqliteQueryResult,
-    id: i64,
-    from: FileState,
-) -> Result<(), LedgerError> {
+fn expect_one(result: Done, id: i64, from: FileState) -> Result<(), LedgerError> {
     if result.rows_affected() == 1 {
         Ok(())
     } else {
@@ -251,13 +246,13 @@ fn expect_one(
 }
 
 async fn end_attempt_tx(
-    conn: &mut SqliteConnection,
+    conn: &mut Tx,
     attempt_id: i64,
     end: &AttemptEnd,
 ) -> Result<(), LedgerError> {
-    sqlx::query(
-        "UPDATE attempts SET ended_at = ?2, outcome = ?3, http_status = ?4, bytes_sent = ?5, \
-         error = ?6 WHERE id = ?1",
+    stmt(
+        "UPDATE attempts SET ended_at = $2, outcome = $3, http_status = $4, bytes_sent = $5, \
+         error = $6 WHERE id = $1",
     )
     .bind(attempt_id)
     .bind(now_ms())
@@ -275,12 +270,12 @@ async fn end_attempt_tx(
 /// duplicates (one upload for the content, as before). Returns the queued
 /// record, if any.
 pub(super) async fn release_duplicates_tx(
-    conn: &mut SqliteConnection,
+    conn: &mut Tx,
     id: i64,
 ) -> Result<Vec<(i64, Option<String>)>, LedgerError> {
     let to = FileState::Duplicate.on(Event::Requeue)?;
-    let heir: Option<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT id, coalesce(path, url) FROM files WHERE duplicate_of = ?1 AND state = 'duplicate' \
+    let heir: Option<(i64, Option<String>)> = stmt(
+        "SELECT id, coalesce(path, url) FROM files WHERE duplicate_of = $1 AND state = 'duplicate' \
          ORDER BY id LIMIT 1",
     )
     .bind(id)
@@ -290,18 +285,18 @@ pub(super) async fn release_duplicates_tx(
         return Ok(Vec::new());
     };
     let now = now_ms();
-    sqlx::query(
-        "UPDATE files SET state = ?2, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
-         updated_at = ?3 WHERE id = ?1 AND state = 'duplicate'",
+    stmt(
+        "UPDATE files SET state = $2, duplicate_of = NULL, asset_id = NULL, next_attempt_at = 0, \
+         updated_at = $3 WHERE id = $1 AND state = 'duplicate'",
     )
     .bind(heir_id)
     .bind(to.as_str())
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "UPDATE files SET duplicate_of = ?2, asset_id = NULL, updated_at = ?3 \
-         WHERE duplicate_of = ?1 AND state = 'duplicate'",
+    stmt(
+        "UPDATE files SET duplicate_of = $2, asset_id = NULL, updated_at = $3 \
+         WHERE duplicate_of = $1 AND state = 'duplicate'",
     )
     .bind(id)
     .bind(heir_id)
@@ -311,9 +306,9 @@ pub(super) async fn release_duplicates_tx(
     Ok(vec![(heir_id, heir_path)])
 }
 
-async fn path_of_tx(conn: &mut SqliteConnection, id: i64) -> Result<String, LedgerError> {
+async fn path_of_tx(conn: &mut Tx, id: i64) -> Result<String, LedgerError> {
     let row: Option<(Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT path, url FROM files WHERE id = ?1")
+        stmt("SELECT path, url FROM files WHERE id = $1")
             .bind(id)
             .fetch_optional(conn)
             .await?;
@@ -324,7 +319,7 @@ async fn path_of_tx(conn: &mut SqliteConnection, id: i64) -> Result<String, Ledg
 
 impl Ledger {
     async fn begin(&self) -> Result<Tx, LedgerError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.pool.begin().await?)
     }
 
     fn changed(&self, id: i64, path: String, state: FileState, detail: Option<String>) {
@@ -340,9 +335,9 @@ impl Ledger {
     /// Record a file seen on disk (see [`Discovery`]).
     pub async fn discover(&self, f: &NewFile) -> Result<Discovery, LedgerError> {
         let mut tx = self.begin().await?;
-        let newest: Option<StatRow> = sqlx::query_as(NEWEST_STAT_SQL)
+        let newest: Option<StatRow> = stmt(NEWEST_STAT_SQL)
             .bind(&f.path_bytes)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
         let now = now_ms();
         let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
@@ -369,10 +364,10 @@ impl Ledger {
                 // Not sent yet: this record simply follows the file.
                 FileState::Discovered | FileState::Queued => {
                     let to = state.on(Event::Changed)?;
-                    let done = sqlx::query(
-                        "UPDATE files SET state = ?3, size = ?4, mtime_ns = ?5, device = ?6, \
-                         inode = ?7, sha256 = NULL, mime = NULL, next_attempt_at = 0, \
-                         updated_at = ?8 WHERE id = ?1 AND state = ?2",
+                    let done = stmt(
+                        "UPDATE files SET state = $3, size = $4, mtime_ns = $5, device = $6, \
+                         inode = $7, sha256 = NULL, mime = NULL, next_attempt_at = 0, \
+                         updated_at = $8 WHERE id = $1 AND state = $2",
                     )
                     .bind(id)
                     .bind(state.as_str())
@@ -382,7 +377,7 @@ impl Ledger {
                     .bind(dev)
                     .bind(ino)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                     expect_one(done, id, state)?;
                     let released = release_duplicates_tx(&mut tx, id).await?;
@@ -400,10 +395,10 @@ impl Ledger {
             }
         }
         let origin = f.origin.clone().unwrap_or_default();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = stmt(
             "INSERT INTO files (path_bytes, path, size, mtime_ns, device, inode, user_metadata, \
              state, discovered_at, updated_at, root, index_id, after_upload, on_failure) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13) RETURNING id",
         )
         .bind(&f.path_bytes)
         .bind(&f.path)
@@ -418,7 +413,7 @@ impl Ledger {
         .bind(&origin.index_id)
         .bind(&origin.after_upload)
         .bind(&origin.on_failure)
-        .fetch_one(&mut *tx)
+        .scalar_one(&mut tx)
         .await?;
         tx.commit().await?;
         self.changed(id, f.path.clone(), FileState::Discovered, None);
@@ -431,16 +426,16 @@ impl Ledger {
     pub async fn is_current(&self, f: &NewFile) -> Result<bool, LedgerError> {
         // Any record of the path, not only the newest: a file put back to
         // an older version was merged into that version's record.
-        let known: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM files WHERE path_bytes = ?1 AND size = ?2 AND mtime_ns = ?3 \
-             AND device = ?4 AND inode = ?5 LIMIT 1",
+        let known: Option<i64> = stmt(
+            "SELECT id FROM files WHERE path_bytes = $1 AND size = $2 AND mtime_ns = $3 \
+             AND device = $4 AND inode = $5 LIMIT 1",
         )
         .bind(&f.path_bytes)
         .bind(to_i64(f.size))
         .bind(f.mtime_ns)
         .bind(to_i64(f.device))
         .bind(to_i64(f.inode))
-        .fetch_optional(&self.pool)
+        .scalar_optional(&self.pool)
         .await?;
         Ok(known.is_some())
     }
@@ -467,11 +462,11 @@ impl Ledger {
         origin: Option<&Origin>,
     ) -> Result<(i64, bool), LedgerError> {
         let mut tx = self.begin().await?;
-        let known: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM files WHERE url = ?1 AND state != 'failed' ORDER BY id DESC LIMIT 1",
+        let known: Option<i64> = stmt(
+            "SELECT id FROM files WHERE url = $1 AND state != 'failed' ORDER BY id DESC LIMIT 1",
         )
         .bind(url)
-        .fetch_optional(&mut *tx)
+        .scalar_optional(&mut tx)
         .await?;
         if let Some(id) = known {
             tx.commit().await?;
@@ -480,10 +475,10 @@ impl Ledger {
         // Nothing to hash: a URL goes straight to the queue.
         let state = FileState::Discovered.on(Event::Hashed)?;
         let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = stmt(
             "INSERT INTO files (url, filename, user_metadata, state, discovered_at, updated_at, \
              root, index_id, after_upload, on_failure) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(url)
         .bind(filename)
@@ -494,7 +489,7 @@ impl Ledger {
         .bind(origin.and_then(|o| o.index_id.clone()))
         .bind(origin.and_then(|o| o.after_upload.clone()))
         .bind(origin.and_then(|o| o.on_failure.clone()))
-        .fetch_one(&mut *tx)
+        .scalar_one(&mut tx)
         .await?;
         tx.commit().await?;
         self.changed(id, url.to_string(), state, None);
@@ -503,10 +498,10 @@ impl Ledger {
 
     /// Records waiting for eligibility and hashing, oldest first.
     pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, path_bytes, path, size, mtime_ns, attempts FROM files \
-             WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= ?2 \
-             ORDER BY id LIMIT ?1",
+             WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
+             ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .bind(now_ms())
@@ -516,18 +511,17 @@ impl Ledger {
 
     /// When the next waiting `discovered` record becomes due (Unix ms).
     pub async fn next_hash_due(&self) -> Result<Option<i64>, LedgerError> {
-        Ok(sqlx::query_scalar(
+        Ok(stmt(
             "SELECT MIN(next_attempt_at) FROM files WHERE state = 'discovered' \
              AND path_bytes IS NOT NULL",
         )
-        .fetch_one(&self.pool)
+        .scalar_one(&self.pool)
         .await?)
     }
 
     /// What other records of this size say about hashing it (see [`SameSize`]).
     pub async fn same_size(&self, job: &HashJob) -> Result<SameSize, LedgerError> {
-        let mut conn = self.pool.acquire().await?;
-        same_size_on(&mut conn, job).await
+        same_size_on(&self.pool, job).await
     }
 
     /// A `discovered` file could not be read for a reason that may pass (a
@@ -539,9 +533,9 @@ impl Ledger {
         next_at: i64,
         error: &str,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE files SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, \
-             updated_at = ?4 WHERE id = ?1 AND state = 'discovered'",
+        stmt(
+            "UPDATE files SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, \
+             updated_at = $4 WHERE id = $1 AND state = 'discovered'",
         )
         .bind(job.id)
         .bind(next_at)
@@ -555,7 +549,7 @@ impl Ledger {
     /// Keep a `discovered` record waiting a moment for another record of
     /// its size to get its hash.
     pub async fn wait_for_hash(&self, job: &HashJob) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE files SET next_attempt_at = ?2 WHERE id = ?1 AND state = 'discovered'")
+        stmt("UPDATE files SET next_attempt_at = $2 WHERE id = $1 AND state = 'discovered'")
             .bind(job.id)
             .bind(now_ms() + WAIT_FOR_HASH_MS)
             .execute(&self.pool)
@@ -568,9 +562,9 @@ impl Ledger {
     /// twin waiting for as long as that upload takes to start and finish (a
     /// retry schedule, a rate limit that holds a claimed record).
     pub async fn unhashed_twins(&self, job: &HashJob) -> Result<Vec<HashJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, path_bytes, path, size, mtime_ns FROM files \
-             WHERE size = ?1 AND id != ?2 AND path_bytes IS NOT NULL \
+             WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
              AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
              'indexing', 'indexed') AND state IN ('queued', 'uploading') LIMIT 16",
         )
@@ -584,9 +578,9 @@ impl Ledger {
     /// record still has the stat it was hashed at and no hash yet (its own
     /// upload may have recorded one meanwhile, of the same bytes).
     pub async fn set_twin_sha256(&self, twin: &HashJob, sha256: &str) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE files SET sha256 = ?2 WHERE id = ?1 AND state IN ('queued', 'uploading') \
-             AND sha256 IS NULL AND size = ?3 AND mtime_ns = ?4",
+        stmt(
+            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state IN ('queued', 'uploading') \
+             AND sha256 IS NULL AND size = $3 AND mtime_ns = $4",
         )
         .bind(twin.id)
         .bind(sha256)
@@ -613,10 +607,10 @@ impl Ledger {
             SameSize::Hashed => return Ok(HashOutcome::NeedsHash),
             SameSize::Pending => return Ok(HashOutcome::Wait),
         }
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, sha256 = NULL, mime = ?4, duplicate_of = NULL, \
-             next_attempt_at = 0, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2 AND size = ?6 AND mtime_ns = ?7",
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = NULL, mime = $4, duplicate_of = NULL, \
+             next_attempt_at = 0, updated_at = $5 \
+             WHERE id = $1 AND state = $2 AND size = $6 AND mtime_ns = $7",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -625,7 +619,7 @@ impl Ledger {
         .bind(now_ms())
         .bind(job.size)
         .bind(job.mtime_ns)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         if done.rows_affected() != 1 {
             // Changed (or ended) since it was examined.
@@ -659,16 +653,16 @@ impl Ledger {
         let to = from.on(event)?;
         let error = reason;
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, last_error = ?4, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, last_error = $4, updated_at = $5 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(error)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, id, from)?;
         let released = release_duplicates_tx(&mut tx, id).await?;
@@ -692,9 +686,9 @@ impl Ledger {
         let from = FileState::Discovered;
         let mut tx = self.begin().await?;
         let current: Option<(String, Option<i64>, Option<i64>)> =
-            sqlx::query_as("SELECT state, size, mtime_ns FROM files WHERE id = ?1")
+            stmt("SELECT state, size, mtime_ns FROM files WHERE id = $1")
                 .bind(job.id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?;
         // The file changed again while it was being hashed: the newer stat
         // is already recorded and the record will be hashed again.
@@ -707,40 +701,40 @@ impl Ledger {
         }
         // Its twin may be the record being sent unhashed: wait for its hash.
         if same_size_on(&mut tx, job).await? == SameSize::Pending {
-            sqlx::query("UPDATE files SET next_attempt_at = ?2 WHERE id = ?1")
+            stmt("UPDATE files SET next_attempt_at = $2 WHERE id = $1")
                 .bind(job.id)
                 .bind(now_ms() + WAIT_FOR_HASH_MS)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             tx.commit().await?;
             return Ok(HashOutcome::Wait);
         }
 
         // The same path with the same content: the same version, seen again.
-        let same_version: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM files WHERE path_bytes = ?1 AND sha256 = ?2 AND id != ?3 \
+        let same_version: Option<i64> = stmt(
+            "SELECT id FROM files WHERE path_bytes = $1 AND sha256 = $2 AND id != $3 \
              AND state NOT IN ('failed', 'skipped', 'discovered') ORDER BY id DESC LIMIT 1",
         )
         .bind(&job.path_bytes)
         .bind(sha256)
         .bind(job.id)
-        .fetch_optional(&mut *tx)
+        .scalar_optional(&mut tx)
         .await?;
         if let Some(into) = same_version {
-            sqlx::query(
+            stmt(
                 "UPDATE files SET size = s.size, mtime_ns = s.mtime_ns, device = s.device, \
-                 inode = s.inode, updated_at = ?3 \
-                 FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = ?2) AS s \
-                 WHERE files.id = ?1",
+                 inode = s.inode, updated_at = $3 \
+                 FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = $2) AS s \
+                 WHERE files.id = $1",
             )
             .bind(into)
             .bind(job.id)
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-            sqlx::query("DELETE FROM files WHERE id = ?1")
+            stmt("DELETE FROM files WHERE id = $1")
                 .bind(job.id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             tx.commit().await?;
             return Ok(HashOutcome::Merged { into });
@@ -748,24 +742,24 @@ impl Ledger {
 
         let original: Option<(i64, Option<String>)> = match dedupe {
             Dedupe::Content => {
-                sqlx::query_as(
-                    "SELECT id, asset_id FROM files WHERE sha256 = ?1 AND id != ?2 AND state IN \
+                stmt(
+                    "SELECT id, asset_id FROM files WHERE sha256 = $1 AND id != $2 AND state IN \
                      ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
                      ORDER BY id LIMIT 1",
                 )
                 .bind(sha256)
                 .bind(job.id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?
             }
-            Dedupe::Path => sqlx::query_as(
-                "SELECT id, asset_id FROM files WHERE path_bytes = ?1 AND id != ?2 AND state IN \
+            Dedupe::Path => stmt(
+                "SELECT id, asset_id FROM files WHERE path_bytes = $1 AND id != $2 AND state IN \
                      ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
                      ORDER BY id DESC LIMIT 1",
             )
             .bind(&job.path_bytes)
             .bind(job.id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?,
             Dedupe::Off => None,
         };
@@ -778,9 +772,9 @@ impl Ledger {
             ),
             None => (from.on(Event::Hashed)?, HashOutcome::Queued, None, None),
         };
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, sha256 = ?4, mime = ?5, duplicate_of = ?6, \
-             asset_id = ?7, next_attempt_at = 0, updated_at = ?8 WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = $4, mime = $5, duplicate_of = $6, \
+             asset_id = $7, next_attempt_at = 0, updated_at = $8 WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -790,7 +784,7 @@ impl Ledger {
         .bind(dup_of)
         .bind(&asset_id)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
         tx.commit().await?;
@@ -810,29 +804,28 @@ impl Ledger {
         let to = from.on(Event::Claim)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let job: Option<UploadJob> = sqlx::query_as(
-            "UPDATE files SET state = ?2, updated_at = ?3 WHERE id = \
-             (SELECT id FROM files WHERE state = ?1 AND next_attempt_at <= ?3 \
-              ORDER BY next_attempt_at, id LIMIT 1) AND state = ?1 \
+        let job: Option<UploadJob> = stmt(
+            "UPDATE files SET state = $2, updated_at = $3 WHERE id = \
+             (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3 \
+              ORDER BY next_attempt_at, id LIMIT 1) AND state = $1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
              user_metadata, attempts, lookup_first, filename",
         )
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         let Some(mut job) = job else {
             tx.commit().await?;
             return Ok(None);
         };
-        job.attempt_id = sqlx::query_scalar(
-            "INSERT INTO attempts (file_id, started_at) VALUES (?1, ?2) RETURNING id",
-        )
-        .bind(job.id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        job.attempt_id =
+            stmt("INSERT INTO attempts (file_id, started_at) VALUES ($1, $2) RETURNING id")
+                .bind(job.id)
+                .bind(now)
+                .scalar_one(&mut tx)
+                .await?;
         tx.commit().await?;
         self.changed(job.id, job.display(), to, None);
         Ok(Some(job))
@@ -841,8 +834,8 @@ impl Ledger {
     /// When the next `queued` record becomes due (Unix ms), if any is queued.
     pub async fn next_due(&self) -> Result<Option<i64>, LedgerError> {
         Ok(
-            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'")
-                .fetch_one(&self.pool)
+            stmt("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'")
+                .scalar_one(&self.pool)
                 .await?,
         )
     }
@@ -859,10 +852,10 @@ impl Ledger {
         let to = from.on(Event::Accepted)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, asset_id = ?4, attempts = attempts + 1, \
-             last_error = NULL, lookup_first = 0, uploaded_at = ?5, updated_at = ?5, \
-             sha256 = coalesce(sha256, ?6) WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, asset_id = $4, attempts = attempts + 1, \
+             last_error = NULL, lookup_first = FALSE, uploaded_at = $5, updated_at = $5, \
+             sha256 = coalesce(sha256, $6) WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -870,16 +863,16 @@ impl Ledger {
         .bind(asset_id)
         .bind(now)
         .bind(&job.sha256)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
         end_attempt_tx(&mut tx, job.attempt_id, end).await?;
         // Duplicates point at the asset as soon as it exists.
-        sqlx::query("UPDATE files SET asset_id = ?2, updated_at = ?3 WHERE duplicate_of = ?1")
+        stmt("UPDATE files SET asset_id = $2, updated_at = $3 WHERE duplicate_of = $1")
             .bind(job.id)
             .bind(asset_id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         self.announce(Change {
@@ -895,8 +888,8 @@ impl Ledger {
     /// The hash of a record being sent unhashed, learnt from an attempt
     /// that sent the whole file but was not accepted.
     pub async fn set_sha256(&self, id: i64, sha256: &str) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE files SET sha256 = ?2 WHERE id = ?1 AND state = 'uploading' \
+        stmt(
+            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state = 'uploading' \
              AND sha256 IS NULL",
         )
         .bind(id)
@@ -921,13 +914,13 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let done = stmt(
             // An interrupted attempt says nothing about the file: keep the
             // error that explains why it is waiting (a rejected key, say).
-            "UPDATE files SET state = ?3, attempts = attempts + ?4, next_attempt_at = ?5, \
-             last_error = CASE WHEN ?9 = 'interrupted' THEN last_error ELSE ?6 END, \
-             lookup_first = (lookup_first OR ?7), updated_at = ?8 \
-             WHERE id = ?1 AND state = ?2",
+            "UPDATE files SET state = $3, attempts = attempts + $4, next_attempt_at = $5, \
+             last_error = CASE WHEN $9 = 'interrupted' THEN last_error ELSE $6 END, \
+             lookup_first = (lookup_first OR $7), updated_at = $8 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -938,7 +931,7 @@ impl Ledger {
         .bind(lookup_first)
         .bind(now_ms())
         .bind(end.outcome)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
         end_attempt_tx(&mut tx, job.attempt_id, end).await?;
@@ -958,9 +951,9 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(event)?;
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, attempts = attempts + ?4, last_error = ?5, \
-             updated_at = ?6 WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, attempts = attempts + $4, last_error = $5, \
+             updated_at = $6 WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -968,7 +961,7 @@ impl Ledger {
         .bind(i64::from(to == FileState::Failed))
         .bind(&end.error)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
         end_attempt_tx(&mut tx, job.attempt_id, end).await?;
@@ -990,11 +983,11 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Changed)?;
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, sha256 = NULL, mime = NULL, last_error = ?4, \
-             next_attempt_at = 0, size = coalesce(?5, size), mtime_ns = coalesce(?6, mtime_ns), \
-             device = coalesce(?7, device), inode = coalesce(?8, inode), updated_at = ?9 \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = NULL, mime = NULL, last_error = $4, \
+             next_attempt_at = 0, size = coalesce($5, size), mtime_ns = coalesce($6, mtime_ns), \
+             device = coalesce($7, device), inode = coalesce($8, inode), updated_at = $9 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -1005,7 +998,7 @@ impl Ledger {
         .bind(stat.map(|s| to_i64(s.device)))
         .bind(stat.map(|s| to_i64(s.inode)))
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
         end_attempt_tx(&mut tx, job.attempt_id, end).await?;
@@ -1019,10 +1012,10 @@ impl Ledger {
     /// Records whose asset is processing and that were accepted or last
     /// asked about at or before `cutoff` (Unix ms), least recently first.
     pub async fn processing(&self, limit: u32, cutoff: i64) -> Result<Vec<PollJob>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, asset_id, uploaded_at, path, url, attempts FROM files \
-             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= ?2 \
-             ORDER BY updated_at, id LIMIT ?1",
+             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $2 \
+             ORDER BY updated_at, id LIMIT $1",
         )
         .bind(i64::from(limit))
         .bind(cutoff)
@@ -1033,10 +1026,10 @@ impl Ledger {
     /// When the least recently asked-about `processing` record was last
     /// accepted or asked about (Unix ms), if any.
     pub async fn oldest_processing(&self) -> Result<Option<i64>, LedgerError> {
-        Ok(sqlx::query_scalar(
+        Ok(stmt(
             "SELECT MIN(updated_at) FROM files WHERE state = 'processing' AND asset_id IS NOT NULL",
         )
-        .fetch_one(&self.pool)
+        .scalar_one(&self.pool)
         .await?)
     }
 
@@ -1045,9 +1038,9 @@ impl Ledger {
         let from = FileState::Processing;
         let to = from.on(Event::Ready)?;
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, ready_at = ?4, updated_at = ?4, last_error = NULL \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, last_error = NULL \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -1072,7 +1065,7 @@ impl Ledger {
 
     /// Still processing: move it to the back of the polling order.
     pub async fn touch(&self, job: &PollJob) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE files SET updated_at = ?2 WHERE id = ?1 AND state = 'processing'")
+        stmt("UPDATE files SET updated_at = $2 WHERE id = $1 AND state = 'processing'")
             .bind(job.id)
             .bind(now_ms())
             .execute(&self.pool)
@@ -1082,8 +1075,8 @@ impl Ledger {
 
     /// Still processing, but asking failed: note why, and poll again later.
     pub async fn note_poll_error(&self, job: &PollJob, error: &str) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE files SET last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'processing'",
+        stmt(
+            "UPDATE files SET last_error = $2, updated_at = $3 WHERE id = $1 AND state = 'processing'",
         )
         .bind(job.id)
         .bind(error)
@@ -1100,23 +1093,23 @@ impl Ledger {
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, asset_id = NULL, uploaded_at = NULL, \
-             attempts = attempts + 1, last_error = ?4, next_attempt_at = 0, updated_at = ?5 \
-             WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, asset_id = NULL, uploaded_at = NULL, \
+             attempts = attempts + 1, last_error = $4, next_attempt_at = 0, updated_at = $5 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(error)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
-        sqlx::query("UPDATE files SET asset_id = NULL, updated_at = ?2 WHERE duplicate_of = ?1")
+        stmt("UPDATE files SET asset_id = NULL, updated_at = $2 WHERE duplicate_of = $1")
             .bind(job.id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         self.changed(
@@ -1140,23 +1133,23 @@ impl Ledger {
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
         let now = now_ms();
-        sqlx::query(
-            "UPDATE attempts SET ended_at = ?1, outcome = 'interrupted', \
+        stmt(
+            "UPDATE attempts SET ended_at = $1, outcome = 'interrupted', \
              error = 'the previous run stopped during this attempt' \
              WHERE ended_at IS NULL",
         )
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-        let moved = sqlx::query(
-            "UPDATE files SET state = ?2, lookup_first = 1, next_attempt_at = ?4, updated_at = ?3 \
-             WHERE state = ?1",
+        let moved = stmt(
+            "UPDATE files SET state = $2, lookup_first = TRUE, next_attempt_at = $4, updated_at = $3 \
+             WHERE state = $1",
         )
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now)
         .bind(now + LOOKUP_DELAY_MS)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?
         .rows_affected();
         tx.commit().await?;
@@ -1175,27 +1168,26 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let from = FileState::Failed;
         let mut tx = self.begin().await?;
-        let is_file: Option<bool> =
-            sqlx::query_scalar("SELECT path_bytes IS NOT NULL FROM files WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let is_file: Option<bool> = stmt("SELECT path_bytes IS NOT NULL FROM files WHERE id = $1")
+            .bind(id)
+            .scalar_optional(&mut tx)
+            .await?;
         // A file is examined, hashed and deduplicated afresh; a URL queued.
         let event = match is_file {
             Some(true) => Event::Reexamine,
             _ => Event::Requeue,
         };
         let to = from.on(event)?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, attempts = 0, next_attempt_at = 0, updated_at = ?4 \
-             WHERE id = ?1 AND state = ?2 AND updated_at < ?5",
+        let done = stmt(
+            "UPDATE files SET state = $3, attempts = 0, next_attempt_at = 0, updated_at = $4 \
+             WHERE id = $1 AND state = $2 AND updated_at < $5",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now_ms())
         .bind(before_ms)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
@@ -1208,11 +1200,11 @@ impl Ledger {
 
     /// How many records are not in a terminal state.
     pub async fn unfinished(&self) -> Result<i64, LedgerError> {
-        Ok(sqlx::query_scalar(
+        Ok(stmt(
             "SELECT count(*) FROM files WHERE state IN \
              ('discovered', 'queued', 'uploading', 'processing', 'indexing')",
         )
-        .fetch_one(&self.pool)
+        .scalar_one(&self.pool)
         .await?)
     }
 
@@ -1220,7 +1212,7 @@ impl Ledger {
     /// discovered (Unix ms).
     pub async fn queue_stats(&self) -> Result<(i64, Option<i64>), LedgerError> {
         Ok(
-            sqlx::query_as("SELECT count(*), min(discovered_at) FROM files WHERE state = 'queued'")
+            stmt("SELECT count(*), min(discovered_at) FROM files WHERE state = 'queued'")
                 .fetch_one(&self.pool)
                 .await?,
         )
@@ -1228,16 +1220,15 @@ impl Ledger {
 
     /// Whether the ledger answers (a query that reads nothing).
     pub async fn ping(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        stmt("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     /// Record counts per state.
     pub async fn counts(&self) -> Result<Vec<(FileState, i64)>, LedgerError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM files GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = stmt("SELECT state, count(*) FROM files GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for (state, n) in rows {
             let st = FileState::parse(&state)
@@ -1249,20 +1240,19 @@ impl Ledger {
     }
 
     pub async fn record(&self, id: i64) -> Result<Option<Record>, LedgerError> {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM files WHERE id = "));
+        let mut q = stmt(format!("SELECT {RECORD_COLUMNS} FROM files WHERE id = "));
         q.push_bind(id);
-        Ok(q.build_query_as().fetch_optional(&self.pool).await?)
+        Ok(q.fetch_optional(&self.pool).await?)
     }
 
     /// The newest record of a path.
     pub async fn latest_for_path(&self, path_bytes: &[u8]) -> Result<Option<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
+        let mut q = stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE path_bytes = "
         ));
         q.push_bind(path_bytes.to_vec())
             .push(" ORDER BY id DESC LIMIT 1");
-        Ok(q.build_query_as().fetch_optional(&self.pool).await?)
+        Ok(q.fetch_optional(&self.pool).await?)
     }
 
     /// Records, newest first, optionally only in `states`, at most `limit`.
@@ -1271,12 +1261,14 @@ impl Ledger {
         states: &[FileState],
         limit: Option<u32>,
     ) -> Result<Vec<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM files"));
+        let mut q = stmt(format!("SELECT {RECORD_COLUMNS} FROM files"));
         if !states.is_empty() {
             q.push(" WHERE state IN (");
-            let mut sep = q.separated(", ");
-            for s in states {
-                sep.push_bind(s.as_str());
+            for (i, s) in states.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push_bind(s.as_str());
             }
             q.push(")");
         }
@@ -1284,14 +1276,14 @@ impl Ledger {
         if let Some(limit) = limit {
             q.push(" LIMIT ").push_bind(i64::from(limit));
         }
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Every attempt of a record, oldest first.
     pub async fn attempts(&self, file_id: i64) -> Result<Vec<AttemptRow>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, file_id, started_at, ended_at, outcome, http_status, bytes_sent, error \
-             FROM attempts WHERE file_id = ?1 ORDER BY id",
+             FROM attempts WHERE file_id = $1 ORDER BY id",
         )
         .bind(file_id)
         .fetch_all(&self.pool)
@@ -1305,23 +1297,20 @@ impl Ledger {
 
     /// The most recent errors, newest first.
     pub async fn recent_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
+        let mut q = stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE last_error IS NOT NULL \
              AND state NOT IN ('skipped', 'duplicate') ORDER BY updated_at DESC LIMIT "
         ));
         q.push_bind(i64::from(limit));
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 }
 
-async fn same_size_on(
-    conn: &mut sqlx::SqliteConnection,
-    job: &HashJob,
-) -> Result<SameSize, LedgerError> {
-    let (any, pending): (bool, bool) = sqlx::query_as(SAME_SIZE_SQL)
+async fn same_size_on(ex: impl Into<Ex<'_>>, job: &HashJob) -> Result<SameSize, LedgerError> {
+    let (any, pending): (bool, bool) = stmt(SAME_SIZE_SQL)
         .bind(job.size)
         .bind(job.id)
-        .fetch_one(&mut *conn)
+        .fetch_one(ex)
         .await?;
     Ok(match (any, pending) {
         (_, true) => SameSize::Pending,

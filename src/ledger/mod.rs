@@ -10,8 +10,11 @@
 
 pub mod admin;
 pub mod after;
+mod engine;
 mod error;
 mod files;
+pub mod fleet;
+mod location;
 pub mod multipart;
 pub mod query;
 pub mod reconcile;
@@ -20,22 +23,29 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::broadcast;
+
+use engine::Pool;
 
 pub use error::LedgerError;
 pub use files::{
     AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile, Origin,
     PollJob, Record, SameSize, UploadJob,
 };
+pub use location::{Location, PgUrl};
 pub use state::{Event, FileState};
 
-/// Migrations, embedded at build time and applied on open.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// Migrations, embedded at build time and applied on open: the same
+/// versions for both engines, each folder in its engine's dialect.
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A committed state change.
 #[derive(Debug, Clone)]
@@ -51,8 +61,11 @@ pub struct Change {
 /// A handle to the ledger; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Ledger {
-    pool: SqlitePool,
-    path: PathBuf,
+    pool: Pool,
+    location: Location,
+    /// This process's row in `daemons` once it has joined the fleet
+    /// ([`Ledger::join`]): the owner written on the records it claims.
+    me: Arc<OnceLock<i64>>,
     /// Every committed state change. Senders: the ledger's own methods.
     /// Receivers: pipeline stages (wake-ups), the CLI's progress output,
     /// tests. A lagging receiver loses old changes, never blocks a writer.
@@ -83,6 +96,55 @@ impl Ledger {
             });
         }
         Self::connect(path, false).await
+    }
+
+    /// Open (creating the schema if needed) the ledger at `location`.
+    pub async fn open_at(location: &Location) -> Result<Ledger, LedgerError> {
+        match location {
+            Location::Sqlite(path) => Self::open(path).await,
+            Location::Postgres(url) => Self::connect_postgres(url).await,
+        }
+    }
+
+    /// Open an existing ledger at `location` for the query commands.
+    pub async fn open_existing_at(location: &Location) -> Result<Ledger, LedgerError> {
+        match location {
+            Location::Sqlite(path) => Self::open_existing(path).await,
+            Location::Postgres(url) => Self::connect_postgres(url).await,
+        }
+    }
+
+    /// Connect to a PostgreSQL ledger and bring its schema up to date. The
+    /// migrator holds a database-wide lock, so daemons starting together
+    /// migrate once.
+    async fn connect_postgres(url: &PgUrl) -> Result<Ledger, LedgerError> {
+        let open_err = |reason: String| LedgerError::Open {
+            path: PathBuf::from(url.to_string()),
+            reason,
+        };
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| open_err(url.redact_text(&e.to_string())))?
+            .application_name("tl-ingest")
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(url.redact_text(&describe_pg_error(&e))))?;
+        POSTGRES_MIGRATOR.run(&pool).await.map_err(|e| {
+            open_err(format!(
+                "cannot apply its schema: {}",
+                url.redact_text(&e.to_string())
+            ))
+        })?;
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Ledger {
+            pool: Pool::Postgres(pool),
+            location: Location::Postgres(url.clone()),
+            me: Arc::default(),
+            changes,
+        })
     }
 
     async fn connect(path: &Path, create: bool) -> Result<Ledger, LedgerError> {
@@ -130,14 +192,21 @@ impl Ledger {
         }
         let (changes, _) = broadcast::channel(4096);
         Ok(Ledger {
-            pool,
-            path: path.to_path_buf(),
+            pool: Pool::Sqlite(pool),
+            location: Location::Sqlite(path.to_path_buf()),
+            me: Arc::default(),
             changes,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the ledger is (a URL is shown without its password).
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Whether this ledger is shared by a fleet (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.pool.is_postgres()
     }
 
     /// Follow committed state changes from now on.
@@ -183,7 +252,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
     const TRIES: u32 = 5;
     let mut tries = 0;
     loop {
-        match MIGRATOR.run(pool).await {
+        match SQLITE_MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tries += 1;
@@ -194,6 +263,35 @@ async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
             }
         }
+    }
+}
+
+/// The highest schema version this build knows, per engine.
+pub fn schema_version(postgres: bool) -> i64 {
+    let m = if postgres {
+        &POSTGRES_MIGRATOR
+    } else {
+        &SQLITE_MIGRATOR
+    };
+    m.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// A connection failure in words an operator acts on.
+fn describe_pg_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") | Some("28000") => {
+                format!("the server refused the login ({})", db.message())
+            }
+            Some("3D000") => format!("no such database ({})", db.message()),
+            _ => db.message().to_string(),
+        },
+        sqlx::Error::Io(io) => format!("cannot reach the server: {io}"),
+        sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
+        sqlx::Error::PoolTimedOut => {
+            "no connection within 10 s (is the server up and reachable?)".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -225,7 +323,7 @@ async fn schema_behind(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success = 1")
             .fetch_one(pool)
             .await?;
-    Ok(usize::try_from(applied).unwrap_or(0) < MIGRATOR.iter().count())
+    Ok(usize::try_from(applied).unwrap_or(0) < SQLITE_MIGRATOR.iter().count())
 }
 
 fn describe_open_error(e: &sqlx::Error, path: &Path) -> String {

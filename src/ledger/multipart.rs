@@ -4,6 +4,7 @@
 
 use sqlx::FromRow;
 
+use super::engine::stmt;
 use super::{Ledger, LedgerError, now_ms};
 
 /// A file's multipart session as the ledger holds it.
@@ -33,9 +34,9 @@ impl Ledger {
         &self,
         file_id: i64,
     ) -> Result<Option<(Session, Vec<Chunk>)>, LedgerError> {
-        let session: Option<Session> = sqlx::query_as(
+        let session: Option<Session> = stmt(
             "SELECT file_id, upload_id, asset_id, chunk_size, total_chunks, expires_at, created_at \
-             FROM multipart_sessions WHERE file_id = ?1",
+             FROM multipart_sessions WHERE file_id = $1",
         )
         .bind(file_id)
         .fetch_optional(&self.pool)
@@ -43,9 +44,9 @@ impl Ledger {
         let Some(session) = session else {
             return Ok(None);
         };
-        let chunks = sqlx::query_as(
+        let chunks = stmt(
             "SELECT chunk_index, etag, size, reported FROM multipart_chunks \
-             WHERE file_id = ?1 ORDER BY chunk_index",
+             WHERE file_id = $1 ORDER BY chunk_index",
         )
         .bind(file_id)
         .fetch_all(&self.pool)
@@ -56,14 +57,14 @@ impl Ledger {
     /// Remember a new session (replacing any old one and its chunks)
     /// before a byte of it is sent.
     pub async fn save_session(&self, s: &Session) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM multipart_sessions WHERE file_id = ?1")
+        let mut tx = self.pool.begin().await?;
+        stmt("DELETE FROM multipart_sessions WHERE file_id = $1")
             .bind(s.file_id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query(
+        stmt(
             "INSERT INTO multipart_sessions (file_id, upload_id, asset_id, chunk_size, \
-             total_chunks, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             total_chunks, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(s.file_id)
         .bind(&s.upload_id)
@@ -72,7 +73,7 @@ impl Ledger {
         .bind(s.total_chunks)
         .bind(s.expires_at)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -86,9 +87,9 @@ impl Ledger {
         etag: &str,
         size: i64,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (file_id, chunk_index) DO UPDATE SET etag = ?3, size = ?4, reported = 0",
+        stmt(
+            "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (file_id, chunk_index) DO UPDATE SET etag = $3, size = $4, reported = FALSE",
         )
         .bind(file_id)
         .bind(chunk_index)
@@ -101,14 +102,14 @@ impl Ledger {
 
     /// The platform accepted these chunks' proofs.
     pub async fn mark_reported(&self, file_id: i64, chunks: &[i64]) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin().await?;
         for idx in chunks {
-            sqlx::query(
-                "UPDATE multipart_chunks SET reported = 1 WHERE file_id = ?1 AND chunk_index = ?2",
+            stmt(
+                "UPDATE multipart_chunks SET reported = TRUE WHERE file_id = $1 AND chunk_index = $2",
             )
             .bind(file_id)
             .bind(idx)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         tx.commit().await?;
@@ -117,7 +118,7 @@ impl Ledger {
 
     /// Forget a session (finished, or replaced because it expired).
     pub async fn drop_session(&self, file_id: i64) -> Result<(), LedgerError> {
-        sqlx::query("DELETE FROM multipart_sessions WHERE file_id = ?1")
+        stmt("DELETE FROM multipart_sessions WHERE file_id = $1")
             .bind(file_id)
             .execute(&self.pool)
             .await?;

@@ -4,9 +4,9 @@
 //! which ask SQLite for its plan), so that they stay fast on a ledger of
 //! millions of records.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+use sqlx::FromRow;
 
+use super::engine::{Q, stmt};
 use super::files::RECORD_COLUMNS;
 use super::state::FileState;
 use super::{Ledger, LedgerError, Record};
@@ -38,6 +38,15 @@ pub struct InFlight {
     pub bytes_sent: Option<i64>,
 }
 
+#[derive(FromRow)]
+struct InFlightRow {
+    #[sqlx(flatten)]
+    record: Record,
+    attempt_count: i64,
+    attempt_started_at: Option<i64>,
+    chunk_bytes: Option<i64>,
+}
+
 /// One attempt with what its record is now.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct RecentAttempt {
@@ -63,13 +72,8 @@ const PAGE: u64 = 2000;
 /// first, at most `limit`. Several states are one SELECT each, merged in
 /// order by a compound SELECT: each is one range of
 /// `files_state_discovered`, already newest first, so nothing is sorted.
-fn history_query(
-    prefix: &str,
-    filter: &HistoryFilter,
-    after: Option<(i64, i64)>,
-    limit: u64,
-) -> QueryBuilder<Sqlite> {
-    let mut q = QueryBuilder::<Sqlite>::new(prefix);
+fn history_query(prefix: &str, filter: &HistoryFilter, after: Option<(i64, i64)>, limit: u64) -> Q {
+    let mut q = stmt(prefix.to_owned());
     let arms: Vec<Option<FileState>> = if filter.states.is_empty() {
         vec![None]
     } else {
@@ -113,13 +117,13 @@ const LAST_ERRORS_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, si
      attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
      updated_at, file_action FROM files \
      WHERE last_error IS NOT NULL AND state NOT IN ('skipped', 'duplicate') \
-     ORDER BY updated_at DESC, id DESC LIMIT ?1";
+     ORDER BY updated_at DESC, id DESC LIMIT $1";
 
-/// `+state` keeps SQLite on `files_errors` (a short range by time) rather
+/// `(state || '')` keeps SQLite on `files_errors` (a short range by time) rather
 /// than every failed record ever.
 const FAILED_SINCE_SQL: &str = "SELECT count(*) FROM files \
      WHERE last_error IS NOT NULL AND state NOT IN ('skipped', 'duplicate') \
-     AND +state = 'failed' AND updated_at >= ?1";
+     AND (state || '') = 'failed' AND updated_at >= $1";
 
 const IN_FLIGHT_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size, mime, \
      attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
@@ -127,13 +131,13 @@ const IN_FLIGHT_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size
      (SELECT count(*) FROM attempts WHERE attempts.file_id = files.id) AS attempt_count, \
      (SELECT max(started_at) FROM attempts \
         WHERE attempts.file_id = files.id AND attempts.ended_at IS NULL) AS attempt_started_at, \
-     (SELECT sum(size) FROM multipart_chunks \
+     (SELECT CAST(sum(size) AS BIGINT) FROM multipart_chunks \
         WHERE multipart_chunks.file_id = files.id) AS chunk_bytes \
      FROM files WHERE state = 'uploading' ORDER BY updated_at, id";
 
 const RECENT_ATTEMPTS_SQL: &str = "SELECT a.id, a.file_id, a.started_at, a.ended_at, a.outcome, \
      a.http_status, a.error, f.state AS file_state, f.next_attempt_at, f.path, f.url \
-     FROM attempts a JOIN files f ON f.id = a.file_id ORDER BY a.id DESC LIMIT ?1";
+     FROM attempts a JOIN files f ON f.id = a.file_id ORDER BY a.id DESC LIMIT $1";
 
 impl Ledger {
     /// Records matching `filter`, newest first, handed to `each` one at a
@@ -157,8 +161,8 @@ impl Ledger {
             if want == 0 {
                 return Ok(handed);
             }
-            let mut q = history_query("", filter, after, want);
-            let page: Vec<Record> = q.build_query_as().fetch_all(&self.pool).await?;
+            let q = history_query("", filter, after, want);
+            let page: Vec<Record> = q.fetch_all(&self.pool).await?;
             let full = page.len() as u64 == want;
             for r in page {
                 after = Some((r.discovered_at, r.id));
@@ -189,31 +193,30 @@ impl Ledger {
 
     /// The highest record id (0 for an empty ledger), to size a column.
     pub async fn max_record_id(&self) -> Result<i64, LedgerError> {
-        let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM files")
-            .fetch_one(&self.pool)
+        let max: Option<i64> = stmt("SELECT max(id) FROM files")
+            .scalar_one(&self.pool)
             .await?;
         Ok(max.unwrap_or(0))
     }
 
     /// Records being uploaded, longest-running first, with their attempt.
     pub async fn in_flight_detail(&self) -> Result<Vec<InFlight>, LedgerError> {
-        let rows: Vec<SqliteRow> = sqlx::query(IN_FLIGHT_SQL).fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(InFlight {
-                record: Record::from_row(&row)?,
-                attempt: row.try_get("attempt_count")?,
-                started_at: row.try_get("attempt_started_at")?,
-                bytes_sent: row.try_get("chunk_bytes")?,
-            });
-        }
-        Ok(out)
+        let rows: Vec<InFlightRow> = stmt(IN_FLIGHT_SQL).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| InFlight {
+                record: row.record,
+                attempt: row.attempt_count,
+                started_at: row.attempt_started_at,
+                bytes_sent: row.chunk_bytes,
+            })
+            .collect())
     }
 
     /// The records whose errors are newest, newest first (skipped and
     /// duplicate records carry a reason, not an error: left out).
     pub async fn last_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
-        Ok(sqlx::query_as(LAST_ERRORS_SQL)
+        Ok(stmt(LAST_ERRORS_SQL)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
@@ -221,15 +224,15 @@ impl Ledger {
 
     /// How many records failed (last changed to `failed`) at or after `since_ms`.
     pub async fn failed_since(&self, since_ms: i64) -> Result<i64, LedgerError> {
-        Ok(sqlx::query_scalar(FAILED_SINCE_SQL)
+        Ok(stmt(FAILED_SINCE_SQL)
             .bind(since_ms)
-            .fetch_one(&self.pool)
+            .scalar_one(&self.pool)
             .await?)
     }
 
     /// The newest `limit` attempts (by when they started), newest first.
     pub async fn recent_attempts(&self, limit: u32) -> Result<Vec<RecentAttempt>, LedgerError> {
-        Ok(sqlx::query_as(RECENT_ATTEMPTS_SQL)
+        Ok(stmt(RECENT_ATTEMPTS_SQL)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
@@ -253,12 +256,9 @@ mod tests {
 
     /// SQLite's plan for `sql` with `binds` (all integers or text), one
     /// detail line per step.
-    async fn plan_of(ledger: &Ledger, mut q: QueryBuilder<Sqlite>) -> String {
-        let rows: Vec<SqliteRow> = q.build().fetch_all(&ledger.pool).await.expect("explain");
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    async fn plan_of(ledger: &Ledger, q: Q) -> String {
+        let rows: Vec<(i64, i64, i64, String)> = q.fetch_all(&ledger.pool).await.expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
     }
 
     fn assert_indexed(plan: &str, what: &str) {
@@ -357,7 +357,7 @@ mod tests {
             ("failed since", FAILED_SINCE_SQL),
             ("in flight", IN_FLIGHT_SQL),
         ] {
-            let q = QueryBuilder::<Sqlite>::new(format!("EXPLAIN QUERY PLAN {sql}"));
+            let q = stmt(format!("EXPLAIN QUERY PLAN {sql}"));
             let plan = plan_of(&ledger, q).await;
             assert_indexed(&plan, what);
             // In flight sorts its handful of `uploading` rows.
@@ -366,15 +366,15 @@ mod tests {
             }
         }
         // The newest attempts: the rowid backwards, stopping at the limit.
-        let q = QueryBuilder::<Sqlite>::new(format!("EXPLAIN QUERY PLAN {RECENT_ATTEMPTS_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {RECENT_ATTEMPTS_SQL}"));
         let plan = plan_of(&ledger, q).await;
         assert!(
             !plan.contains("TEMP B-TREE") && plan.contains("PRIMARY KEY"),
             "recent attempts:\n{plan}"
         );
-        let q = QueryBuilder::<Sqlite>::new(format!("EXPLAIN QUERY PLAN {LAST_ERRORS_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {LAST_ERRORS_SQL}"));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));
-        let q = QueryBuilder::<Sqlite>::new(format!("EXPLAIN QUERY PLAN {FAILED_SINCE_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {FAILED_SINCE_SQL}"));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));
         ledger.close().await;
     }
@@ -384,8 +384,8 @@ mod tests {
         let (_dir, ledger) = ledger().await;
         // Three records per millisecond: page boundaries fall inside ties.
         let n = i64::try_from(2 * PAGE).expect("small") + 5;
-        sqlx::query(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+        stmt(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
              INSERT INTO files (id, path_bytes, path, state, discovered_at, updated_at) \
              SELECT i, CAST('/p/' || i AS BLOB), '/p/' || i, \
              CASE WHEN i % 2 = 0 THEN 'ready' ELSE 'failed' END, 1000 + i / 3, 0 FROM n",
@@ -439,9 +439,9 @@ mod tests {
         .enumerate()
         {
             let at = now - ago_h * 3_600_000;
-            sqlx::query(
+            stmt(
                 "INSERT INTO files (id, path_bytes, path, state, last_error, discovered_at, \
-                 updated_at) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
+                 updated_at) VALUES ($1, $2, $2, $3, $4, $5, $6)",
             )
             .bind(i64::try_from(i).expect("small") + 1)
             .bind(*path)

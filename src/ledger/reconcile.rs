@@ -3,6 +3,7 @@
 
 use sqlx::FromRow;
 
+use super::engine::stmt;
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, now_ms};
 
@@ -32,10 +33,10 @@ impl Ledger {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>, LedgerError> {
-        Ok(sqlx::query_as(
+        Ok(stmt(
             "SELECT id, asset_id, state, path, url FROM files \
-             WHERE id > ?1 AND asset_id IS NOT NULL AND state IN ('ready', 'indexing', 'indexed') \
-             ORDER BY id LIMIT ?2",
+             WHERE id > $1 AND asset_id IS NOT NULL AND state IN ('ready', 'indexing', 'indexed') \
+             ORDER BY id LIMIT $2",
         )
         .bind(after_id)
         .bind(i64::from(limit))
@@ -45,9 +46,9 @@ impl Ledger {
 
     /// Whether any record points at this asset.
     pub async fn knows_asset(&self, asset_id: &str) -> Result<bool, LedgerError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE asset_id = ?1")
+        let n: i64 = stmt("SELECT count(*) FROM files WHERE asset_id = $1")
             .bind(asset_id)
-            .fetch_one(&self.pool)
+            .scalar_one(&self.pool)
             .await?;
         Ok(n > 0)
     }
@@ -58,10 +59,10 @@ impl Ledger {
         let from = FileState::parse(&c.state)
             .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {:?}", c.state)))?;
         let to = from.on(Event::Requeue)?;
-        let done = sqlx::query(
-            "UPDATE files SET state = ?3, asset_id = NULL, indexed_asset_id = NULL, attempts = 0, \
-             lookup_first = 0, next_attempt_at = 0, uploaded_at = NULL, ready_at = NULL, \
-             last_error = ?4, updated_at = ?5 WHERE id = ?1 AND state = ?2",
+        let done = stmt(
+            "UPDATE files SET state = $3, asset_id = NULL, indexed_asset_id = NULL, attempts = 0, \
+             lookup_first = FALSE, next_attempt_at = 0, uploaded_at = NULL, ready_at = NULL, \
+             last_error = $4, updated_at = $5 WHERE id = $1 AND state = $2",
         )
         .bind(c.id)
         .bind(from.as_str())

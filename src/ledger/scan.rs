@@ -3,9 +3,7 @@
 //! restart over 100 000 known files made 100 000 round trips to the SQLite
 //! worker thread).
 
-use sqlx::QueryBuilder;
-use sqlx::sqlite::Sqlite;
-
+use super::engine::{Q, stmt};
 use super::{Ledger, LedgerError, NewFile};
 
 /// Files per statement: 6 parameters each, well under SQLite's limit of
@@ -26,16 +24,23 @@ impl Ledger {
         let mut current = vec![false; files.len()];
         for (chunk_no, chunk) in files.chunks(PER_QUERY).enumerate() {
             let base = chunk_no * PER_QUERY;
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("WITH disk(i, path_bytes, size, mtime_ns, device, inode) AS (");
-            q.push_values(chunk.iter().enumerate(), |mut row, (i, f)| {
-                row.push_bind(i64::try_from(base + i).unwrap_or(i64::MAX))
+            let mut q: Q =
+                stmt("WITH disk(i, path_bytes, size, mtime_ns, device, inode) AS (VALUES ");
+            for (i, f) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" })
+                    .push_bind(i64::try_from(base + i).unwrap_or(i64::MAX))
+                    .push(", ")
                     .push_bind(f.path_bytes.as_slice())
+                    .push(", ")
                     .push_bind(to_i64(f.size))
+                    .push(", ")
                     .push_bind(f.mtime_ns)
+                    .push(", ")
                     .push_bind(to_i64(f.device))
-                    .push_bind(to_i64(f.inode));
-            });
+                    .push(", ")
+                    .push_bind(to_i64(f.inode))
+                    .push(")");
+            }
             // `files_path (path_bytes, id)` serves each lookup.
             q.push(
                 ") SELECT disk.i FROM disk WHERE EXISTS (SELECT 1 FROM files \
@@ -43,7 +48,7 @@ impl Ledger {
                  AND files.mtime_ns = disk.mtime_ns AND files.device = disk.device \
                  AND files.inode = disk.inode)",
             );
-            let known: Vec<i64> = q.build_query_scalar().fetch_all(&self.pool).await?;
+            let known: Vec<i64> = q.scalar_all(&self.pool).await?;
             for i in known {
                 if let Some(slot) = usize::try_from(i).ok().and_then(|i| current.get_mut(i)) {
                     *slot = true;
@@ -116,16 +121,15 @@ mod tests {
     }
 
     async fn plan(ledger: &Ledger, sql: &str) -> String {
-        let rows: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .bind(1i64)
-                .bind(2i64)
-                .bind(3i64)
-                .bind(4i64)
-                .bind(5i64)
-                .fetch_all(&ledger.pool)
-                .await
-                .expect("explain");
+        let rows: Vec<(i64, i64, i64, String)> = stmt(format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind(1i64)
+            .bind(2i64)
+            .bind(3i64)
+            .bind(4i64)
+            .bind(5i64)
+            .fetch_all(&ledger.pool)
+            .await
+            .expect("explain");
         rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
     }
 
@@ -137,8 +141,8 @@ mod tests {
         let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
         let by_path = plan(
             &ledger,
-            "SELECT 1 FROM files WHERE path_bytes = ?1 AND size = ?2 AND mtime_ns = ?3 \
-             AND device = ?4 AND inode = ?5",
+            "SELECT 1 FROM files WHERE path_bytes = $1 AND size = $2 AND mtime_ns = $3 \
+             AND device = $4 AND inode = $5",
         )
         .await;
         assert!(by_path.contains("files_path"), "{by_path}");

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -333,7 +335,7 @@ impl TestEnv {
         let (config, _) = Config::load(&load).expect("daemon config loads");
         let setup = Setup {
             load,
-            ledger_path: self.ledger_path.clone(),
+            ledger: tl_ingest::ledger::Location::Sqlite(self.ledger_path.clone()),
             client: ClientSource::Fixed {
                 base_url: self.emulator.base_url(),
                 key: ApiKey::new(KEY).expect("key"),
