@@ -87,7 +87,7 @@ async fn discovery_knows_unchanged_files_and_follows_changes() {
 async fn a_new_version_of_a_finished_file_is_a_new_record() {
     let (_d, ledger) = open().await;
     let (id, _) = add(&ledger, &file("/in/a.mp4", 10, 1000), "aa").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     ledger
         .accept(&job, "asset1", &AttemptEnd::default())
         .await
@@ -109,9 +109,9 @@ async fn same_content_elsewhere_is_a_duplicate_that_gets_the_asset() {
     assert_eq!(out_b, HashOutcome::Duplicate { of: a });
     assert_eq!(state(&ledger, b).await, FileState::Duplicate);
 
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     assert_eq!(job.id, a, "the duplicate is never claimed");
-    assert!(ledger.claim().await.expect("claim").is_none());
+    assert!(ledger.claim(30_000).await.expect("claim").is_none());
     ledger
         .accept(&job, "asset-a", &AttemptEnd::default())
         .await
@@ -126,7 +126,7 @@ async fn when_the_original_fails_one_duplicate_takes_its_place() {
     let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
     let (b, _) = add(&ledger, &file("/in/b.mp4", 10, 1), "same").await;
     let (c, _) = add(&ledger, &file("/in/c.mp4", 10, 1), "same").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     assert_eq!(job.id, a);
     let end = AttemptEnd {
         outcome: "permanent",
@@ -143,9 +143,13 @@ async fn when_the_original_fails_one_duplicate_takes_its_place() {
     assert_eq!(state(&ledger, c).await, FileState::Duplicate);
     let rec_c = ledger.record(c).await.expect("q").expect("c");
     assert_eq!(rec_c.duplicate_of, Some(b));
-    let job = ledger.claim().await.expect("claim").expect("b is due");
+    let job = ledger
+        .claim(30_000)
+        .await
+        .expect("claim")
+        .expect("b is due");
     assert_eq!(job.id, b);
-    assert!(ledger.claim().await.expect("claim").is_none());
+    assert!(ledger.claim(30_000).await.expect("claim").is_none());
 }
 
 #[tokio::test]
@@ -153,7 +157,7 @@ async fn the_same_version_seen_again_merges_into_its_record() {
     let (_d, ledger) = open().await;
     let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "same").await;
     // Touched: new mtime, same bytes. A new record appears, then merges.
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     ledger
         .accept(&job, "asset-a", &AttemptEnd::default())
         .await
@@ -187,7 +191,7 @@ async fn concurrent_claims_take_each_record_once() {
     let claims: Vec<_> = (0..12)
         .map(|_| {
             let l = ledger.clone();
-            tokio::spawn(async move { l.claim().await.expect("claim").map(|j| j.id) })
+            tokio::spawn(async move { l.claim(30_000).await.expect("claim").map(|j| j.id) })
         })
         .collect();
     let mut ids = Vec::new();
@@ -206,7 +210,7 @@ async fn concurrent_claims_take_each_record_once() {
 async fn a_stale_transition_is_refused() {
     let (_d, ledger) = open().await;
     let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "h").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     ledger
         .accept(&job, "x", &AttemptEnd::default())
         .await
@@ -227,7 +231,7 @@ async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
     let a = {
         let ledger = Ledger::open(&path).await.expect("open");
         let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "h").await;
-        ledger.claim().await.expect("claim").expect("due");
+        ledger.claim(30_000).await.expect("claim").expect("due");
         ledger.close().await;
         a
     };
@@ -237,7 +241,7 @@ async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
     // Queued again, but not at once: the cut-off request may still become
     // an asset on the platform, and the lookup must come after that.
     assert_eq!(state(&ledger, a).await, FileState::Queued);
-    assert!(ledger.claim().await.expect("claim").is_none());
+    assert!(ledger.claim(30_000).await.expect("claim").is_none());
     let due = ledger.next_due().await.expect("due").expect("queued");
     assert!(
         due >= before + tl_ingest::ledger::LOOKUP_DELAY_MS,
@@ -283,14 +287,14 @@ async fn a_file_put_back_to_an_older_version_stays_known() {
     let (_d, ledger) = open().await;
     let v1 = file("/in/a.mp4", 10, 1);
     let (a, _) = add(&ledger, &v1, "one").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     ledger
         .accept(&job, "asset-1", &AttemptEnd::default())
         .await
         .expect("accept");
     // Version 2, then back to version 1's bytes (new mtime): merged into a.
     let (_, _) = add(&ledger, &file("/in/a.mp4", 12, 2), "two").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     ledger
         .accept(&job, "asset-2", &AttemptEnd::default())
         .await
@@ -326,7 +330,7 @@ async fn a_unique_size_is_queued_unhashed_and_a_twin_waits_for_its_hash() {
             .expect("queue"),
         HashOutcome::QueuedUnhashed
     );
-    let claimed = ledger.claim().await.expect("claim").expect("due");
+    let claimed = ledger.claim(30_000).await.expect("claim").expect("due");
     assert_eq!((claimed.id, claimed.sha256.as_deref()), (a, None));
 
     // The twin arrives while `a` is being sent with its hash unknown.
@@ -453,7 +457,7 @@ async fn a_retried_failure_whose_content_was_uploaded_since_is_a_duplicate() {
         .expect("fail");
     // Meanwhile the same content arrives under another name and is uploaded.
     let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 2), "same").await;
-    let job = ledger.claim().await.expect("claim").expect("due");
+    let job = ledger.claim(30_000).await.expect("claim").expect("due");
     assert_eq!(job.id, a);
     ledger
         .accept(&job, "asset-a", &AttemptEnd::default())

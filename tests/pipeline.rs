@@ -436,7 +436,7 @@ async fn an_unhashed_upload_interrupted_by_a_crash_is_found_not_resent() {
             .queue_unhashed(&job, Some("video/mp4"))
             .await
             .expect("queue");
-        let claimed = ledger.claim().await.expect("claim").expect("due");
+        let claimed = ledger.claim(30_000).await.expect("claim").expect("due");
         assert_eq!(claimed.sha256, None);
         ledger.close().await;
     }

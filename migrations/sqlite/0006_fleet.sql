@@ -26,3 +26,11 @@ CREATE TABLE fleet_gate (
     paused_until_ms INTEGER NOT NULL DEFAULT 0
 );
 INSERT INTO fleet_gate (id) VALUES (1);
+-- The host that found a file: only daemons that can see the file claim it
+-- (its host, or one watching the same folder, `daemon_roots`).
+ALTER TABLE files ADD COLUMN origin_host TEXT;
+CREATE TABLE daemon_roots (
+    daemon_id INTEGER NOT NULL REFERENCES daemons(id) ON DELETE CASCADE,
+    root      TEXT    NOT NULL,
+    PRIMARY KEY (daemon_id, root)
+);

@@ -91,10 +91,6 @@ impl Tx {
             Tx::Postgres(t) => t.rollback().await,
         }
     }
-
-    pub(super) fn is_postgres(&self) -> bool {
-        matches!(self, Tx::Postgres(_))
-    }
 }
 
 /// Where a statement runs: the pool (one statement, autocommit) or an open
@@ -229,7 +225,8 @@ impl Q {
         self
     }
 
-    pub(super) fn sql(&self) -> &str {
+    #[cfg(test)]
+    fn sql(&self) -> &str {
         &self.sql
     }
 

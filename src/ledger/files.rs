@@ -8,6 +8,7 @@
 use sqlx::FromRow;
 
 use super::engine::{Done, Ex, Tx, stmt};
+use super::fleet::PG_NOW;
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, now_ms};
 use crate::config::Dedupe;
@@ -322,7 +323,7 @@ impl Ledger {
         Ok(self.pool.begin().await?)
     }
 
-    fn changed(&self, id: i64, path: String, state: FileState, detail: Option<String>) {
+    pub(super) fn changed(&self, id: i64, path: String, state: FileState, detail: Option<String>) {
         self.announce(Change {
             id,
             path,
@@ -354,7 +355,7 @@ impl Ledger {
                 .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
             let same = old_size == Some(size)
                 && old_mtime == Some(f.mtime_ns)
-                && old_dev == Some(dev)
+                && (self.stat_ignores_device() || old_dev == Some(dev))
                 && old_ino == Some(ino);
             if same {
                 tx.commit().await?;
@@ -397,8 +398,9 @@ impl Ledger {
         let origin = f.origin.clone().unwrap_or_default();
         let id: i64 = stmt(
             "INSERT INTO files (path_bytes, path, size, mtime_ns, device, inode, user_metadata, \
-             state, discovered_at, updated_at, root, index_id, after_upload, on_failure) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13) RETURNING id",
+             state, discovered_at, updated_at, root, index_id, after_upload, on_failure, \
+             origin_host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(&f.path_bytes)
         .bind(&f.path)
@@ -413,6 +415,7 @@ impl Ledger {
         .bind(&origin.index_id)
         .bind(&origin.after_upload)
         .bind(&origin.on_failure)
+        .bind(self.me_host())
         .scalar_one(&mut tx)
         .await?;
         tx.commit().await?;
@@ -428,16 +431,45 @@ impl Ledger {
         // an older version was merged into that version's record.
         let known: Option<i64> = stmt(
             "SELECT id FROM files WHERE path_bytes = $1 AND size = $2 AND mtime_ns = $3 \
-             AND device = $4 AND inode = $5 LIMIT 1",
+             AND (device = $4 OR $6) AND inode = $5 LIMIT 1",
         )
         .bind(&f.path_bytes)
         .bind(to_i64(f.size))
         .bind(f.mtime_ns)
         .bind(to_i64(f.device))
         .bind(to_i64(f.inode))
+        .bind(self.stat_ignores_device())
         .scalar_optional(&self.pool)
         .await?;
         Ok(known.is_some())
+    }
+
+    /// Whether "the same file" leaves the device number out: on a shared
+    /// ledger hosts mount the same share under device numbers of their own,
+    /// and each would take the others' records for changed files.
+    pub(super) fn stat_ignores_device(&self) -> bool {
+        self.pool.is_postgres()
+    }
+
+    /// The record must still be this daemon's to change (fencing): on a
+    /// shared ledger a daemon whose lease ran out may have lost it to
+    /// another, which is sending it now. Run inside the writing transaction
+    /// (which the takeover cannot interleave with).
+    async fn still_mine(&self, tx: &mut Tx, id: i64) -> Result<(), LedgerError> {
+        let Some(me) = self.me_id().filter(|_| self.pool.is_postgres()) else {
+            return Ok(());
+        };
+        let owner: Option<Option<i64>> = stmt("SELECT claimed_by FROM files WHERE id = $1")
+            .bind(id)
+            .scalar_optional(&mut *tx)
+            .await?;
+        match owner {
+            Some(Some(owner)) if owner == me => Ok(()),
+            _ => Err(LedgerError::Conflict {
+                id,
+                expected: "claimed by this daemon",
+            }),
+        }
     }
 
     fn announce_requeued(&self, released: Vec<(i64, Option<String>)>) {
@@ -798,34 +830,52 @@ impl Ledger {
         Ok(outcome)
     }
 
-    /// Claim the oldest due `queued` record for an upload attempt.
-    pub async fn claim(&self) -> Result<Option<UploadJob>, LedgerError> {
+    /// Claim the oldest due `queued` record for an upload attempt, for
+    /// this daemon (`claimed_by`) with a lease of `lease_ms` on a shared
+    /// ledger, where a daemon claims only what it can see: URLs, files its
+    /// own host found, and files in folders it watches.
+    pub async fn claim(&self, lease_ms: i64) -> Result<Option<UploadJob>, LedgerError> {
         let from = FileState::Queued;
         let to = from.on(Event::Claim)?;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        let job: Option<UploadJob> = stmt(
-            "UPDATE files SET state = $2, updated_at = $3 WHERE id = \
-             (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3 \
-              ORDER BY next_attempt_at, id LIMIT 1) AND state = $1 \
+        let pg = self.pool.is_postgres();
+        // PostgreSQL: claims run side by side, each skipping rows another
+        // has locked; the lease is on the database clock.
+        let (lock, lease) = if pg {
+            (" FOR UPDATE SKIP LOCKED", format!("{PG_NOW} + $5"))
+        } else {
+            ("", "NULL".to_owned())
+        };
+        let mut tx = self.pool.begin_claim().await?;
+        let job: Option<UploadJob> = stmt(format!(
+            "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease} \
+             WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3 \
+               AND ($4 IS NULL OR path_bytes IS NULL OR origin_host = $6 OR origin_host IS NULL \
+                    OR root IN (SELECT root FROM daemon_roots WHERE daemon_id = $4)) \
+               ORDER BY next_attempt_at, id LIMIT 1{lock}) AND state = $1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
-             user_metadata, attempts, lookup_first, filename",
-        )
+             user_metadata, attempts, lookup_first, filename"
+        ))
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now)
+        .bind(self.me_id())
+        .bind(lease_ms)
+        .bind(self.me_host())
         .fetch_optional(&mut tx)
         .await?;
         let Some(mut job) = job else {
             tx.commit().await?;
             return Ok(None);
         };
-        job.attempt_id =
-            stmt("INSERT INTO attempts (file_id, started_at) VALUES ($1, $2) RETURNING id")
-                .bind(job.id)
-                .bind(now)
-                .scalar_one(&mut tx)
-                .await?;
+        job.attempt_id = stmt(
+            "INSERT INTO attempts (file_id, started_at, daemon_id) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(now)
+        .bind(self.me_id())
+        .scalar_one(&mut tx)
+        .await?;
         tx.commit().await?;
         self.changed(job.id, job.display(), to, None);
         Ok(Some(job))
@@ -852,6 +902,7 @@ impl Ledger {
         let to = from.on(Event::Accepted)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job.id).await?;
         let done = stmt(
             "UPDATE files SET state = $3, asset_id = $4, attempts = attempts + 1, \
              last_error = NULL, lookup_first = FALSE, uploaded_at = $5, updated_at = $5, \
@@ -914,6 +965,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job.id).await?;
         let done = stmt(
             // An interrupted attempt says nothing about the file: keep the
             // error that explains why it is waiting (a rejected key, say).
@@ -951,6 +1003,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(event)?;
         let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job.id).await?;
         let done = stmt(
             "UPDATE files SET state = $3, attempts = attempts + $4, last_error = $5, \
              updated_at = $6 WHERE id = $1 AND state = $2",
@@ -983,6 +1036,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Changed)?;
         let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job.id).await?;
         let done = stmt(
             "UPDATE files SET state = $3, sha256 = NULL, mime = NULL, last_error = $4, \
              next_attempt_at = 0, size = coalesce($5, size), mtime_ns = coalesce($6, mtime_ns), \
@@ -1128,7 +1182,13 @@ impl Ledger {
     /// left `uploading` go back to `queued`, marked to be looked up on the
     /// platform before they are sent again (the platform may have accepted
     /// them just before the crash). Their open attempts are closed.
+    ///
+    /// On a shared ledger the other daemons' uploads are live: only those
+    /// whose lease ran out are taken over.
     pub async fn recover(&self) -> Result<u64, LedgerError> {
+        if self.pool.is_postgres() {
+            return self.take_over_expired().await;
+        }
         let from = FileState::Uploading;
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;

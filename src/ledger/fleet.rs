@@ -1,1 +1,300 @@
-//! The fleet: daemons sharing one ledger.
+//! Daemons sharing one ledger: who is there (the `daemons` heartbeat
+//! table), the leases on what each is sending, taking over what a dead
+//! daemon left, and the fleet's shared request pacing and 429 pause.
+//!
+//! On PostgreSQL times here come from the database's clock, so hosts whose
+//! clocks disagree still agree on leases and on the pacing. On SQLite there
+//! is one daemon (the lock file proves it): it still joins, so that
+//! `status` reads the same table on both engines, but holds no leases.
+
+use sqlx::FromRow;
+
+use super::engine::stmt;
+use super::state::{Event, FileState};
+use super::{Ledger, LedgerError, now_ms};
+use crate::ledger::LOOKUP_DELAY_MS;
+
+/// The database clock in Unix ms (PostgreSQL).
+pub(super) const PG_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// This process in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its row in `daemons`.
+    pub id: i64,
+    pub host: String,
+}
+
+/// A daemon as `status` shows it.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct DaemonInfo {
+    pub id: i64,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub stopped_at: Option<i64>,
+    /// Records it is sending now.
+    pub in_flight: i64,
+    /// The ledger's clock when this was read (Unix ms), to age the heartbeat.
+    pub now: i64,
+}
+
+/// This host's name (as `uname -n`).
+pub fn host_name() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+impl Ledger {
+    /// This process's membership, once it has joined.
+    pub fn member(&self) -> Option<&Member> {
+        self.me.get()
+    }
+
+    pub(super) fn me_id(&self) -> Option<i64> {
+        self.me.get().map(|m| m.id)
+    }
+
+    pub(super) fn me_host(&self) -> Option<String> {
+        self.me.get().map(|m| m.host.clone())
+    }
+
+    /// Join the fleet as a new `daemons` row (one per process start, so a
+    /// reused pid is never mistaken for its predecessor), watching `roots`.
+    /// Joining twice keeps the first membership.
+    pub async fn join(&self, host: &str, roots: &[String]) -> Result<Member, LedgerError> {
+        if let Some(m) = self.me.get() {
+            return Ok(m.clone());
+        }
+        let now_sql = if self.pool.is_postgres() {
+            PG_NOW
+        } else {
+            "$4"
+        };
+        let id: i64 = stmt(format!(
+            "INSERT INTO daemons (host, pid, version, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, {now_sql}, {now_sql}) RETURNING id"
+        ))
+        .bind(host)
+        .bind(i64::from(std::process::id()))
+        .bind(env!("CARGO_PKG_VERSION"))
+        .bind(now_ms())
+        .scalar_one(&self.pool)
+        .await?;
+        let member = Member {
+            id,
+            host: host.to_owned(),
+        };
+        let member = self.me.get_or_init(|| member).clone();
+        self.set_roots(roots).await?;
+        tracing::info!(daemon_id = member.id, host = %member.host, "joined the ledger");
+        Ok(member)
+    }
+
+    /// The folders this daemon watches: it may take over records found in
+    /// them by other hosts (a shared folder is mounted at the same path).
+    pub async fn set_roots(&self, roots: &[String]) -> Result<(), LedgerError> {
+        let Some(me) = self.me_id() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        stmt("DELETE FROM daemon_roots WHERE daemon_id = $1")
+            .bind(me)
+            .execute(&mut tx)
+            .await?;
+        for root in roots {
+            stmt(
+                "INSERT INTO daemon_roots (daemon_id, root) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(me)
+            .bind(root)
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Say this daemon is alive and extend the leases on what it is
+    /// sending by `lease_ms`. Returns the records it still holds: one that
+    /// is missing was taken over (its lease ran out), and its upload must
+    /// stop.
+    pub async fn heartbeat(&self, lease_ms: i64) -> Result<Vec<i64>, LedgerError> {
+        let Some(me) = self.me_id() else {
+            return Ok(Vec::new());
+        };
+        if !self.pool.is_postgres() {
+            stmt("UPDATE daemons SET heartbeat_at = $2 WHERE id = $1")
+                .bind(me)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+            return Ok(Vec::new());
+        }
+        stmt(format!(
+            "UPDATE daemons SET heartbeat_at = {PG_NOW} WHERE id = $1"
+        ))
+        .bind(me)
+        .execute(&self.pool)
+        .await?;
+        Ok(stmt(format!(
+            "UPDATE files SET lease_until = {PG_NOW} + $2 \
+             WHERE claimed_by = $1 AND state = 'uploading' RETURNING id"
+        ))
+        .bind(me)
+        .bind(lease_ms)
+        .scalar_all(&self.pool)
+        .await?)
+    }
+
+    /// Leave the fleet (a clean stop).
+    pub async fn leave(&self) -> Result<(), LedgerError> {
+        let Some(me) = self.me_id() else {
+            return Ok(());
+        };
+        let now_sql = if self.pool.is_postgres() {
+            PG_NOW
+        } else {
+            "$2"
+        };
+        stmt(format!(
+            "UPDATE daemons SET stopped_at = {now_sql} WHERE id = $1"
+        ))
+        .bind(me)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Take over uploads whose lease ran out (their daemon died or lost the
+    /// database): back to `queued`, marked to be looked up on the platform
+    /// first, as after a crash, a little later so that a body the platform
+    /// was still receiving has become an asset. PostgreSQL only; returns
+    /// how many.
+    pub async fn take_over_expired(&self) -> Result<u64, LedgerError> {
+        if !self.pool.is_postgres() {
+            return Ok(0);
+        }
+        let to = FileState::Uploading.on(Event::Retry)?;
+        let now = now_ms();
+        let mut tx = self.pool.begin_claim().await?;
+        let taken: Vec<(i64, Option<String>, Option<i64>)> = stmt(format!(
+            "WITH expired AS (SELECT id, claimed_by FROM files \
+               WHERE state = 'uploading' AND (lease_until IS NULL OR lease_until < {PG_NOW}) \
+               FOR UPDATE SKIP LOCKED) \
+             UPDATE files SET state = $1, lookup_first = TRUE, next_attempt_at = $2, \
+               updated_at = $3, claimed_by = NULL, lease_until = NULL \
+             FROM expired WHERE files.id = expired.id \
+             RETURNING files.id, coalesce(files.path, files.url), expired.claimed_by"
+        ))
+        .bind(to.as_str())
+        .bind(now + LOOKUP_DELAY_MS)
+        .bind(now)
+        .fetch_all(&mut tx)
+        .await?;
+        for (id, _, owner) in &taken {
+            stmt(
+                "UPDATE attempts SET ended_at = $2, outcome = 'interrupted', error = $3 \
+                 WHERE file_id = $1 AND ended_at IS NULL",
+            )
+            .bind(*id)
+            .bind(now)
+            .bind(format!(
+                "taken over: daemon {} stopped renewing its lease",
+                owner.map_or_else(|| "?".into(), |o| o.to_string())
+            ))
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        for (id, path, owner) in &taken {
+            self.changed(
+                *id,
+                path.clone().unwrap_or_default(),
+                to,
+                Some(format!(
+                    "taken over from daemon {} (its lease ran out); looked up before it is sent again",
+                    owner.map_or_else(|| "?".into(), |o| o.to_string())
+                )),
+            );
+        }
+        Ok(u64::try_from(taken.len()).unwrap_or(0))
+    }
+
+    /// Daemons running, and those that stopped after `since_ms`, newest first.
+    pub async fn daemons(&self, since_ms: i64) -> Result<Vec<DaemonInfo>, LedgerError> {
+        let now_sql = if self.pool.is_postgres() {
+            PG_NOW
+        } else {
+            "$2"
+        };
+        Ok(stmt(format!(
+            "SELECT d.id, d.host, d.pid, d.version, d.started_at, d.heartbeat_at, d.stopped_at, \
+             (SELECT count(*) FROM files f WHERE f.claimed_by = d.id AND f.state = 'uploading') \
+               AS in_flight, \
+             CAST({now_sql} AS BIGINT) AS now \
+             FROM daemons d WHERE d.stopped_at IS NULL OR d.stopped_at >= $1 \
+             ORDER BY d.id DESC"
+        ))
+        .bind(since_ms)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Reserve the fleet's next request slot, `spacing_ms` after the last
+    /// one (and after any shared 429 pause): how long to wait for it, in
+    /// ms. One row updated atomically, on the database clock.
+    pub async fn reserve_request(&self, spacing_ms: i64) -> Result<i64, LedgerError> {
+        if !self.pool.is_postgres() {
+            return Ok(0);
+        }
+        Ok(stmt(format!(
+            "WITH clock AS (SELECT {PG_NOW} AS ms) \
+             UPDATE fleet_gate SET next_slot_ms = \
+               GREATEST(fleet_gate.next_slot_ms, fleet_gate.paused_until_ms, clock.ms) + $1 \
+             FROM clock WHERE fleet_gate.id = 1 \
+             RETURNING GREATEST(fleet_gate.next_slot_ms - $1 - clock.ms, 0)"
+        ))
+        .bind(spacing_ms)
+        .scalar_optional::<i64>(&self.pool)
+        .await?
+        .unwrap_or(0))
+    }
+
+    /// A 429 told this host to wait `wait_ms`: every host waits as long.
+    pub async fn pause_fleet(&self, wait_ms: i64) -> Result<(), LedgerError> {
+        if !self.pool.is_postgres() {
+            return Ok(());
+        }
+        stmt(format!(
+            "UPDATE fleet_gate SET paused_until_ms = GREATEST(paused_until_ms, {PG_NOW} + $1) \
+             WHERE id = 1"
+        ))
+        .bind(wait_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How long the fleet is still paused by a 429 (ms; 0 when it is not).
+    pub async fn fleet_pause_left(&self) -> Result<i64, LedgerError> {
+        if !self.pool.is_postgres() {
+            return Ok(0);
+        }
+        Ok(stmt(format!(
+            "SELECT GREATEST(paused_until_ms - {PG_NOW}, 0) FROM fleet_gate WHERE id = 1"
+        ))
+        .scalar_optional::<i64>(&self.pool)
+        .await?
+        .unwrap_or(0))
+    }
+}

@@ -65,7 +65,7 @@ pub struct Ledger {
     location: Location,
     /// This process's row in `daemons` once it has joined the fleet
     /// ([`Ledger::join`]): the owner written on the records it claims.
-    me: Arc<OnceLock<i64>>,
+    me: Arc<OnceLock<fleet::Member>>,
     /// Every committed state change. Senders: the ledger's own methods.
     /// Receivers: pipeline stages (wake-ups), the CLI's progress output,
     /// tests. A lagging receiver loses old changes, never blocks a writer.

@@ -45,9 +45,13 @@ impl Ledger {
             q.push(
                 ") SELECT disk.i FROM disk WHERE EXISTS (SELECT 1 FROM files \
                  WHERE files.path_bytes = disk.path_bytes AND files.size = disk.size \
-                 AND files.mtime_ns = disk.mtime_ns AND files.device = disk.device \
-                 AND files.inode = disk.inode)",
+                 AND files.mtime_ns = disk.mtime_ns AND files.inode = disk.inode",
             );
+            // A shared ledger's hosts see one share under different devices.
+            if !self.stat_ignores_device() {
+                q.push(" AND files.device = disk.device");
+            }
+            q.push(")");
             let known: Vec<i64> = q.scalar_all(&self.pool).await?;
             for i in known {
                 if let Some(slot) = usize::try_from(i).ok().and_then(|i| current.get_mut(i)) {

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+
+use crate::ledger::Ledger;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +40,8 @@ pub struct Gate {
     spacing: Option<Duration>,
     /// When the next paced request may go.
     next_slot: Mutex<Instant>,
+    /// A shared ledger: the pacing and the 429 pause hold for the fleet.
+    fleet: Option<Ledger>,
 }
 
 impl Gate {
@@ -48,7 +52,17 @@ impl Gate {
             state: watch::Sender::new(GateState::Open),
             spacing,
             next_slot: Mutex::new(Instant::now()),
+            fleet: None,
         }
+    }
+
+    /// On a shared ledger, pace requests and share 429 pauses with every
+    /// daemon on it (through the ledger); otherwise this process alone.
+    pub fn for_fleet(mut self, ledger: &Ledger) -> Gate {
+        if ledger.is_shared() {
+            self.fleet = Some(ledger.clone());
+        }
+        self
     }
 
     pub fn state(&self) -> GateState {
@@ -102,6 +116,23 @@ impl Gate {
         let Some(spacing) = self.spacing else {
             return true;
         };
+        if let Some(ledger) = &self.fleet {
+            let spacing_ms = i64::try_from(spacing.as_millis()).unwrap_or(i64::MAX);
+            match ledger.reserve_request(spacing_ms).await {
+                Ok(wait_ms) => {
+                    let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    // A 429 may have paused the fleet while this waited.
+                    return self.wait_open(cancel).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve a request slot in the shared ledger; pacing this host alone");
+                }
+            }
+        }
         let slot = {
             let mut next = match self.next_slot.lock() {
                 Ok(guard) => guard,
@@ -124,6 +155,14 @@ impl Gate {
             .unwrap_or_default()
             .min(MAX_RATE_LIMIT_PAUSE);
         let deadline = Instant::now() + wait;
+        if let Some(ledger) = self.fleet.clone() {
+            let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            tokio::spawn(async move {
+                if let Err(e) = ledger.pause_fleet(wait_ms).await {
+                    tracing::warn!(error = %e, "cannot share a 429 pause with the fleet");
+                }
+            });
+        }
         self.state.send_if_modified(|s| match s {
             GateState::AuthRejected { .. } => false,
             GateState::RateLimited { until: u, .. } if *u >= deadline => false,

@@ -10,6 +10,7 @@
 pub mod discover;
 pub mod eligibility;
 pub mod finisher;
+pub mod fleet;
 pub mod gate;
 pub mod hasher;
 pub mod indexer;
@@ -48,6 +49,15 @@ pub struct Shared {
     /// False once the platform was seen to drop a `user_metadata` sent
     /// after the file: every file is then hashed before it is sent.
     pub stamp_after_file: std::sync::atomic::AtomicBool,
+    /// The records this process's workers hold (see [`fleet`]).
+    pub claims: fleet::Claims,
+}
+
+impl Shared {
+    /// The lease on a claimed record, in ms (`ledger.lease`).
+    pub fn lease_ms(&self) -> i64 {
+        i64::try_from(self.config.ledger.lease.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// Uploads in flight, for progress bars: file, total, bytes sent so far.
@@ -108,7 +118,8 @@ pub struct Running {
 impl Pipeline {
     pub fn new(ledger: Ledger, client: ApiClient, config: Arc<Config>) -> Pipeline {
         let shared = Shared {
-            gate: Gate::new(config.upload.requests_per_minute),
+            gate: Gate::new(config.upload.requests_per_minute).for_fleet(&ledger),
+            claims: fleet::Claims::default(),
             policy: RetryPolicy::from_config(&config.upload),
             limits: Limits::from_config(&config.upload),
             progress: Progress::default(),
@@ -142,8 +153,13 @@ impl Pipeline {
         &self.shared.config
     }
 
-    /// Put back what a previous run left in flight. Call before `start`.
+    /// Join the ledger's daemons and put back what a previous run left in
+    /// flight. Call before `start`.
     pub async fn recover(&self) -> Result<u64, LedgerError> {
+        self.shared
+            .ledger
+            .join(&crate::ledger::fleet::host_name(), &[])
+            .await?;
         let n = self.shared.ledger.recover().await?;
         if n > 0 {
             tracing::info!(
@@ -170,6 +186,7 @@ impl Pipeline {
         tracker.spawn(poller::run(self.shared.clone(), stop.clone()));
         tracker.spawn(indexer::run(self.shared.clone(), stop.clone()));
         tracker.spawn(finisher::run(self.shared.clone(), stop.clone()));
+        tracker.spawn(fleet::run(self.shared.clone(), stop.clone(), abort.clone()));
         tracker.close();
         Running {
             tracker,

@@ -32,16 +32,27 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
             return;
         }
-        match shared.ledger.claim().await {
+        match shared.ledger.claim(shared.lease_ms()).await {
             Ok(Some(job)) => {
+                // Cancelled when this daemon no longer holds the record (its
+                // lease ran out and another daemon took it over).
+                let lost = shared.claims.hold(job.id);
                 tokio::select! {
                     biased;
                     _ = abort.cancelled() => {
                         interrupted(&shared, &job).await;
                         return;
                     }
+                    _ = lost.cancelled() => {
+                        tracing::warn!(
+                            file_id = job.id,
+                            path = %job.display(),
+                            "stopped sending: this daemon's claim on the record ran out and another daemon took it over"
+                        );
+                    }
                     _ = attempt(&shared, &job, &stop) => {}
                 }
+                shared.claims.release(job.id);
                 continue;
             }
             Ok(None) => {}

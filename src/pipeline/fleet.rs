@@ -1,0 +1,191 @@
+//! This daemon's part in a fleet sharing one ledger: a heartbeat that
+//! renews the leases on what its workers are sending (and stops any upload
+//! whose record another daemon has taken over), the takeover of records
+//! whose daemon died, and the fleet-wide 429 pause brought to this host.
+//!
+//! On a SQLite ledger only the heartbeat runs (for `status`); there are no
+//! leases, since the lock file proves nobody else is working.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// The records this process's workers hold, each with the token that
+/// stops its upload when the record is no longer ours.
+#[derive(Debug, Default)]
+pub struct Claims(Mutex<HashMap<i64, (Instant, CancellationToken)>>);
+
+impl Claims {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (Instant, CancellationToken)>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A worker claimed `id`: the token it watches.
+    pub fn hold(&self, id: i64) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().insert(id, (Instant::now(), token.clone()));
+        token
+    }
+
+    pub fn release(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// Stop the uploads of records claimed before `asked` that the ledger
+    /// no longer lists as ours (`held`); claims made since may not be in
+    /// the answer yet.
+    fn lose_missing(&self, held: &[i64], asked: Instant) -> usize {
+        let mut lost = 0;
+        for (id, (since, token)) in self.lock().iter() {
+            if *since < asked && !held.contains(id) && !token.is_cancelled() {
+                token.cancel();
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Stop every upload (the leases can no longer be renewed).
+    fn lose_all(&self) -> usize {
+        let claims = self.lock();
+        for (_, token) in claims.values() {
+            token.cancel();
+        }
+        claims.len()
+    }
+}
+
+/// How often the heartbeat runs: a third of the lease, so that two missed
+/// beats still leave time before the lease runs out.
+fn beat_interval(lease: Duration) -> Duration {
+    (lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Run until the uploads in flight are done after `stop` (their leases are
+/// renewed while they drain) or `abort`, then leave the fleet.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
+    let ledger = &shared.ledger;
+    let lease = shared.config.ledger.lease;
+    let shared_ledger = ledger.is_shared();
+    let every = beat_interval(lease);
+    let mut next_beat = Instant::now();
+    let mut last_beat = Instant::now();
+    let mut fenced = false;
+    loop {
+        let draining = stop.is_cancelled();
+        if draining && shared.claims.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = abort.cancelled() => break,
+            _ = stop.cancelled(), if !draining => continue,
+            // Draining: look often whether the last upload is done.
+            _ = tokio::time::sleep(Duration::from_millis(50)), if draining => continue,
+            _ = tokio::time::sleep_until(next_beat) => {}
+        }
+        next_beat = Instant::now() + every;
+        let asked = Instant::now();
+        match ledger.heartbeat(shared.lease_ms()).await {
+            Ok(held) => {
+                last_beat = asked;
+                fenced = false;
+                let lost = shared.claims.lose_missing(&held, asked);
+                if shared_ledger && lost > 0 {
+                    tracing::warn!(
+                        records = lost,
+                        "other daemons took over records this daemon held"
+                    );
+                }
+            }
+            Err(e) => {
+                // Past two thirds of the lease without a renewal, another
+                // daemon may take our records over soon: stop sending them
+                // first, so that nothing goes up twice.
+                if shared_ledger && !fenced && last_beat.elapsed() > lease * 2 / 3 {
+                    fenced = true;
+                    let n = shared.claims.lose_all();
+                    tracing::error!(error = %e, uploads = n, "cannot renew this daemon's leases; stopped its uploads until the ledger answers again");
+                } else {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                continue;
+            }
+        }
+        if !shared_ledger {
+            continue;
+        }
+        match ledger.take_over_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                records = n,
+                "took over uploads whose daemon stopped renewing its lease; each is looked up on the platform before it is sent again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot take over expired claims"),
+        }
+        match ledger.fleet_pause_left().await {
+            Ok(left) if left > 0 => {
+                let ms = u64::try_from(left).unwrap_or(0);
+                shared
+                    .gate
+                    .rate_limited(SystemTime::now() + Duration::from_millis(ms));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the fleet's rate-limit pause"),
+        }
+    }
+    if let Err(e) = ledger.leave().await {
+        tracing::warn!(error = %e, "could not record this daemon's stop in the ledger");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_claims_older_than_the_question_and_missing_from_the_answer_are_lost() {
+        let claims = Claims::default();
+        let kept = claims.hold(1);
+        let lost = claims.hold(2);
+        let asked = Instant::now() + Duration::from_millis(1);
+        let newer = {
+            let t = claims.hold(3);
+            claims.lock().get_mut(&3).expect("held").0 = asked + Duration::from_millis(1);
+            t
+        };
+        assert_eq!(claims.lose_missing(&[1], asked), 1);
+        assert!(!kept.is_cancelled());
+        assert!(lost.is_cancelled());
+        assert!(
+            !newer.is_cancelled(),
+            "a claim made after the heartbeat asked is not judged"
+        );
+        claims.release(2);
+        assert_eq!(claims.lose_all(), 2);
+        assert!(kept.is_cancelled() && newer.is_cancelled());
+    }
+
+    #[test]
+    fn the_heartbeat_runs_three_times_a_lease() {
+        assert_eq!(
+            beat_interval(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            beat_interval(Duration::from_secs(2)),
+            Duration::from_millis(666)
+        );
+    }
+}
