@@ -5,6 +5,7 @@
 
 mod cli;
 mod daemon;
+mod fleet;
 mod helpers;
 mod large;
 mod ledger;

@@ -34,3 +34,11 @@ CREATE TABLE daemon_roots (
     root      TEXT   NOT NULL,
     PRIMARY KEY (daemon_id, root)
 );
+-- Two hosts watching one share: a path's content has one live record,
+-- whoever saw it first (the writer lock makes discovery decide; this makes
+-- the database refuse a second one however it came about). PostgreSQL only:
+-- an older SQLite ledger may hold such pairs, and one daemon cannot race
+-- itself.
+CREATE UNIQUE INDEX files_one_live_version ON files (path_bytes, sha256)
+    WHERE path_bytes IS NOT NULL AND sha256 IS NOT NULL
+      AND state IN ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed');

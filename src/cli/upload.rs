@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use super::{CliError, CliResult, Context, Globals, lock_error, start_emulator};
 use crate::config::WatchConfig;
 use crate::daemon::lock::LedgerLock;
-use crate::ledger::{Change, FileState, Ledger};
+use crate::ledger::{Change, FileState, Ledger, LedgerError};
 use crate::pipeline::discover::{Filter, discover};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Progress};
@@ -56,7 +56,7 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
     pipeline
         .recover()
         .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| ledger_failure(&ledger, e))?;
 
     let changes = ledger.subscribe();
     // What failed before this run is tried again; what fails during it is not.
@@ -66,12 +66,12 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
         .map_err(|e| CliError::usage(e.to_string()))?;
     let report = discover(&ledger, &args.paths, &filter, None, Some(started))
         .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| ledger_failure(&ledger, e))?;
     for problem in &report.problems {
         eprintln!("tl-ingest: {problem}");
     }
 
-    let waited = wait_until_done(&pipeline, changes).await;
+    let waited = wait_until_done(&pipeline, changes, report.ids.clone()).await;
     match waited {
         // Nothing is in flight: the stages stop as soon as they are told.
         Waited::Done => running.shutdown(Duration::from_secs(5)).await,
@@ -90,6 +90,15 @@ pub async fn run(globals: &Globals, args: UploadArgs) -> CliResult {
     result
 }
 
+/// A ledger error ends the run: a ledger that cannot be written at all (a
+/// full disk) is a setup problem (exit 2), anything else a failure.
+fn ledger_failure(ledger: &Ledger, e: LedgerError) -> CliError {
+    match ledger.first_write_error(e) {
+        e @ LedgerError::Open { .. } => CliError::usage(e.to_string()),
+        e => CliError::failed(e.to_string()),
+    }
+}
+
 enum Waited {
     Done,
     Interrupted,
@@ -98,7 +107,13 @@ enum Waited {
 
 /// Follow the ledger until nothing is unfinished, printing each file as it
 /// finishes. Stops early on Ctrl-C or a rejected key.
-async fn wait_until_done(pipeline: &Pipeline, mut changes: broadcast::Receiver<Change>) -> Waited {
+/// On a shared ledger, only this run's records count (`ids`): the other
+/// daemons' queue is theirs.
+async fn wait_until_done(
+    pipeline: &Pipeline,
+    mut changes: broadcast::Receiver<Change>,
+    mut ids: Vec<i64>,
+) -> Waited {
     let ledger = pipeline.ledger();
     let mut gate = pipeline.gate().subscribe();
     let mut display = Display::new(pipeline.progress().clone());
@@ -112,7 +127,15 @@ async fn wait_until_done(pipeline: &Pipeline, mut changes: broadcast::Receiver<C
             display.finish();
             return Waited::AuthRejected(message);
         }
-        match ledger.unfinished().await {
+        let unfinished = if ledger.is_shared() {
+            ledger.unfinished_among(&ids).await.map(|left| {
+                ids = left;
+                i64::try_from(ids.len()).unwrap_or(i64::MAX)
+            })
+        } else {
+            ledger.unfinished().await
+        };
+        match unfinished {
             Ok(0) => {
                 display.finish();
                 return Waited::Done;

@@ -134,6 +134,7 @@ pub async fn run(
     let config = Arc::new(config);
     let pipeline = Pipeline::new(ledger.clone(), client, config.clone());
     pipeline.recover().await?;
+    ledger.set_roots(&root_names(&roots)).await?;
     let ledger_changes = ledger.subscribe();
     let running = pipeline.start();
     let mut d = Daemon {
@@ -243,6 +244,15 @@ fn make_client(setup: &Setup, config: &Config) -> Result<ApiClient, DaemonError>
         connect_timeout: config.api.connect_timeout,
     };
     ApiClient::new(&opts, &key).map_err(|e| DaemonError::Config(e.to_string()))
+}
+
+/// The watched folders as records name them (`Origin::root`): on a shared
+/// ledger this daemon may send files other hosts found in them.
+fn root_names(roots: &[Root]) -> Vec<String> {
+    roots
+        .iter()
+        .map(|r| r.path.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The configured roots (or the default one), each checked and watched.
@@ -926,6 +936,9 @@ impl Daemon {
         // happens, the new pipeline starts: the old one is gone.
         if let Err(e) = self.pipeline.recover().await {
             tracing::warn!(error = %e, "could not requeue interrupted uploads; the next start will");
+        }
+        if let Err(e) = self.ledger.set_roots(&root_names(&self.roots)).await {
+            tracing::warn!(error = %e, "could not record the watched folders in the ledger");
         }
         self.running = self.pipeline.start();
         self.config = config;

@@ -253,6 +253,9 @@ fn count_request(shared: &Shared, method: &Method, path: &str) {
     stats.requests += 1;
     if is_create_asset(method, path) {
         stats.create_requests += 1;
+        stats
+            .create_request_times
+            .push(std::time::SystemTime::now());
     }
 }
 

@@ -148,6 +148,8 @@ pub struct Faults {
 pub struct Stats {
     /// `POST /assets` requests received, whatever their outcome.
     pub create_requests: u64,
+    /// When each of them arrived, in order (to check a client's pacing).
+    pub create_request_times: Vec<std::time::SystemTime>,
     /// Assets created with their content: direct and url uploads, completed multipart
     /// uploads (counted at completion).
     pub assets_created: u64,

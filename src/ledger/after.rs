@@ -50,11 +50,12 @@ pub struct ActionJob {
 impl Ledger {
     /// Ready records whose watch wants them indexed, not yet submitted.
     pub async fn to_index(&self, limit: u32) -> Result<Vec<IndexJob>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
-             WHERE state = 'ready' AND index_id IS NOT NULL AND asset_id IS NOT NULL \
+             WHERE state = 'ready' AND index_id IS NOT NULL AND asset_id IS NOT NULL{} \
              ORDER BY id LIMIT $1",
-        )
+            self.followed_by_me()
+        ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
@@ -62,11 +63,12 @@ impl Ledger {
 
     /// Records being indexed.
     pub async fn indexing(&self, limit: u32) -> Result<Vec<IndexJob>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
-             WHERE state = 'indexing' AND indexed_asset_id IS NOT NULL \
+             WHERE state = 'indexing' AND indexed_asset_id IS NOT NULL{} \
              ORDER BY updated_at, id LIMIT $1",
-        )
+            self.followed_by_me()
+        ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
@@ -192,15 +194,16 @@ impl Ledger {
     /// Finished records with a file action still to do: `after_upload` once
     /// the asset is ready (or later), `on_failure` once failed.
     pub async fn pending_actions(&self, limit: u32) -> Result<Vec<ActionJob>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT id, path_bytes, path, root, state, size, mtime_ns, inode, sha256, asset_id, \
              attempts, last_error, \
              CASE WHEN state = 'failed' THEN on_failure ELSE after_upload END AS action \
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
              AND ((state IN ('ready', 'indexing', 'indexed') AND after_upload IS NOT NULL) \
-               OR (state = 'failed' AND on_failure IS NOT NULL)) \
+               OR (state = 'failed' AND on_failure IS NOT NULL)){} \
              ORDER BY id LIMIT $1",
-        )
+            self.followed_by_me()
+        ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)

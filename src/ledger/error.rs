@@ -19,3 +19,11 @@ pub enum LedgerError {
     #[error("ledger query failed: {0}")]
     Sql(#[from] sqlx::Error),
 }
+
+impl LedgerError {
+    /// SQLite could not write for want of space (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, LedgerError::Sql(sqlx::Error::Database(db))
+            if db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 13))
+    }
+}

@@ -210,6 +210,8 @@ pub struct AttemptRow {
     pub http_status: Option<i64>,
     pub bytes_sent: i64,
     pub error: Option<String>,
+    /// The daemon (`daemons.id`) that made it, if a daemon did.
+    pub daemon_id: Option<i64>,
 }
 
 /// The newest record of a path, as discovery compares it.
@@ -530,6 +532,29 @@ impl Ledger {
 
     /// Records waiting for eligibility and hashing, oldest first.
     pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
+        if let Some(member) = self.member().filter(|_| self.pool.is_postgres()) {
+            // A shared ledger: take the files with a lease, so that two
+            // hosts watching one share do not both read them, and only
+            // files this host can see.
+            let mut jobs: Vec<HashJob> = stmt(format!(
+                "UPDATE files SET claimed_by = $3, lease_until = {PG_NOW} + $5 \
+                 WHERE id IN (SELECT id FROM files WHERE state = 'discovered' \
+                   AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
+                   AND (lease_until IS NULL OR lease_until < {PG_NOW} OR claimed_by = $3){visible} \
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, path_bytes, path, size, mtime_ns, attempts",
+                visible = self.visible_to_me("$4"),
+            ))
+            .bind(i64::from(limit))
+            .bind(now_ms())
+            .bind(member.id)
+            .bind(member.host.clone())
+            .bind(member.lease_ms)
+            .fetch_all(&self.pool)
+            .await?;
+            jobs.sort_by_key(|j| j.id);
+            return Ok(jobs);
+        }
         Ok(stmt(
             "SELECT id, path_bytes, path, size, mtime_ns, attempts FROM files \
              WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
@@ -831,9 +856,8 @@ impl Ledger {
     }
 
     /// Claim the oldest due `queued` record for an upload attempt, for
-    /// this daemon (`claimed_by`) with a lease of `lease_ms` on a shared
-    /// ledger, where a daemon claims only what it can see: URLs, files its
-    /// own host found, and files in folders it watches.
+    /// this daemon (`claimed_by`), with a lease of `lease_ms` on a shared
+    /// ledger, where a daemon claims only files it can see.
     pub async fn claim(&self, lease_ms: i64) -> Result<Option<UploadJob>, LedgerError> {
         let from = FileState::Queued;
         let to = from.on(Event::Claim)?;
@@ -847,23 +871,24 @@ impl Ledger {
             ("", "NULL".to_owned())
         };
         let mut tx = self.pool.begin_claim().await?;
-        let job: Option<UploadJob> = stmt(format!(
+        let visible = self.visible_to_me("$6");
+        let mut q = stmt(format!(
             "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease} \
-             WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3 \
-               AND ($4 IS NULL OR path_bytes IS NULL OR origin_host = $6 OR origin_host IS NULL \
-                    OR root IN (SELECT root FROM daemon_roots WHERE daemon_id = $4)) \
+             WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible} \
                ORDER BY next_attempt_at, id LIMIT 1{lock}) AND state = $1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
-             user_metadata, attempts, lookup_first, filename"
+             user_metadata, attempts, lookup_first, filename",
         ))
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(now)
         .bind(self.me_id())
-        .bind(lease_ms)
-        .bind(self.me_host())
-        .fetch_optional(&mut tx)
-        .await?;
+        .bind(lease_ms);
+        // PostgreSQL refuses a value for a placeholder the text lacks.
+        if !visible.is_empty() {
+            q = q.bind(self.me_host());
+        }
+        let job: Option<UploadJob> = q.fetch_optional(&mut tx).await?;
         let Some(mut job) = job else {
             tx.commit().await?;
             return Ok(None);
@@ -1066,11 +1091,12 @@ impl Ledger {
     /// Records whose asset is processing and that were accepted or last
     /// asked about at or before `cutoff` (Unix ms), least recently first.
     pub async fn processing(&self, limit: u32, cutoff: i64) -> Result<Vec<PollJob>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT id, asset_id, uploaded_at, path, url, attempts FROM files \
-             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $2 \
+             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $2{} \
              ORDER BY updated_at, id LIMIT $1",
-        )
+            self.followed_by_me()
+        ))
         .bind(i64::from(limit))
         .bind(cutoff)
         .fetch_all(&self.pool)
@@ -1268,6 +1294,29 @@ impl Ledger {
         .await?)
     }
 
+    /// Which of `ids` are still unfinished (in the order given): what a
+    /// one-shot `upload` on a shared ledger waits for, rather than the
+    /// whole fleet's queue.
+    pub async fn unfinished_among(&self, ids: &[i64]) -> Result<Vec<i64>, LedgerError> {
+        let mut left = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let mut q = stmt(
+                "SELECT id FROM files WHERE state IN \
+                 ('discovered', 'queued', 'uploading', 'processing', 'indexing') AND id IN (",
+            );
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push_bind(*id);
+            }
+            q.push(")");
+            let found: Vec<i64> = q.scalar_all(&self.pool).await?;
+            left.extend(chunk.iter().filter(|id| found.contains(id)));
+        }
+        Ok(left)
+    }
+
     /// How many records are queued, and when the oldest of them was
     /// discovered (Unix ms).
     pub async fn queue_stats(&self) -> Result<(i64, Option<i64>), LedgerError> {
@@ -1342,8 +1391,8 @@ impl Ledger {
     /// Every attempt of a record, oldest first.
     pub async fn attempts(&self, file_id: i64) -> Result<Vec<AttemptRow>, LedgerError> {
         Ok(stmt(
-            "SELECT id, file_id, started_at, ended_at, outcome, http_status, bytes_sent, error \
-             FROM attempts WHERE file_id = $1 ORDER BY id",
+            "SELECT id, file_id, started_at, ended_at, outcome, http_status, bytes_sent, error, \
+             daemon_id FROM attempts WHERE file_id = $1 ORDER BY id",
         )
         .bind(file_id)
         .fetch_all(&self.pool)

@@ -23,6 +23,8 @@ pub struct Member {
     /// Its row in `daemons`.
     pub id: i64,
     pub host: String,
+    /// Its lease (ms): a daemon silent for three leases is gone.
+    pub lease_ms: i64,
 }
 
 /// A daemon as `status` shows it.
@@ -66,11 +68,69 @@ impl Ledger {
         self.me.get().map(|m| m.host.clone())
     }
 
+    /// A condition (to append to a WHERE on `files`) for the files this
+    /// daemon can see on a shared ledger: those its host found, and those
+    /// in folders it watches (a share is mounted at the same path on every
+    /// host); URLs are anyone's. `host` is the placeholder bound to this
+    /// host's name. Empty on SQLite and before joining.
+    pub(super) fn visible_to_me(&self, host: &str) -> String {
+        match self.me.get() {
+            Some(m) if self.pool.is_postgres() => format!(
+                " AND (files.path_bytes IS NULL OR files.origin_host IS NULL \
+                 OR files.origin_host = {host} \
+                 OR files.root IN (SELECT root FROM daemon_roots WHERE daemon_id = {me}))",
+                me = m.id,
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// A condition (to append to a WHERE on `files`) for the records whose
+    /// follow-up work (polling, indexing, the after-upload file action) is
+    /// this daemon's on a shared ledger: those it uploaded, and those whose
+    /// uploader has stopped or gone silent. Empty on SQLite, where there is
+    /// one daemon. Only this process's own numbers are written into it.
+    pub(super) fn followed_by_me(&self) -> String {
+        match self.me.get() {
+            Some(m) if self.pool.is_postgres() => format!(
+                " AND (files.claimed_by IS NULL OR files.claimed_by = {me} OR NOT EXISTS \
+                 (SELECT 1 FROM daemons d WHERE d.id = files.claimed_by AND d.stopped_at IS NULL \
+                 AND d.heartbeat_at >= {PG_NOW} - {gone}))",
+                me = m.id,
+                gone = m.lease_ms.saturating_mul(3),
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// A write failing for want of space under a SQLite ledger is a setup
+    /// problem, said as such (with the file), not a failed query.
+    pub fn first_write_error(&self, e: LedgerError) -> LedgerError {
+        match &self.location {
+            super::Location::Sqlite(path) if e.is_disk_full() => LedgerError::Open {
+                path: path.clone(),
+                reason: "the disk holding it is full".into(),
+            },
+            _ => e,
+        }
+    }
+
     /// Join the fleet as a new `daemons` row (one per process start, so a
     /// reused pid is never mistaken for its predecessor), watching `roots`.
     /// Joining twice keeps the first membership.
-    pub async fn join(&self, host: &str, roots: &[String]) -> Result<Member, LedgerError> {
+    pub async fn join(
+        &self,
+        host: &str,
+        roots: &[String],
+        lease_ms: i64,
+    ) -> Result<Member, LedgerError> {
         if let Some(m) = self.me.get() {
+            // A pipeline started again (a reload): still here.
+            stmt("UPDATE daemons SET stopped_at = NULL WHERE id = $1")
+                .bind(m.id)
+                .execute(&self.pool)
+                .await?;
+            self.set_roots(roots).await?;
             return Ok(m.clone());
         }
         let now_sql = if self.pool.is_postgres() {
@@ -78,19 +138,28 @@ impl Ledger {
         } else {
             "$4"
         };
-        let id: i64 = stmt(format!(
-            "INSERT INTO daemons (host, pid, version, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, {now_sql}, {now_sql}) RETURNING id"
-        ))
-        .bind(host)
-        .bind(i64::from(std::process::id()))
-        .bind(env!("CARGO_PKG_VERSION"))
-        .bind(now_ms())
-        .scalar_one(&self.pool)
-        .await?;
+        // In a transaction: an autocommit INSERT … RETURNING hands out its
+        // row even when the commit then fails (a full disk).
+        let joined = async {
+            let mut tx = self.pool.begin().await?;
+            let id: i64 = stmt(format!(
+                "INSERT INTO daemons (host, pid, version, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, {now_sql}, {now_sql}) RETURNING id"
+            ))
+            .bind(host)
+            .bind(i64::from(std::process::id()))
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(now_ms())
+            .scalar_one(&mut tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, LedgerError>(id)
+        };
+        let id = joined.await.map_err(|e| self.first_write_error(e))?;
         let member = Member {
             id,
             host: host.to_owned(),
+            lease_ms,
         };
         let member = self.me.get_or_init(|| member).clone();
         self.set_roots(roots).await?;
@@ -123,12 +192,12 @@ impl Ledger {
     }
 
     /// Say this daemon is alive and extend the leases on what it is
-    /// sending by `lease_ms`. Returns the records it still holds: one that
-    /// is missing was taken over (its lease ran out), and its upload must
-    /// stop.
-    pub async fn heartbeat(&self, lease_ms: i64) -> Result<Vec<i64>, LedgerError> {
+    /// sending by `lease_ms`. Returns the records it still holds, where
+    /// records are leased (a shared ledger): one that is missing was taken
+    /// over (its lease ran out), and its upload must stop.
+    pub async fn heartbeat(&self, lease_ms: i64) -> Result<Option<Vec<i64>>, LedgerError> {
         let Some(me) = self.me_id() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if !self.pool.is_postgres() {
             stmt("UPDATE daemons SET heartbeat_at = $2 WHERE id = $1")
@@ -136,7 +205,7 @@ impl Ledger {
                 .bind(now_ms())
                 .execute(&self.pool)
                 .await?;
-            return Ok(Vec::new());
+            return Ok(None);
         }
         stmt(format!(
             "UPDATE daemons SET heartbeat_at = {PG_NOW} WHERE id = $1"
@@ -144,14 +213,17 @@ impl Ledger {
         .bind(me)
         .execute(&self.pool)
         .await?;
-        Ok(stmt(format!(
+        // Uploads, and files being hashed (a long hash must not lose its
+        // file to another host).
+        let held = stmt(format!(
             "UPDATE files SET lease_until = {PG_NOW} + $2 \
-             WHERE claimed_by = $1 AND state = 'uploading' RETURNING id"
+             WHERE claimed_by = $1 AND state IN ('uploading', 'discovered') RETURNING id"
         ))
         .bind(me)
         .bind(lease_ms)
         .scalar_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(Some(held))
     }
 
     /// Leave the fleet (a clean stop).

@@ -385,3 +385,22 @@ pub fn from_ms(ms: i64) -> SystemTime {
 pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(from_ms(ms)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both engines have the same migrations (versions and names), each in
+    /// its own dialect: a ledger is at the same schema on either.
+    #[test]
+    fn both_engines_have_the_same_migrations() {
+        let list = |m: &sqlx::migrate::Migrator| {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(&SQLITE_MIGRATOR), list(&POSTGRES_MIGRATOR));
+        assert_eq!(schema_version(true), schema_version(false));
+        assert!(schema_version(false) >= 6);
+    }
+}

@@ -130,6 +130,8 @@ pub fn same_stat(a: &NewFile, size: i64, mtime_ns: i64, inode: i64) -> bool {
 pub struct WalkReport {
     /// Every candidate path, in walk order.
     pub paths: Vec<PathBuf>,
+    /// The record of each path, in the same order.
+    pub ids: Vec<i64>,
     /// Records that were already finished as failed and were queued again.
     pub requeued: usize,
     /// Problems met on the way (unreadable folders, vanished entries).
@@ -163,16 +165,21 @@ pub async fn discover(
             }
         };
         let found = new_file(&path, &meta, user_metadata);
+        let discovery = ledger.discover(&found).await?;
         if let Discovery::Known {
             id,
             state: FileState::Failed,
-        } = ledger.discover(&found).await?
+        } = discovery
             && let Some(before) = requeue_failed_before
             && ledger.requeue_failed_before(id, before).await?
         {
             report.requeued += 1;
         }
+        let id = match discovery {
+            Discovery::New(id) | Discovery::Changed(id) | Discovery::Known { id, .. } => id,
+        };
         report.paths.push(path);
+        report.ids.push(id);
     }
     if let Err(e) = walker.await {
         report

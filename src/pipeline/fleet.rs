@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,8 +101,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
             Ok(held) => {
                 last_beat = asked;
                 fenced = false;
-                let lost = shared.claims.lose_missing(&held, asked);
-                if shared_ledger && lost > 0 {
+                let lost = held.map_or(0, |held| shared.claims.lose_missing(&held, asked));
+                if lost > 0 {
                     tracing::warn!(
                         records = lost,
                         "other daemons took over records this daemon held"
@@ -137,9 +137,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         match ledger.fleet_pause_left().await {
             Ok(left) if left > 0 => {
                 let ms = u64::try_from(left).unwrap_or(0);
-                shared
-                    .gate
-                    .rate_limited(SystemTime::now() + Duration::from_millis(ms));
+                shared.gate.pause_locally(Duration::from_millis(ms));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the fleet's rate-limit pause"),
@@ -185,7 +183,7 @@ mod tests {
         );
         assert_eq!(
             beat_interval(Duration::from_secs(2)),
-            Duration::from_millis(666)
+            Duration::from_nanos(666_666_666)
         );
     }
 }

@@ -42,7 +42,13 @@ pub struct Gate {
     next_slot: Mutex<Instant>,
     /// A shared ledger: the pacing and the 429 pause hold for the fleet.
     fleet: Option<Ledger>,
+    /// When the fleet's 429 pause was last read (see [`Gate::wait_open`]).
+    fleet_checked: Mutex<Option<Instant>>,
 }
+
+/// How stale this host's view of the fleet's 429 pause may be: well under
+/// the moment a server would count requests after its 429 as ignoring it.
+const FLEET_PAUSE_FRESH: Duration = Duration::from_millis(20);
 
 impl Gate {
     pub fn new(requests_per_minute: u32) -> Gate {
@@ -53,6 +59,7 @@ impl Gate {
             spacing,
             next_slot: Mutex::new(Instant::now()),
             fleet: None,
+            fleet_checked: Mutex::new(None),
         }
     }
 
@@ -75,6 +82,9 @@ impl Gate {
 
     /// Wait until requests may go. Returns false if `cancel` fired first.
     pub async fn wait_open(&self, cancel: &CancellationToken) -> bool {
+        if let Some(ledger) = &self.fleet {
+            self.sync_fleet_pause(ledger).await;
+        }
         let mut rx = self.state.subscribe();
         loop {
             let current = rx.borrow_and_update().clone();
@@ -113,26 +123,17 @@ impl Gate {
         if !self.wait_open(cancel).await {
             return false;
         }
-        let Some(spacing) = self.spacing else {
-            return true;
-        };
         if let Some(ledger) = &self.fleet {
-            let spacing_ms = i64::try_from(spacing.as_millis()).unwrap_or(i64::MAX);
-            match ledger.reserve_request(spacing_ms).await {
-                Ok(wait_ms) => {
-                    let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    // A 429 may have paused the fleet while this waited.
-                    return self.wait_open(cancel).await;
-                }
+            match self.fleet_slot(ledger, cancel).await {
+                Ok(go) => return go,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reserve a request slot in the shared ledger; pacing this host alone");
+                    tracing::warn!(error = %e, "cannot reach the shared ledger's rate limit; pacing this host alone");
                 }
             }
         }
+        let Some(spacing) = self.spacing else {
+            return true;
+        };
         let slot = {
             let mut next = match self.next_slot.lock() {
                 Ok(guard) => guard,
@@ -149,20 +150,67 @@ impl Gate {
     }
 
     /// A 429: pause everyone until `until` (a later pause wins).
-    pub fn rate_limited(&self, until: SystemTime) {
-        let wait = until
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .min(MAX_RATE_LIMIT_PAUSE);
-        let deadline = Instant::now() + wait;
-        if let Some(ledger) = self.fleet.clone() {
-            let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-            tokio::spawn(async move {
-                if let Err(e) = ledger.pause_fleet(wait_ms).await {
-                    tracing::warn!(error = %e, "cannot share a 429 pause with the fleet");
+    /// The fleet's next request slot (when requests are paced), then a last
+    /// look at the fleet's 429 pause: another host may have been told to
+    /// wait a moment ago. A slot that passed during a pause is given up for
+    /// a new one, or every waiter would go at once when the pause ends.
+    async fn fleet_slot(
+        &self,
+        ledger: &Ledger,
+        cancel: &CancellationToken,
+    ) -> Result<bool, crate::ledger::LedgerError> {
+        loop {
+            if let Some(spacing) = self.spacing {
+                let spacing_ms = i64::try_from(spacing.as_millis()).unwrap_or(i64::MAX);
+                let wait_ms = ledger.reserve_request(spacing_ms).await?;
+                let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(wait) => {}
                 }
-            });
+            }
+            let left = ledger.fleet_pause_left().await?;
+            if left <= 0 && self.state() == GateState::Open {
+                return Ok(true);
+            }
+            if left > 0 {
+                self.pause_locally(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+            }
+            if !self.wait_open(cancel).await {
+                return Ok(false);
+            }
+            if self.spacing.is_none() {
+                return Ok(true);
+            }
         }
+    }
+
+    /// Bring a 429 pause another host recorded to this host, reading it at
+    /// most every [`FLEET_PAUSE_FRESH`].
+    async fn sync_fleet_pause(&self, ledger: &Ledger) {
+        {
+            let mut checked = match self.fleet_checked.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if checked.is_some_and(|at| at.elapsed() < FLEET_PAUSE_FRESH) {
+                return;
+            }
+            *checked = Some(Instant::now());
+        }
+        match ledger.fleet_pause_left().await {
+            Ok(left) if left > 0 => {
+                self.pause_locally(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the fleet's 429 pause"),
+        }
+    }
+
+    /// Another host's 429: wait as it does, without telling the fleet again.
+    pub fn pause_locally(&self, wait: Duration) {
+        let wait = wait.min(MAX_RATE_LIMIT_PAUSE);
+        let deadline = Instant::now() + wait;
         self.state.send_if_modified(|s| match s {
             GateState::AuthRejected { .. } => false,
             GateState::RateLimited { until: u, .. } if *u >= deadline => false,
@@ -174,6 +222,22 @@ impl Gate {
                 true
             }
         });
+    }
+
+    pub fn rate_limited(&self, until: SystemTime) {
+        let wait = until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RATE_LIMIT_PAUSE);
+        if let Some(ledger) = self.fleet.clone() {
+            let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            tokio::spawn(async move {
+                if let Err(e) = ledger.pause_fleet(wait_ms).await {
+                    tracing::warn!(error = %e, "cannot share a 429 pause with the fleet");
+                }
+            });
+        }
+        self.pause_locally(wait);
     }
 
     /// A 401/403: stop sending until the key is fixed.
