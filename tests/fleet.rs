@@ -50,6 +50,11 @@ impl Fleet {
     /// A daemon's configuration: the shared ledger with a short lease, the
     /// shared inbox, and `extra` lines for `[upload]`.
     fn config(&self, name: &str, upload: &str) -> PathBuf {
+        self.config_watching(name, upload, &self.inbox)
+    }
+
+    /// [`Fleet::config`] watching `inbox`.
+    fn config_watching(&self, name: &str, upload: &str, inbox: &Path) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));
         let text = format!(
             "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n\
@@ -65,7 +70,7 @@ impl Fleet {
                 .display()
                 .to_string(),
             self.url.expose(),
-            self.inbox.display().to_string(),
+            inbox.display().to_string(),
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -73,6 +78,11 @@ impl Fleet {
 
     /// `tl-ingest run` in the background, its output in `<name>.log`.
     fn spawn(&self, name: &str, config: &Path) -> Child {
+        self.spawn_on("", name, config)
+    }
+
+    /// [`Fleet::spawn`] as if on host `host` (`TL_INGEST_HOST`; empty: this one).
+    fn spawn_on(&self, host: &str, name: &str, config: &Path) -> Child {
         let log =
             std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("daemon log");
         let err = log.try_clone().expect("log handle");
@@ -82,6 +92,7 @@ impl Fleet {
             .env("HOME", self.dir.path())
             .env("TWELVELABS_API_KEY", KEY)
             .env("RUST_LOG", "info")
+            .env("TL_INGEST_HOST", host)
             .current_dir(self.dir.path())
             .arg("--config")
             .arg(config)
@@ -105,13 +116,7 @@ impl Fleet {
 
     /// Media files in the inbox; path → sha256.
     fn write_files(&self, n: usize, size: usize, seed: u64) -> BTreeMap<PathBuf, String> {
-        (0..n)
-            .map(|i| {
-                let path = self.inbox.join(format!("d{}/clip{i:04}.mp4", i % 8));
-                let sha = write_media(&path, Kind::Mp4, size + i * 13, seed + i as u64);
-                (path, sha)
-            })
-            .collect()
+        write_files_in(&self.inbox, n, size, seed)
     }
 
     /// Wait until every record is `ready` and there are `n` of them.
@@ -184,6 +189,17 @@ impl Fleet {
         assert!(twice.is_empty(), "uploaded more than once: {twice:?}");
         assert_eq!(stats.assets_created, u64::try_from(files.len()).expect("n"));
     }
+}
+
+/// `n` media files under `dir`; path → sha256.
+fn write_files_in(dir: &Path, n: usize, size: usize, seed: u64) -> BTreeMap<PathBuf, String> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("d{}/clip{i:04}.mp4", i % 8));
+            let sha = write_media(&path, Kind::Mp4, size + i * 13, seed + i as u64);
+            (path, sha)
+        })
+        .collect()
 }
 
 /// SIGTERM and wait (a clean stop leaves the daemon's row `stopped`).
@@ -409,4 +425,66 @@ async fn the_rate_limit_and_a_429_pause_hold_for_the_whole_fleet() {
         stats.requests_while_rate_limited, 0,
         "a 429 to one daemon paused all of them"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_sends_only_the_files_it_can_see() {
+    if pg::server_url().is_none() {
+        return pg::skipped("fleet::each_host_sends_only_the_files_it_can_see");
+    }
+    // Two capture hosts, each with its own drop folder. The busy one is
+    // slow; the idle one must not take its files, which it cannot read.
+    let fleet = Fleet::new(Faults {
+        latency_ms: 50,
+        ..Faults::default()
+    })
+    .await;
+    let (inbox_a, inbox_b) = (fleet.dir.path().join("a-in"), fleet.dir.path().join("b-in"));
+    let mut files = write_files_in(&inbox_a, 30, 4_000, 0xa);
+    let few = write_files_in(&inbox_b, 3, 4_000, 0xb);
+    files.extend(few.clone());
+    let a = fleet.spawn_on(
+        "host-a",
+        "a",
+        &fleet.config_watching("a", "workers = 1", &inbox_a),
+    );
+    let b = fleet.spawn_on(
+        "host-b",
+        "b",
+        &fleet.config_watching("b", "workers = 4", &inbox_b),
+    );
+    let ledger = fleet.ledger().await;
+    fleet
+        .wait_all_ready(&ledger, files.len(), &["a", "b"])
+        .await;
+    terminate(a).await;
+    terminate(b).await;
+    fleet.assert_each_uploaded_once(&ledger, &files).await;
+
+    let hosts: BTreeMap<i64, String> = ledger
+        .daemons(0)
+        .await
+        .expect("daemons")
+        .into_iter()
+        .map(|d| (d.id, d.host))
+        .collect();
+    for rec in ledger.history(&[], None).await.expect("history") {
+        let path = rec.path.clone().expect("a file");
+        let own = if path.starts_with(&*inbox_a.to_string_lossy()) {
+            "host-a"
+        } else {
+            "host-b"
+        };
+        for attempt in ledger.attempts(rec.id).await.expect("attempts") {
+            let by = attempt
+                .daemon_id
+                .and_then(|d| hosts.get(&d))
+                .map(String::as_str);
+            assert_eq!(
+                by,
+                Some(own),
+                "{path} was tried by another host: {attempt:?}"
+            );
+        }
+    }
 }
