@@ -6,6 +6,7 @@
 mod cli;
 mod daemon;
 mod fleet;
+mod fleet_ledger;
 mod helpers;
 mod large;
 mod ledger;

@@ -1,0 +1,280 @@
+//! The shared ledger's fleet operations, one step at a time, with several
+//! handles on one PostgreSQL database standing for daemons on different
+//! hosts: claims, leases, takeover, fencing, pacing. Run when
+//! `TL_INGEST_TEST_POSTGRES_URL` is set; skipped with a message otherwise.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tl_ingest::config::Dedupe;
+use tl_ingest::ledger::{
+    AttemptEnd, Discovery, FileState, Ledger, LedgerError, Location, NewFile, Origin,
+};
+
+use crate::helpers::pg;
+
+const ROOT: &str = "/share/in";
+
+/// Two daemons on two hosts watching the same shared folder.
+async fn two_hosts(lease_ms: i64) -> (Ledger, Ledger) {
+    let url = pg::fresh_database().await;
+    let location = Location::Postgres(url);
+    let a = Ledger::open_at(&location).await.expect("open a");
+    let b = Ledger::open_at(&location).await.expect("open b");
+    a.join("host-a", &[ROOT.into()], lease_ms)
+        .await
+        .expect("join a");
+    b.join("host-b", &[ROOT.into()], lease_ms)
+        .await
+        .expect("join b");
+    (a, b)
+}
+
+fn file(i: u64) -> NewFile {
+    let path = format!("{ROOT}/clip{i}.mp4");
+    NewFile {
+        path_bytes: path.as_bytes().to_vec(),
+        path,
+        size: 1_000 + i,
+        mtime_ns: 1,
+        device: 7,
+        inode: i,
+        user_metadata: None,
+        origin: Some(Origin {
+            root: ROOT.into(),
+            ..Origin::default()
+        }),
+    }
+}
+
+/// Discover and hash `n` files through `ledger`: `n` queued records.
+async fn queue(ledger: &Ledger, n: u64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let Discovery::New(id) = ledger.discover(&file(i)).await.expect("discover") else {
+            panic!("a new record");
+        };
+        ids.push(id);
+    }
+    let jobs = ledger.to_hash(1000).await.expect("to_hash");
+    assert_eq!(
+        jobs.len(),
+        ids.len(),
+        "the discovering host hashes its files"
+    );
+    for job in jobs {
+        ledger
+            .record_hash(
+                &job,
+                &format!("{:064x}", job.id),
+                Some("video/mp4"),
+                Dedupe::Content,
+            )
+            .await
+            .expect("hash");
+    }
+    ids
+}
+
+async fn state(ledger: &Ledger, id: i64) -> FileState {
+    ledger
+        .record(id)
+        .await
+        .expect("query")
+        .expect("exists")
+        .state()
+        .expect("state")
+}
+
+/// Ask `ledger` to take over expired claims until it takes one (within
+/// 10 s); how long that took.
+async fn take_over_one(ledger: &Ledger) -> Duration {
+    let start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if ledger.take_over_expired().await.expect("take over") == 1 {
+                return start.elapsed();
+            }
+        }
+    })
+    .await
+    .expect("the expired claim is taken over")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_two_hosts_take_each_record_once() {
+    if pg::server_url().is_none() {
+        return pg::skipped("fleet_ledger::claims_from_two_hosts_take_each_record_once");
+    }
+    let (a, b) = two_hosts(30_000).await;
+    let ids = queue(&a, 40).await;
+    let claim_all = |l: Ledger| async move {
+        let mut got = Vec::new();
+        while let Some(job) = l.claim(30_000).await.expect("claim") {
+            got.push(job.id);
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(
+        tokio::spawn(claim_all(a.clone())),
+        tokio::spawn(claim_all(b.clone()))
+    );
+    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
+    let all: BTreeSet<i64> = ga.iter().chain(&gb).copied().collect();
+    assert_eq!(ga.len() + gb.len(), ids.len(), "no record claimed twice");
+    assert_eq!(all, ids.iter().copied().collect::<BTreeSet<_>>());
+    let ds = a.daemons(0).await.expect("daemons");
+    let in_flight: i64 = ds.iter().map(|d| d.in_flight).sum();
+    assert_eq!(
+        in_flight, 40,
+        "every claim is recorded with its daemon: {ds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_off() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_off",
+        );
+    }
+    const LEASE_MS: i64 = 300;
+    let (a, b) = two_hosts(LEASE_MS).await;
+    let ids = queue(&a, 1).await;
+    let job = a.claim(LEASE_MS).await.expect("claim").expect("due");
+    assert_eq!(
+        b.take_over_expired().await.expect("reap"),
+        0,
+        "a live lease stays"
+    );
+    // A renews once, then stops (it died, or lost the database).
+    let held = a.heartbeat(LEASE_MS).await.expect("beat").expect("leases");
+    assert_eq!(held, vec![job.id]);
+    let after = take_over_one(&b).await;
+    assert!(
+        after >= Duration::from_millis(250),
+        "taken over {after:?} after the last renewal, before the lease ran out"
+    );
+    assert_eq!(state(&b, ids[0]).await, FileState::Queued);
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        ..AttemptEnd::default()
+    };
+    // A's late answer cannot land: the record is no longer its.
+    let late = a.accept(&job, "asset-from-a", &end).await;
+    assert!(
+        matches!(late, Err(LedgerError::Conflict { .. })),
+        "{late:?}"
+    );
+    // B claims it after the lookup delay, marked to be looked up first.
+    let attempts = b.attempts(ids[0]).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("taken over"))
+    );
+    let heir = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Some(job) = b.claim(30_000).await.expect("claim") {
+                return job;
+            }
+        }
+    })
+    .await
+    .expect("B claims the record once it is due");
+    assert_eq!(heir.id, job.id);
+    assert!(
+        heir.lookup_first,
+        "looked up on the platform before it is sent again"
+    );
+    b.accept(&heir, "asset-from-b", &end)
+        .await
+        .expect("B's answer lands");
+    // A's heartbeat no longer lists it: its worker would stop.
+    let held = a.heartbeat(LEASE_MS).await.expect("beat").expect("leases");
+    assert!(held.is_empty(), "{held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_does_not_take_files_from_folders_it_does_not_watch() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::a_host_does_not_take_files_from_folders_it_does_not_watch",
+        );
+    }
+    let url = pg::fresh_database().await;
+    let location = Location::Postgres(url);
+    let a = Ledger::open_at(&location).await.expect("open a");
+    let c = Ledger::open_at(&location).await.expect("open c");
+    a.join("host-a", &[ROOT.into()], 30_000)
+        .await
+        .expect("join a");
+    c.join("host-c", &["/elsewhere".into()], 30_000)
+        .await
+        .expect("join c");
+    let Discovery::New(id) = a.discover(&file(1)).await.expect("discover") else {
+        panic!("new");
+    };
+    assert!(
+        c.to_hash(10).await.expect("to_hash").is_empty(),
+        "c cannot read it"
+    );
+    let jobs = a.to_hash(10).await.expect("to_hash");
+    assert_eq!(jobs.len(), 1);
+    a.record_hash(
+        &jobs[0],
+        &"e".repeat(64),
+        Some("video/mp4"),
+        Dedupe::Content,
+    )
+    .await
+    .expect("hash");
+    assert!(
+        c.claim(30_000).await.expect("claim").is_none(),
+        "nor send it"
+    );
+    assert_eq!(
+        a.claim(30_000).await.expect("claim").map(|j| j.id),
+        Some(id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_slots_are_spaced_for_the_fleet_and_a_pause_holds_them_back() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::request_slots_are_spaced_for_the_fleet_and_a_pause_holds_them_back",
+        );
+    }
+    let (a, b) = two_hosts(30_000).await;
+    // Alternating hosts, back to back: each slot 1 s after the last.
+    let mut waits = Vec::new();
+    for l in [&a, &b, &a, &b] {
+        waits.push(l.reserve_request(1_000).await.expect("slot"));
+    }
+    for (i, w) in waits.iter().enumerate() {
+        let expect = 1_000 * i64::try_from(i).expect("small");
+        assert!(
+            (expect - 100..=expect).contains(w),
+            "slot {i}: wait {w} ms, not ~{expect}"
+        );
+    }
+    assert_eq!(b.fleet_pause_left().await.expect("pause"), 0);
+    a.pause_fleet(5_000).await.expect("429 on a");
+    let left = b.fleet_pause_left().await.expect("pause");
+    assert!(
+        (4_000..=5_000).contains(&left),
+        "b sees a's pause: {left} ms"
+    );
+    // The next slot comes after the pause, whatever the spacing said.
+    let wait = b.reserve_request(10).await.expect("slot");
+    assert!(wait >= left - 100, "a slot inside the pause: {wait} ms");
+}
