@@ -55,6 +55,11 @@ impl Fleet {
 
     /// [`Fleet::config`] watching `inbox`.
     fn config_watching(&self, name: &str, upload: &str, inbox: &Path) -> PathBuf {
+        self.config_full(name, upload, inbox, &self.url)
+    }
+
+    /// [`Fleet::config`] watching `inbox`, on the ledger at `url`.
+    fn config_full(&self, name: &str, upload: &str, inbox: &Path, url: &PgUrl) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));
         let text = format!(
             "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n\
@@ -69,7 +74,7 @@ impl Fleet {
                 .join(format!("{name}.db"))
                 .display()
                 .to_string(),
-            self.url.expose(),
+            url.expose(),
             inbox.display().to_string(),
         );
         std::fs::write(&path, text).expect("write config");
@@ -487,4 +492,97 @@ async fn each_host_sends_only_the_files_it_can_see() {
             );
         }
     }
+}
+
+/// Run `sql` on the test server as its administrator.
+async fn admin(sql: &str) {
+    use sqlx::Connection;
+    let server = pg::server_url().expect("server");
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("admin connects");
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_cut_off_from_the_ledger_stops_sending_before_its_lease_runs_out() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet::a_daemon_cut_off_from_the_ledger_stops_sending_before_its_lease_runs_out",
+        );
+    }
+    // Every request waits 10 s before the server reads its body: the
+    // victim's uploads are in flight when it loses the database.
+    let fleet = Fleet::new(Faults {
+        latency_ms: 10_000,
+        ..Faults::default()
+    })
+    .await;
+    let files = fleet.write_files(3, 20_000, 0xfe9ce);
+    // The victim logs in as a role of its own, which can be shut out.
+    let role = format!("tl_victim_{}_{}", std::process::id(), fastrand::u32(..));
+    admin(&format!("CREATE ROLE {role} LOGIN SUPERUSER")).await;
+    let (base, db) = fleet.url.expose().rsplit_once('/').expect("url");
+    let (_, at) = base.split_once('@').expect("url with a user");
+    let victim_url = PgUrl::parse(&format!("postgres://{role}@{at}/{db}")).expect("url");
+    let config = fleet.config_full("victim", "workers = 3", &fleet.inbox, &victim_url);
+    let mut victim = fleet.spawn("victim", &config);
+    let victim_pid = i64::from(victim.id());
+    let ledger = fleet.ledger().await;
+    let holding = tokio::time::timeout(DEADLINE, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Ok(ds) = ledger.daemons(0).await
+                && ds.iter().any(|d| d.pid == victim_pid && d.in_flight == 3)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        holding.is_ok(),
+        "the victim never sent all three:\n{}",
+        fleet.log("victim")
+    );
+
+    // Cut the victim off; from now on the server answers at once, so an
+    // upload the victim kept sending would land after the heir's.
+    admin(&format!("ALTER ROLE {role} NOLOGIN")).await;
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await;
+    fleet.emulator.set_faults(Faults::default());
+    let heir = fleet.spawn("heir", &fleet.config("heir", "workers = 3"));
+    fleet
+        .wait_all_ready(&ledger, files.len(), &["victim", "heir"])
+        .await;
+    // Past the moment the victim's own requests would have been read.
+    let settled = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if fleet.emulator.stats().requests_in_progress == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "requests still in progress");
+    terminate(heir).await;
+    victim.kill().expect("SIGKILL");
+    let _ = tokio::task::spawn_blocking(move || victim.wait()).await;
+    fleet.assert_each_uploaded_once(&ledger, &files).await;
+    let log = fleet.log("victim");
+    assert!(
+        log.contains("cannot renew this daemon's leases"),
+        "the victim says why it stopped:\n{log}"
+    );
+    admin(&format!("DROP ROLE IF EXISTS {role}")).await;
 }
