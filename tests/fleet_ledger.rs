@@ -150,7 +150,11 @@ async fn a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_o
         "a live lease stays"
     );
     // A renews once, then stops (it died, or lost the database).
-    let held = a.heartbeat(LEASE_MS).await.expect("beat").expect("leases");
+    let held = a
+        .heartbeat(LEASE_MS, &[job.id])
+        .await
+        .expect("beat")
+        .expect("leases");
     assert_eq!(held, vec![job.id]);
     let after = take_over_one(&b).await;
     assert!(
@@ -199,7 +203,11 @@ async fn a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_o
         .await
         .expect("B's answer lands");
     // A's heartbeat no longer lists it: its worker would stop.
-    let held = a.heartbeat(LEASE_MS).await.expect("beat").expect("leases");
+    let held = a
+        .heartbeat(LEASE_MS, &[job.id])
+        .await
+        .expect("beat")
+        .expect("leases");
     assert!(held.is_empty(), "{held:?}");
 }
 
@@ -277,4 +285,48 @@ async fn request_slots_are_spaced_for_the_fleet_and_a_pause_holds_them_back() {
     // The next slot comes after the pause, whatever the spacing said.
     let wait = b.reserve_request(10).await.expect("slot");
     assert!(wait >= left - 100, "a slot inside the pause: {wait} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_renews_only_the_uploads_its_workers_still_hold() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::a_heartbeat_renews_only_the_uploads_its_workers_still_hold",
+        );
+    }
+    const LEASE_MS: i64 = 300;
+    let (a, b) = two_hosts(LEASE_MS).await;
+    let ids = queue(&a, 2).await;
+    let kept = a.claim(LEASE_MS).await.expect("claim").expect("due");
+    let dropped = a.claim(LEASE_MS).await.expect("claim").expect("due");
+    assert_eq!(
+        BTreeSet::from([kept.id, dropped.id]),
+        ids.iter().copied().collect()
+    );
+    // A's workers still send `kept`; `dropped` was given up (A could not
+    // tell the ledger at the time). A keeps beating.
+    let beating = {
+        let a = a.clone();
+        let kept = kept.id;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(80));
+            loop {
+                tick.tick().await;
+                let held = a.heartbeat(LEASE_MS, &[kept]).await.expect("beat");
+                assert_eq!(held, Some(vec![kept]));
+            }
+        })
+    };
+    take_over_one(&b).await;
+    assert_eq!(
+        state(&b, dropped.id).await,
+        FileState::Queued,
+        "given up: taken over"
+    );
+    assert_eq!(
+        state(&b, kept.id).await,
+        FileState::Uploading,
+        "still sent: kept"
+    );
+    beating.abort();
 }

@@ -18,6 +18,8 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("ledger query failed: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("{0} got no answer from the ledger in time")]
+    Timeout(&'static str),
 }
 
 impl LedgerError {

@@ -200,11 +200,18 @@ impl Ledger {
         Ok(())
     }
 
-    /// Say this daemon is alive and extend the leases on what it is
-    /// sending by `lease_ms`. Returns the records it still holds, where
-    /// records are leased (a shared ledger): one that is missing was taken
-    /// over (its lease ran out), and its upload must stop.
-    pub async fn heartbeat(&self, lease_ms: i64) -> Result<Option<Vec<i64>>, LedgerError> {
+    /// Say this daemon is alive and extend by `lease_ms` the leases on the
+    /// records its workers are sending (`sending`) and on the files it is
+    /// hashing. Returns which of `sending` it still holds, where records
+    /// are leased (a shared ledger): one that is missing was taken over
+    /// (its lease ran out), and its upload must stop. An upload this daemon
+    /// gave up without a word to the ledger (it could not reach it) is not
+    /// renewed: its lease runs out and it is taken over like any other.
+    pub async fn heartbeat(
+        &self,
+        lease_ms: i64,
+        sending: &[i64],
+    ) -> Result<Option<Vec<i64>>, LedgerError> {
         let Some(me) = self.me_id() else {
             return Ok(None);
         };
@@ -222,17 +229,32 @@ impl Ledger {
         .bind(me)
         .execute(&self.pool)
         .await?;
-        // Uploads, and files being hashed (a long hash must not lose its
-        // file to another host).
-        let held = stmt(format!(
+        // Files being hashed too: a long hash must not lose its file to
+        // another host.
+        let mut q = stmt(format!(
             "UPDATE files SET lease_until = {PG_NOW} + $2 \
-             WHERE claimed_by = $1 AND state IN ('uploading', 'discovered') RETURNING id"
+             WHERE claimed_by = $1 AND (state = 'discovered' OR (state = 'uploading' AND id IN ("
         ))
         .bind(me)
-        .bind(lease_ms)
-        .scalar_all(&self.pool)
-        .await?;
-        Ok(Some(held))
+        .bind(lease_ms);
+        if sending.is_empty() {
+            q.push("NULL");
+        }
+        for (i, id) in sending.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push_bind(*id);
+        }
+        q.push("))) RETURNING id, state");
+        let renewed: Vec<(i64, String)> = q.fetch_all(&self.pool).await?;
+        Ok(Some(
+            renewed
+                .into_iter()
+                .filter(|(_, state)| state == "uploading")
+                .map(|(id, _)| id)
+                .collect(),
+        ))
     }
 
     /// Leave the fleet (a clean stop).

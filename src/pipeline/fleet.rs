@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::ledger::LedgerError;
 
 /// The records this process's workers hold, each with the token that
 /// stops its upload when the record is no longer ours.
@@ -57,6 +58,11 @@ impl Claims {
         self.lock().is_empty()
     }
 
+    /// The records held now.
+    fn ids(&self) -> Vec<i64> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Stop every upload (the leases can no longer be renewed).
     fn lose_all(&self) -> usize {
         let claims = self.lock();
@@ -97,7 +103,15 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         }
         next_beat = Instant::now() + every;
         let asked = Instant::now();
-        match ledger.heartbeat(shared.lease_ms()).await {
+        // A database that hangs rather than refuses must not hold the
+        // heartbeat past the moment to stop sending.
+        let beat = tokio::time::timeout(
+            every,
+            ledger.heartbeat(shared.lease_ms(), &shared.claims.ids()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(LedgerError::Timeout("the heartbeat")));
+        match beat {
             Ok(held) => {
                 last_beat = asked;
                 fenced = false;
@@ -110,10 +124,12 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 }
             }
             Err(e) => {
-                // Past two thirds of the lease without a renewal, another
-                // daemon may take our records over soon: stop sending them
-                // first, so that nothing goes up twice.
-                if shared_ledger && !fenced && last_beat.elapsed() > lease * 2 / 3 {
+                // Try again soon; but half the lease without a renewal
+                // means another daemon may take our records over before
+                // long: stop sending them first, so that nothing goes up
+                // twice.
+                next_beat = Instant::now() + every / 4;
+                if shared_ledger && !fenced && last_beat.elapsed() > lease / 2 {
                     fenced = true;
                     let n = shared.claims.lose_all();
                     tracing::error!(error = %e, uploads = n, "cannot renew this daemon's leases; stopped its uploads until the ledger answers again");
