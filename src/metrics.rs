@@ -9,7 +9,10 @@
 //! (one-shot commands, most tests).
 //!
 //! Every metric is named `tl_ingest_*` and described in [`install`], which is
-//! the one place to look for what is exported.
+//! the one place to look for what is exported. Every series carries a
+//! `host` label (the host's name in the fleet: `$TL_INGEST_HOST`, else
+//! `uname -n`), so that the daemons of a fleet sharing one ledger can be
+//! told apart once scraped into one place.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -111,6 +114,7 @@ pub fn install() -> Result<Metrics, MetricsError> {
     }
 
     let handle = PrometheusBuilder::new()
+        .add_global_label("host", crate::ledger::fleet::host_name())
         .set_buckets_for_metric(Matcher::Full(UPLOAD_DURATION.to_owned()), &UPLOAD_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -330,6 +334,17 @@ mod tests {
 
     use super::*;
 
+    /// `name{host="…"}`, `name{host="…",labels}`: a series as rendered,
+    /// with the host label every series carries first.
+    fn series(name: &str, labels: &str) -> String {
+        let host = crate::ledger::fleet::host_name();
+        if labels.is_empty() {
+            format!("{name}{{host=\"{host}\"}}")
+        } else {
+            format!("{name}{{host=\"{host}\",{labels}}}")
+        }
+    }
+
     /// The value of the sample line `series value` in `text`.
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -360,14 +375,20 @@ mod tests {
 
         for metrics in [&first, &second] {
             let text = metrics.render();
-            let bytes = sample(&text, UPLOADED_BYTES).expect("uploaded bytes sample");
+            let bytes = sample(&text, &series(UPLOADED_BYTES, "")).expect("uploaded bytes sample");
             assert!(bytes >= 1000.0, "{bytes} in:\n{text}");
             assert!(
-                text.contains(r#"tl_ingest_files{state="metrics_test_install"} 3"#),
+                text.contains(&format!(
+                    "{} 3",
+                    series(FILES, r#"state="metrics_test_install""#)
+                )),
                 "{text}"
             );
             assert!(
-                text.contains(r#"tl_ingest_upload_duration_seconds_bucket{le="2.5"}"#),
+                text.contains(&series(
+                    "tl_ingest_upload_duration_seconds_bucket",
+                    r#"le="2.5""#
+                )),
                 "configured buckets missing:\n{text}"
             );
             assert!(
@@ -375,9 +396,16 @@ mod tests {
                 "{text}"
             );
             assert!(
-                text.contains(r#"tl_ingest_retries_total{reason="auth"}"#),
+                text.contains(&series(RETRIES, r#"reason="auth""#)),
                 "{text}"
             );
+            // Every sample carries the host label.
+            for line in text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+            {
+                assert!(line.contains("{host=\""), "no host label: {line}");
+            }
         }
     }
 
@@ -431,7 +459,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"tl_ingest_rescans_total{reason="metrics_test_serve"} 1"#),
+            text.contains(&format!(
+                "{} 1",
+                series(RESCANS, r#"reason="metrics_test_serve""#)
+            )),
             "{text}"
         );
 

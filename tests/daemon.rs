@@ -225,13 +225,17 @@ async fn metrics_and_healthz_are_served() {
                     return false;
                 };
                 let page = resp.text().await.unwrap_or_default();
+                // Every series carries the host label, first.
+                let host = format!("host=\"{}\"", tl_ingest::ledger::fleet::host_name());
                 let uploaded = page
                     .lines()
-                    .find_map(|l| l.strip_prefix("tl_ingest_uploaded_bytes_total "))
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("tl_ingest_uploaded_bytes_total{{{host}}} "))
+                    })
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .unwrap_or(0.0);
                 let ready_gauge = page.lines().any(|l| {
-                    l.starts_with("tl_ingest_files{state=\"ready\"}")
+                    l.starts_with(&format!("tl_ingest_files{{{host},state=\"ready\"}}"))
                         && l.split_whitespace()
                             .last()
                             .and_then(|v| v.parse::<f64>().ok())
