@@ -11,6 +11,7 @@ mod helpers;
 mod large;
 mod ledger;
 mod ops_config;
+mod ops_fleet;
 mod ops_history;
 mod ops_reconcile;
 mod ops_records;

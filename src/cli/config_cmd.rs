@@ -2,9 +2,11 @@
 //!
 //! `check` loads and validates the configuration as every command does,
 //! then checks what a load cannot: that the watched folders exist, that the
-//! ledger's folder exists, that `api.key_file` can be read. `show` prints the
+//! ledger's folder exists (unless `ledger.url` puts the ledger on
+//! PostgreSQL), that `api.key_file` can be read. `show` prints the
 //! effective configuration as TOML with each value's source; the API key is
-//! never part of it, only where it would be read from.
+//! never part of it, only where it would be read from, and `ledger.url` is
+//! shown without its password.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -96,8 +98,12 @@ fn deep_check(config: &Config, opts: &LoadOptions) -> Vec<String> {
             Err(e) => problems.push(format!("api.key_file: {e}")),
         }
     }
+    // With `ledger.url` the ledger is a PostgreSQL database and
+    // `ledger.path` is not used: its folder need not exist on this host.
+    // (Whether the server answers is `doctor`'s question.)
     let ledger = config.ledger_path(&opts.env);
-    if let Some(parent) = ledger.parent().filter(|p| !p.as_os_str().is_empty())
+    if config.ledger.url.is_none()
+        && let Some(parent) = ledger.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
         problems.push(format!(
