@@ -4,10 +4,17 @@
 //! PostgreSQL tests run when `TL_INGEST_TEST_POSTGRES_URL` names a server.
 
 use std::process::Output;
+use std::time::Duration;
 
-use crate::helpers::{KEY, TestEnv, output, text};
+use serde_json::Value;
+use tl_ingest::ledger::{Ledger, Location, PgUrl};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{DEADLINE, KEY, TestEnv, output, pg, text, wait_until};
 
 const PASSWORD: &str = "secretpw";
+/// The lease the test members join with and renew (ms).
+const LEASE_MS: i64 = 1000;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -16,6 +23,169 @@ fn stdout(out: &Output) -> String {
 /// The line of `all` that starts with `prefix`.
 fn line_starting<'a>(all: &'a str, prefix: &str) -> Option<&'a str> {
     all.lines().find(|l| l.starts_with(prefix))
+}
+
+/// `url` with `password` written into it (the test server trusts loopback
+/// logins, so any password is accepted and none is needed).
+fn with_password(url: &PgUrl, password: &str) -> String {
+    let text = url.expose();
+    let (scheme, rest) = text.split_once("://").expect("a URL");
+    let (userinfo, host) = rest.split_once('@').expect("a user in the URL");
+    let user = userinfo.split(':').next().unwrap_or(userinfo);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// Three members of the fleet on `location`: one that beats every 100 ms
+/// until the token is cancelled, one that joined and went silent, one that
+/// left. Each is a separate ledger handle, as separate processes are.
+async fn three_daemons(location: &Location) -> (CancellationToken, Vec<Ledger>) {
+    let open = || async { Ledger::open_at(location).await.expect("open ledger") };
+    let live = open().await;
+    live.join("host-live", &[], LEASE_MS).await.expect("join");
+    let silent = open().await;
+    silent
+        .join("host-silent", &[], LEASE_MS)
+        .await
+        .expect("join");
+    let gone = open().await;
+    gone.join("host-gone", &[], LEASE_MS).await.expect("join");
+    gone.leave().await.expect("leave");
+
+    let stop = CancellationToken::new();
+    let beating = live.clone();
+    let until = stop.clone();
+    tokio::spawn(async move {
+        while !until.is_cancelled() {
+            let _ = beating.heartbeat(LEASE_MS, &[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (stop, vec![live, silent, gone])
+}
+
+/// `status` with `ledger.lease = 1s` (stale after a second without a beat).
+fn status_cmd(env: &TestEnv, ledger_url: Option<&str>, args: &[&str]) -> std::process::Command {
+    let mut cmd = env.cmd(KEY);
+    cmd.env("TL_INGEST__LEDGER__LEASE", "1s");
+    if let Some(url) = ledger_url {
+        cmd.env("TL_INGEST__LEDGER__URL", url);
+    }
+    cmd.arg("status").args(args);
+    cmd
+}
+
+async fn status_json(env: &TestEnv, ledger_url: Option<&str>) -> Value {
+    let out = output(status_cmd(env, ledger_url, &["--format", "json"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON: {e}\n{}", text(&out)))
+}
+
+fn daemon<'a>(v: &'a Value, host: &str) -> &'a Value {
+    v["daemons"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["host"] == host))
+        .unwrap_or_else(|| panic!("{host} not listed: {v}"))
+}
+
+/// The fleet view on `location`: every daemon listed, the silent one STALE
+/// once it missed three beats, the live one not, the one that left stopped.
+async fn status_shows_the_fleet(env: &TestEnv, location: &Location, ledger_url: Option<&str>) {
+    let (stop, ledgers) = three_daemons(location).await;
+    let last = std::sync::Mutex::new(Value::Null);
+    wait_until(DEADLINE, "the silent daemon shown stale", || async {
+        let v = status_json(env, ledger_url).await;
+        let stale = daemon(&v, "host-silent")["stale"] == true;
+        *last.lock().expect("lock") = v;
+        stale
+    })
+    .await;
+    let v = last.into_inner().expect("lock");
+    assert_eq!(v["heartbeat"]["stale_after_ms"], 1000, "{v}");
+    let live = daemon(&v, "host-live");
+    assert_eq!(live["state"], "running", "{v}");
+    assert_eq!(live["stale"], false, "{v}");
+    assert_eq!(live["pid"], std::process::id(), "{v}");
+    assert_eq!(live["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(live["in_flight"], 0, "{v}");
+    assert!(
+        live["heartbeat_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+    assert_eq!(daemon(&v, "host-silent")["state"], "stale", "{v}");
+    assert!(
+        daemon(&v, "host-silent")["heartbeat_age_ms"]
+            .as_i64()
+            .is_some_and(|ms| ms > 1000),
+        "{v}"
+    );
+    let gone = daemon(&v, "host-gone");
+    assert_eq!(gone["state"], "stopped", "{v}");
+    assert_eq!(gone["stale"], false, "a daemon that left is not stale: {v}");
+    assert!(gone["stopped_at"].is_string(), "{v}");
+
+    let out = output(status_cmd(env, ledger_url, &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("daemons:  1 running, 1 STALE, 1 stopped in the last hour"),
+        "{shown}"
+    );
+    let row = |host: &str| {
+        shown
+            .lines()
+            .find(|l| l.contains(host))
+            .unwrap_or_else(|| panic!("no row for {host}: {shown}"))
+    };
+    assert!(row("host-live").ends_with("running"), "{shown}");
+    assert!(
+        row("host-silent").contains("STALE: no heartbeat for"),
+        "{shown}"
+    );
+    assert!(row("host-gone").contains("stopped"), "{shown}");
+    assert!(!row("host-gone").contains("STALE"), "{shown}");
+    assert_eq!(
+        shown.lines().filter(|l| l.contains("STALE:")).count(),
+        1,
+        "{shown}"
+    );
+    // SQLite keeps the lock-file line (nobody holds the lock here); a
+    // shared ledger has none.
+    assert_eq!(
+        shown.contains("daemon:   not running"),
+        ledger_url.is_none(),
+        "{shown}"
+    );
+
+    stop.cancel();
+    for l in ledgers {
+        l.close().await;
+    }
+}
+
+#[tokio::test]
+async fn status_lists_the_daemons_and_flags_a_stale_one() {
+    let env = TestEnv::new().await;
+    let location = Location::Sqlite(env.ledger_path.clone());
+    status_shows_the_fleet(&env, &location, None).await;
+}
+
+#[tokio::test]
+async fn status_lists_the_fleet_on_postgres() {
+    if pg::server_url().is_none() {
+        pg::skipped("status_lists_the_fleet_on_postgres");
+        return;
+    }
+    let env = TestEnv::new().await;
+    let url = pg::fresh_database().await;
+    let location = Location::Postgres(url.clone());
+    let with_secret = with_password(&url, PASSWORD);
+    status_shows_the_fleet(&env, &location, Some(&with_secret)).await;
+
+    let out = output(status_cmd(&env, Some(&with_secret), &[])).await;
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    assert!(stdout(&out).contains(":***@"), "{}", text(&out));
 }
 
 #[tokio::test]

@@ -1,11 +1,16 @@
 //! `tl-ingest status`: a one-line verdict, whether a daemon holds the
-//! ledger, counts per state, what is in flight, the queue, the last errors.
+//! ledger, the daemons that share it (the fleet), counts per state, what is
+//! in flight, the queue, the last errors.
 //!
 //! Everything comes from the ledger and the lock file: `status` runs in
-//! another process than the daemon, which may be running or not.
+//! another process than the daemon, which may be running or not. Every
+//! daemon, on either engine, has a row in the ledger's `daemons` table with
+//! its last heartbeat; one that has not stopped and has missed three beats
+//! is shown STALE (it died, hangs, or lost the database).
 
 use std::cmp::Reverse;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -15,6 +20,7 @@ use super::history::{
 };
 use super::{CliError, CliResult, Context, Globals};
 use crate::daemon::lock::{Holder, LedgerLock};
+use crate::ledger::fleet::DaemonInfo;
 use crate::ledger::query::{InFlight, RecentAttempt};
 use crate::ledger::{FileState, Location, Record, now_ms, rfc3339};
 
@@ -38,11 +44,69 @@ pub struct StatusArgs {
 const ATTEMPT_WINDOW: u32 = 50;
 const HOUR_MS: i64 = 3_600_000;
 
+/// How often a daemon beats: a third of `ledger.lease`, between 100 ms and
+/// 10 s. The same rule as the daemon's heartbeat task
+/// (`pipeline::fleet::beat_interval`), which is private to it.
+pub(crate) fn heartbeat_interval(lease: Duration) -> Duration {
+    (lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// A daemon that has not stopped and whose last heartbeat is older than this
+/// is stale: it missed three beats (never less than a second, so that a
+/// beat a little late on a busy host is not taken for a dead daemon).
+pub(crate) fn stale_after(lease: Duration) -> Duration {
+    (heartbeat_interval(lease) * 3).max(Duration::from_secs(1))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What a `daemons` row says about its daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DaemonState {
+    Running,
+    /// Not stopped, but its heartbeat is late.
+    Stale,
+    Stopped,
+}
+
+impl DaemonState {
+    pub(crate) fn of(d: &DaemonInfo, stale_after_ms: i64) -> DaemonState {
+        if d.stopped_at.is_some() {
+            DaemonState::Stopped
+        } else if heartbeat_age(d) > stale_after_ms {
+            DaemonState::Stale
+        } else {
+            DaemonState::Running
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Running => "running",
+            DaemonState::Stale => "stale",
+            DaemonState::Stopped => "stopped",
+        }
+    }
+}
+
+/// How old a daemon's last heartbeat is, on the ledger's clock (ms).
+pub(crate) fn heartbeat_age(d: &DaemonInfo) -> i64 {
+    (d.now - d.heartbeat_at).max(0)
+}
+
 /// Everything `status` shows, read once.
 struct Facts {
     now: i64,
     ledger: String,
+    /// PostgreSQL: daemons on several hosts, no lock file.
+    shared: bool,
     daemon: Option<Holder>,
+    /// Daemons running, and those that stopped in the last hour.
+    daemons: Vec<DaemonInfo>,
+    heartbeat_ms: i64,
+    stale_after_ms: i64,
     counts: Vec<(FileState, i64)>,
     queued: i64,
     oldest_queued: Option<i64>,
@@ -67,6 +131,24 @@ impl Facts {
             .filter(|(s, _)| !s.is_terminal())
             .map(|(_, n)| n)
             .sum()
+    }
+
+    fn daemon_state(&self, d: &DaemonInfo) -> DaemonState {
+        DaemonState::of(d, self.stale_after_ms)
+    }
+
+    fn daemons_in(&self, state: DaemonState) -> impl Iterator<Item = &DaemonInfo> {
+        self.daemons
+            .iter()
+            .filter(move |d| self.daemon_state(d) == state)
+    }
+
+    /// Whether some daemon works on the ledger: the lock holder (SQLite),
+    /// or a daemon whose heartbeat is current (PostgreSQL, where there is
+    /// no lock file).
+    fn daemon_running(&self) -> bool {
+        self.daemon.is_some()
+            || (self.shared && self.daemons_in(DaemonState::Running).next().is_some())
     }
 }
 
@@ -135,11 +217,18 @@ fn verdict(f: &Facts) -> Verdict {
             ),
         );
     }
-    if unfinished > 0 && f.daemon.is_none() {
-        return v(
-            Health::Stuck,
-            format!("stuck: {waiting} and no daemon is running (start one: tl-ingest run)"),
-        );
+    if unfinished > 0 && !f.daemon_running() {
+        let stale: Vec<&DaemonInfo> = f.daemons_in(DaemonState::Stale).collect();
+        let line = match stale.iter().min_by_key(|d| heartbeat_age(d)) {
+            Some(last) if f.shared => format!(
+                "stuck: {waiting} and no daemon is running ({} STALE, the last heartbeat {} from {}); start one: tl-ingest run",
+                stale.len(),
+                ago(last.now, last.heartbeat_at),
+                last.host
+            ),
+            _ => format!("stuck: {waiting} and no daemon is running (start one: tl-ingest run)"),
+        };
+        return v(Health::Stuck, line);
     }
     if let Some((a, _, "rate_limited")) = newest
         && a.file_state == FileState::Queued.as_str()
@@ -215,12 +304,17 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
     let ledger = ctx.read_ledger().await?;
     let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
     let now = now_ms();
+    let lease = ctx.config.ledger.lease;
     let facts = async {
         let (queued, oldest_queued) = ledger.queue_stats().await?;
         Ok::<_, crate::ledger::LedgerError>(Facts {
             now,
             ledger: location.to_string(),
+            shared: ledger.is_shared(),
             daemon,
+            daemons: ledger.daemons(now - HOUR_MS).await?,
+            heartbeat_ms: millis(heartbeat_interval(lease)),
+            stale_after_ms: millis(stale_after(lease)),
             counts: ledger.counts().await?,
             queued,
             oldest_queued,
@@ -254,6 +348,23 @@ pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
 
 fn daemon_json(h: &Holder) -> serde_json::Value {
     json!({ "pid": h.pid, "since": h.since_ms.map(rfc3339) })
+}
+
+fn fleet_json(f: &Facts, d: &DaemonInfo) -> serde_json::Value {
+    let state = f.daemon_state(d);
+    json!({
+        "id": d.id,
+        "host": d.host,
+        "pid": d.pid,
+        "version": d.version,
+        "started_at": rfc3339(d.started_at),
+        "heartbeat_at": rfc3339(d.heartbeat_at),
+        "heartbeat_age_ms": heartbeat_age(d),
+        "stopped_at": d.stopped_at.map(rfc3339),
+        "in_flight": d.in_flight,
+        "state": state.as_str(),
+        "stale": state == DaemonState::Stale,
+    })
 }
 
 fn to_json(f: &Facts, verdict: &Verdict) -> serde_json::Value {
@@ -297,6 +408,11 @@ fn to_json(f: &Facts, verdict: &Verdict) -> serde_json::Value {
         "verdict": { "state": verdict.health.as_str(), "message": verdict.line },
         "ledger": f.ledger,
         "daemon": f.daemon.as_ref().map(daemon_json),
+        "daemons": f.daemons.iter().map(|d| fleet_json(f, d)).collect::<Vec<_>>(),
+        "heartbeat": {
+            "interval_ms": f.heartbeat_ms,
+            "stale_after_ms": f.stale_after_ms,
+        },
         "counts": counts,
         "total": f.counts.iter().map(|(_, n)| n).sum::<i64>(),
         "queue": {
@@ -340,7 +456,11 @@ fn to_text(f: &Facts, verdict: &Verdict, colour: bool) -> String {
         ),
         None => "not running".into(),
     };
-    lines.push(format!("daemon:   {daemon}"));
+    // PostgreSQL has no lock file: the daemons list says it all.
+    if !f.shared {
+        lines.push(format!("daemon:   {daemon}"));
+    }
+    fleet_lines(f, colour, &mut lines);
     let total: i64 = f.counts.iter().map(|(_, n)| n).sum();
     let parts: Vec<String> = f
         .counts
@@ -421,10 +541,99 @@ fn to_text(f: &Facts, verdict: &Verdict, colour: bool) -> String {
     lines.join("\n")
 }
 
+/// The longest host name shown in full; longer ones are cut in the middle.
+const HOST_WIDTH: usize = 32;
+
+/// `daemons:` with a count per state, then one row per daemon, in columns.
+fn fleet_lines(f: &Facts, colour: bool, lines: &mut Vec<String>) {
+    if f.daemons.is_empty() {
+        lines.push("daemons:  none in the last hour".into());
+        return;
+    }
+    let count = |state| f.daemons_in(state).count();
+    let (running, stale, stopped) = (
+        count(DaemonState::Running),
+        count(DaemonState::Stale),
+        count(DaemonState::Stopped),
+    );
+    let mut parts = vec![format!("{running} running")];
+    if stale > 0 {
+        parts.push(format!("{stale} STALE"));
+    }
+    if stopped > 0 {
+        parts.push(format!("{stopped} stopped in the last hour"));
+    }
+    lines.push(format!("daemons:  {}", parts.join(", ")));
+
+    let mut rows = vec![[
+        "ID".to_string(),
+        "HOST".into(),
+        "PID".into(),
+        "VERSION".into(),
+        "STARTED".into(),
+        "HEARTBEAT".into(),
+        "IN FLIGHT".into(),
+    ]];
+    let mut states = vec!["STATE".to_string()];
+    for d in &f.daemons {
+        let state = f.daemon_state(d);
+        rows.push([
+            d.id.to_string(),
+            shorten_middle(&d.host, HOST_WIDTH),
+            d.pid.to_string(),
+            d.version.clone(),
+            ago(d.now, d.started_at),
+            ago(d.now, d.heartbeat_at),
+            match state {
+                DaemonState::Stopped => "-".into(),
+                _ => d.in_flight.to_string(),
+            },
+        ]);
+        states.push(match (state, d.stopped_at) {
+            (DaemonState::Running, _) => "running".into(),
+            (DaemonState::Stale, _) => {
+                let text = format!(
+                    "STALE: no heartbeat for {} (one is due every {})",
+                    span(heartbeat_age(d)),
+                    short_span(f.heartbeat_ms)
+                );
+                if colour {
+                    format!("\x1b[1;31m{text}\x1b[0m")
+                } else {
+                    text
+                }
+            }
+            (DaemonState::Stopped, Some(at)) => format!("stopped {}", ago(d.now, at)),
+            (DaemonState::Stopped, None) => "stopped".into(),
+        });
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (row, state) in rows.iter().zip(&states) {
+        let mut line = String::new();
+        for (cell, &width) in row.iter().zip(&widths) {
+            line.push_str(&format!("  {cell:<width$}"));
+        }
+        line.push_str("  ");
+        line.push_str(state);
+        lines.push(line.trim_end().to_string());
+    }
+}
+
+/// A heartbeat interval: `10s`, or in ms under a second.
+fn short_span(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        span(ms)
+    }
+}
+
 fn in_flight_line(f: &Facts, i: &InFlight) -> String {
     let r = &i.record;
     let running = match i.started_at {
-        Some(t) if f.daemon.is_some() => {
+        Some(t) if f.daemon_running() => {
             format!("attempt {}, running {}", i.attempt, span(f.now - t))
         }
         Some(_) => format!(
@@ -455,10 +664,14 @@ mod tests {
         Facts {
             now: NOW,
             ledger: "l.db".into(),
+            shared: false,
             daemon: Some(Holder {
                 pid: Some(42),
                 since_ms: Some(NOW - 60_000),
             }),
+            daemons: Vec::new(),
+            heartbeat_ms: 10_000,
+            stale_after_ms: 30_000,
             counts: counts.to_vec(),
             queued: 0,
             oldest_queued: None,
@@ -594,5 +807,124 @@ mod tests {
             line.ends_with("clip.mp4") && line.chars().count() <= WIDTH,
             "{line}"
         );
+    }
+
+    fn daemon(id: i64, host: &str, heartbeat_ago: i64, stopped_ago: Option<i64>) -> DaemonInfo {
+        DaemonInfo {
+            id,
+            host: host.into(),
+            pid: 1000 + id,
+            version: "0.1.0".into(),
+            started_at: NOW - 7_200_000,
+            heartbeat_at: NOW - heartbeat_ago,
+            stopped_at: stopped_ago.map(|a| NOW - a),
+            in_flight: id,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn stale_means_three_beats_missed() {
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat_interval(s(30)), s(10));
+        assert_eq!(stale_after(s(30)), s(30));
+        // The beat is at most 10 s: a long lease is still watched closely.
+        assert_eq!(heartbeat_interval(s(600)), s(10));
+        assert_eq!(stale_after(s(600)), s(30));
+        assert_eq!(heartbeat_interval(s(3)), s(1));
+        assert_eq!(stale_after(s(3)), s(3));
+        // Never under a second.
+        assert_eq!(stale_after(s(1)), s(1));
+
+        let after = 30_000;
+        assert_eq!(
+            DaemonState::of(&daemon(1, "a", 29_000, None), after),
+            DaemonState::Running
+        );
+        assert_eq!(
+            DaemonState::of(&daemon(1, "a", 31_000, None), after),
+            DaemonState::Stale
+        );
+        // A daemon that stopped is never stale, however old its last beat.
+        assert_eq!(
+            DaemonState::of(&daemon(1, "a", 3_000_000, Some(3_000_000)), after),
+            DaemonState::Stopped
+        );
+    }
+
+    #[test]
+    fn the_fleet_is_listed_with_stale_daemons_flagged() {
+        let mut f = facts(&[(FileState::Queued, 2)], vec![]);
+        f.shared = true;
+        f.daemon = None;
+        f.daemons = vec![
+            daemon(3, "ingest-a.example", 2_000, None),
+            daemon(2, "ingest-b", 300_000, None),
+            daemon(1, "ingest-a.example", 4_000_000, Some(1_200_000)),
+        ];
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(!text.contains("daemon:   "), "no lock file line: {text}");
+        assert!(
+            text.contains("daemons:  1 running, 1 STALE, 1 stopped in the last hour"),
+            "{text}"
+        );
+        let row = |host: &str, needle: &str| {
+            text.lines()
+                .find(|l| l.contains(host) && l.contains(needle))
+                .unwrap_or_else(|| panic!("no {host} {needle} row: {text}"))
+                .to_string()
+        };
+        let live = row("ingest-a.example", "1003");
+        assert!(
+            live.ends_with("running") && live.contains("2s ago"),
+            "{live}"
+        );
+        let stale = row("ingest-b", "1002");
+        assert!(
+            stale.ends_with("STALE: no heartbeat for 5m (one is due every 10s)"),
+            "{stale}"
+        );
+        let gone = row("ingest-a.example", "1001");
+        assert!(gone.ends_with("stopped 20m ago"), "{gone}");
+        // The columns line up.
+        let header = text
+            .lines()
+            .find(|l| l.contains("HEARTBEAT"))
+            .expect("header");
+        let col = header.find("HEARTBEAT").expect("column");
+        assert_eq!(stale.find("5m ago"), Some(col), "{header}\n{stale}");
+        assert!(verdict(&f).line.starts_with("working"), "a daemon runs");
+
+        let json = to_json(&f, &verdict(&f));
+        let listed = json["daemons"].as_array().expect("daemons");
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[1]["host"], "ingest-b");
+        assert_eq!(listed[1]["state"], "stale");
+        assert_eq!(listed[1]["stale"], true);
+        assert_eq!(listed[1]["heartbeat_age_ms"], 300_000);
+        assert_eq!(listed[0]["stale"], false);
+        assert_eq!(listed[2]["state"], "stopped");
+        assert_eq!(json["heartbeat"]["stale_after_ms"], 30_000);
+
+        // Nobody alive: stuck, and the stale one is named.
+        f.daemons.remove(0);
+        let v = verdict(&f);
+        assert_eq!(v.health, Health::Stuck);
+        assert_eq!(
+            v.line,
+            "stuck: 2 files waiting and no daemon is running (1 STALE, the last heartbeat 5m ago from ingest-b); start one: tl-ingest run"
+        );
+    }
+
+    #[test]
+    fn on_sqlite_the_lock_line_stays_beside_the_daemons() {
+        let mut f = facts(&[(FileState::Ready, 1)], vec![]);
+        f.daemons = vec![daemon(1, "box", 1_000, None)];
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(text.contains("daemon:   running (pid 42"), "{text}");
+        assert!(text.contains("daemons:  1 running"), "{text}");
+        f.daemons.clear();
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(text.contains("daemons:  none in the last hour"), "{text}");
     }
 }
