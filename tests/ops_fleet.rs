@@ -7,6 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::Connection;
 use tl_ingest::ledger::{Ledger, Location, PgUrl};
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +187,135 @@ async fn status_lists_the_fleet_on_postgres() {
     let out = output(status_cmd(&env, Some(&with_secret), &[])).await;
     assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
     assert!(stdout(&out).contains(":***@"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn doctor_checks_a_postgres_ledger() {
+    if pg::server_url().is_none() {
+        pg::skipped("doctor_checks_a_postgres_ledger");
+        return;
+    }
+    let env = TestEnv::new().await;
+    let url = pg::fresh_database().await;
+    let location = Location::Postgres(url.clone());
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let doctor = || {
+        let mut cmd = env.bare_cmd(KEY);
+        cmd.arg("--config")
+            .arg(&config)
+            .env("TL_INGEST__LEDGER__URL", with_password(&url, PASSWORD))
+            .arg("doctor");
+        cmd
+    };
+
+    // A new database: no schema yet, which the first daemon creates.
+    let out = output(doctor()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        line_starting(&shown, "OK   ledger schema: none yet").is_some(),
+        "{shown}"
+    );
+
+    // A ledger in use, with one daemon.
+    let (stop, ledgers) = three_daemons(&location).await;
+    let out = output(doctor()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = stdout(&out);
+    for check in [
+        "OK   ledger connection",
+        "OK   PostgreSQL version",
+        "OK   ledger schema: version",
+        "OK   ledger TLS",
+    ] {
+        assert!(line_starting(&shown, check).is_some(), "{check}:\n{shown}");
+    }
+    // With the default lease (30 s) the silent one is not stale yet.
+    assert!(
+        line_starting(&shown, "OK   daemons: 2 running, none stale").is_some(),
+        "{shown}"
+    );
+    assert!(!shown.contains("FAIL"), "{shown}");
+    // The SQLite checks do not apply.
+    assert!(!shown.contains("ledger integrity"), "{shown}");
+    assert!(!shown.contains("free disk"), "{shown}");
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    assert!(
+        shown.contains(":***@"),
+        "the URL is shown redacted: {shown}"
+    );
+
+    // Once the silent one missed three beats, doctor names it.
+    wait_until(DEADLINE, "doctor naming the stale daemon", || {
+        let mut cmd = doctor();
+        cmd.env("TL_INGEST__LEDGER__LEASE", "1s");
+        async move {
+            let out = output(cmd).await;
+            line_starting(
+                &stdout(&out),
+                "WARN daemons: 1 running, 1 STALE: host-silent pid",
+            )
+            .is_some()
+        }
+    })
+    .await;
+    stop.cancel();
+    for l in ledgers {
+        l.close().await;
+    }
+
+    // A migration applied by a build whose SQL differs (same version,
+    // another checksum): this build cannot open the ledger; doctor says so.
+    let mut conn = sqlx::PgConnection::connect(url.expose())
+        .await
+        .expect("connect");
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea \
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("change a checksum");
+    let _ = conn.close().await;
+    let out = output(doctor()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = stdout(&out);
+    let line = line_starting(&shown, "FAIL ledger schema: migration").expect("schema line");
+    assert!(line.contains("cannot open the ledger"), "{line}");
+    assert!(
+        line_starting(&shown, "SKIP daemons: not checked").is_some(),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_says_it_cannot_reach_the_ledger_and_hides_the_password() {
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let mut cmd = env.bare_cmd(KEY);
+    cmd.arg("--config")
+        .arg(&config)
+        .env(
+            "TL_INGEST__LEDGER__URL",
+            format!("postgres://u:{PASSWORD}@127.0.0.1:1/x"),
+        )
+        .arg("doctor");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = stdout(&out);
+    let line = line_starting(&shown, "FAIL ledger connection").expect("connection line");
+    assert!(
+        line.contains("cannot connect to postgres://u:***@127.0.0.1:1/x")
+            && line.contains("refused")
+            && line.contains("fix:"),
+        "{line}"
+    );
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    // The API checks still ran; only the ledger is unreachable.
+    assert!(
+        line_starting(&shown, "OK   API key accepted").is_some(),
+        "{shown}"
+    );
 }
 
 #[tokio::test]

@@ -7,17 +7,29 @@
 //! against the number of folders to watch; the ledger's integrity (read
 //! only: the file is never changed); the ledger's filesystem; free disk
 //! space beside the ledger. Exit 1 if any check fails; warnings do not fail.
+//!
+//! On a PostgreSQL ledger (`ledger.url`) the ledger checks are instead: the
+//! server answers and accepts the login (failures in words, the URL never
+//! with its password); its version; the schema's version against this
+//! build's (and each applied migration's checksum); whether TLS protects a
+//! connection that leaves this host; this host's clock against the
+//! database's; stale daemons in the fleet. These read only: the schema is
+//! never migrated by `doctor`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 
+use super::status::{DaemonState, heartbeat_age, stale_after};
 use super::{CliResult, Context, Globals, out, start_emulator};
 use crate::api::{ApiClient, ApiError, ClientOptions};
 use crate::config::{ConfigFile, FileAction, FileActionName, WatchConfig, WatcherMode};
+use crate::ledger::{Ledger, Location, PgUrl, now_ms, schema_version};
 use crate::secret::{API_KEY_ENV, ApiKey, KeyError, load_api_key};
 use crate::watch::fstype::network_fs;
 
@@ -31,6 +43,19 @@ const MAX_FOLDERS_COUNTED: u64 = 2_000_000;
 /// The probe request must not take the configured upload timeout (30 min).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 const INOTIFY_LIMIT: &str = "/proc/sys/fs/inotify/max_user_watches";
+/// How long the PostgreSQL server gets to accept a connection.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL older than this is refused; older than `PG_SUPPORTED` warned.
+const PG_OLDEST: i64 = 130_000;
+const PG_SUPPORTED: i64 = 140_000;
+/// The host's clock may differ from the database's by this much (ms).
+const CLOCK_SKEW_MS: i64 = 1000;
+
+/// This build's PostgreSQL migrations, for their checksums: a migration
+/// applied under the same version by another build (its SQL changed) stops
+/// the ledger from opening. The same folder the ledger embeds; its
+/// migrator is private to it.
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -45,6 +70,8 @@ struct Report {
     tty: bool,
     /// Keys to scrub from every line (never printed, only compared).
     secrets: Vec<ApiKey>,
+    /// The ledger's URL: its password is scrubbed from every line too.
+    ledger_url: Option<PgUrl>,
     counts: [usize; 4],
 }
 
@@ -77,6 +104,14 @@ impl Report {
                 text = text.replace(key.expose(), "<redacted>");
             }
         }
+        // URLs are shown redacted already; this is for a driver message
+        // that might quote one. A password this short would blank ordinary
+        // text.
+        if let Some(url) = &self.ledger_url
+            && url_password(url.expose()).is_some_and(|p| p.len() >= 4)
+        {
+            text = url.redact_text(&text);
+        }
         out(&text);
     }
 
@@ -107,6 +142,10 @@ pub async fn run(globals: &Globals, _args: Cmd) -> CliResult {
             .and_then(|k| ApiKey::new(k))
             .into_iter()
             .collect(),
+        ledger_url: match ctx.ledger_location() {
+            Location::Postgres(url) => Some(url),
+            Location::Sqlite(_) => None,
+        },
         counts: [0; 4],
     };
     match &ctx.file {
@@ -120,7 +159,10 @@ pub async fn run(globals: &Globals, _args: Cmd) -> CliResult {
     api_checks(&ctx, &mut report).await;
     let native_roots = watch_checks(&ctx, &mut report);
     inotify_check(&ctx, native_roots, &mut report).await;
-    ledger_checks(&ctx, &mut report).await;
+    match ctx.ledger_location() {
+        Location::Postgres(url) => postgres_checks(&ctx, &url, &mut report).await,
+        Location::Sqlite(_) => ledger_checks(&ctx, &mut report).await,
+    }
 
     let [ok, warn, fail, skip] = report.counts;
     let total = ok + warn + fail + skip;
@@ -674,5 +716,451 @@ fn db_message(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
+    }
+}
+
+/// The password written in a `postgres://` URL, if any.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let (_, password) = userinfo.split_once(':')?;
+    Some(password).filter(|p| !p.is_empty())
+}
+
+/// The checks of a PostgreSQL ledger, on one connection of its own.
+async fn postgres_checks(ctx: &Context, url: &PgUrl, r: &mut Report) {
+    const CONNECT: &str = "ledger connection";
+    let options = match PgConnectOptions::from_str(url.expose()) {
+        Ok(o) => o.application_name("tl-ingest doctor"),
+        Err(e) => {
+            r.fail(
+                CONNECT,
+                &format!("{url} cannot be used: {}", url.redact_text(&e.to_string())),
+                "fix ledger.url, e.g. postgres://tl_ingest@db.example/tl_ingest?sslmode=verify-full",
+            );
+            return;
+        }
+    };
+    let target = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let connected =
+        tokio::time::timeout(PG_CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&options)).await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            let (detail, fix) = pg_failure(&e, &options, &target);
+            r.fail(
+                CONNECT,
+                &format!("cannot connect to {url}: {}", url.redact_text(&detail)),
+                &fix,
+            );
+            r.skip("ledger", "not checked: no connection to the database");
+            return;
+        }
+        Err(_) => {
+            r.fail(
+                CONNECT,
+                &format!(
+                    "cannot connect to {url}: no answer from {target} within {}s",
+                    PG_CONNECT_TIMEOUT.as_secs()
+                ),
+                "is the server up, and does the network (firewall, security group) let this host reach it?",
+            );
+            r.skip("ledger", "not checked: no connection to the database");
+            return;
+        }
+    };
+    r.ok(
+        CONNECT,
+        &format!(
+            "{url}: logged in as {} to database {}",
+            options.get_username(),
+            options.get_database().unwrap_or(options.get_username())
+        ),
+    );
+    pg_version_check(&mut conn, r).await;
+    let schema = pg_schema_check(&mut conn, r).await;
+    pg_tls_check(&mut conn, &options, r).await;
+    pg_clock_check(&mut conn, r).await;
+    use sqlx::Connection;
+    let _ = conn.close().await;
+    match schema {
+        Schema::Current => fleet_check(ctx, url, r).await,
+        Schema::Missing => r.skip("daemons", "none: no daemon has used this ledger yet"),
+        Schema::Other => r.skip(
+            "daemons",
+            "not checked: the ledger's schema is not this version's",
+        ),
+    }
+}
+
+/// A failed connection in words, and its fix.
+fn pg_failure(e: &sqlx::Error, options: &PgConnectOptions, target: &str) -> (String, String) {
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    match e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") | Some("28000") => (
+                format!("the server refused the login of {user} ({})", db.message()),
+                format!(
+                    "check the user and its password (PGPASSWORD or ~/.pgpass rather than in the URL), and that pg_hba.conf lets {user} in from this host"
+                ),
+            ),
+            Some("3D000") => (
+                format!("there is no database {database} ({})", db.message()),
+                format!("create it: psql -c 'CREATE DATABASE {database} OWNER {user}'"),
+            ),
+            Some("53300") => (
+                format!("the server has no connection to spare ({})", db.message()),
+                "raise max_connections on the server, or run fewer clients".into(),
+            ),
+            Some("57P03") => (
+                format!("the server is not accepting connections yet ({})", db.message()),
+                "wait until it has started (or left recovery), then try again".into(),
+            ),
+            _ => (
+                db.message().to_string(),
+                "see the server's log for this connection".into(),
+            ),
+        },
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (
+            format!("the connection was refused: nothing listens on {target}"),
+            "start PostgreSQL, or fix the host and port in ledger.url (the server's listen_addresses and port)".into(),
+        ),
+        sqlx::Error::Io(io) => (
+            format!("cannot reach {target}: {io}"),
+            "check the host name in ledger.url, DNS, and that the network lets this host reach the server".into(),
+        ),
+        sqlx::Error::Tls(t) => (
+            format!("TLS failed: {t}"),
+            "check sslmode and sslrootcert in ledger.url: the server's certificate must come from a CA this host trusts and name the host in the URL".into(),
+        ),
+        sqlx::Error::Configuration(c) => (
+            format!("ledger.url is not usable: {c}"),
+            "fix ledger.url, e.g. postgres://tl_ingest@db.example/tl_ingest?sslmode=verify-full".into(),
+        ),
+        other => (
+            other.to_string(),
+            "check ledger.url and the server's log".into(),
+        ),
+    }
+}
+
+/// `SHOW server_version_num`: 13 at the least, 14 or newer to be supported.
+async fn pg_version_check(conn: &mut PgConnection, r: &mut Report) {
+    const NAME: &str = "PostgreSQL version";
+    let num: Result<String, _> = sqlx::query_scalar("SHOW server_version_num")
+        .fetch_one(&mut *conn)
+        .await;
+    let shown: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_default();
+    let shown = shown.split_whitespace().next().unwrap_or("").to_string();
+    match num.map(|n| n.trim().parse::<i64>()) {
+        Ok(Ok(n)) if n < PG_OLDEST => r.fail(
+            NAME,
+            &format!("{shown} ({n}) is too old: tl-ingest needs PostgreSQL 13 or newer"),
+            "upgrade the server to a supported PostgreSQL (14 or newer)",
+        ),
+        Ok(Ok(n)) if n < PG_SUPPORTED => r.warn(
+            NAME,
+            &format!("{shown} ({n}) works, but PostgreSQL 13 no longer gets fixes"),
+            "upgrade the server to a supported PostgreSQL (14 or newer)",
+        ),
+        Ok(Ok(n)) => r.ok(NAME, &format!("{shown} ({n})")),
+        Ok(Err(_)) | Err(_) => r.skip(NAME, "the server did not say"),
+    }
+}
+
+/// What [`pg_schema_check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// This build's: opening the ledger changes nothing.
+    Current,
+    /// No schema yet.
+    Missing,
+    /// Older, newer, half-migrated, or unknown.
+    Other,
+}
+
+/// The schema's version against this build's.
+async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
+    const NAME: &str = "ledger schema";
+    let ours = schema_version(true);
+    let exists: Result<bool, _> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await;
+    match exists {
+        Ok(true) => {}
+        Ok(false) => {
+            if may_create(conn).await {
+                r.ok(NAME, "none yet: the first daemon to start creates it");
+            } else {
+                r.fail(
+                    NAME,
+                    "none yet, and this user may not create tables in the database's schema",
+                    "make the user the database's owner (ALTER DATABASE … OWNER TO …), or GRANT CREATE ON SCHEMA public TO it",
+                );
+            }
+            return Schema::Missing;
+        }
+        Err(e) => {
+            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            return Schema::Other;
+        }
+    }
+    let dirty: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE NOT success ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    if let Some(v) = dirty.first() {
+        r.fail(
+            NAME,
+            &format!("migration {v} did not finish: the schema is half-changed"),
+            "see the server's log for why; restore the database from a backup, or finish the migration by hand and mark it done",
+        );
+        return Schema::Other;
+    }
+    let applied: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    let changed = applied.iter().find(|(version, checksum)| {
+        PG_MIGRATIONS
+            .iter()
+            .find(|m| m.version == *version)
+            .is_some_and(|m| *m.checksum != **checksum)
+    });
+    if let Some((version, _)) = changed {
+        r.fail(
+            NAME,
+            &format!(
+                "migration {version} was applied by a tl-ingest whose migration {version} differs from this one's: this one cannot open the ledger"
+            ),
+            "run one tl-ingest release on every host; a ledger migrated by a development build is best started afresh",
+        );
+        return Schema::Other;
+    }
+    let have: Result<Option<i64>, _> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await;
+    match have {
+        Ok(Some(have)) if have == ours => {
+            r.ok(NAME, &format!("version {have}, this tl-ingest's"));
+            Schema::Current
+        }
+        Ok(Some(have)) if have > ours => {
+            r.fail(
+                NAME,
+                &format!(
+                    "version {have} is newer than this tl-ingest's ({ours}): a newer tl-ingest migrated it, and this one cannot open it"
+                ),
+                "upgrade tl-ingest on this host to the version the rest of the fleet runs",
+            );
+            Schema::Other
+        }
+        Ok(have) => {
+            let have = have.map_or_else(|| "none".to_string(), |v| v.to_string());
+            let fix = if may_create(conn).await {
+                "upgrade tl-ingest on every host of the fleet before starting them again: a host still on the older version cannot open the migrated ledger"
+            } else {
+                "this user may not create tables, so it cannot migrate: make it the database's owner, or GRANT CREATE ON SCHEMA public TO it"
+            };
+            r.warn(
+                NAME,
+                &format!(
+                    "version {have}, older than this tl-ingest's ({ours}): the next start of this version migrates it"
+                ),
+                fix,
+            );
+            Schema::Other
+        }
+        Err(e) => {
+            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            Schema::Other
+        }
+    }
+}
+
+/// Whether this user may create tables (and so migrate the schema). Since
+/// PostgreSQL 15 only the database's owner may, unless granted.
+async fn may_create(conn: &mut PgConnection) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT has_schema_privilege(current_schema(), 'CREATE')")
+        .fetch_one(conn)
+        .await
+        .unwrap_or(true)
+}
+
+/// The `sslmode` as written in a URL.
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// Whether the connection stays on this host (a Unix socket or loopback).
+fn is_local(options: &PgConnectOptions) -> bool {
+    if options.get_socket().is_some() {
+        return true;
+    }
+    let host = options.get_host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// TLS on a connection that leaves this host, with the server's
+/// certificate checked.
+async fn pg_tls_check(conn: &mut PgConnection, options: &PgConnectOptions, r: &mut Report) {
+    const NAME: &str = "ledger TLS";
+    let mode = options.get_ssl_mode();
+    let mode_name = ssl_mode_name(mode);
+    let ssl: Result<Option<bool>, _> =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(&mut *conn)
+            .await;
+    let ssl = match ssl {
+        Ok(Some(ssl)) => ssl,
+        Ok(None) => {
+            r.skip(NAME, "the server did not say");
+            return;
+        }
+        Err(e) => {
+            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            return;
+        }
+    };
+    let verified = matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull);
+    let fix = "add sslmode=verify-full to ledger.url (and sslrootcert=/path/to/ca.pem when the server's certificate comes from a private CA)";
+    match (is_local(options), ssl, verified) {
+        (_, true, true) => r.ok(
+            NAME,
+            &format!("in use, the server's certificate checked (sslmode={mode_name})"),
+        ),
+        (true, true, false) => r.ok(NAME, &format!("in use (sslmode={mode_name})")),
+        (true, false, _) => r.ok(
+            NAME,
+            &format!("not used (sslmode={mode_name}); the server is on this host"),
+        ),
+        (false, true, false) => r.warn(
+            NAME,
+            &format!(
+                "in use, but the server's certificate is not checked (sslmode={mode_name}): another machine could pose as the server"
+            ),
+            fix,
+        ),
+        (false, false, _) => r.warn(
+            NAME,
+            &format!(
+                "not used (sslmode={mode_name}): the login and the ledger's data cross the network in clear text"
+            ),
+            fix,
+        ),
+    }
+}
+
+/// This host's clock against the database's: leases and the fleet's pacing
+/// use the database's clock, but records' times come from each host's.
+async fn pg_clock_check(conn: &mut PgConnection, r: &mut Report) {
+    const NAME: &str = "clock";
+    let before = now_ms();
+    let db: Result<i64, _> =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(&mut *conn)
+            .await;
+    let after = now_ms();
+    let db = match db {
+        Ok(db) => db,
+        Err(e) => {
+            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            return;
+        }
+    };
+    let skew = (before + after) / 2 - db;
+    let margin = CLOCK_SKEW_MS + (after - before) / 2;
+    let shown = super::history::span(skew.abs());
+    if skew.abs() > margin {
+        r.warn(
+            NAME,
+            &format!(
+                "this host's clock is {shown} {} the database server's",
+                if skew > 0 { "ahead of" } else { "behind" }
+            ),
+            "keep every host's clock in sync (NTP: timedatectl set-ntp true, or chrony)",
+        );
+    } else {
+        r.ok(NAME, "within a second of the database server's");
+    }
+}
+
+/// Daemons of the fleet whose heartbeat is late, as `status` shows them.
+async fn fleet_check(ctx: &Context, url: &PgUrl, r: &mut Report) {
+    const NAME: &str = "daemons";
+    let location = Location::Postgres(url.clone());
+    // The schema is this build's: opening the ledger migrates nothing.
+    let ledger = match Ledger::open_existing_at(&location).await {
+        Ok(l) => l,
+        Err(e) => {
+            r.skip(NAME, &format!("not checked: {e}"));
+            return;
+        }
+    };
+    let listed = ledger.daemons(now_ms() - 3_600_000).await;
+    ledger.close().await;
+    let daemons = match listed {
+        Ok(d) => d,
+        Err(e) => {
+            r.skip(NAME, &format!("not checked: {e}"));
+            return;
+        }
+    };
+    let after = i64::try_from(stale_after(ctx.config.ledger.lease).as_millis()).unwrap_or(i64::MAX);
+    let state = |d| DaemonState::of(d, after);
+    let running = daemons
+        .iter()
+        .filter(|d| state(d) == DaemonState::Running)
+        .count();
+    let stale: Vec<String> = daemons
+        .iter()
+        .filter(|d| state(d) == DaemonState::Stale)
+        .map(|d| {
+            format!(
+                "{} pid {} (no heartbeat for {})",
+                d.host,
+                d.pid,
+                super::history::span(heartbeat_age(d))
+            )
+        })
+        .collect();
+    if stale.is_empty() {
+        r.ok(NAME, &format!("{running} running, none stale"));
+    } else {
+        r.warn(
+            NAME,
+            &format!(
+                "{running} running, {} STALE: {}",
+                stale.len(),
+                stale.join(", ")
+            ),
+            "see whether that daemon still runs and reaches the database (`tl-ingest status` lists the fleet); its uploads are taken over once its lease (ledger.lease) runs out",
+        );
     }
 }
