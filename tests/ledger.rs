@@ -511,3 +511,21 @@ async fn a_file_unreadable_for_now_is_examined_again_later() {
             .is_some_and(|e| e.contains("Stale"))
     );
 }
+
+/// On SQLite the lock proves that an earlier daemon is gone, however it
+/// ended: the next one to join records it as stopped, so the fleet view
+/// does not show a crashed daemon as running (or stale) forever.
+#[tokio::test]
+async fn joining_a_sqlite_ledger_closes_the_rows_of_earlier_daemons() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.db");
+    let crashed = Ledger::open(&path).await.expect("open");
+    let old = crashed.join("host", &[], 30_000).await.expect("join");
+    crashed.close().await;
+    let next = Ledger::open(&path).await.expect("open");
+    let new = next.join("host", &[], 30_000).await.expect("join");
+    let daemons = next.daemons(0).await.expect("daemons");
+    let row = |id: i64| daemons.iter().find(|d| d.id == id).expect("listed");
+    assert!(row(old.id).stopped_at.is_some(), "{daemons:?}");
+    assert!(row(new.id).stopped_at.is_none(), "{daemons:?}");
+}

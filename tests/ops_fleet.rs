@@ -88,7 +88,7 @@ fn daemon<'a>(v: &'a Value, host: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{host} not listed: {v}"))
 }
 
-/// The fleet view on `location`: every daemon listed, the silent one STALE
+/// The fleet view on a shared ledger: every daemon listed, the silent one STALE
 /// once it missed three beats, the live one not, the one that left stopped.
 async fn status_shows_the_fleet(env: &TestEnv, location: &Location, ledger_url: Option<&str>) {
     let (stop, ledgers) = three_daemons(location).await;
@@ -165,11 +165,29 @@ async fn status_shows_the_fleet(env: &TestEnv, location: &Location, ledger_url: 
     }
 }
 
+/// SQLite: one daemon at a time (the lock file). One that hangs is flagged
+/// STALE; the next to start records it as stopped.
 #[tokio::test]
-async fn status_lists_the_daemons_and_flags_a_stale_one() {
+async fn status_flags_a_hung_sqlite_daemon_until_the_next_one_starts() {
     let env = TestEnv::new().await;
     let location = Location::Sqlite(env.ledger_path.clone());
-    status_shows_the_fleet(&env, &location, None).await;
+    let hung = Ledger::open_at(&location).await.expect("open ledger");
+    hung.join("host-hung", &[], LEASE_MS).await.expect("join");
+    wait_until(DEADLINE, "the hung daemon shown stale", || async {
+        daemon(&status_json(&env, None).await, "host-hung")["stale"] == true
+    })
+    .await;
+    let shown = stdout(&output(status_cmd(&env, None, &[])).await);
+    assert!(shown.contains("1 STALE"), "{shown}");
+    assert!(shown.contains("STALE: no heartbeat for"), "{shown}");
+
+    let next = Ledger::open_at(&location).await.expect("open ledger");
+    next.join("host-next", &[], LEASE_MS).await.expect("join");
+    let v = status_json(&env, None).await;
+    assert_eq!(daemon(&v, "host-hung")["state"], "stopped", "{v}");
+    assert_eq!(daemon(&v, "host-hung")["stale"], false, "{v}");
+    hung.close().await;
+    next.close().await;
 }
 
 #[tokio::test]

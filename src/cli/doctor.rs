@@ -51,12 +51,6 @@ const PG_SUPPORTED: i64 = 140_000;
 /// The host's clock may differ from the database's by this much (ms).
 const CLOCK_SKEW_MS: i64 = 1000;
 
-/// This build's PostgreSQL migrations, for their checksums: a migration
-/// applied under the same version by another build (its SQL changed) stops
-/// the ledger from opening. The same folder the ledger embeds; its
-/// migrator is private to it.
-static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Ok,
@@ -935,7 +929,7 @@ async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
     .await
     .unwrap_or_default();
     let changed = applied.iter().find(|(version, checksum)| {
-        PG_MIGRATIONS
+        crate::ledger::postgres_migrator()
             .iter()
             .find(|m| m.version == *version)
             .is_some_and(|m| *m.checksum != **checksum)

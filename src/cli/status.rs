@@ -44,19 +44,7 @@ pub struct StatusArgs {
 const ATTEMPT_WINDOW: u32 = 50;
 const HOUR_MS: i64 = 3_600_000;
 
-/// How often a daemon beats: a third of `ledger.lease`, between 100 ms and
-/// 10 s. The same rule as the daemon's heartbeat task
-/// (`pipeline::fleet::beat_interval`), which is private to it.
-pub(crate) fn heartbeat_interval(lease: Duration) -> Duration {
-    (lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
-}
-
-/// A daemon that has not stopped and whose last heartbeat is older than this
-/// is stale: it missed three beats (never less than a second, so that a
-/// beat a little late on a busy host is not taken for a dead daemon).
-pub(crate) fn stale_after(lease: Duration) -> Duration {
-    (heartbeat_interval(lease) * 3).max(Duration::from_secs(1))
-}
+pub(crate) use crate::pipeline::fleet::{beat_interval as heartbeat_interval, stale_after};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

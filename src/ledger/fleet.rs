@@ -17,6 +17,9 @@ use crate::ledger::LOOKUP_DELAY_MS;
 /// The database clock in Unix ms (PostgreSQL).
 pub(super) const PG_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// How long a daemon may be silent before it is recorded as stopped.
+const SILENT_FOR_MS: i64 = 3_600_000;
+
 /// This process in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -171,6 +174,17 @@ impl Ledger {
             lease_ms,
         };
         let member = self.me.get_or_init(|| member).clone();
+        if !self.pool.is_postgres() {
+            // The lock file proves every earlier daemon of this ledger is
+            // gone, however it ended.
+            stmt(
+                "UPDATE daemons SET stopped_at = heartbeat_at \
+                 WHERE stopped_at IS NULL AND id != $1",
+            )
+            .bind(member.id)
+            .execute(&self.pool)
+            .await?;
+        }
         self.set_roots(roots).await?;
         tracing::info!(daemon_id = member.id, host = %member.host, "joined the ledger");
         Ok(member)
@@ -330,6 +344,23 @@ impl Ledger {
             );
         }
         Ok(u64::try_from(taken.len()).unwrap_or(0))
+    }
+
+    /// A daemon silent for an hour died without a word (`status` has
+    /// flagged it stale all that while): record it as stopped when it was
+    /// last heard of, so that the fleet view forgets it in time.
+    pub async fn close_silent_daemons(&self) -> Result<u64, LedgerError> {
+        if !self.pool.is_postgres() {
+            return Ok(0);
+        }
+        Ok(stmt(format!(
+            "UPDATE daemons SET stopped_at = heartbeat_at \
+             WHERE stopped_at IS NULL AND heartbeat_at < {PG_NOW} - $1"
+        ))
+        .bind(SILENT_FOR_MS)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Daemons running, and those that stopped after `since_ms`, newest first.

@@ -266,6 +266,12 @@ async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
     }
 }
 
+/// The migrations this build applies to a PostgreSQL ledger (`doctor`
+/// compares them with what a database holds).
+pub fn postgres_migrator() -> &'static sqlx::migrate::Migrator {
+    &POSTGRES_MIGRATOR
+}
+
 /// The highest schema version this build knows, per engine.
 pub fn schema_version(postgres: bool) -> i64 {
     let m = if postgres {

@@ -75,8 +75,15 @@ impl Claims {
 
 /// How often the heartbeat runs: a third of the lease, so that two missed
 /// beats still leave time before the lease runs out.
-fn beat_interval(lease: Duration) -> Duration {
+pub fn beat_interval(lease: Duration) -> Duration {
     (lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// A daemon that has not stopped and whose last heartbeat is older than
+/// this is stale: it missed three beats (never less than a second, so that
+/// a beat a little late on a busy host is not taken for a dead daemon).
+pub fn stale_after(lease: Duration) -> Duration {
+    (beat_interval(lease) * 3).max(Duration::from_secs(1))
 }
 
 /// Run until the uploads in flight are done after `stop` (their leases are
@@ -149,6 +156,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 "took over uploads whose daemon stopped renewing its lease; each is looked up on the platform before it is sent again"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot take over expired claims"),
+        }
+        if let Err(e) = ledger.close_silent_daemons().await {
+            tracing::debug!(error = %e, "cannot close silent daemons");
         }
         match ledger.fleet_pause_left().await {
             Ok(left) if left > 0 => {
