@@ -338,13 +338,39 @@ where
     }
 }
 
+/// How long one run of the binary may take: past it the test fails (and
+/// kills it) instead of waiting forever on a command that hangs.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Run a command to completion off the async threads (the emulator serves
-/// from this runtime meanwhile).
+/// from this runtime meanwhile), as `Command::output` does, within
+/// [`COMMAND_DEADLINE`].
 pub async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("run tl-ingest")
+    use std::process::Stdio;
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tl-ingest");
+    let pid = rustix::process::Pid::from_child(&child);
+    let waited = tokio::time::timeout(
+        COMMAND_DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await;
+    match waited {
+        Ok(joined) => joined.expect("join").expect("wait for tl-ingest"),
+        Err(_) => {
+            // Not reaped yet, so the pid is still this child's.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            panic!("tl-ingest {args:?} did not finish within {COMMAND_DEADLINE:?}; killed it");
+        }
+    }
 }
 
 pub fn text(out: &Output) -> String {
