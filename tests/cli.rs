@@ -6,6 +6,7 @@ use std::time::Duration;
 use tl_ingest::emulator::{EmulatorConfig, Faults};
 use tl_ingest::ledger::Ledger;
 
+use crate::helpers::sql::Sql;
 use crate::helpers::{Kind, TestEnv, dump, output, record_of, text, wait_until, write_media};
 
 #[tokio::test]
@@ -86,13 +87,18 @@ async fn a_rejected_key_stops_with_a_clear_message_and_fails_no_file() {
     assert!(all.contains("the API key was rejected"), "{all}");
     assert!(!all.contains(wrong), "the key must never be printed: {all}");
 
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let rec = record_of(&ledger, &a).await;
     assert_eq!(rec.state, "queued", "{}", dump(&ledger).await);
     assert_eq!(rec.attempts, 0, "a key problem is not the file's fault");
-    let bytes = std::fs::read(&env.ledger_path).expect("read ledger");
+    let bytes = if env.on_postgres() {
+        let sql = Sql::connect(&env.ledger).await;
+        let rows = sql.postgres_rows_text().await;
+        sql.close().await;
+        rows.into_bytes()
+    } else {
+        std::fs::read(&env.ledger_path).expect("read ledger")
+    };
     assert!(
         !bytes.windows(wrong.len()).any(|w| w == wrong.as_bytes()),
         "the key is not in the ledger"
@@ -154,11 +160,11 @@ async fn sigkill_during_an_upload_then_a_rerun_leaves_every_file_ready_once() {
         .expect("spawn");
 
     // Wait until an upload is under way, then kill without warning.
-    let path = env.ledger_path.clone();
+    let location = env.ledger.clone();
     wait_until(Duration::from_secs(30), "an upload in flight", || {
-        let path = path.clone();
+        let location = location.clone();
         async move {
-            let Ok(ledger) = Ledger::open_existing(&path).await else {
+            let Ok(ledger) = Ledger::open_existing_at(&location).await else {
                 return false;
             };
             let busy = ledger
@@ -178,9 +184,7 @@ async fn sigkill_during_an_upload_then_a_rerun_leaves_every_file_ready_once() {
     let out = env.upload_bin(&[&env.inbox]).await;
     assert!(out.status.success(), "{}", text(&out));
 
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let records = ledger.history(&[], None).await.expect("history");
     let stats = env.emulator.stats();
     for (p, sha) in &files {

@@ -9,9 +9,7 @@ use tl_ingest::ledger::Ledger;
 use crate::helpers::{Kind, TestEnv, write_media};
 
 async fn ready_count(env: &TestEnv) -> usize {
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let n = ledger
         .history(&[tl_ingest::ledger::FileState::Ready], None)
         .await

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tl_ingest::emulator::{EmulatorConfig, Faults};
-use tl_ingest::ledger::Ledger;
+use tl_ingest::ledger::{Ledger, Location};
 
 use crate::helpers::{KEY, Kind, TestEnv, dump, output, record_of, text, wait_until, write_media};
 
@@ -53,8 +53,8 @@ async fn a_300_mb_file_goes_up_in_chunks_and_arrives_exact() {
 }
 
 /// The number of chunks the ledger holds for the newest record of `path`.
-async fn recorded_chunks(ledger_path: &Path, path: &Path) -> (Option<String>, usize) {
-    let Ok(ledger) = Ledger::open_existing(ledger_path).await else {
+async fn recorded_chunks(ledger: &Location, path: &Path) -> (Option<String>, usize) {
+    let Ok(ledger) = Ledger::open_existing_at(ledger).await else {
         return (None, 0);
     };
     let abs = std::path::absolute(path).expect("absolute");
@@ -88,7 +88,7 @@ async fn kill_midway(env: &TestEnv, file: &Path, min_chunks: usize) -> (String, 
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let (lp, fp) = (env.ledger_path.clone(), file.to_path_buf());
+    let (lp, fp) = (env.ledger.clone(), file.to_path_buf());
     wait_until(crate::helpers::DEADLINE, "chunks recorded", || {
         let (lp, fp) = (lp.clone(), fp.clone());
         async move { recorded_chunks(&lp, &fp).await.1 >= min_chunks }
@@ -96,7 +96,7 @@ async fn kill_midway(env: &TestEnv, file: &Path, min_chunks: usize) -> (String, 
     .await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
-    let (session, n) = recorded_chunks(&env.ledger_path, file).await;
+    let (session, n) = recorded_chunks(&env.ledger, file).await;
     (session.expect("a session was saved"), n)
 }
 
@@ -178,9 +178,7 @@ async fn an_expired_session_is_replaced() {
     let stats = env.emulator.stats();
     assert_eq!(stats.multipart_sessions, 2, "a new session: {stats:?}");
     assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     assert_eq!(record_of(&ledger, &file).await.state, "ready");
 }
 
@@ -219,11 +217,11 @@ async fn urls_are_queued_once_and_bad_ones_refused() {
         "# from the field\nhttps://media.example.com/a.mov\nhttps://media.example.com/b.mov\nnot a url\n",
     )
     .expect("write list");
-    let ledger_path = env.ledger_path.clone();
+    let location = env.ledger.clone();
     wait_until(crate::helpers::DEADLINE, "three URL records ready", || {
-        let lp = ledger_path.clone();
+        let location = location.clone();
         async move {
-            let Ok(l) = Ledger::open_existing(&lp).await else {
+            let Ok(l) = Ledger::open_existing_at(&location).await else {
                 return false;
             };
             let recs = l.history(&[], None).await.unwrap_or_default();
@@ -242,9 +240,9 @@ async fn urls_are_queued_once_and_bad_ones_refused() {
     )
     .expect("rewrite list");
     wait_until(crate::helpers::DEADLINE, "the new URL ready", || {
-        let lp = ledger_path.clone();
+        let location = location.clone();
         async move {
-            let Ok(l) = Ledger::open_existing(&lp).await else {
+            let Ok(l) = Ledger::open_existing_at(&location).await else {
                 return false;
             };
             let recs = l.history(&[], None).await.unwrap_or_default();
@@ -256,9 +254,7 @@ async fn urls_are_queued_once_and_bad_ones_refused() {
     })
     .await;
     daemon.stop().await;
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let recs = ledger.history(&[], None).await.expect("history");
     assert_eq!(
         recs.iter().filter(|r| r.url.is_some()).count(),
@@ -339,9 +335,7 @@ async fn after_ready_files_move_failures_get_a_sidecar_and_assets_are_indexed() 
     daemon.stop().await;
 
     // Moved files were not picked up again.
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let recs = ledger.history(&[], None).await.expect("history");
     assert_eq!(recs.len(), 2, "{}", dump(&ledger).await);
     assert_eq!(env.emulator.stats().indexed_assets, 1);
@@ -369,9 +363,7 @@ async fn delete_after_upload_removes_the_file_once_ready() {
     })
     .await;
     daemon.stop().await;
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let rec = record_of(&ledger, &clip).await;
     assert_eq!(rec.state, "ready");
     assert_eq!(rec.file_action.as_deref(), Some("deleted"));

@@ -1,4 +1,5 @@
-//! The ledger's operations against a real SQLite file: discovery, hashing
+//! The ledger's operations against a real SQLite file (or, in the suite's
+//! PostgreSQL pass, a fresh PostgreSQL database): discovery, hashing
 //! outcomes, claims, recovery, and what happens to duplicates.
 
 use tl_ingest::config::Dedupe;
@@ -226,16 +227,20 @@ async fn a_stale_transition_is_refused() {
 
 #[tokio::test]
 async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
+    // SQLite in both passes: one daemon per ledger there (the lock file),
+    // so whatever is `uploading` at start-up was cut off by the last run.
+    // On PostgreSQL a claim is another daemon's until its lease expires
+    // (`take_over_expired`).
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("l.db");
+    let location = tl_ingest::ledger::Location::Sqlite(dir.path().join("l.db"));
     let a = {
-        let ledger = Ledger::open(&path).await.expect("open");
+        let ledger = Ledger::open_at(&location).await.expect("open");
         let (a, _) = add(&ledger, &file("/in/a.mp4", 10, 1), "h").await;
         ledger.claim(30_000).await.expect("claim").expect("due");
         ledger.close().await;
         a
     };
-    let ledger = Ledger::open(&path).await.expect("reopen");
+    let ledger = Ledger::open_at(&location).await.expect("reopen");
     let before = tl_ingest::ledger::now_ms();
     assert_eq!(ledger.recover().await.expect("recover"), 1);
     // Queued again, but not at once: the cut-off request may still become
@@ -250,22 +255,19 @@ async fn recovery_requeues_interrupted_uploads_for_a_lookup() {
     let rec = ledger.record(a).await.expect("q").expect("a");
     assert_eq!(rec.next_attempt_at, due);
     // When due, it is looked up before it is sent again.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("raw connection");
-    let lookup: bool = sqlx::query_scalar("SELECT lookup_first FROM files WHERE id = ?1")
-        .bind(a)
-        .fetch_one(&pool)
-        .await
-        .expect("lookup_first");
+    let sql = crate::helpers::sql::Sql::connect(&location).await;
+    let lookup = sql
+        .fetch_bool("SELECT lookup_first FROM files WHERE id = $1", &[a])
+        .await;
     assert!(lookup, "must be looked up before sending again");
-    pool.close().await;
+    sql.close().await;
     let attempts = ledger.attempts(a).await.expect("attempts");
     assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
 }
 
 #[tokio::test]
 async fn a_corrupt_ledger_is_a_clear_error() {
+    // SQLite in both passes: a file of junk where the ledger should be.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("l.db");
     std::fs::write(&path, vec![0x42u8; 8192]).expect("write junk");
@@ -422,13 +424,18 @@ async fn a_changed_file_is_not_kept_waiting() {
 /// other applied first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_of_a_new_ledger_all_succeed() {
+    // On PostgreSQL: four hosts' daemons starting on a new, empty database.
     for round in 0..10 {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l.db");
+        let location = crate::helpers::pg::ledger_location(dir.path().join("l.db")).await;
         let opens: Vec<_> = (0..4)
             .map(|_| {
-                let path = path.clone();
-                tokio::spawn(async move { Ledger::open(&path).await.map(|l| l.location().clone()) })
+                let location = location.clone();
+                tokio::spawn(async move {
+                    Ledger::open_at(&location)
+                        .await
+                        .map(|l| l.location().clone())
+                })
             })
             .collect();
         for open in opens {
@@ -528,4 +535,73 @@ async fn joining_a_sqlite_ledger_closes_the_rows_of_earlier_daemons() {
     let row = |id: i64| daemons.iter().find(|d| d.id == id).expect("listed");
     assert!(row(old.id).stopped_at.is_some(), "{daemons:?}");
     assert!(row(new.id).stopped_at.is_none(), "{daemons:?}");
+}
+
+/// `history --path GLOB` means the same on both engines (PostgreSQL has no
+/// GLOB: the ledger matches a regex made from it there).
+#[tokio::test]
+async fn path_globs_match_alike_on_both_engines() {
+    use tl_ingest::ledger::query::HistoryFilter;
+    let (_d, ledger) = open().await;
+    let paths = [
+        "/in/a.mp4",
+        "/in/b.MP4",
+        "/in/a.mp4x",
+        "/in/sub/c.mp4",
+        "/in/x(1)+.mov",
+        "/in/back\\slash.wav",
+        "/in/vidéo.mp4",
+        "/in/[odd].mp4",
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        let n = i64::try_from(i).expect("small");
+        let mut f = file(p, 10, n + 1);
+        f.inode = 100 + n.unsigned_abs();
+        assert!(matches!(
+            ledger.discover(&f).await.expect("discover"),
+            Discovery::New(_)
+        ));
+    }
+    for (glob, want) in [
+        (
+            "*.mp4",
+            &[
+                "/in/a.mp4",
+                "/in/sub/c.mp4",
+                "/in/vidéo.mp4",
+                "/in/[odd].mp4",
+            ][..],
+        ),
+        ("/in/?.mp4", &["/in/a.mp4"]),
+        ("/in/[ab].*", &["/in/a.mp4", "/in/b.MP4", "/in/a.mp4x"]),
+        (
+            "/in/[^ab]*",
+            &[
+                "/in/sub/c.mp4",
+                "/in/x(1)+.mov",
+                "/in/vidéo.mp4",
+                "/in/[odd].mp4",
+            ],
+        ),
+        ("*(1)+*", &["/in/x(1)+.mov"]),
+        ("*\\*", &["/in/back\\slash.wav"]),
+        ("/in/vid?o.mp4", &["/in/vidéo.mp4"]),
+        ("/in/[[]odd[]].mp4", &["/in/[odd].mp4"]),
+        ("*/sub/*", &["/in/sub/c.mp4"]),
+        ("/in/[abc", &[]),
+        ("a.mp4", &[]),
+    ] {
+        let found = ledger
+            .history_filtered(&HistoryFilter {
+                path_glob: Some(glob.into()),
+                ..HistoryFilter::default()
+            })
+            .await
+            .expect("history");
+        let mut found: Vec<String> = found.into_iter().filter_map(|r| r.path).collect();
+        found.sort();
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(found, want, "--path {glob:?}");
+    }
 }

@@ -191,7 +191,10 @@ async fn config_show_marks_sources_and_never_prints_the_key() {
 
 #[tokio::test]
 async fn doctor_passes_with_the_right_key_and_a_healthy_setup() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the ledger checks here are the file's
+    // (integrity, filesystem), and "doctor only reads the ledger" is
+    // proved on its bytes.
+    let env = TestEnv::sqlite().await;
     Ledger::open(&env.ledger_path)
         .await
         .expect("ledger created")
@@ -250,9 +253,8 @@ async fn doctor_tells_an_unreachable_api_from_a_rejection() {
         env.dir.path(),
         "closed.toml",
         &format!(
-            "[api]\nbase_url = \"http://127.0.0.1:{port}/v1.3\"\nconnect_timeout = \"2s\"\n\
-             [ledger]\npath = {:?}\n",
-            env.ledger_path.display().to_string()
+            "[api]\nbase_url = \"http://127.0.0.1:{port}/v1.3\"\nconnect_timeout = \"2s\"\n{}",
+            env.ledger_toml()
         ),
     );
     let mut cmd = env.bare_cmd(KEY);
@@ -267,7 +269,8 @@ async fn doctor_tells_an_unreachable_api_from_a_rejection() {
 
 #[tokio::test]
 async fn doctor_fails_a_corrupt_ledger_and_leaves_it_untouched() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the corruption is in the ledger file.
+    let env = TestEnv::sqlite().await;
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&env.ledger_path, &garbage).expect("write garbage");
     let out = run(env.cmd(KEY), &["doctor"]).await;

@@ -169,7 +169,7 @@ async fn status_shows_the_fleet(env: &TestEnv, location: &Location, ledger_url: 
 /// STALE; the next to start records it as stopped.
 #[tokio::test]
 async fn status_flags_a_hung_sqlite_daemon_until_the_next_one_starts() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::sqlite().await;
     let location = Location::Sqlite(env.ledger_path.clone());
     let hung = Ledger::open_at(&location).await.expect("open ledger");
     hung.join("host-hung", &[], LEASE_MS).await.expect("join");

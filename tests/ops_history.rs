@@ -7,30 +7,15 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use tl_ingest::daemon::lock::LedgerLock;
 use tl_ingest::emulator::{EmulatorConfig, Faults};
 use tl_ingest::ledger::{Ledger, now_ms};
 
+use crate::helpers::sql::Sql;
 use crate::helpers::{KEY, Kind, TestEnv, output, record_of, text, write_media};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
-
-/// The ledger as plain SQL, to stage times and states.
-async fn sql(ledger: &Path) -> SqlitePool {
-    SqlitePool::connect_with(SqliteConnectOptions::new().filename(ledger))
-        .await
-        .expect("open the ledger")
-}
-
-async fn exec(pool: &SqlitePool, statement: &'static str, binds: &[i64]) {
-    let mut q = sqlx::query(statement);
-    for b in binds {
-        q = q.bind(*b);
-    }
-    q.execute(pool).await.expect(statement);
-}
 
 async fn run(env: &TestEnv, args: &[&str]) -> Output {
     let mut cmd = env.cmd("unused");
@@ -116,17 +101,16 @@ async fn staged() -> Staged {
         ids.push(r.id);
     }
     ledger.close().await;
-    let pool = sql(&env.ledger_path).await;
+    let sql = Sql::connect(&env.ledger).await;
     let now = now_ms();
     for (id, ago) in ids.iter().zip([2 * DAY, 3 * HOUR, 0, HOUR / 2, 60_000]) {
-        exec(
-            &pool,
-            "UPDATE files SET discovered_at = ?2 WHERE id = ?1",
+        sql.exec(
+            "UPDATE files SET discovered_at = $2 WHERE id = $1",
             &[*id, now - ago],
         )
         .await;
     }
-    pool.close().await;
+    sql.close().await;
     Staged { env, long }
 }
 
@@ -345,20 +329,24 @@ async fn history_json_csv_and_table_formats() {
 
 /// Many rows staged in SQL, so the output is far larger than a pipe holds.
 async fn big_ledger(env: &TestEnv, n: i64) {
-    let ledger = Ledger::open(&env.ledger_path).await.expect("create");
+    let ledger = Ledger::open_at(&env.ledger).await.expect("create");
     ledger.close().await;
-    let pool = sql(&env.ledger_path).await;
-    exec(
-        &pool,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+    let sql = Sql::connect(&env.ledger).await;
+    sql.exec_either(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
          INSERT INTO files (path_bytes, path, size, sha256, state, asset_id, discovered_at, \
          updated_at, ready_at) \
          SELECT CAST('/media/inbox/clip-' || i || '.mp4' AS BLOB), '/media/inbox/clip-' || i || '.mp4', \
-         1000 * i, printf('%064x', i), 'ready', printf('%024x', i), ?2 - i * 1000, ?2, ?2 FROM n",
+         1000 * i, printf('%064x', i), 'ready', printf('%024x', i), $2 - i * 1000, $2, $2 FROM n",
+        "INSERT INTO files (path_bytes, path, size, sha256, state, asset_id, discovered_at, \
+         updated_at, ready_at) \
+         SELECT convert_to('/media/inbox/clip-' || i || '.mp4', 'UTF8'), \
+         '/media/inbox/clip-' || i || '.mp4', 1000 * i, lpad(to_hex(i), 64, '0'), 'ready', \
+         lpad(to_hex(i), 24, '0'), $2 - i * 1000, $2, $2 FROM generate_series(1, $1) AS n(i)",
         &[n, now_ms()],
     )
     .await;
-    pool.close().await;
+    sql.close().await;
 }
 
 #[tokio::test]
@@ -470,62 +458,57 @@ async fn status_says_stuck_when_the_key_was_rejected() {
 
 #[tokio::test]
 async fn status_shows_the_upload_in_flight_and_a_rate_limit() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the daemon is staged as the holder of the
+    // ledger's lock file, which is how `status` finds it there.
+    let env = TestEnv::sqlite().await;
     let ledger = Ledger::open(&env.ledger_path).await.expect("create");
     ledger.close().await;
     // A daemon holds the ledger (this process), one file is being sent in
     // multipart (2 chunks of 5 MB accepted out of 40 MB), one waits after a
     // 429 until a minute from now.
     let _lock = LedgerLock::acquire(&env.ledger_path).expect("lock");
-    let pool = sql(&env.ledger_path).await;
+    let pool = Sql::connect(&env.ledger).await;
     let now = now_ms();
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO files (id, path_bytes, path, size, sha256, state, attempts, discovered_at, \
          updated_at) VALUES (1, CAST('/media/big.mp4' AS BLOB), '/media/big.mp4', 40000000, \
-         'aa', 'uploading', 1, ?1 - 60000, ?1 - 9000)",
+         'aa', 'uploading', 1, $1 - 60000, $1 - 9000)",
         &[now],
     )
     .await;
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO attempts (file_id, started_at, ended_at, outcome, error) \
-         VALUES (1, ?1 - 50000, ?1 - 40000, 'transient', 'connection reset')",
+         VALUES (1, $1 - 50000, $1 - 40000, 'transient', 'connection reset')",
         &[now],
     )
     .await;
-    exec(
-        &pool,
-        "INSERT INTO attempts (file_id, started_at) VALUES (1, ?1 - 9000)",
+    pool.exec(
+        "INSERT INTO attempts (file_id, started_at) VALUES (1, $1 - 9000)",
         &[now],
     )
     .await;
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO multipart_sessions (file_id, upload_id, asset_id, chunk_size, total_chunks, \
-         created_at) VALUES (1, 'u1', 'a1', 5000000, 8, ?1)",
+         created_at) VALUES (1, 'u1', 'a1', 5000000, 8, $1)",
         &[now],
     )
     .await;
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) \
          VALUES (1, 0, 'e0', 5000000), (1, 1, 'e1', 5000000)",
         &[],
     )
     .await;
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO files (id, path_bytes, path, size, sha256, state, next_attempt_at, \
          last_error, discovered_at, updated_at) VALUES (2, CAST('/media/b.mp4' AS BLOB), \
-         '/media/b.mp4', 3000, 'bb', 'queued', ?1 + 60000, 'rate limited (429)', ?1 - 120000, ?1)",
+         '/media/b.mp4', 3000, 'bb', 'queued', $1 + 60000, 'rate limited (429)', $1 - 120000, $1)",
         &[now],
     )
     .await;
-    exec(
-        &pool,
+    pool.exec(
         "INSERT INTO attempts (file_id, started_at, ended_at, outcome, http_status, error) \
-         VALUES (2, ?1 - 1000, ?1 - 500, 'rate_limited', 429, 'rate limited (429)')",
+         VALUES (2, $1 - 1000, $1 - 500, 'rate_limited', 429, 'rate limited (429)')",
         &[now],
     )
     .await;

@@ -92,17 +92,13 @@ async fn lost_assets_are_reported_and_requeued_and_orphans_listed() {
     cmd.args(["reconcile", "--requeue", "--no-orphans"]);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     assert_eq!(record_of(&ledger, &files[0].0).await.state, "queued");
     ledger.close().await;
 
     let out = env.upload_bin(&[&env.inbox]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     assert_eq!(record_of(&ledger, &files[0].0).await.state, "ready");
     assert_eq!(
         env.emulator.stats().uploads_by_sha256.get(&files[0].1),

@@ -312,9 +312,7 @@ async fn forget_with_yes_makes_upload_send_the_file_again() {
     let sha = write_media(&a, Kind::Mp4, 9000, 40);
     let out = env.upload_bin(&[&a]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let old = record_of(&ledger, &a).await;
     assert_eq!(old.state, "ready");
 

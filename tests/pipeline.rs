@@ -419,7 +419,7 @@ async fn an_unhashed_upload_interrupted_by_a_crash_is_found_not_resent() {
 
     // The ledger the crash left: the record claimed, its hash unknown.
     {
-        let ledger = Ledger::open(&env.ledger_path).await.expect("open");
+        let ledger = Ledger::open_at(&env.ledger).await.expect("open");
         let meta = std::fs::metadata(&clip).expect("stat");
         let f = tl_ingest::pipeline::discover::new_file(&clip, &meta, None);
         let Discovery::New(id) = ledger.discover(&f).await.expect("discover") else {
@@ -574,7 +574,7 @@ async fn a_copy_does_not_wait_for_an_original_held_back_by_a_rate_limit() {
     let sha = write_media(&orig, Kind::Mp4, 40_000, 21);
     std::fs::copy(&orig, &copy).expect("copy");
 
-    let ledger = Ledger::open(&env.ledger_path).await.expect("ledger");
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
     let client = ApiClient::new(
         &ClientOptions {
             base_url: env.emulator.base_url(),

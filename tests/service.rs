@@ -76,7 +76,10 @@ async fn expect_notification(sock: &UnixDatagram, seen: &mut Vec<String>, want: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_status_and_stopping_and_a_second_daemon_exits_3() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the second daemon is refused by the ledger's
+    // lock file, and `status` names the holder from it. (A PostgreSQL
+    // ledger is shared by a fleet: a second daemon is welcome there.)
+    let env = TestEnv::sqlite().await;
     let config = env.write_daemon_config(&env.inbox_watch());
     let sock_path = env.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
@@ -176,11 +179,11 @@ async fn sigterm_mid_upload_exits_0_within_the_grace_and_the_next_start_finishes
         .collect();
 
     let daemon = spawn_run(&env, &config, None);
-    let ledger_path = env.ledger_path.clone();
+    let location = env.ledger.clone();
     crate::helpers::wait_until(crate::helpers::DEADLINE, "uploads in flight", || {
-        let p = ledger_path.clone();
+        let location = location.clone();
         async move {
-            let Ok(l) = Ledger::open_existing(&p).await else {
+            let Ok(l) = Ledger::open_existing_at(&location).await else {
                 return false;
             };
             let n = l.in_flight().await.map(|v| v.len()).unwrap_or(0);
@@ -194,9 +197,7 @@ async fn sigterm_mid_upload_exits_0_within_the_grace_and_the_next_start_finishes
     assert_eq!(code, Some(0), "{stderr}");
 
     // Nothing is left claimed: every record can be picked up again.
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     assert!(
         ledger.in_flight().await.expect("q").is_empty(),
         "{}",
@@ -210,9 +211,7 @@ async fn sigterm_mid_upload_exits_0_within_the_grace_and_the_next_start_finishes
     signal(&daemon, "TERM");
     let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     for f in &files {
         assert_eq!(record_of(&ledger, f).await.state, "ready");
     }

@@ -430,36 +430,47 @@ impl Ledger {
         .bind(cutoff_ms)
         .scalar_one(&mut tx)
         .await?;
-        stmt("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id INTEGER PRIMARY KEY)")
-            .execute(&mut tx)
-            .await?;
-        stmt("DELETE FROM temp.prune_ids").execute(&mut tx).await?;
-        stmt(
-            "INSERT INTO temp.prune_ids (id) SELECT f.id FROM files f \
+        // The ids to remove, in a table of this connection's own: SQLite's
+        // `temp` schema, PostgreSQL's `pg_temp` (dropped at commit).
+        let (ids, create) = if self.pool.is_postgres() {
+            (
+                "pg_temp.prune_ids",
+                "CREATE TEMP TABLE IF NOT EXISTS prune_ids (id BIGINT PRIMARY KEY) ON COMMIT DROP",
+            )
+        } else {
+            (
+                "temp.prune_ids",
+                "CREATE TEMP TABLE IF NOT EXISTS prune_ids (id INTEGER PRIMARY KEY)",
+            )
+        };
+        stmt(create).execute(&mut tx).await?;
+        stmt(format!("DELETE FROM {ids}")).execute(&mut tx).await?;
+        stmt(format!(
+            "INSERT INTO {ids} (id) SELECT f.id FROM files f \
              WHERE f.state IN ('ready', 'indexed', 'duplicate', 'skipped', 'failed') \
              AND f.updated_at < $1 \
              AND NOT (f.state IN ('ready', 'indexed') AND ( \
                (f.path_bytes IS NOT NULL AND \
                  f.id = (SELECT max(g.id) FROM files g WHERE g.path_bytes = f.path_bytes)) \
                OR (f.path_bytes IS NULL AND f.url IS NOT NULL AND \
-                 f.id = (SELECT max(g.id) FROM files g WHERE g.url = f.url))))",
-        )
+                 f.id = (SELECT max(g.id) FROM files g WHERE g.url = f.url))))"
+        ))
         .bind(cutoff_ms)
         .execute(&mut tx)
         .await?;
         for id in keep {
-            stmt("DELETE FROM temp.prune_ids WHERE id = $1")
+            stmt(format!("DELETE FROM {ids} WHERE id = $1"))
                 .bind(id)
                 .execute(&mut tx)
                 .await?;
         }
         // Keep what kept records point at, until nothing more is kept.
         loop {
-            let kept = stmt(
-                "DELETE FROM temp.prune_ids WHERE id IN (SELECT f.duplicate_of FROM files f \
+            let kept = stmt(format!(
+                "DELETE FROM {ids} WHERE id IN (SELECT f.duplicate_of FROM files f \
                  WHERE f.duplicate_of IS NOT NULL \
-                 AND f.id NOT IN (SELECT id FROM temp.prune_ids))",
-            )
+                 AND f.id NOT IN (SELECT id FROM {ids}))"
+            ))
             .execute(&mut tx)
             .await?
             .rows_affected();
@@ -473,7 +484,7 @@ impl Ledger {
         };
         if dry_run {
             let q = stmt(format!(
-                "SELECT {RECORD_COLUMNS} FROM files WHERE id IN (SELECT id FROM temp.prune_ids) \
+                "SELECT {RECORD_COLUMNS} FROM files WHERE id IN (SELECT id FROM {ids}) \
                  ORDER BY id"
             ));
             report.would_remove = q.fetch_all(&mut tx).await?;
@@ -481,19 +492,29 @@ impl Ledger {
             tx.rollback().await?;
             return Ok(report);
         }
-        report.removed = stmt("DELETE FROM files WHERE id IN (SELECT id FROM temp.prune_ids)")
-            .execute(&mut tx)
-            .await?
-            .rows_affected();
-        stmt("DROP TABLE temp.prune_ids").execute(&mut tx).await?;
+        report.removed = stmt(format!(
+            "DELETE FROM files WHERE id IN (SELECT id FROM {ids})"
+        ))
+        .execute(&mut tx)
+        .await?
+        .rows_affected();
+        stmt(format!("DROP TABLE {ids}")).execute(&mut tx).await?;
         tx.commit().await?;
         tracing::info!(removed = report.removed, "ledger pruned");
         Ok(report)
     }
 
-    /// Give the freed pages back to the filesystem (after `prune`).
+    /// Give the freed pages back to the filesystem (after `prune`). On
+    /// PostgreSQL a plain VACUUM of the ledger's tables: it makes the space
+    /// reusable without locking out the fleet's daemons (VACUUM FULL would),
+    /// and refreshes the planner's statistics after a large delete.
     pub async fn vacuum(&self) -> Result<(), LedgerError> {
-        stmt("VACUUM").execute(&self.pool).await?;
+        let sql = if self.pool.is_postgres() {
+            "VACUUM (ANALYZE) files, attempts, multipart_sessions, multipart_chunks"
+        } else {
+            "VACUUM"
+        };
+        stmt(sql).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -20,7 +20,8 @@ pub struct HistoryFilter {
     pub since: Option<i64>,
     /// Discovered before this.
     pub until: Option<i64>,
-    /// A SQLite GLOB over the display path (the path, else the URL).
+    /// A glob (SQLite's GLOB: `*`, `?`, `[...]`, case-sensitive) over the
+    /// display path (the path, else the URL).
     pub path_glob: Option<String>,
     pub limit: Option<u32>,
 }
@@ -72,7 +73,14 @@ const PAGE: u64 = 2000;
 /// first, at most `limit`. Several states are one SELECT each, merged in
 /// order by a compound SELECT: each is one range of
 /// `files_state_discovered`, already newest first, so nothing is sorted.
-fn history_query(prefix: &str, filter: &HistoryFilter, after: Option<(i64, i64)>, limit: u64) -> Q {
+/// PostgreSQL has no GLOB: there the glob is matched as a regex (`~`).
+fn history_query(
+    prefix: &str,
+    filter: &HistoryFilter,
+    after: Option<(i64, i64)>,
+    limit: u64,
+    postgres: bool,
+) -> Q {
     let mut q = stmt(prefix.to_owned());
     let arms: Vec<Option<FileState>> = if filter.states.is_empty() {
         vec![None]
@@ -86,7 +94,7 @@ fn history_query(prefix: &str, filter: &HistoryFilter, after: Option<(i64, i64)>
         if i > 0 {
             q.push(" UNION ALL ");
         }
-        q.push(format!("SELECT {RECORD_COLUMNS} FROM files WHERE 1"));
+        q.push(format!("SELECT {RECORD_COLUMNS} FROM files WHERE TRUE"));
         if let Some(state) = state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -104,13 +112,64 @@ fn history_query(prefix: &str, filter: &HistoryFilter, after: Option<(i64, i64)>
                 .push(")");
         }
         if let Some(glob) = &filter.path_glob {
-            q.push(" AND coalesce(path, url) GLOB ")
-                .push_bind(glob.clone());
+            if !postgres {
+                q.push(" AND coalesce(path, url) GLOB ")
+                    .push_bind(glob.clone());
+            } else if let Some(regex) = glob_to_regex(glob) {
+                q.push(" AND coalesce(path, url) ~ ").push_bind(regex);
+            } else {
+                q.push(" AND FALSE");
+            }
         }
     }
     q.push(" ORDER BY discovered_at DESC, id DESC LIMIT ")
         .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     q
+}
+
+/// SQLite's GLOB `glob` as an anchored PostgreSQL regex matching the same
+/// strings: `*` any run of characters, `?` one character, `[...]` a set
+/// (`[^...]` its complement, `]` first in a set is itself, `a-z` a range),
+/// every other character itself. `None` for a set never closed, which
+/// GLOB matches against nothing.
+fn glob_to_regex(glob: &str) -> Option<String> {
+    let mut re = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            '[' => {
+                re.push('[');
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                    re.push('^');
+                }
+                let mut first = true;
+                loop {
+                    match chars.next()? {
+                        ']' if !first => break,
+                        // Special inside a bracket expression too: taken literally.
+                        c @ ('\\' | '[' | ']') => {
+                            re.push('\\');
+                            re.push(c);
+                        }
+                        c => re.push(c),
+                    }
+                    first = false;
+                }
+                re.push(']');
+            }
+            // `\` before a non-alphanumeric character is that character.
+            c if c.is_ascii() && !c.is_ascii_alphanumeric() => {
+                re.push('\\');
+                re.push(c);
+            }
+            c => re.push(c),
+        }
+    }
+    re.push('$');
+    Some(re)
 }
 
 const LAST_ERRORS_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size, mime, \
@@ -161,7 +220,7 @@ impl Ledger {
             if want == 0 {
                 return Ok(handed);
             }
-            let q = history_query("", filter, after, want);
+            let q = history_query("", filter, after, want, self.pool.is_postgres());
             let page: Vec<Record> = q.fetch_all(&self.pool).await?;
             let full = page.len() as u64 == want;
             for r in page {
@@ -323,7 +382,7 @@ mod tests {
         ];
         for (what, filter) in &cases {
             for after in [None, Some((now_ms(), 1000))] {
-                let q = history_query("EXPLAIN QUERY PLAN ", filter, after, PAGE);
+                let q = history_query("EXPLAIN QUERY PLAN ", filter, after, PAGE, false);
                 let plan = plan_of(&ledger, q).await;
                 assert_indexed(&plan, what);
                 // Newest first straight from the index: no sort.
@@ -340,11 +399,29 @@ mod tests {
                 },
                 None,
                 100,
+                false,
             ),
         )
         .await;
         assert!(plan.contains("files_state_discovered"), "{plan}");
         ledger.close().await;
+    }
+
+    #[test]
+    fn globs_become_anchored_regexes() {
+        for (glob, regex) in [
+            ("*.mp4", "^.*\\.mp4$"),
+            ("*/sub/*", "^.*\\/sub\\/.*$"),
+            ("clip-?.mov", "^clip\\-.\\.mov$"),
+            ("[a-c]*", "^[a-c].*$"),
+            ("[^x]y", "^[^x]y$"),
+            ("[]]", "^[\\]]$"),
+            ("a(1)+b\\$", "^a\\(1\\)\\+b\\\\\\$$"),
+            ("vidéo", "^vidéo$"),
+        ] {
+            assert_eq!(glob_to_regex(glob).as_deref(), Some(regex), "{glob}");
+        }
+        assert_eq!(glob_to_regex("[abc"), None, "a set never closed");
     }
 
     #[tokio::test]

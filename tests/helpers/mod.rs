@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod sql;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -18,7 +19,7 @@ use tempfile::TempDir;
 use tl_ingest::api::{ApiClient, ClientOptions};
 use tl_ingest::config::{Config, LoadOptions, WatchConfig};
 use tl_ingest::emulator::{Emulator, EmulatorConfig, Faults};
-use tl_ingest::ledger::{Ledger, Record};
+use tl_ingest::ledger::{Ledger, Location, Record};
 use tl_ingest::pipeline::Pipeline;
 use tl_ingest::pipeline::discover::{Filter, discover};
 use tl_ingest::secret::ApiKey;
@@ -72,8 +73,23 @@ pub fn write_media(path: &Path, kind: Kind, size: usize, seed: u64) -> String {
 pub struct TestEnv {
     pub dir: TempDir,
     pub inbox: PathBuf,
+    /// `dir/ledger.db`: the ledger file in the SQLite pass and for the
+    /// tests pinned to SQLite; in the PostgreSQL pass nothing is there.
     pub ledger_path: PathBuf,
+    /// Where the test's ledger is: `ledger_path`, or a fresh PostgreSQL
+    /// database in the suite's PostgreSQL pass (`TL_INGEST_TEST_ENGINE`).
+    pub ledger: Location,
     pub emulator: Emulator,
+}
+
+/// Which engine a fixture's ledger is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    /// The suite's engine: SQLite, or PostgreSQL in the PostgreSQL pass.
+    Suite,
+    /// SQLite whatever the pass: tests about the ledger file itself (its
+    /// bytes, its lock, its folder and disk).
+    Sqlite,
 }
 
 impl TestEnv {
@@ -86,6 +102,22 @@ impl TestEnv {
     }
 
     pub async fn with(emulator: EmulatorConfig, faults: Faults) -> TestEnv {
+        Self::start(emulator, faults, Engine::Suite).await
+    }
+
+    /// A fixture whose ledger is the SQLite file `ledger_path` in both
+    /// passes, for tests about that file (its bytes, `<ledger>.lock`, the
+    /// folder and disk it is on).
+    pub async fn sqlite() -> TestEnv {
+        Self::sqlite_with(EmulatorConfig::default(), Faults::default()).await
+    }
+
+    /// [`TestEnv::sqlite`] with an emulator of the test's choosing.
+    pub async fn sqlite_with(emulator: EmulatorConfig, faults: Faults) -> TestEnv {
+        Self::start(emulator, faults, Engine::Sqlite).await
+    }
+
+    async fn start(emulator: EmulatorConfig, faults: Faults, engine: Engine) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let inbox = dir.path().join("inbox");
         std::fs::create_dir(&inbox).expect("inbox");
@@ -105,12 +137,22 @@ impl TestEnv {
         .await
         .expect("emulator starts");
         let ledger_path = dir.path().join("ledger.db");
+        let ledger = match engine {
+            Engine::Suite => pg::ledger_location(ledger_path.clone()).await,
+            Engine::Sqlite => Location::Sqlite(ledger_path.clone()),
+        };
         TestEnv {
             dir,
             inbox,
             ledger_path,
+            ledger,
             emulator,
         }
+    }
+
+    /// Whether this fixture's ledger is on PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.ledger, Location::Postgres(_))
     }
 
     /// Defaults, pointed at the emulator and the temp ledger, with fast
@@ -124,15 +166,28 @@ impl TestEnv {
         Config::load(&opts).expect("test config loads").0
     }
 
+    /// The `[ledger]` section for this fixture's ledger. A PostgreSQL
+    /// ledger is named by `ledger.url`, which wins over `ledger.path`
+    /// (kept, for what derives from it).
+    pub fn ledger_toml(&self) -> String {
+        let url = match &self.ledger {
+            Location::Postgres(url) => format!("url = {:?}\n", url.expose()),
+            Location::Sqlite(_) => String::new(),
+        };
+        format!(
+            "[ledger]\npath = {:?}\n{url}",
+            self.ledger_path.display().to_string()
+        )
+    }
+
     /// The same settings as a TOML file, for the binary.
     pub fn write_config(&self) -> PathBuf {
         let path = self.dir.path().join("config.toml");
         let text = format!(
-            "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n\
-             [ledger]\npath = {:?}\n\
+            "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n{}\
              [upload]\ninitial_backoff = \"20ms\"\nmax_backoff = \"300ms\"\nmax_attempts = 12\n",
             self.emulator.base_url(),
-            self.ledger_path.display().to_string(),
+            self.ledger_toml(),
         );
         std::fs::write(&path, text).expect("write config");
         path
@@ -201,7 +256,7 @@ impl TestEnv {
         before: F,
         deadline: Duration,
     ) -> Ledger {
-        let ledger = Ledger::open(&self.ledger_path).await.expect("ledger opens");
+        let ledger = Ledger::open_at(&self.ledger).await.expect("ledger opens");
         before(&ledger);
         let client = ApiClient::new(
             &ClientOptions {
@@ -283,13 +338,39 @@ where
     }
 }
 
+/// How long one run of the binary may take: past it the test fails (and
+/// kills it) instead of waiting forever on a command that hangs.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Run a command to completion off the async threads (the emulator serves
-/// from this runtime meanwhile).
+/// from this runtime meanwhile), as `Command::output` does, within
+/// [`COMMAND_DEADLINE`].
 pub async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("run tl-ingest")
+    use std::process::Stdio;
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tl-ingest");
+    let pid = rustix::process::Pid::from_child(&child);
+    let waited = tokio::time::timeout(
+        COMMAND_DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await;
+    match waited {
+        Ok(joined) => joined.expect("join").expect("wait for tl-ingest"),
+        Err(_) => {
+            // Not reaped yet, so the pid is still this child's.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            panic!("tl-ingest {args:?} did not finish within {COMMAND_DEADLINE:?}; killed it");
+        }
+    }
 }
 
 pub fn text(out: &Output) -> String {
@@ -335,7 +416,7 @@ impl TestEnv {
         let (config, _) = Config::load(&load).expect("daemon config loads");
         let setup = Setup {
             load,
-            ledger: tl_ingest::ledger::Location::Sqlite(self.ledger_path.clone()),
+            ledger: self.ledger.clone(),
             client: ClientSource::Fixed {
                 base_url: self.emulator.base_url(),
                 key: ApiKey::new(KEY).expect("key"),
@@ -369,7 +450,7 @@ impl TestEnv {
                 let result = (&mut d.task).await;
                 panic!("the daemon stopped by itself: {result:?}");
             }
-            if let Ok(ledger) = Ledger::open_existing(&self.ledger_path).await {
+            if let Ok(ledger) = Ledger::open_existing_at(&self.ledger).await {
                 let mut all = true;
                 for p in paths {
                     let abs = std::path::absolute(p).expect("absolute");

@@ -62,9 +62,7 @@ async fn fifos_sockets_symlink_loops_and_a_folder_named_mp4_never_hang_or_fail_a
         all.contains("loop-a.mp4") && all.contains("dangling.mp4"),
         "the unreadable links are named: {all}"
     );
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     assert_eq!(record_of(&ledger, &inside).await.state, "ready");
     // A link to a file is that file: one of the two is the duplicate.
     let mut pair = [
@@ -105,7 +103,7 @@ async fn a_file_deleted_between_discovery_and_hashing_fails_with_the_reason() {
     write_media(&doomed, Kind::Mp4, 5_000, 4);
     write_media(&kept, Kind::Mp4, 5_000, 5);
     {
-        let ledger = Ledger::open(&env.ledger_path).await.expect("ledger");
+        let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
         let filter = Filter::new(&WatchConfig::for_path(PathBuf::new())).expect("filter");
         discover(
             &ledger,
@@ -265,9 +263,7 @@ async fn a_file_without_read_permission_fails_with_the_reason() {
     let all = text(&out);
     assert_no_panic("upload", &all);
     assert_eq!(out.status.code(), Some(1), "one file failed: {all}");
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let rec = record_of(&ledger, &locked).await;
     assert_eq!(rec.state, "failed", "{}", dump(&ledger).await);
     let why = rec.last_error.unwrap_or_default();

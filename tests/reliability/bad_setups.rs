@@ -193,7 +193,10 @@ fn assert_untouched(
 async fn every_bad_setup_is_one_clear_message_and_exit_2_with_nothing_overwritten() {
     let mut outcomes = Vec::new();
     for case in cases() {
-        let env = TestEnv::new().await;
+        // SQLite in both passes: the cases put the ledger file in a
+        // read-only folder or fill it with junk, and "nothing created" is
+        // checked on the files in the folder.
+        let env = TestEnv::sqlite().await;
         write_media(&env.inbox.join("a.mp4"), Kind::Mp4, 3_000, 1);
         (case.prepare)(&env);
         let config = env.dir.path().join("config.toml");
@@ -285,7 +288,8 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_for_the_ledger_is_a_clear_error_and_exit_2() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the ledger file is on the disk that fills.
+    let env = TestEnv::sqlite().await;
     let mount = env.dir.path().join("small");
     let Some(disk) = SmallDisk::mount(&mount, "512k") else {
         eprintln!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tl_ingest::emulator::{EmulatorConfig, Faults};
-use tl_ingest::ledger::{FileState, Ledger};
+use tl_ingest::ledger::{FileState, Ledger, Location};
 
 use super::{assert_no_panic, figures, scaled, spawn_daemon, terminate};
 use crate::helpers::{Kind, TestEnv, dump, write_media};
@@ -25,8 +25,8 @@ struct AtKill {
     finished: usize,
 }
 
-async fn snapshot(ledger_path: &std::path::Path) -> AtKill {
-    let Ok(ledger) = Ledger::open_existing(ledger_path).await else {
+async fn snapshot(ledger: &Location) -> AtKill {
+    let Ok(ledger) = Ledger::open_existing_at(ledger).await else {
         return AtKill::default();
     };
     let mut at = AtKill::default();
@@ -104,7 +104,7 @@ async fn crash_loop_every_file_ends_ready_once_with_its_own_bytes() {
             .await
             .expect("join")
             .expect("reap");
-        kills.push(snapshot(&env.ledger_path).await);
+        kills.push(snapshot(&env.ledger).await);
     }
     let kill_phase = started.elapsed();
 
@@ -117,9 +117,7 @@ async fn crash_loop_every_file_ends_ready_once_with_its_own_bytes() {
     assert_eq!(code, Some(0), "the last run stops cleanly:\n{log_text}");
     assert_no_panic("the daemon", &log_text);
 
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let records = ledger.history(&[], None).await.expect("history");
     let stats = env.emulator.stats();
     let assets: BTreeMap<String, Option<String>> = env

@@ -66,7 +66,9 @@ fn ledger_files(ledger: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_is_in_no_output_no_log_and_not_in_the_ledger_even_at_trace_level() {
-    let env = TestEnv::new().await;
+    // SQLite in both passes: the check reads the ledger's files (the
+    // database, its WAL and shared memory, the lock) byte by byte.
+    let env = TestEnv::sqlite().await;
     let config = env.write_daemon_config(&env.inbox_watch());
     let a = env.inbox.join("a.mp4");
     write_media(&a, Kind::Mp4, 4_000, 1);

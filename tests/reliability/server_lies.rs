@@ -39,9 +39,7 @@ async fn upload_through(
     let out = env.upload_bin(&[&env.inbox]).await;
     assert_no_panic("upload", &text(&out));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let stats = env.emulator.stats();
     let mut seen = Vec::new();
     for (path, sha) in &files {
@@ -214,9 +212,7 @@ async fn a_ready_asset_that_later_404s_is_reported_by_reconcile_and_sent_again()
     let out = env.upload_bin(&[&env.inbox]).await;
     assert_no_panic("upload", &text(&out));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ledger = Ledger::open_existing(&env.ledger_path)
-        .await
-        .expect("ledger");
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
     let held: Vec<String> = env.emulator.assets().into_iter().map(|a| a.id).collect();
     for (path, _) in &files {
         let rec = record_of(&ledger, path).await;
