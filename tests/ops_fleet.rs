@@ -151,13 +151,13 @@ async fn status_shows_the_fleet(env: &TestEnv, location: &Location, ledger_url: 
         1,
         "{shown}"
     );
-    // SQLite keeps the lock-file line (nobody holds the lock here); a
-    // shared ledger has none.
-    assert_eq!(
-        shown.contains("daemon:   not running"),
-        ledger_url.is_none(),
-        "{shown}"
-    );
+    // The daemon line is about this host: none of the three is on it.
+    let expected = if ledger_url.is_some() {
+        "daemon:   not running on this host"
+    } else {
+        "daemon:   not running"
+    };
+    assert!(shown.contains(expected), "{shown}");
 
     stop.cancel();
     for l in ledgers {
@@ -398,4 +398,85 @@ async fn config_with_a_ledger_url_never_shows_its_password() {
     let out = run(&["config", "check"], None).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("ledger.path"), "{}", text(&out));
+}
+
+/// The test server's CA, when it speaks TLS (`scripts/throwaway-postgres`
+/// sets it up where openssl is installed).
+async fn test_server_ca() -> Option<std::path::PathBuf> {
+    let server = pg::server_url()?;
+    let mut conn = sqlx::PgConnection::connect(&server).await.ok()?;
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    let cert: String = sqlx::query_scalar("SHOW ssl_cert_file")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    let _ = conn.close().await;
+    let ca = std::path::Path::new(&cert).with_file_name("ca.crt");
+    (ssl == "on" && std::fs::File::open(&ca).is_ok()).then_some(ca)
+}
+
+/// `ledger.url` asking for TLS gets it, through rustls: with
+/// `sslmode=verify-full` the server's certificate is checked against the
+/// given CA and its name against the URL's host, and a host the
+/// certificate does not name is refused in words.
+#[tokio::test]
+async fn a_ledger_url_asking_for_verified_tls_gets_it() {
+    const NAME: &str = "ops_fleet::a_ledger_url_asking_for_verified_tls_gets_it";
+    if pg::server_url().is_none() {
+        return pg::skipped(NAME);
+    }
+    let Some(ca) = test_server_ca().await else {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped {NAME}: the test server has no TLS (no openssl when it started)\n")
+                .as_bytes(),
+        );
+        return;
+    };
+    let url = pg::fresh_database().await;
+    let tls = |host: &str| {
+        let text = url
+            .expose()
+            .replacen("@127.0.0.1:", &format!("@{host}:"), 1);
+        PgUrl::parse(&format!(
+            "{text}?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        ))
+        .expect("url")
+    };
+    let ledger = Ledger::open_at(&Location::Postgres(tls("localhost")))
+        .await
+        .expect("verified TLS to the name on the certificate");
+    ledger.ping().await.expect("the ledger answers over TLS");
+    ledger.close().await;
+
+    let refused = Ledger::open_at(&Location::Postgres(tls("127.0.0.1")))
+        .await
+        .expect_err("the certificate names localhost, not 127.0.0.1");
+    let said = refused.to_string();
+    assert!(
+        said.contains("TLS failed") && said.contains("not valid for name \"127.0.0.1\""),
+        "{said}"
+    );
+
+    // doctor says TLS is in use and the certificate checked.
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    let mut cmd = env.bare_cmd(KEY);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("TL_INGEST__LEDGER__URL", tls("localhost").expose())
+        .arg("doctor");
+    let shown = stdout(&output(cmd).await);
+    assert!(
+        line_starting(
+            &shown,
+            "OK   ledger TLS: in use, the server's certificate checked"
+        )
+        .is_some(),
+        "{shown}"
+    );
 }

@@ -295,12 +295,27 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
     let lease = ctx.config.ledger.lease;
     let facts = async {
         let (queued, oldest_queued) = ledger.queue_stats().await?;
+        let daemons = ledger.daemons(now - HOUR_MS).await?;
+        // A shared ledger has no lock file: the daemon of this host is the
+        // newest one here that is running and beating.
+        let daemon = daemon.or_else(|| {
+            let here = crate::ledger::fleet::host_name();
+            let after = millis(stale_after(lease));
+            daemons
+                .iter()
+                .filter(|d| d.host == here && DaemonState::of(d, after) == DaemonState::Running)
+                .max_by_key(|d| d.started_at)
+                .map(|d| Holder {
+                    pid: u32::try_from(d.pid).ok(),
+                    since_ms: Some(d.started_at),
+                })
+        });
         Ok::<_, crate::ledger::LedgerError>(Facts {
             now,
             ledger: location.to_string(),
             shared: ledger.is_shared(),
             daemon,
-            daemons: ledger.daemons(now - HOUR_MS).await?,
+            daemons,
             heartbeat_ms: millis(heartbeat_interval(lease)),
             stale_after_ms: millis(stale_after(lease)),
             counts: ledger.counts().await?,
@@ -442,12 +457,11 @@ fn to_text(f: &Facts, verdict: &Verdict, colour: bool) -> String {
             h.since_ms
                 .map_or("?".into(), |t| format!("{}, {}", rfc3339(t), ago(f.now, t)))
         ),
+        // A shared ledger: this host's daemon (the others are listed below).
+        None if f.shared => "not running on this host".into(),
         None => "not running".into(),
     };
-    // PostgreSQL has no lock file: the daemons list says it all.
-    if !f.shared {
-        lines.push(format!("daemon:   {daemon}"));
-    }
+    lines.push(format!("daemon:   {daemon}"));
     fleet_lines(f, colour, &mut lines);
     let total: i64 = f.counts.iter().map(|(_, n)| n).sum();
     let parts: Vec<String> = f
@@ -851,7 +865,10 @@ mod tests {
             daemon(1, "ingest-a.example", 4_000_000, Some(1_200_000)),
         ];
         let text = to_text(&f, &verdict(&f), false);
-        assert!(!text.contains("daemon:   "), "no lock file line: {text}");
+        assert!(
+            text.contains("daemon:   not running on this host"),
+            "no daemon of this host: {text}"
+        );
         assert!(
             text.contains("daemons:  1 running, 1 STALE, 1 stopped in the last hour"),
             "{text}"

@@ -292,6 +292,10 @@ fn describe_pg_error(e: &sqlx::Error) -> String {
             Some("3D000") => format!("no such database ({})", db.message()),
             _ => db.message().to_string(),
         },
+        // rustls reports a refused certificate as an I/O error.
+        sqlx::Error::Io(io) if io.to_string().contains("certificate") => {
+            format!("TLS failed: {io}")
+        }
         sqlx::Error::Io(io) => format!("cannot reach the server: {io}"),
         sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
         sqlx::Error::PoolTimedOut => {
