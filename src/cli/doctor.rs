@@ -19,16 +19,18 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 
 use super::status::{DaemonState, heartbeat_age, stale_after};
 use super::{CliResult, Context, Globals, out, start_emulator};
 use crate::api::{ApiClient, ApiError, ClientOptions};
 use crate::config::{ConfigFile, FileAction, FileActionName, WatchConfig, WatcherMode};
+use crate::ledger::diagnose::{
+    self, ClockReading, ConnectFailure, Integrity, PgProbe, PgSchema, PgTarget, ServerVersion,
+    SslMode,
+};
 use crate::ledger::{Ledger, Location, PgUrl, now_ms, schema_version};
 use crate::secret::{API_KEY_ENV, ApiKey, KeyError, load_api_key};
 use crate::watch::fstype::network_fs;
@@ -644,51 +646,22 @@ async fn ledger_checks(ctx: &Context, r: &mut Report) {
     }
 }
 
-/// `PRAGMA integrity_check` on a read-only connection: the file is never
-/// changed, whatever it holds.
+/// The ledger's integrity, checked read only: the file is never changed,
+/// whatever it holds.
 async fn integrity(path: &Path, r: &mut Report) {
-    use sqlx::ConnectOptions;
-    use sqlx::sqlite::SqliteConnectOptions;
     const NAME: &str = "ledger integrity";
     let shown = path.display();
     let fix_corrupt = "stop the daemon, move the file aside (a new ledger is started) or restore a backup; `sqlite3 FILE .recover` may save its records";
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .create_if_missing(false)
-        .busy_timeout(Duration::from_secs(10));
-    let mut conn = match options.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            r.fail(
-                NAME,
-                &format!("cannot open {shown}: {}", db_message(&e)),
-                fix_corrupt,
-            );
-            return;
-        }
-    };
-    let rows: Result<Vec<String>, _> = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&mut conn)
-        .await;
-    match rows {
-        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {
-            let schema: Result<i64, _> = sqlx::query_scalar(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-            )
-            .fetch_one(&mut conn)
-            .await;
-            match schema {
-                Ok(n) if n > 0 => r.ok(NAME, &format!("{shown}: ok")),
-                Ok(_) => r.fail(
-                    NAME,
-                    &format!("{shown} is an SQLite file without a tl-ingest schema"),
-                    "set ledger.path to the ledger, or move this file aside",
-                ),
-                Err(e) => r.fail(NAME, &format!("{shown}: {}", db_message(&e)), fix_corrupt),
-            }
-        }
-        Ok(rows) => {
+    match diagnose::sqlite_integrity(path).await {
+        Integrity::Ok => r.ok(NAME, &format!("{shown}: ok")),
+        Integrity::NoSchema => r.fail(
+            NAME,
+            &format!("{shown} is an SQLite file without a tl-ingest schema"),
+            "set ledger.path to the ledger, or move this file aside",
+        ),
+        Integrity::Unopenable(e) => r.fail(NAME, &format!("cannot open {shown}: {e}"), fix_corrupt),
+        Integrity::SchemaUnreadable(e) => r.fail(NAME, &format!("{shown}: {e}"), fix_corrupt),
+        Integrity::Problems(rows) => {
             let first = rows.first().cloned().unwrap_or_default();
             r.fail(
                 NAME,
@@ -696,20 +669,11 @@ async fn integrity(path: &Path, r: &mut Report) {
                 fix_corrupt,
             );
         }
-        Err(e) => r.fail(
+        Integrity::NotSqlite(e) => r.fail(
             NAME,
-            &format!("{shown} is not a valid SQLite ledger: {}", db_message(&e)),
+            &format!("{shown} is not a valid SQLite ledger: {e}"),
             fix_corrupt,
         ),
-    }
-    use sqlx::Connection;
-    let _ = conn.close().await;
-}
-
-fn db_message(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -725,27 +689,23 @@ fn url_password(url: &str) -> Option<&str> {
 /// The checks of a PostgreSQL ledger, on one connection of its own.
 async fn postgres_checks(ctx: &Context, url: &PgUrl, r: &mut Report) {
     const CONNECT: &str = "ledger connection";
-    let options = match PgConnectOptions::from_str(url.expose()) {
-        Ok(o) => o.application_name("tl-ingest doctor"),
+    let pg = match PgTarget::parse(url) {
+        Ok(pg) => pg,
         Err(e) => {
             r.fail(
                 CONNECT,
-                &format!("{url} cannot be used: {}", url.redact_text(&e.to_string())),
+                &format!("{url} cannot be used: {e}"),
                 "fix ledger.url, e.g. postgres://tl_ingest@db.example/tl_ingest?sslmode=verify-full",
             );
             return;
         }
     };
-    let target = match options.get_socket() {
-        Some(socket) => socket.display().to_string(),
-        None => format!("{}:{}", options.get_host(), options.get_port()),
-    };
-    let connected =
-        tokio::time::timeout(PG_CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&options)).await;
-    let mut conn = match connected {
-        Ok(Ok(conn)) => conn,
+    let target = pg.address();
+    let connected = tokio::time::timeout(PG_CONNECT_TIMEOUT, pg.connect()).await;
+    let mut probe = match connected {
+        Ok(Ok(probe)) => probe,
         Ok(Err(e)) => {
-            let (detail, fix) = pg_failure(&e, &options, &target);
+            let (detail, fix) = pg_failure(&e, &pg, &target);
             r.fail(
                 CONNECT,
                 &format!("cannot connect to {url}: {}", url.redact_text(&detail)),
@@ -771,16 +731,15 @@ async fn postgres_checks(ctx: &Context, url: &PgUrl, r: &mut Report) {
         CONNECT,
         &format!(
             "{url}: logged in as {} to database {}",
-            options.get_username(),
-            options.get_database().unwrap_or(options.get_username())
+            pg.user(),
+            pg.database()
         ),
     );
-    pg_version_check(&mut conn, r).await;
-    let schema = pg_schema_check(&mut conn, r).await;
-    pg_tls_check(&mut conn, &options, r).await;
-    pg_clock_check(&mut conn, r).await;
-    use sqlx::Connection;
-    let _ = conn.close().await;
+    pg_version_check(&mut probe, r).await;
+    let schema = pg_schema_check(&mut probe, r).await;
+    pg_tls_check(&mut probe, &pg, r).await;
+    pg_clock_check(&mut probe, r).await;
+    probe.close().await;
     match schema {
         Schema::Current => fleet_check(ctx, url, r).await,
         Schema::Missing => r.skip("daemons", "none: no daemon has used this ledger yet"),
@@ -792,81 +751,75 @@ async fn postgres_checks(ctx: &Context, url: &PgUrl, r: &mut Report) {
 }
 
 /// A failed connection in words, and its fix.
-fn pg_failure(e: &sqlx::Error, options: &PgConnectOptions, target: &str) -> (String, String) {
-    let user = options.get_username();
-    let database = options.get_database().unwrap_or(user);
+fn pg_failure(e: &ConnectFailure, pg: &PgTarget, target: &str) -> (String, String) {
+    let user = pg.user();
+    let database = pg.database();
     match e {
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("28P01") | Some("28000") => (
-                format!("the server refused the login of {user} ({})", db.message()),
-                format!(
-                    "check the user and its password (PGPASSWORD or ~/.pgpass rather than in the URL), and that pg_hba.conf lets {user} in from this host"
-                ),
+        ConnectFailure::LoginRefused(message) => (
+            format!("the server refused the login of {user} ({message})"),
+            format!(
+                "check the user and its password (PGPASSWORD or ~/.pgpass rather than in the URL), and that pg_hba.conf lets {user} in from this host"
             ),
-            Some("3D000") => (
-                format!("there is no database {database} ({})", db.message()),
-                format!("create it: psql -c 'CREATE DATABASE {database} OWNER {user}'"),
-            ),
-            Some("53300") => (
-                format!("the server has no connection to spare ({})", db.message()),
-                "raise max_connections on the server, or run fewer clients".into(),
-            ),
-            Some("57P03") => (
-                format!("the server is not accepting connections yet ({})", db.message()),
-                "wait until it has started (or left recovery), then try again".into(),
-            ),
-            _ => (
-                db.message().to_string(),
-                "see the server's log for this connection".into(),
-            ),
-        },
-        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (
+        ),
+        ConnectFailure::NoDatabase(message) => (
+            format!("there is no database {database} ({message})"),
+            format!("create it: psql -c 'CREATE DATABASE {database} OWNER {user}'"),
+        ),
+        ConnectFailure::TooManyConnections(message) => (
+            format!("the server has no connection to spare ({message})"),
+            "raise max_connections on the server, or run fewer clients".into(),
+        ),
+        ConnectFailure::NotAccepting(message) => (
+            format!("the server is not accepting connections yet ({message})"),
+            "wait until it has started (or left recovery), then try again".into(),
+        ),
+        ConnectFailure::Server(message) => (
+            message.clone(),
+            "see the server's log for this connection".into(),
+        ),
+        ConnectFailure::Refused => (
             format!("the connection was refused: nothing listens on {target}"),
             "start PostgreSQL, or fix the host and port in ledger.url (the server's listen_addresses and port)".into(),
         ),
-        sqlx::Error::Io(io) => (
+        ConnectFailure::Unreachable(io) => (
             format!("cannot reach {target}: {io}"),
             "check the host name in ledger.url, DNS, and that the network lets this host reach the server".into(),
         ),
-        sqlx::Error::Tls(t) => (
+        ConnectFailure::Tls(t) => (
             format!("TLS failed: {t}"),
             "check sslmode and sslrootcert in ledger.url: the server's certificate must come from a CA this host trusts and name the host in the URL".into(),
         ),
-        sqlx::Error::Configuration(c) => (
+        ConnectFailure::Configuration(c) => (
             format!("ledger.url is not usable: {c}"),
             "fix ledger.url, e.g. postgres://tl_ingest@db.example/tl_ingest?sslmode=verify-full".into(),
         ),
-        other => (
-            other.to_string(),
+        ConnectFailure::Other(other) => (
+            other.clone(),
             "check ledger.url and the server's log".into(),
         ),
     }
 }
 
-/// `SHOW server_version_num`: 13 at the least, 14 or newer to be supported.
-async fn pg_version_check(conn: &mut PgConnection, r: &mut Report) {
+/// The server's version: 13 at the least, 14 or newer to be supported.
+async fn pg_version_check(probe: &mut PgProbe, r: &mut Report) {
     const NAME: &str = "PostgreSQL version";
-    let num: Result<String, _> = sqlx::query_scalar("SHOW server_version_num")
-        .fetch_one(&mut *conn)
-        .await;
-    let shown: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap_or_default();
-    let shown = shown.split_whitespace().next().unwrap_or("").to_string();
-    match num.map(|n| n.trim().parse::<i64>()) {
-        Ok(Ok(n)) if n < PG_OLDEST => r.fail(
+    let ServerVersion {
+        number,
+        name: shown,
+    } = probe.server_version().await;
+    match number {
+        Some(n) if n < PG_OLDEST => r.fail(
             NAME,
             &format!("{shown} ({n}) is too old: tl-ingest needs PostgreSQL 13 or newer"),
             "upgrade the server to a supported PostgreSQL (14 or newer)",
         ),
-        Ok(Ok(n)) if n < PG_SUPPORTED => r.warn(
+        Some(n) if n < PG_SUPPORTED => r.warn(
             NAME,
             &format!("{shown} ({n}) works, but PostgreSQL 13 no longer gets fixes"),
             "upgrade the server to a supported PostgreSQL (14 or newer)",
         ),
-        Ok(Ok(n)) => r.ok(NAME, &format!("{shown} ({n})")),
-        Ok(Err(_)) | Err(_) => r.skip(NAME, "the server did not say"),
+        Some(n) => r.ok(NAME, &format!("{shown} ({n})")),
+        None => r.skip(NAME, "the server did not say"),
     }
 }
 
@@ -882,17 +835,12 @@ enum Schema {
 }
 
 /// The schema's version against this build's.
-async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
+async fn pg_schema_check(probe: &mut PgProbe, r: &mut Report) -> Schema {
     const NAME: &str = "ledger schema";
     let ours = schema_version(true);
-    let exists: Result<bool, _> =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await;
-    match exists {
-        Ok(true) => {}
-        Ok(false) => {
-            if may_create(conn).await {
+    match probe.schema().await {
+        Ok(PgSchema::Missing) => {
+            if probe.may_create().await {
                 r.ok(NAME, "none yet: the first daemon to start creates it");
             } else {
                 r.fail(
@@ -901,59 +849,31 @@ async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
                     "make the user the database's owner (ALTER DATABASE … OWNER TO …), or GRANT CREATE ON SCHEMA public TO it",
                 );
             }
-            return Schema::Missing;
+            Schema::Missing
         }
-        Err(e) => {
-            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
-            return Schema::Other;
+        Ok(PgSchema::Unfinished(v)) => {
+            r.fail(
+                NAME,
+                &format!("migration {v} did not finish: the schema is half-changed"),
+                "see the server's log for why; restore the database from a backup, or finish the migration by hand and mark it done",
+            );
+            Schema::Other
         }
-    }
-    let dirty: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE NOT success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap_or_default();
-    if let Some(v) = dirty.first() {
-        r.fail(
-            NAME,
-            &format!("migration {v} did not finish: the schema is half-changed"),
-            "see the server's log for why; restore the database from a backup, or finish the migration by hand and mark it done",
-        );
-        return Schema::Other;
-    }
-    let applied: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap_or_default();
-    let changed = applied.iter().find(|(version, checksum)| {
-        crate::ledger::postgres_migrator()
-            .iter()
-            .find(|m| m.version == *version)
-            .is_some_and(|m| *m.checksum != **checksum)
-    });
-    if let Some((version, _)) = changed {
-        r.fail(
-            NAME,
-            &format!(
-                "migration {version} was applied by a tl-ingest whose migration {version} differs from this one's: this one cannot open the ledger"
-            ),
-            "run one tl-ingest release on every host; a ledger migrated by a development build is best started afresh",
-        );
-        return Schema::Other;
-    }
-    let have: Result<Option<i64>, _> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&mut *conn)
-            .await;
-    match have {
-        Ok(Some(have)) if have == ours => {
+        Ok(PgSchema::Changed(version)) => {
+            r.fail(
+                NAME,
+                &format!(
+                    "migration {version} was applied by a tl-ingest whose migration {version} differs from this one's: this one cannot open the ledger"
+                ),
+                "run one tl-ingest release on every host; a ledger migrated by a development build is best started afresh",
+            );
+            Schema::Other
+        }
+        Ok(PgSchema::Applied(Some(have))) if have == ours => {
             r.ok(NAME, &format!("version {have}, this tl-ingest's"));
             Schema::Current
         }
-        Ok(Some(have)) if have > ours => {
+        Ok(PgSchema::Applied(Some(have))) if have > ours => {
             r.fail(
                 NAME,
                 &format!(
@@ -963,9 +883,9 @@ async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
             );
             Schema::Other
         }
-        Ok(have) => {
+        Ok(PgSchema::Applied(have)) => {
             let have = have.map_or_else(|| "none".to_string(), |v| v.to_string());
-            let fix = if may_create(conn).await {
+            let fix = if probe.may_create().await {
                 "upgrade tl-ingest on every host of the fleet before starting them again: a host still on the older version cannot open the migrated ledger"
             } else {
                 "this user may not create tables, so it cannot migrate: make it the database's owner, or GRANT CREATE ON SCHEMA public TO it"
@@ -980,71 +900,32 @@ async fn pg_schema_check(conn: &mut PgConnection, r: &mut Report) -> Schema {
             Schema::Other
         }
         Err(e) => {
-            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            r.skip(NAME, &format!("cannot tell: {e}"));
             Schema::Other
         }
     }
 }
 
-/// Whether this user may create tables (and so migrate the schema). Since
-/// PostgreSQL 15 only the database's owner may, unless granted.
-async fn may_create(conn: &mut PgConnection) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT has_schema_privilege(current_schema(), 'CREATE')")
-        .fetch_one(conn)
-        .await
-        .unwrap_or(true)
-}
-
-/// The `sslmode` as written in a URL.
-fn ssl_mode_name(mode: PgSslMode) -> &'static str {
-    match mode {
-        PgSslMode::Disable => "disable",
-        PgSslMode::Allow => "allow",
-        PgSslMode::Prefer => "prefer",
-        PgSslMode::Require => "require",
-        PgSslMode::VerifyCa => "verify-ca",
-        PgSslMode::VerifyFull => "verify-full",
-    }
-}
-
-/// Whether the connection stays on this host (a Unix socket or loopback).
-fn is_local(options: &PgConnectOptions) -> bool {
-    if options.get_socket().is_some() {
-        return true;
-    }
-    let host = options.get_host();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// TLS on a connection that leaves this host, with the server's
 /// certificate checked.
-async fn pg_tls_check(conn: &mut PgConnection, options: &PgConnectOptions, r: &mut Report) {
+async fn pg_tls_check(probe: &mut PgProbe, pg: &PgTarget, r: &mut Report) {
     const NAME: &str = "ledger TLS";
-    let mode = options.get_ssl_mode();
-    let mode_name = ssl_mode_name(mode);
-    let ssl: Result<Option<bool>, _> =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_optional(&mut *conn)
-            .await;
-    let ssl = match ssl {
+    let mode = pg.ssl_mode();
+    let mode_name = mode.name();
+    let ssl = match probe.tls_in_use().await {
         Ok(Some(ssl)) => ssl,
         Ok(None) => {
             r.skip(NAME, "the server did not say");
             return;
         }
         Err(e) => {
-            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            r.skip(NAME, &format!("cannot tell: {e}"));
             return;
         }
     };
-    let verified = matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull);
+    let verified = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
     let fix = "add sslmode=verify-full to ledger.url (and sslrootcert=/path/to/ca.pem when the server's certificate comes from a private CA)";
-    match (is_local(options), ssl, verified) {
+    match (pg.is_local(), ssl, verified) {
         (_, true, true) => r.ok(
             NAME,
             &format!("in use, the server's certificate checked (sslmode={mode_name})"),
@@ -1073,18 +954,16 @@ async fn pg_tls_check(conn: &mut PgConnection, options: &PgConnectOptions, r: &m
 
 /// This host's clock against the database's: leases and the fleet's pacing
 /// use the database's clock, but records' times come from each host's.
-async fn pg_clock_check(conn: &mut PgConnection, r: &mut Report) {
+async fn pg_clock_check(probe: &mut PgProbe, r: &mut Report) {
     const NAME: &str = "clock";
-    let before = now_ms();
-    let db: Result<i64, _> =
-        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-            .fetch_one(&mut *conn)
-            .await;
-    let after = now_ms();
-    let db = match db {
-        Ok(db) => db,
+    let ClockReading {
+        before,
+        database: db,
+        after,
+    } = match probe.clock().await {
+        Ok(reading) => reading,
         Err(e) => {
-            r.skip(NAME, &format!("cannot tell: {}", db_message(&e)));
+            r.skip(NAME, &format!("cannot tell: {e}"));
             return;
         }
     };

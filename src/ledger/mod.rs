@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod after;
+pub mod diagnose;
 mod engine;
 mod error;
 mod files;
