@@ -65,7 +65,7 @@ pub struct ApiConfig {
     pub enable_thumbnail: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
     /// SQLite file; relative paths are under `$STATE_DIRECTORY` when systemd sets it.
@@ -82,6 +82,17 @@ pub struct LedgerConfig {
     /// (PostgreSQL): another daemon takes the record over after that.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+}
+
+/// By hand: the URL may carry a password.
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(PgUrl::parse))
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 fn serialize_redacted_url<S: serde::Serializer>(

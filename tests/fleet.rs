@@ -415,13 +415,6 @@ async fn the_rate_limit_and_a_429_pause_hold_for_the_whole_fleet() {
         closest + slack >= spacing,
         "two uploads {closest:?} apart across the fleet; the limit allows one per {spacing:?}"
     );
-    // In any minute-long window (here: the whole run, and every stretch of
-    // it) no more requests than the limit allows.
-    for (i, t) in times.iter().enumerate() {
-        let window_end = *t + Duration::from_secs(60);
-        let n = times[i..].iter().take_while(|u| **u < window_end).count();
-        assert!(n <= RPM as usize, "{n} requests within a minute");
-    }
     assert!(
         stats.injected_rate_limits > 0,
         "the scenario served some 429s"

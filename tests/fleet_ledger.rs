@@ -140,7 +140,7 @@ async fn a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_o
             "fleet_ledger::a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_off",
         );
     }
-    const LEASE_MS: i64 = 300;
+    const LEASE_MS: i64 = 1000;
     let (a, b) = two_hosts(LEASE_MS).await;
     let ids = queue(&a, 1).await;
     let job = a.claim(LEASE_MS).await.expect("claim").expect("due");
@@ -158,7 +158,7 @@ async fn a_claim_whose_lease_ran_out_is_taken_over_and_its_old_owner_is_fenced_o
     assert_eq!(held, vec![job.id]);
     let after = take_over_one(&b).await;
     assert!(
-        after >= Duration::from_millis(250),
+        after >= Duration::from_millis(900),
         "taken over {after:?} after the last renewal, before the lease ran out"
     );
     assert_eq!(state(&b, ids[0]).await, FileState::Queued);
@@ -294,7 +294,7 @@ async fn a_heartbeat_renews_only_the_uploads_its_workers_still_hold() {
             "fleet_ledger::a_heartbeat_renews_only_the_uploads_its_workers_still_hold",
         );
     }
-    const LEASE_MS: i64 = 300;
+    const LEASE_MS: i64 = 1000;
     let (a, b) = two_hosts(LEASE_MS).await;
     let ids = queue(&a, 2).await;
     let kept = a.claim(LEASE_MS).await.expect("claim").expect("due");
@@ -305,19 +305,24 @@ async fn a_heartbeat_renews_only_the_uploads_its_workers_still_hold() {
     );
     // A's workers still send `kept`; `dropped` was given up (A could not
     // tell the ledger at the time). A keeps beating.
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let beating = {
-        let a = a.clone();
+        let (a, answers) = (a.clone(), answers.clone());
         let kept = kept.id;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(80));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let held = a.heartbeat(LEASE_MS, &[kept]).await.expect("beat");
-                assert_eq!(held, Some(vec![kept]));
+                let held = a
+                    .heartbeat(LEASE_MS, &[kept])
+                    .await
+                    .map_err(|e| e.to_string());
+                answers.lock().expect("lock").push(held);
             }
         })
     };
     take_over_one(&b).await;
+    beating.abort();
     assert_eq!(
         state(&b, dropped.id).await,
         FileState::Queued,
@@ -328,5 +333,57 @@ async fn a_heartbeat_renews_only_the_uploads_its_workers_still_hold() {
         FileState::Uploading,
         "still sent: kept"
     );
-    beating.abort();
+    let answers = answers.lock().expect("lock").clone();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|held| held == &Ok(Some(vec![kept.id]))),
+        "every beat renewed the kept upload alone: {answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_of_a_daemon_that_is_gone_passes_to_exactly_one_other() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::the_work_of_a_daemon_that_is_gone_passes_to_exactly_one_other",
+        );
+    }
+    let (a, b) = two_hosts(30_000).await;
+    let location = a.location().clone();
+    let c = Ledger::open_at(&location).await.expect("open c");
+    c.join("host-c", &[ROOT.into()], 30_000)
+        .await
+        .expect("join c");
+    let ids = queue(&a, 1).await;
+    let job = a.claim(30_000).await.expect("claim").expect("due");
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        ..AttemptEnd::default()
+    };
+    a.accept(&job, "asset-1", &end).await.expect("accept");
+    let polls = |l: &Ledger| {
+        let l = l.clone();
+        async move {
+            l.processing(10, i64::MAX)
+                .await
+                .expect("processing")
+                .into_iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // While A lives, only A asks about its asset.
+    assert_eq!(polls(&a).await, ids);
+    assert_eq!(b.adopt_orphans().await.expect("adopt"), 0);
+    assert!(polls(&b).await.is_empty() && polls(&c).await.is_empty());
+    // A stops: one of the others takes it on, and only that one.
+    a.leave().await.expect("leave");
+    let (nb, nc) = tokio::join!(b.adopt_orphans(), c.adopt_orphans());
+    let (nb, nc) = (nb.expect("adopt b"), nc.expect("adopt c"));
+    assert_eq!(nb + nc, 1, "adopted once: b {nb}, c {nc}");
+    let (pb, pc) = (polls(&b).await, polls(&c).await);
+    assert_eq!(pb.len() + pc.len(), 1, "one follower: b {pb:?}, c {pc:?}");
+    assert_eq!(b.adopt_orphans().await.expect("again"), 0);
+    assert_eq!(c.adopt_orphans().await.expect("again"), 0);
 }

@@ -194,19 +194,23 @@ impl Ledger {
     /// Finished records with a file action still to do: `after_upload` once
     /// the asset is ready (or later), `on_failure` once failed.
     pub async fn pending_actions(&self, limit: u32) -> Result<Vec<ActionJob>, LedgerError> {
-        Ok(stmt(format!(
+        // A file is moved or deleted only by a daemon that can see it.
+        let visible = self.visible_to_me("$2");
+        let mut q = stmt(format!(
             "SELECT id, path_bytes, path, root, state, size, mtime_ns, inode, sha256, asset_id, \
              attempts, last_error, \
              CASE WHEN state = 'failed' THEN on_failure ELSE after_upload END AS action \
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
              AND ((state IN ('ready', 'indexing', 'indexed') AND after_upload IS NOT NULL) \
-               OR (state = 'failed' AND on_failure IS NOT NULL)){} \
+               OR (state = 'failed' AND on_failure IS NOT NULL)){}{visible} \
              ORDER BY id LIMIT $1",
             self.followed_by_me()
         ))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(i64::from(limit));
+        if !visible.is_empty() {
+            q = q.bind(self.me_host());
+        }
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Record what was done with the file (it is not done again).

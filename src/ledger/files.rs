@@ -619,16 +619,20 @@ impl Ledger {
     /// twin waiting for as long as that upload takes to start and finish (a
     /// retry schedule, a rate limit that holds a claimed record).
     pub async fn unhashed_twins(&self, job: &HashJob) -> Result<Vec<HashJob>, LedgerError> {
-        Ok(stmt(
+        // Only twins this host can read (a shared ledger).
+        let visible = self.visible_to_me("$3");
+        let mut q = stmt(format!(
             "SELECT id, path_bytes, path, size, mtime_ns FROM files \
              WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
              AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
-             'indexing', 'indexed') AND state IN ('queued', 'uploading') LIMIT 16",
-        )
+             'indexing', 'indexed') AND state IN ('queued', 'uploading'){visible} LIMIT 16",
+        ))
         .bind(job.size)
-        .bind(job.id)
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(job.id);
+        if !visible.is_empty() {
+            q = q.bind(self.me_host());
+        }
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// The hash of such a twin, computed by the hash stage: kept only if the
@@ -884,7 +888,7 @@ impl Ledger {
         .bind(now)
         .bind(self.me_id())
         .bind(lease_ms);
-        // PostgreSQL refuses a value for a placeholder the text lacks.
+        // The host's name is bound only where the text has a place for it.
         if !visible.is_empty() {
             q = q.bind(self.me_host());
         }

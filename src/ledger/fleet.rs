@@ -17,6 +17,15 @@ use crate::ledger::LOOKUP_DELAY_MS;
 /// The database clock in Unix ms (PostgreSQL).
 pub(super) const PG_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// The files daemon `me` can see (see [`Ledger::visible_to_me`]); `host`
+/// is the placeholder bound to its host's name.
+fn visible_sql(me: i64, host: &str) -> String {
+    format!(
+        "(files.path_bytes IS NULL OR files.origin_host IS NULL OR files.origin_host = {host} \
+         OR files.root IN (SELECT root FROM daemon_roots WHERE daemon_id = {me}))"
+    )
+}
+
 /// How long a daemon may be silent before it is recorded as stopped.
 const SILENT_FOR_MS: i64 = 3_600_000;
 
@@ -87,32 +96,53 @@ impl Ledger {
     /// host's name. Empty on SQLite and before joining.
     pub(super) fn visible_to_me(&self, host: &str) -> String {
         match self.me.get() {
-            Some(m) if self.pool.is_postgres() => format!(
-                " AND (files.path_bytes IS NULL OR files.origin_host IS NULL \
-                 OR files.origin_host = {host} \
-                 OR files.root IN (SELECT root FROM daemon_roots WHERE daemon_id = {me}))",
-                me = m.id,
-            ),
+            Some(m) if self.pool.is_postgres() => format!(" AND {}", visible_sql(m.id, host)),
             _ => String::new(),
         }
     }
 
     /// A condition (to append to a WHERE on `files`) for the records whose
     /// follow-up work (polling, indexing, the after-upload file action) is
-    /// this daemon's on a shared ledger: those it uploaded, and those whose
-    /// uploader has stopped or gone silent. Empty on SQLite, where there is
-    /// one daemon. Only this process's own numbers are written into it.
+    /// this daemon's on a shared ledger: those it holds (it uploaded them,
+    /// or adopted them from a daemon that is gone: [`Ledger::adopt_orphans`]),
+    /// so that each has one follower. Empty on SQLite, where there is one
+    /// daemon. Only this process's own number is written into it.
     pub(super) fn followed_by_me(&self) -> String {
         match self.me.get() {
-            Some(m) if self.pool.is_postgres() => format!(
-                " AND (files.claimed_by IS NULL OR files.claimed_by = {me} OR NOT EXISTS \
-                 (SELECT 1 FROM daemons d WHERE d.id = files.claimed_by AND d.stopped_at IS NULL \
-                 AND d.heartbeat_at >= {PG_NOW} - {gone}))",
-                me = m.id,
-                gone = m.lease_ms.saturating_mul(3),
-            ),
+            Some(m) if self.pool.is_postgres() => format!(" AND files.claimed_by = {}", m.id),
             _ => String::new(),
         }
+    }
+
+    /// Take on the follow-up work of records whose daemon has stopped or
+    /// gone silent for three leases (or that never had one), a batch at a
+    /// time: each record moves to exactly one live daemon (a row another
+    /// adopter locked is skipped, and its new owner is alive). A record
+    /// with a file action still to do goes only to a daemon that can see
+    /// the file. PostgreSQL only; returns how many.
+    pub async fn adopt_orphans(&self) -> Result<u64, LedgerError> {
+        let Some(m) = self.me.get().filter(|_| self.pool.is_postgres()) else {
+            return Ok(0);
+        };
+        let action_pending = "(files.file_action IS NULL AND files.path_bytes IS NOT NULL AND \
+             ((files.state IN ('ready', 'indexing', 'indexed') AND files.after_upload IS NOT NULL) \
+              OR (files.state = 'failed' AND files.on_failure IS NOT NULL)))";
+        Ok(stmt(format!(
+            "UPDATE files SET claimed_by = $1 WHERE id IN (SELECT id FROM files \
+             WHERE (files.state IN ('processing', 'indexing') \
+                    OR (files.state = 'ready' AND files.index_id IS NOT NULL) OR {action_pending}) \
+               AND (files.claimed_by IS NULL OR files.claimed_by NOT IN (SELECT d.id FROM daemons d \
+                    WHERE d.stopped_at IS NULL AND d.heartbeat_at >= {PG_NOW} - $3)) \
+               AND (NOT {action_pending} OR {visible}) \
+             LIMIT 500 FOR UPDATE SKIP LOCKED)",
+            visible = visible_sql(m.id, "$2"),
+        ))
+        .bind(m.id)
+        .bind(m.host.clone())
+        .bind(m.lease_ms.saturating_mul(3))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// A write failing for want of space under a SQLite ledger is a setup
@@ -237,8 +267,9 @@ impl Ledger {
                 .await?;
             return Ok(None);
         }
+        // Alive, even if recorded stopped after a long silence.
         stmt(format!(
-            "UPDATE daemons SET heartbeat_at = {PG_NOW} WHERE id = $1"
+            "UPDATE daemons SET heartbeat_at = {PG_NOW}, stopped_at = NULL WHERE id = $1"
         ))
         .bind(me)
         .execute(&self.pool)
@@ -260,15 +291,23 @@ impl Ledger {
             }
             q.push_bind(*id);
         }
-        q.push("))) RETURNING id, state");
-        let renewed: Vec<(i64, String)> = q.fetch_all(&self.pool).await?;
-        Ok(Some(
-            renewed
-                .into_iter()
-                .filter(|(_, state)| state == "uploading")
-                .map(|(id, _)| id)
-                .collect(),
-        ))
+        q.push(")))");
+        q.execute(&self.pool).await?;
+        if sending.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // Still ours whatever its state: a worker may have just recorded
+        // its own answer (the record is `processing` or `queued` now, and
+        // no longer leased), and must not be stopped for it.
+        let mut q = stmt("SELECT id FROM files WHERE claimed_by = $1 AND id IN (").bind(me);
+        for (i, id) in sending.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push_bind(*id);
+        }
+        q.push(")");
+        Ok(Some(q.scalar_all(&self.pool).await?))
     }
 
     /// Leave the fleet (a clean stop).

@@ -43,22 +43,44 @@ impl PgUrl {
         &self.0
     }
 
-    /// The password in the URL, if any (percent-encoded as written).
-    fn password(&self) -> Option<&str> {
-        let rest = self.0.split_once("://")?.1;
-        let authority = rest.split(['/', '?']).next()?;
-        let userinfo = authority.rsplit_once('@')?.0;
-        let (_, password) = userinfo.split_once(':')?;
-        Some(password).filter(|p| !p.is_empty())
+    /// The secrets written in the URL (percent-encoded as written): the
+    /// password of its user part, and any `password=` parameter. Read
+    /// generously: an unencoded `?` or `/` in a password must not let its
+    /// tail through, so the user part runs to the URL's last `@`.
+    fn secrets(&self) -> Vec<&str> {
+        let mut found = Vec::new();
+        let Some((_, rest)) = self.0.split_once("://") else {
+            return found;
+        };
+        if let Some((userinfo, _)) = rest.rsplit_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+            && !password.is_empty()
+        {
+            found.push(password);
+        }
+        let mut tail = rest;
+        while let Some(at) = tail.find("password=") {
+            let value = &tail[at + "password=".len()..];
+            let value = value.split('&').next().unwrap_or(value);
+            if !value.is_empty() {
+                found.push(value);
+            }
+            tail = &tail[at + "password=".len()..];
+        }
+        found
     }
 
-    /// `text` with this URL's password (if any) replaced by `***`: for error
+    /// `text` with this URL's secrets (if any) replaced by `***`: for error
     /// messages from the driver, which may quote the URL.
     pub fn redact_text(&self, text: &str) -> String {
-        match self.password() {
-            Some(p) => text.replace(p, "***"),
-            None => text.to_owned(),
+        let mut text = text.to_owned();
+        // Longest first, so that one secret inside another goes whole.
+        let mut secrets = self.secrets();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for secret in secrets {
+            text = text.replace(secret, "***");
         }
+        text
     }
 }
 
@@ -93,6 +115,31 @@ mod tests {
         );
         let plain = PgUrl::parse("postgresql://ingest@db/tl").expect("url");
         assert_eq!(plain.to_string(), "postgresql://ingest@db/tl");
+    }
+
+    #[test]
+    fn passwords_in_parameters_or_with_odd_characters_are_hidden_too() {
+        for (url, secret) in [
+            (
+                "postgres://ingest@db.example/tl?password=hunter2secret",
+                "hunter2secret",
+            ),
+            (
+                "postgres://ingest@db/tl?sslmode=require&password=hunter2&x=1",
+                "hunter2",
+            ),
+            ("postgres://ingest:pa?ss/word@db.example/tl", "pa?ss/word"),
+            ("postgres://ingest:p@ss@db.example/tl", "p@ss"),
+        ] {
+            let u = PgUrl::parse(url).expect("url");
+            for shown in [
+                u.to_string(),
+                format!("{u:?}"),
+                u.redact_text(&format!("error: {url}")),
+            ] {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+        }
     }
 
     #[test]

@@ -126,6 +126,13 @@ impl Ledger {
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|e| open_err(url.redact_text(&e.to_string())))?
             .application_name("tl-ingest")
+            // A writer waits at most this long for the fleet's lock (the
+            // stages retry), and a host that vanishes inside a transaction
+            // does not hold that lock for hours until TCP notices.
+            .options([
+                ("lock_timeout", "15s"),
+                ("idle_in_transaction_session_timeout", "60s"),
+            ])
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
         let pool = PgPoolOptions::new()
             .max_connections(8)

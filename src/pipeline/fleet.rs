@@ -86,6 +86,30 @@ pub fn stale_after(lease: Duration) -> Duration {
     (beat_interval(lease) * 3).max(Duration::from_secs(1))
 }
 
+/// Stop every upload once half the lease has passed since the last renewal
+/// (`last_ok`), whatever the heartbeat loop is waiting for: another daemon
+/// may take the records over when the lease runs out, so this daemon stops
+/// sending them first, and nothing goes up twice.
+async fn fence(shared: Arc<Shared>, last_ok: Arc<Mutex<Instant>>, lease: Duration) {
+    let mut fenced_for: Option<Instant> = None;
+    loop {
+        let last = *last_ok.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = last + lease / 2;
+        if Instant::now() >= deadline && fenced_for != Some(last) {
+            fenced_for = Some(last);
+            let n = shared.claims.lose_all();
+            if n > 0 {
+                tracing::error!(
+                    uploads = n,
+                    "cannot renew this daemon's leases; stopped its uploads until the ledger answers again"
+                );
+            }
+        }
+        let recheck = Instant::now() + beat_interval(lease) / 4;
+        tokio::time::sleep_until(deadline.max(recheck)).await;
+    }
+}
+
 /// Run until the uploads in flight are done after `stop` (their leases are
 /// renewed while they drain) or `abort`, then leave the fleet.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
@@ -93,9 +117,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
     let lease = shared.config.ledger.lease;
     let shared_ledger = ledger.is_shared();
     let every = beat_interval(lease);
+    let last_ok = Arc::new(Mutex::new(Instant::now()));
+    let fencing =
+        shared_ledger.then(|| tokio::spawn(fence(shared.clone(), last_ok.clone(), lease)));
     let mut next_beat = Instant::now();
-    let mut last_beat = Instant::now();
-    let mut fenced = false;
     loop {
         let draining = stop.is_cancelled();
         if draining && shared.claims.is_empty() {
@@ -110,8 +135,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         }
         next_beat = Instant::now() + every;
         let asked = Instant::now();
-        // A database that hangs rather than refuses must not hold the
-        // heartbeat past the moment to stop sending.
+        // Every call is given at most one interval: a database that hangs
+        // rather than refuses must not stop the beats (the fence above
+        // does not wait for them either).
         let beat = tokio::time::timeout(
             every,
             ledger.heartbeat(shared.lease_ms(), &shared.claims.ids()),
@@ -120,8 +146,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         .unwrap_or_else(|_| Err(LedgerError::Timeout("the heartbeat")));
         match beat {
             Ok(held) => {
-                last_beat = asked;
-                fenced = false;
+                *last_ok.lock().unwrap_or_else(|p| p.into_inner()) = asked;
                 let lost = held.map_or(0, |held| shared.claims.lose_missing(&held, asked));
                 if lost > 0 {
                     tracing::warn!(
@@ -131,46 +156,58 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 }
             }
             Err(e) => {
-                // Try again soon; but half the lease without a renewal
-                // means another daemon may take our records over before
-                // long: stop sending them first, so that nothing goes up
-                // twice.
+                tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
                 next_beat = Instant::now() + every / 4;
-                if shared_ledger && !fenced && last_beat.elapsed() > lease / 2 {
-                    fenced = true;
-                    let n = shared.claims.lose_all();
-                    tracing::error!(error = %e, uploads = n, "cannot renew this daemon's leases; stopped its uploads until the ledger answers again");
-                } else {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
                 continue;
             }
         }
-        if !shared_ledger {
-            continue;
+        if shared_ledger
+            && tokio::time::timeout(every, housekeeping(&shared))
+                .await
+                .is_err()
+        {
+            tracing::warn!("the fleet's housekeeping got no answer from the ledger in time");
         }
-        match ledger.take_over_expired().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                records = n,
-                "took over uploads whose daemon stopped renewing its lease; each is looked up on the platform before it is sent again"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot take over expired claims"),
-        }
-        if let Err(e) = ledger.close_silent_daemons().await {
-            tracing::debug!(error = %e, "cannot close silent daemons");
-        }
-        match ledger.fleet_pause_left().await {
-            Ok(left) if left > 0 => {
-                let ms = u64::try_from(left).unwrap_or(0);
-                shared.gate.pause_locally(Duration::from_millis(ms));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the fleet's rate-limit pause"),
-        }
+    }
+    if let Some(fencing) = fencing {
+        fencing.abort();
     }
     if let Err(e) = ledger.leave().await {
         tracing::warn!(error = %e, "could not record this daemon's stop in the ledger");
+    }
+}
+
+/// What any daemon of a fleet does now and then: take over expired claims,
+/// adopt the follow-up work of daemons that are gone, forget daemons long
+/// silent, and bring the fleet's 429 pause to this host.
+async fn housekeeping(shared: &Shared) {
+    let ledger = &shared.ledger;
+    match ledger.take_over_expired().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            records = n,
+            "took over uploads whose daemon stopped renewing its lease; each is looked up on the platform before it is sent again"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot take over expired claims"),
+    }
+    match ledger.adopt_orphans().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            records = n,
+            "took over the follow-up work (polling, indexing, file actions) of daemons that are gone"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot adopt the work of daemons that are gone"),
+    }
+    if let Err(e) = ledger.close_silent_daemons().await {
+        tracing::debug!(error = %e, "cannot close silent daemons");
+    }
+    match ledger.fleet_pause_left().await {
+        Ok(left) if left > 0 => {
+            let ms = u64::try_from(left).unwrap_or(0);
+            shared.gate.pause_locally(Duration::from_millis(ms));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the fleet's rate-limit pause"),
     }
 }
 

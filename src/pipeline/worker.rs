@@ -34,8 +34,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         }
         match shared.ledger.claim(shared.lease_ms()).await {
             Ok(Some(job)) => {
-                // Cancelled when this daemon no longer holds the record (its
-                // lease ran out and another daemon took it over).
+                // Cancelled when this daemon no longer holds the record: its
+                // lease ran out and another daemon took it over, or the
+                // heartbeat cannot renew it (see pipeline/fleet.rs).
                 let lost = shared.claims.hold(job.id);
                 tokio::select! {
                     biased;
@@ -47,7 +48,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                         tracing::warn!(
                             file_id = job.id,
                             path = %job.display(),
-                            "stopped sending: this daemon's claim on the record ran out and another daemon took it over"
+                            "stopped sending: this daemon no longer holds the record (another daemon took it over, or its lease could not be renewed); whoever sends it next looks it up first"
                         );
                     }
                     _ = attempt(&shared, &job, &stop) => {}
