@@ -327,7 +327,9 @@ async fn a_killed_daemons_uploads_are_taken_over_after_its_lease_without_duplica
         .map(|d| d.id)
         .expect("the victim joined");
 
-    let heir = fleet.spawn("heir", &fleet.config("heir", "workers = 4"));
+    // On another host: it cannot know the victim is dead, only see its
+    // lease run out.
+    let heir = fleet.spawn_on("host-heir", "heir", &fleet.config("heir", "workers = 4"));
     fleet
         .wait_all_ready(&ledger, files.len(), &["victim", "heir"])
         .await;

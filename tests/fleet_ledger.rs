@@ -387,3 +387,41 @@ async fn the_work_of_a_daemon_that_is_gone_passes_to_exactly_one_other() {
     assert_eq!(b.adopt_orphans().await.expect("again"), 0);
     assert_eq!(c.adopt_orphans().await.expect("again"), 0);
 }
+
+/// A host that cannot see a file another host found (its mount of the
+/// share is down) does not fail it: it hands it back, and the host that
+/// found it takes it when it is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_one_host_cannot_see_is_handed_back_not_failed() {
+    if pg::server_url().is_none() {
+        return pg::skipped("fleet_ledger::a_file_one_host_cannot_see_is_handed_back_not_failed");
+    }
+    let (a, b) = two_hosts(30_000).await;
+    let Discovery::New(id) = a.discover(&file(1)).await.expect("discover") else {
+        panic!("new");
+    };
+    // b gets to it first (it watches the share too).
+    let jobs = b.to_hash(10).await.expect("to_hash");
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        b.found_elsewhere(jobs[0].origin_host.as_deref()),
+        "{:?}",
+        jobs[0]
+    );
+    assert!(!a.found_elsewhere(jobs[0].origin_host.as_deref()));
+    // What b's hash stage does when it cannot see the file.
+    b.examine_later(
+        &jobs[0],
+        0,
+        "cannot read the file now: this host does not see it",
+    )
+    .await
+    .expect("hand back");
+    assert_eq!(state(&a, id).await, FileState::Discovered);
+    let mine = a.to_hash(10).await.expect("to_hash");
+    assert_eq!(
+        mine.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![id],
+        "a takes it"
+    );
+}

@@ -61,6 +61,9 @@ pub struct HashJob {
     /// Earlier tries that met a transient read error (a network mount).
     #[sqlx(default)]
     pub attempts: i64,
+    /// The host that found the file (a shared ledger).
+    #[sqlx(default)]
+    pub origin_host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -542,7 +545,7 @@ impl Ledger {
                    AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
                    AND (lease_until IS NULL OR lease_until < {PG_NOW} OR claimed_by = $3){visible} \
                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, path_bytes, path, size, mtime_ns, attempts",
+                 RETURNING id, path_bytes, path, size, mtime_ns, attempts, origin_host",
                 visible = self.visible_to_me("$4"),
             ))
             .bind(i64::from(limit))
@@ -590,9 +593,11 @@ impl Ledger {
         next_at: i64,
         error: &str,
     ) -> Result<(), LedgerError> {
+        // The lease goes too: on a shared ledger another host, whose mount
+        // may serve the file, can take it when it is due.
         stmt(
             "UPDATE files SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, \
-             updated_at = $4 WHERE id = $1 AND state = 'discovered'",
+             updated_at = $4, lease_until = NULL WHERE id = $1 AND state = 'discovered'",
         )
         .bind(job.id)
         .bind(next_at)

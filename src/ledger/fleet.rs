@@ -81,6 +81,17 @@ impl Ledger {
         self.me.get()
     }
 
+    /// Whether a file this host cannot find or read may still be there for
+    /// the host that found it: a shared ledger, and another host found it
+    /// (a share not mounted here, or not readable here, must not fail it).
+    pub fn found_elsewhere(&self, origin_host: Option<&str>) -> bool {
+        self.pool.is_postgres()
+            && match self.me.get() {
+                Some(m) => origin_host != Some(m.host.as_str()),
+                None => false,
+            }
+    }
+
     pub(super) fn me_id(&self) -> Option<i64> {
         self.me.get().map(|m| m.id)
     }
@@ -214,6 +225,8 @@ impl Ledger {
             .bind(member.id)
             .execute(&self.pool)
             .await?;
+        } else {
+            self.close_dead_neighbours(&member).await?;
         }
         self.set_roots(roots).await?;
         tracing::info!(daemon_id = member.id, host = %member.host, "joined the ledger");
@@ -330,6 +343,40 @@ impl Ledger {
         Ok(())
     }
 
+    /// Earlier daemons of this host whose process is gone (a crash, a
+    /// SIGKILL) are recorded as stopped at once, so that a daemon restarted
+    /// on the same host takes their work over without waiting out their
+    /// leases. A pid that exists may be another process: its daemon is left
+    /// to its lease, which is safe.
+    async fn close_dead_neighbours(&self, me: &Member) -> Result<(), LedgerError> {
+        let rows: Vec<(i64, i64)> =
+            stmt("SELECT id, pid FROM daemons WHERE host = $1 AND stopped_at IS NULL AND id != $2")
+                .bind(me.host.clone())
+                .bind(me.id)
+                .fetch_all(&self.pool)
+                .await?;
+        for (id, pid) in rows {
+            let gone = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_none_or(|p| {
+                    rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
+                });
+            if gone {
+                stmt("UPDATE daemons SET stopped_at = heartbeat_at WHERE id = $1 AND stopped_at IS NULL")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                tracing::info!(
+                    daemon_id = id,
+                    pid,
+                    "an earlier daemon of this host is gone; taking its work over"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Take over uploads whose lease ran out (their daemon died or lost the
     /// database): back to `queued`, marked to be looked up on the platform
     /// first, as after a crash, a little later so that a body the platform
@@ -344,7 +391,8 @@ impl Ledger {
         let mut tx = self.pool.begin_claim().await?;
         let taken: Vec<(i64, Option<String>, Option<i64>)> = stmt(format!(
             "WITH expired AS (SELECT id, claimed_by FROM files \
-               WHERE state = 'uploading' AND (lease_until IS NULL OR lease_until < {PG_NOW}) \
+               WHERE state = 'uploading' AND (lease_until IS NULL OR lease_until < {PG_NOW} \
+                 OR claimed_by IN (SELECT id FROM daemons WHERE stopped_at IS NOT NULL)) \
                FOR UPDATE SKIP LOCKED) \
              UPDATE files SET state = $1, lookup_first = TRUE, next_attempt_at = $2, \
                updated_at = $3, claimed_by = NULL, lease_until = NULL \

@@ -245,6 +245,19 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
             _ => return Ok(()),
         }
     }
+    // Another host found it: this host's view of the share may be what is
+    // wrong. Try again later, any host (bounded by max_attempts).
+    if ledger.found_elsewhere(job.origin_host.as_deref()) {
+        match &examined {
+            Examined::Vanished => {
+                return unavailable(shared, job, "this host does not see it").await;
+            }
+            Examined::Unreadable(r) => {
+                return unavailable(shared, job, &format!("this host cannot read it: {r}")).await;
+            }
+            _ => {}
+        }
+    }
     match examined {
         Examined::Send {
             sha256: Some(sha256),
@@ -280,28 +293,7 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
                 )
                 .await
         }
-        Examined::Unavailable(reason) => {
-            let tried = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
-            match shared.policy.next(tried) {
-                Some(wait) => {
-                    tracing::warn!(path = %job.path, error = %reason, retry_in = ?wait, "cannot read the file now; will try again");
-                    let at = crate::ledger::now_ms()
-                        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                    ledger
-                        .examine_later(job, at, &format!("cannot read the file now: {reason}"))
-                        .await
-                }
-                None => {
-                    ledger
-                        .fail(
-                            job.id,
-                            FileState::Discovered,
-                            &format!("gave up after {tried} tries: cannot read the file: {reason}"),
-                        )
-                        .await
-                }
-            }
-        }
+        Examined::Unavailable(reason) => unavailable(shared, job, &reason).await,
         // Record the new stat; the record comes round again to be hashed.
         Examined::Changed(now) => ledger.discover(&now).await.map(|_| ()),
     }
@@ -315,6 +307,31 @@ async fn examine_off_thread(shared: &Shared, job: &HashJob, leave_hash: bool) ->
     tokio::task::spawn_blocking(move || examine(&path, &job, &limits, leave_hash))
         .await
         .unwrap_or_else(|e| Examined::Unreadable(format!("the hashing task failed: {e}")))
+}
+
+/// The file cannot be read now, for a reason that may pass: try again
+/// later with the upload backoff, and give up after `max_attempts`.
+async fn unavailable(shared: &Shared, job: &HashJob, reason: &str) -> Result<(), LedgerError> {
+    let ledger = &shared.ledger;
+    let tried = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
+    match shared.policy.next(tried) {
+        Some(wait) => {
+            tracing::warn!(path = %job.path, error = %reason, retry_in = ?wait, "cannot read the file now; will try again");
+            let at = crate::ledger::now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            ledger
+                .examine_later(job, at, &format!("cannot read the file now: {reason}"))
+                .await
+        }
+        None => {
+            ledger
+                .fail(
+                    job.id,
+                    FileState::Discovered,
+                    &format!("gave up after {tried} tries: cannot read the file: {reason}"),
+                )
+                .await
+        }
+    }
 }
 
 #[cfg(test)]
