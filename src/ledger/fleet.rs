@@ -85,10 +85,12 @@ impl Ledger {
     /// the host that found it: a shared ledger, and another host found it
     /// (a share not mounted here, or not readable here, must not fail it).
     pub fn found_elsewhere(&self, origin_host: Option<&str>) -> bool {
+        // A record no host claims to have found (from before the fleet)
+        // is taken as this host's, as it always was.
         self.pool.is_postgres()
-            && match self.me.get() {
-                Some(m) => origin_host != Some(m.host.as_str()),
-                None => false,
+            && match (self.me.get(), origin_host) {
+                (Some(m), Some(found_by)) => found_by != m.host,
+                _ => false,
             }
     }
 
