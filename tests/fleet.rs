@@ -207,6 +207,24 @@ fn write_files_in(dir: &Path, n: usize, size: usize, seed: u64) -> BTreeMap<Path
         .collect()
 }
 
+/// Whether the daemon with `pid` comes to hold uploads in the number
+/// `held` accepts, within the deadline.
+async fn holds(ledger: &Ledger, pid: i64, held: impl Fn(i64) -> bool) -> bool {
+    tokio::time::timeout(DEADLINE, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Ok(ds) = ledger.daemons(0).await
+                && ds.iter().any(|d| d.pid == pid && held(d.in_flight))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// SIGTERM and wait (a clean stop leaves the daemon's row `stopped`).
 async fn terminate(mut child: Child) {
     let pid = rustix::process::Pid::from_child(&child);
@@ -295,20 +313,9 @@ async fn a_killed_daemons_uploads_are_taken_over_after_its_lease_without_duplica
     let victim_pid = i64::from(victim.id());
     let ledger = fleet.ledger().await;
     // Until the victim holds uploads; then it dies mid-upload.
-    let caught = tokio::time::timeout(DEADLINE, async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if let Ok(ds) = ledger.daemons(0).await
-                && ds.iter().any(|d| d.pid == victim_pid && d.in_flight > 0)
-            {
-                return;
-            }
-        }
-    })
-    .await;
+    let caught = holds(&ledger, victim_pid, |n| n > 0).await;
     assert!(
-        caught.is_ok(),
+        caught,
         "the victim never held an upload:\n{}",
         fleet.log("victim")
     );
@@ -528,20 +535,9 @@ async fn a_daemon_cut_off_from_the_ledger_stops_sending_before_its_lease_runs_ou
     let mut victim = fleet.spawn("victim", &config);
     let victim_pid = i64::from(victim.id());
     let ledger = fleet.ledger().await;
-    let holding = tokio::time::timeout(DEADLINE, async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if let Ok(ds) = ledger.daemons(0).await
-                && ds.iter().any(|d| d.pid == victim_pid && d.in_flight == 3)
-            {
-                return;
-            }
-        }
-    })
-    .await;
+    let holding = holds(&ledger, victim_pid, |n| n == 3).await;
     assert!(
-        holding.is_ok(),
+        holding,
         "the victim never sent all three:\n{}",
         fleet.log("victim")
     );

@@ -55,10 +55,16 @@ async fn three_daemons(location: &Location) -> (CancellationToken, Vec<Ledger>) 
     let stop = CancellationToken::new();
     let beating = live.clone();
     let until = stop.clone();
+    // A daemon's heartbeat, every 100 ms until the test is done.
     tokio::spawn(async move {
-        while !until.is_cancelled() {
-            let _ = beating.heartbeat(LEASE_MS, &[]).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut beat = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = until.cancelled() => return,
+                _ = beat.tick() => {
+                    let _ = beating.heartbeat(LEASE_MS, &[]).await;
+                }
+            }
         }
     });
     (stop, vec![live, silent, gone])

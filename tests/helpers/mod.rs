@@ -328,14 +328,17 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waited = tokio::time::timeout(deadline, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if check().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
 }
 
 /// How long one run of the binary may take: past it the test fails (and
@@ -443,7 +446,9 @@ impl TestEnv {
     ) {
         let end = tokio::time::Instant::now() + DEADLINE;
         let mut daemon = daemon;
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
         loop {
+            tick.tick().await;
             if let Some(d) = daemon.as_deref_mut()
                 && d.task.is_finished()
             {
@@ -480,7 +485,6 @@ impl TestEnv {
                 tokio::time::Instant::now() < end,
                 "timed out: no ledger at all"
             );
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
