@@ -204,6 +204,33 @@ pub(super) fn stmt(sql: impl Into<Cow<'static, str>>) -> Q {
     }
 }
 
+/// Run `$q` on whichever engine `$ex` is: build the engine's query with
+/// `sqlx::$build` and its arguments, call `$call` on the pool or the open
+/// transaction, and map the engine's own answer with `$map` (written once,
+/// expanded per engine).
+macro_rules! on_engine {
+    ($q:ident, $ex:expr, $build:ident, $call:ident, $map:expr) => {{
+        let sql = sqlx::AssertSqlSafe($q.sql.clone().into_owned());
+        match $ex.into() {
+            Ex::Pool(Pool::Sqlite(p)) => sqlx::$build(sql, $q.sqlite_args()?)
+                .$call(p)
+                .await
+                .map($map),
+            Ex::Tx(Tx::Sqlite(t)) => sqlx::$build(sql, $q.sqlite_args()?)
+                .$call(&mut **t)
+                .await
+                .map($map),
+            Ex::Pool(Pool::Postgres(p)) => {
+                sqlx::$build(sql, $q.pg_args()?).$call(p).await.map($map)
+            }
+            Ex::Tx(Tx::Postgres(t)) => sqlx::$build(sql, $q.pg_args()?)
+                .$call(&mut **t)
+                .await
+                .map($map),
+        }
+    }};
+}
+
 impl Q {
     /// The value for the next `$N` (in argument order, as sqlx's `bind`).
     pub(super) fn bind(mut self, v: impl Into<Arg>) -> Self {
@@ -259,25 +286,7 @@ impl Q {
     }
 
     pub(super) async fn execute<'e>(self, ex: impl Into<Ex<'e>>) -> Result<Done, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(self.sql.clone().into_owned());
-        let rows = match ex.into() {
-            Ex::Pool(Pool::Sqlite(p)) => sqlx::query_with(sql, self.sqlite_args()?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Ex::Tx(Tx::Sqlite(t)) => sqlx::query_with(sql, self.sqlite_args()?)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
-            Ex::Pool(Pool::Postgres(p)) => sqlx::query_with(sql, self.pg_args()?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Ex::Tx(Tx::Postgres(t)) => sqlx::query_with(sql, self.pg_args()?)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
-        };
+        let rows = on_engine!(self, ex, query_with, execute, |r| r.rows_affected())?;
         Ok(Done(rows))
     }
 
@@ -285,56 +294,14 @@ impl Q {
         self,
         ex: impl Into<Ex<'e>>,
     ) -> Result<Vec<T>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(self.sql.clone().into_owned());
-        match ex.into() {
-            Ex::Pool(Pool::Sqlite(p)) => {
-                sqlx::query_as_with(sql, self.sqlite_args()?)
-                    .fetch_all(p)
-                    .await
-            }
-            Ex::Tx(Tx::Sqlite(t)) => {
-                sqlx::query_as_with(sql, self.sqlite_args()?)
-                    .fetch_all(&mut **t)
-                    .await
-            }
-            Ex::Pool(Pool::Postgres(p)) => {
-                sqlx::query_as_with(sql, self.pg_args()?).fetch_all(p).await
-            }
-            Ex::Tx(Tx::Postgres(t)) => {
-                sqlx::query_as_with(sql, self.pg_args()?)
-                    .fetch_all(&mut **t)
-                    .await
-            }
-        }
+        on_engine!(self, ex, query_as_with, fetch_all, |rows| rows)
     }
 
     pub(super) async fn fetch_optional<'e, T: Row>(
         self,
         ex: impl Into<Ex<'e>>,
     ) -> Result<Option<T>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(self.sql.clone().into_owned());
-        match ex.into() {
-            Ex::Pool(Pool::Sqlite(p)) => {
-                sqlx::query_as_with(sql, self.sqlite_args()?)
-                    .fetch_optional(p)
-                    .await
-            }
-            Ex::Tx(Tx::Sqlite(t)) => {
-                sqlx::query_as_with(sql, self.sqlite_args()?)
-                    .fetch_optional(&mut **t)
-                    .await
-            }
-            Ex::Pool(Pool::Postgres(p)) => {
-                sqlx::query_as_with(sql, self.pg_args()?)
-                    .fetch_optional(p)
-                    .await
-            }
-            Ex::Tx(Tx::Postgres(t)) => {
-                sqlx::query_as_with(sql, self.pg_args()?)
-                    .fetch_optional(&mut **t)
-                    .await
-            }
-        }
+        on_engine!(self, ex, query_as_with, fetch_optional, |row| row)
     }
 
     pub(super) async fn fetch_one<'e, T: Row>(
