@@ -292,24 +292,36 @@ pub fn schema_version(postgres: bool) -> i64 {
 
 /// A connection failure in words an operator acts on.
 fn describe_pg_error(e: &sqlx::Error) -> String {
+    const DOCTOR: &str = "`tl-ingest doctor` checks it step by step";
     match e {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("28P01") | Some("28000") => {
-                format!("the server refused the login ({})", db.message())
-            }
-            Some("3D000") => format!("no such database ({})", db.message()),
-            _ => db.message().to_string(),
+            Some("28P01") | Some("28000") => format!(
+                "the server refused the login ({}): check the user in ledger.url, its password \
+                 (PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf",
+                db.message()
+            ),
+            Some("3D000") => format!(
+                "no such database ({}): create it (README, \"Running a fleet\") or fix its name in ledger.url",
+                db.message()
+            ),
+            _ => format!("{}; {DOCTOR}", db.message()),
         },
         // rustls reports a refused certificate as an I/O error.
-        sqlx::Error::Io(io) if io.to_string().contains("certificate") => {
-            format!("TLS failed: {io}")
+        sqlx::Error::Io(io) if io.to_string().contains("certificate") => format!(
+            "TLS failed: {io}: check sslmode and sslrootcert in ledger.url, and that its host is \
+             a name on the server's certificate"
+        ),
+        sqlx::Error::Io(io) => format!(
+            "cannot reach the server: {io}: check the host and port in ledger.url and that the \
+             server accepts connections from this host"
+        ),
+        sqlx::Error::Tls(t) => {
+            format!("TLS failed: {t}: check sslmode and sslrootcert in ledger.url")
         }
-        sqlx::Error::Io(io) => format!("cannot reach the server: {io}"),
-        sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
         sqlx::Error::PoolTimedOut => {
-            "no connection within 10 s (is the server up and reachable?)".into()
+            format!("no connection within 10 s (is the server up and reachable?); {DOCTOR}")
         }
-        other => other.to_string(),
+        other => format!("{other}; {DOCTOR}"),
     }
 }
 
