@@ -37,6 +37,8 @@ const QUEUE_DEPTH: &str = "tl_ingest_queue_depth";
 const OLDEST_QUEUED_AGE: &str = "tl_ingest_oldest_queued_age_seconds";
 const WATCHER_EVENTS: &str = "tl_ingest_watcher_events_total";
 const RESCANS: &str = "tl_ingest_rescans_total";
+const FOLDERS_GONE: &str = "tl_ingest_watch_folders_gone";
+const FOLDERS_GONE_TOTAL: &str = "tl_ingest_watch_folders_gone_total";
 
 /// Reasons the pipeline passes to [`retry`]; exported at 0 from the start so
 /// `rate()`/`increase()` see the first retry instead of a series appearing
@@ -131,6 +133,8 @@ pub fn install() -> Result<Metrics, MetricsError> {
     ::metrics::counter!(UPLOADED_BYTES).increment(0);
     ::metrics::counter!(RATE_LIMITED).increment(0);
     ::metrics::counter!(WATCHER_EVENTS).increment(0);
+    ::metrics::counter!(FOLDERS_GONE_TOTAL).increment(0);
+    ::metrics::gauge!(FOLDERS_GONE).set(0.0);
     for reason in RETRY_REASONS {
         ::metrics::counter!(RETRIES, "reason" => reason).increment(0);
     }
@@ -199,6 +203,16 @@ fn describe() {
         Unit::Count,
         "Full rescans of watched folders, by reason."
     );
+    describe_gauge!(
+        FOLDERS_GONE,
+        Unit::Count,
+        "Watched folders that are gone now (removed or unmounted), waited for."
+    );
+    describe_counter!(
+        FOLDERS_GONE_TOTAL,
+        Unit::Count,
+        "Times a watched folder went away (removed, moved away, unmounted or replaced)."
+    );
 }
 
 /// Set `tl_ingest_files{state}` for each state given. A state left out keeps
@@ -244,6 +258,16 @@ pub fn watcher_events(n: u64) {
 /// A watched folder was rescanned in full, for `reason`.
 pub fn rescan(reason: &'static str) {
     ::metrics::counter!(RESCANS, "reason" => reason).increment(1);
+}
+
+/// A watched folder went away.
+pub fn watch_folder_gone() {
+    ::metrics::counter!(FOLDERS_GONE_TOTAL).increment(1);
+}
+
+/// How many watched folders are gone now.
+pub fn watch_folders_gone(n: usize) {
+    ::metrics::gauge!(FOLDERS_GONE).set(n as f64);
 }
 
 /// Durations come from wall clocks that can step backwards; a negative or

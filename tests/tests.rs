@@ -18,3 +18,4 @@ mod ops_records;
 mod pipeline;
 mod reliability;
 mod service;
+mod watch_folders;

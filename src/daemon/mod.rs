@@ -19,7 +19,7 @@ pub mod systemd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,6 +33,7 @@ use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
 use crate::secret::{ApiKey, load_api_key};
+use crate::watch::presence::{self, Change, Identity, Presence};
 use crate::watch::settle::{Seen, Settler, since_mtime};
 use crate::watch::{Feed, Mode, RootWatcher, fstype, limit_message, watch_root};
 use lock::{LedgerLock, LockError};
@@ -100,6 +101,13 @@ const SCAN_BATCHES_QUEUED: usize = 4;
 const SETTLE_COALESCE: Duration = Duration::from_millis(10);
 /// After a pass whose stats did not answer in time, wait this long.
 const SETTLE_RETRY: Duration = Duration::from_secs(1);
+/// How often each root is looked at (one stat): is it still there, and
+/// still the folder being watched? (README.md, "Watched folders that go
+/// away".)
+const ROOT_LOOK_EVERY: Duration = Duration::from_secs(2);
+/// Why a root that came back is scanned (and how that scan's end is
+/// recognised).
+const BACK_SCAN: &str = "watch folder back";
 
 struct Root {
     cfg: WatchConfig,
@@ -116,6 +124,15 @@ struct Root {
     local: bool,
     /// Dropped to stop watching.
     watcher: Option<RootWatcher>,
+    /// Whether the folder is there, and which folder it is.
+    presence: Presence,
+    /// A look at the folder is under way (a stat on a hung mount does not
+    /// pile up more).
+    looking: Arc<AtomicBool>,
+    /// Until the scan after its return is over, files found with the size
+    /// and mtime of their record are that record's (see
+    /// [`Ledger::adopt_found_again`]).
+    adopt: bool,
 }
 
 /// Run the daemon until a `Shutdown` control arrives (or `controls` closes).
@@ -182,6 +199,11 @@ pub async fn run(
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut root_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + ROOT_LOOK_EVERY,
+        ROOT_LOOK_EVERY,
+    );
+    root_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
         // The next file due to settle, not before the next pass may run.
@@ -202,6 +224,11 @@ pub async fn run(
                 }
             }
             _ = status_tick.tick() => d.status().await,
+            _ = root_tick.tick() => {
+                for i in 0..d.roots.len() {
+                    d.look_at_root(i);
+                }
+            }
         }
     }
     d.shutdown(&mut controls).await;
@@ -281,8 +308,14 @@ fn arm_roots(
     let mut roots = Vec::with_capacity(watches.len());
     for (i, cfg) in watches.into_iter().enumerate() {
         let path = std::path::absolute(&cfg.path).unwrap_or_else(|_| cfg.path.clone());
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => {}
+        let identity = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                use std::os::unix::fs::MetadataExt;
+                Identity {
+                    device: m.dev(),
+                    inode: m.ino(),
+                }
+            }
             Ok(_) => {
                 return Err(DaemonError::Config(format!(
                     "watch[{i}].path: {} is not a folder",
@@ -295,7 +328,7 @@ fn arm_roots(
                     path.display()
                 )));
             }
-        }
+        };
         let filter = Filter::new(&cfg)
             .map_err(|e| DaemonError::Config(format!("watch[{i}]: {e}")))?
             .with_url_lists();
@@ -317,6 +350,9 @@ fn arm_roots(
             origin,
             local,
             watcher: Some(watcher),
+            presence: Presence::present(identity),
+            looking: Arc::new(AtomicBool::new(false)),
+            adopt: false,
         });
     }
     Ok(roots)
@@ -427,6 +463,10 @@ impl Daemon {
         let Some(root) = self.roots.get(watch) else {
             return;
         };
+        // Its return is noticed by the next look, and scanned then.
+        if root.presence.is_gone() {
+            return;
+        }
         let (path, filter, recursive) =
             (root.path.clone(), root.filter.clone(), root.cfg.recursive);
         let start = start.unwrap_or_else(|| path.clone());
@@ -520,7 +560,125 @@ impl Daemon {
                 self.scan(watch, None, "lost events");
             }
             Feed::LimitReached { watch } => self.fall_back_to_polling(watch),
+            Feed::RootRemoved { watch } => self.on_root_removed(watch),
+            Feed::RootSeen { watch, path, seen } => self.on_root_seen(watch, &path, seen),
         }
+    }
+
+    /// Look at a root (one stat, on a blocking thread): the answer comes
+    /// back as [`Feed::RootSeen`]. Not while the last look is unanswered.
+    fn look_at_root(&self, watch: usize) {
+        let Some(root) = self.roots.get(watch) else {
+            return;
+        };
+        if root.looking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (path, looking, tx) = (
+            root.path.clone(),
+            root.looking.clone(),
+            self.feed_tx.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let seen = presence::identify(&path);
+            looking.store(false, Ordering::Release);
+            let _ = tx.blocking_send(Feed::RootSeen { watch, path, seen });
+        });
+    }
+
+    /// The watcher saw the root removed or moved away: its watches are
+    /// dead, even if a folder is back at the path already (perhaps under
+    /// the same inode number, which a look could not tell apart).
+    fn on_root_removed(&mut self, watch: usize) {
+        let Some(root) = self.roots.get_mut(watch) else {
+            return;
+        };
+        if let Change::Gone(why) = root
+            .presence
+            .mark_gone("removed or moved away".into(), now_ms())
+        {
+            self.root_gone(watch, &why);
+        }
+        // Back already? (`rm -rf inbox && mkdir inbox`)
+        self.look_at_root(watch);
+    }
+
+    fn on_root_seen(&mut self, watch: usize, path: &Path, seen: Result<Identity, String>) {
+        let Some(root) = self.roots.get_mut(watch) else {
+            return;
+        };
+        // A look from before a reload may be at another root.
+        if root.path != path {
+            return;
+        }
+        match root.presence.observe(seen, now_ms()) {
+            Change::None => {}
+            Change::Gone(why) => self.root_gone(watch, &why),
+            Change::Back(_) => self.root_back(watch),
+            Change::Replaced(_) => {
+                self.root_gone(watch, "another folder is at its path now");
+                self.root_back(watch);
+            }
+        }
+    }
+
+    /// The root went away: its watches are dead; say so once.
+    fn root_gone(&mut self, watch: usize, why: &str) {
+        let Some(root) = self.roots.get_mut(watch) else {
+            return;
+        };
+        root.watcher = None;
+        root.adopt = false;
+        tracing::warn!(
+            reason = %why,
+            "watch folder {} is gone (removed or unmounted); waiting for it to come back",
+            root.path.display()
+        );
+        crate::metrics::watch_folder_gone();
+        self.count_gone();
+    }
+
+    /// The root is there again (or another folder is at its path): watch it
+    /// afresh, as what it is now (a share may come back as NFS where a
+    /// local folder was), then scan it.
+    fn root_back(&mut self, watch: usize) {
+        let Some(root) = self.roots.get_mut(watch) else {
+            return;
+        };
+        root.local = fstype::network_fs(&root.path).is_none();
+        match watch_root(
+            watch,
+            &root.path,
+            root.cfg.recursive,
+            &self.config.watcher,
+            None,
+            self.feed_tx.clone(),
+        ) {
+            Ok((w, mode)) => {
+                root.watcher = Some(w);
+                root.adopt = true;
+                tracing::info!("watch folder {} is back", root.path.display());
+                log_mode(&root.path, &mode);
+            }
+            Err(e) => {
+                // Looked at again at the next tick.
+                tracing::warn!(
+                    error = %e,
+                    "watch folder {} is back but cannot be watched yet; trying again",
+                    root.path.display()
+                );
+                root.presence
+                    .mark_gone(format!("cannot be watched: {e}"), now_ms());
+                return;
+            }
+        }
+        self.count_gone();
+        self.scan(watch, None, BACK_SCAN);
+    }
+
+    fn count_gone(&self) {
+        let gone = self.roots.iter().filter(|r| r.presence.is_gone()).count();
+        crate::metrics::watch_folders_gone(gone);
     }
 
     fn fall_back_to_polling(&mut self, watch: usize) {
@@ -580,8 +738,19 @@ impl Daemon {
             return;
         }
         let found = new_file(&path, &meta, None);
+        let adopt = root.adopt;
         match self.ledger.is_current(&found).await {
             Ok(true) => self.settler.forget(&path),
+            Ok(false)
+                if adopt
+                    && self
+                        .adopt_found_again(std::slice::from_ref(&found), vec![false])
+                        .await
+                        .first()
+                        == Some(&true) =>
+            {
+                self.settler.forget(&path)
+            }
             Ok(false) => self.observe(watch, path, &found, Some(at)),
             Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
         }
@@ -615,6 +784,11 @@ impl Daemon {
                 return;
             }
         };
+        let current = if root.adopt {
+            self.adopt_found_again(&stats, current).await
+        } else {
+            current
+        };
         for ((path, f), known) in paths.into_iter().zip(&stats).zip(current) {
             if known {
                 self.settler.forget(&path);
@@ -624,8 +798,43 @@ impl Daemon {
         }
     }
 
+    /// While a root that came back is scanned: files not current that the
+    /// ledger adopts are current (`current` in, the answer out).
+    async fn adopt_found_again(&self, stats: &[NewFile], mut current: Vec<bool>) -> Vec<bool> {
+        let (idx, again): (Vec<usize>, Vec<NewFile>) = stats
+            .iter()
+            .zip(&current)
+            .enumerate()
+            .filter(|(_, (_, known))| !**known)
+            .map(|(i, (f, _))| (i, f.clone()))
+            .unzip();
+        match self.ledger.adopt_found_again(&again).await {
+            Ok(adopted) => {
+                let n = adopted.iter().filter(|a| **a).count();
+                if n > 0 {
+                    tracing::info!(
+                        files = n,
+                        "files found again as they were recorded; not sent again"
+                    );
+                }
+                for (i, a) in idx.into_iter().zip(adopted) {
+                    if let Some(slot) = current.get_mut(i) {
+                        *slot |= a;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+        }
+        current
+    }
+
     fn on_scan_done(&mut self, watch: usize, why: &'static str, files: usize, started: Instant) {
         tracing::debug!(watch, why, files, elapsed = ?started.elapsed(), "scan finished");
+        if why == BACK_SCAN
+            && let Some(root) = self.roots.get_mut(watch)
+        {
+            root.adopt = false;
+        }
         if why != STARTUP_SCAN {
             return;
         }

@@ -61,6 +61,35 @@ impl Ledger {
         }
         Ok(current)
     }
+
+    /// Files found again once their watched folder came back, re-created
+    /// or remounted under new device and inode numbers (README.md,
+    /// "Watched folders that go away"): a file whose path's newest record
+    /// has the same size and mtime is taken to be that record's file, which
+    /// takes the new numbers instead of becoming a new version to hash and
+    /// send. A failed record is left alone (a failed file found again is
+    /// sent as a new version), and so is one being sent (its worker checks
+    /// the file itself). For each file, in order: whether it was adopted.
+    pub async fn adopt_found_again(&self, files: &[NewFile]) -> Result<Vec<bool>, LedgerError> {
+        let mut adopted = Vec::with_capacity(files.len());
+        for f in files {
+            let done = stmt(
+                "UPDATE files SET device = $4, inode = $5, updated_at = $6 \
+                 WHERE id = (SELECT id FROM files WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1) \
+                 AND size = $2 AND mtime_ns = $3 AND state NOT IN ('failed', 'uploading')",
+            )
+            .bind(f.path_bytes.as_slice())
+            .bind(to_i64(f.size))
+            .bind(f.mtime_ns)
+            .bind(to_i64(f.device))
+            .bind(to_i64(f.inode))
+            .bind(super::now_ms())
+            .execute(&self.pool)
+            .await?;
+            adopted.push(done.rows_affected() == 1);
+        }
+        Ok(adopted)
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +132,49 @@ mod tests {
             [true, false, false, false, false, false]
         );
         assert!(ledger.current_among(&[]).await.expect("query").is_empty());
+        ledger.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_file_found_again_with_its_size_and_mtime_is_adopted_not_a_new_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        ledger
+            .discover(&file("/in/a.mp4", 10, 1_000, 5))
+            .await
+            .expect("discover");
+        let failed = file("/in/f.mp4", 10, 1_000, 6);
+        let d = ledger.discover(&failed).await.expect("discover");
+        let crate::ledger::Discovery::New(failed_id) = d else {
+            panic!("{d:?}")
+        };
+        ledger
+            .fail(failed_id, crate::ledger::FileState::Discovered, "test")
+            .await
+            .expect("fail");
+        // Back on another device, with other inodes.
+        let again = |path, size, mtime, inode| NewFile {
+            device: 9,
+            ..file(path, size, mtime, inode)
+        };
+        let found = [
+            again("/in/a.mp4", 10, 1_000, 50),
+            again("/in/f.mp4", 10, 1_000, 60),
+            again("/in/new.mp4", 10, 1_000, 70),
+        ];
+        let adopted = ledger.adopt_found_again(&found).await.expect("adopt");
+        assert_eq!(adopted, [true, false, false]);
+        assert_eq!(
+            ledger.current_among(&found).await.expect("query"),
+            [true, false, false],
+            "the adopted record now has the new numbers"
+        );
+        // Another size or mtime is another version.
+        let changed = [again("/in/a.mp4", 11, 1_000, 51)];
+        assert_eq!(
+            ledger.adopt_found_again(&changed).await.expect("adopt"),
+            [false]
+        );
         ledger.close().await;
     }
 

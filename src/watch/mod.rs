@@ -4,6 +4,7 @@
 //! watchers and the rules.
 
 pub mod fstype;
+pub mod presence;
 pub mod settle;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,16 @@ pub enum Feed {
     Rescan { watch: usize, reason: String },
     /// The native watcher hit the inotify watch limit: poll this root.
     LimitReached { watch: usize },
+    /// The watcher saw the root itself removed or moved away: look at it
+    /// now rather than at the next periodic look.
+    RootRemoved { watch: usize },
+    /// A look at root `path` (see [`presence`]): the folder there, or why
+    /// there is none.
+    RootSeen {
+        watch: usize,
+        path: PathBuf,
+        seen: Result<presence::Identity, String>,
+    },
 }
 
 /// How a root is watched.
@@ -92,6 +103,7 @@ pub fn limit_message(root: &Path) -> String {
 
 fn handler(
     watch: usize,
+    root: PathBuf,
     tx: mpsc::Sender<Feed>,
 ) -> impl FnMut(DebounceEventResult) + Send + 'static {
     move |result: DebounceEventResult| match result {
@@ -109,6 +121,12 @@ fn handler(
                 // daemon rescan every folder forever.
                 if matches!(event.kind, notify::EventKind::Access(_)) {
                     continue;
+                }
+                // inotify's IN_DELETE_SELF and IN_MOVE_SELF on the root: its
+                // watches are dead (an unmount says nothing: the periodic
+                // look finds that).
+                if root_went(&event.event, &root) {
+                    let _ = tx.blocking_send(Feed::RootRemoved { watch });
                 }
                 for path in &event.paths {
                     let _ = tx.blocking_send(Feed::Path {
@@ -133,6 +151,16 @@ fn handler(
             }
         }
     }
+}
+
+/// Whether `event` says the root itself was removed or moved away.
+fn root_went(event: &notify::Event, root: &Path) -> bool {
+    use notify::EventKind;
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    ) && event.paths.iter().any(|p| p == root)
 }
 
 /// Start watching `root`: natively unless configured or detected otherwise
@@ -165,8 +193,11 @@ pub fn watch_root(
         RecursiveMode::NonRecursive
     };
     if mode == Mode::Native {
-        let mut debouncer =
-            notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler(watch, tx.clone()))?;
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            DEBOUNCE,
+            None,
+            handler(watch, root.to_path_buf(), tx.clone()),
+        )?;
         match debouncer.watch(root, recursive) {
             Ok(()) => return Ok((RootWatcher::Native(debouncer), Mode::Native)),
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -187,7 +218,7 @@ pub fn watch_root(
     let mut debouncer = notify_debouncer_full::new_debouncer_opt::<_, notify::PollWatcher, NoCache>(
         DEBOUNCE,
         None,
-        handler(watch, tx),
+        handler(watch, root.to_path_buf(), tx),
         NoCache,
         config,
     )?;
@@ -203,7 +234,7 @@ mod tests {
 
     fn run(result: DebounceEventResult) -> Vec<Feed> {
         let (tx, mut rx) = mpsc::channel(16);
-        let mut h = handler(3, tx);
+        let mut h = handler(3, PathBuf::from("/in"), tx);
         // The handler runs on the debouncer's own thread, never on the runtime.
         std::thread::scope(|s| {
             s.spawn(|| h(result));
@@ -246,6 +277,29 @@ mod tests {
             DebouncedEvent::new(closed, std::time::Instant::now()),
         ]));
         assert!(feeds.is_empty(), "{feeds:?}");
+    }
+
+    #[test]
+    fn the_root_removed_or_moved_away_asks_for_a_look_and_a_subfolder_does_not() {
+        use notify::event::{ModifyKind, RemoveKind, RenameMode};
+        let at = Instant::now();
+        let removed = Event::new(EventKind::Remove(RemoveKind::Folder)).add_path("/in".into());
+        let moved = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::From)))
+            .add_path("/in".into());
+        let sub = Event::new(EventKind::Remove(RemoveKind::Folder)).add_path("/in/sub".into());
+        let feeds = run(Ok(vec![
+            DebouncedEvent::new(removed, at),
+            DebouncedEvent::new(moved, at),
+            DebouncedEvent::new(sub, at),
+        ]));
+        let looks = feeds
+            .iter()
+            .filter(|f| matches!(f, Feed::RootRemoved { watch: 3 }))
+            .count();
+        assert_eq!(looks, 2, "{feeds:?}");
+        // The events themselves still pass (a removed subfolder's files
+        // leave the settle gate).
+        assert_eq!(feeds.len(), 5, "{feeds:?}");
     }
 
     #[test]
