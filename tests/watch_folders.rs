@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tl_ingest::emulator::Faults;
 use tl_ingest::ledger::Ledger;
 
-use crate::helpers::{KEY, Kind, TestEnv, dump, write_media};
+use crate::helpers::{KEY, Kind, TestEnv, dump, wait_until, write_media};
 
 /// "Within a few seconds": the periodic rescan of these tests is an hour
 /// away, so only noticing the folder's return can find the files in time.
@@ -235,6 +236,71 @@ async fn a_subfolder_removed_and_made_again_is_watched_again() {
     assert!(!log.contains("is gone"), "{log}");
     assert_eq!(records_of(&env, &old).await.len(), 1);
     assert_eq!(env.emulator.stats().assets_created, 4);
+}
+
+/// The newest record of `path`: (state, last error).
+async fn newest(env: &TestEnv, path: &Path) -> Option<(String, Option<String>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let ledger = Ledger::open_existing_at(&env.ledger).await.ok()?;
+    let rec = ledger
+        .latest_for_path(path.as_os_str().as_bytes())
+        .await
+        .ok()
+        .flatten();
+    ledger.close().await;
+    rec.map(|r| (r.state, r.last_error))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_away_with_its_folder_waits_and_goes_up_when_the_folder_is_back() {
+    // Every upload is refused with a 429 until the folder has gone: the
+    // file is queued, not sent, when it goes.
+    let env = TestEnv::with_faults(Faults {
+        rate_limit: 1.0,
+        retry_after_secs: 1,
+        ..Faults::default()
+    })
+    .await;
+    let config = env.write_daemon_config(&env.inbox_watch());
+    // Enough tries (20 ms to 300 ms apart) for the test's steps.
+    let patient = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("max_attempts = 12", "max_attempts = 40");
+    std::fs::write(&config, patient).expect("write");
+    let root = env.inbox.clone();
+    let file = root.join("waiting.mp4");
+    write_media(&file, Kind::Mp4, 5000, 1);
+    let mut daemon = Run::start(&env, &config);
+    let emulator = &env.emulator;
+    wait_until(crate::helpers::DEADLINE, "a refused upload", || async {
+        emulator.stats().injected_rate_limits > 0
+    })
+    .await;
+
+    // The operator moves the folder away; the platform takes uploads again.
+    let away = env.dir.path().join("inbox.away");
+    std::fs::rename(&root, &away).expect("move the folder away");
+    daemon.wait_for_log(&gone_line(&root), 1).await;
+    env.emulator.set_faults(Faults::default());
+    wait_until(
+        crate::helpers::DEADLINE,
+        "the file waiting for its folder",
+        || async {
+            newest(&env, &file)
+                .await
+                .is_some_and(|(_, e)| e.is_some_and(|e| e.contains("is gone")))
+        },
+    )
+    .await;
+    let (state, _) = newest(&env, &file).await.expect("record");
+    assert_ne!(state, "failed", "a file away with its folder is not failed");
+
+    std::fs::rename(&away, &root).expect("move the folder back");
+    daemon.wait_for_log(&back_line(&root), 1).await;
+    ready_within(&env, std::slice::from_ref(&file), FEW_SECONDS).await;
+    daemon.stop().await;
+    assert_eq!(records_of(&env, &file).await.len(), 1, "the same record");
+    assert_eq!(env.emulator.stats().assets_created, 1);
 }
 
 /// Mounts made by the test, undone whatever happens.

@@ -64,6 +64,10 @@ pub struct HashJob {
     /// The host that found the file (a shared ledger).
     #[sqlx(default)]
     pub origin_host: Option<String>,
+    /// The device the file was on when it was found: a file missing from a
+    /// folder now on another device went with an unmounted filesystem.
+    #[sqlx(default)]
+    pub device: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,7 +549,7 @@ impl Ledger {
                    AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
                    AND (lease_until IS NULL OR lease_until < {PG_NOW} OR claimed_by = $3){visible} \
                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, path_bytes, path, size, mtime_ns, attempts, origin_host",
+                 RETURNING id, path_bytes, path, size, mtime_ns, attempts, origin_host, device",
                 visible = self.visible_to_me("$4"),
             ))
             .bind(i64::from(limit))
@@ -559,7 +563,7 @@ impl Ledger {
             return Ok(jobs);
         }
         Ok(stmt(
-            "SELECT id, path_bytes, path, size, mtime_ns, attempts FROM files \
+            "SELECT id, path_bytes, path, size, mtime_ns, attempts, device FROM files \
              WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
              ORDER BY id LIMIT $1",
         )

@@ -70,7 +70,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Met
 pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) -> Examined {
     let (mut file, meta) = match open_regular(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Examined::Vanished,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(path, job),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
             return Examined::Skip("not a regular file".into());
         }
@@ -116,12 +116,20 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
                 return Examined::Changed(Box::new(after));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Examined::Vanished,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(path, job),
         Err(e) => return Examined::Unreadable(e.to_string()),
     }
     Examined::Send {
         sha256: Some(hex::encode(hasher.finalize())),
         mime,
+    }
+}
+
+/// A file not found: gone, or away with its folder (waited for).
+fn vanished(path: &Path, job: &HashJob) -> Examined {
+    match crate::watch::presence::went_with_its_folder(path, job.device) {
+        Some(why) => Examined::Unavailable(why),
+        None => Examined::Vanished,
     }
 }
 
@@ -360,6 +368,44 @@ mod tests {
             let e = std::io::Error::from_raw_os_error(errno);
             assert!(!crate::io_error::is_transient(&e), "{e}");
             assert!(matches!(unreadable(&e), Examined::Unreadable(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_file_gone_alone_vanished_and_one_gone_with_its_folder_is_waited_for() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let path = sub.join("a.mp4");
+        std::fs::write(&path, b"not really media").expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let found = new_file(&path, &meta, None);
+        let job = HashJob {
+            id: 1,
+            path_bytes: found.path_bytes.clone(),
+            path: found.path.clone(),
+            size: i64::try_from(found.size).expect("size"),
+            mtime_ns: found.mtime_ns,
+            attempts: 0,
+            origin_host: None,
+            device: i64::try_from(meta.dev()).ok(),
+        };
+        let limits = Limits {
+            max_direct: 1 << 30,
+            max_image: 1 << 30,
+            max_multipart: 1 << 40,
+            multipart_threshold: 1 << 30,
+        };
+        std::fs::remove_file(&path).expect("rm");
+        assert!(matches!(
+            examine(&path, &job, &limits, false),
+            Examined::Vanished
+        ));
+        std::fs::remove_dir(&sub).expect("rmdir");
+        match examine(&path, &job, &limits, false) {
+            Examined::Unavailable(why) => assert!(why.contains("is gone"), "{why}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -186,7 +186,14 @@ fn check_disk(path: &Path, job: &UploadJob) -> DiskCheck {
                 DiskCheck::Changed(Box::new(now))
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DiskCheck::Vanished,
+        // Gone with its folder (README.md, "Watched folders that go away"):
+        // it may come back; waited for like an unreadable mount.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match crate::watch::presence::went_with_its_folder(path, job.device) {
+                Some(why) => DiskCheck::Unavailable(why),
+                None => DiskCheck::Vanished,
+            }
+        }
         Err(e) if crate::io_error::is_transient(&e) => DiskCheck::Unavailable(e.to_string()),
         Err(e) => DiskCheck::Unreadable(e.to_string()),
     }

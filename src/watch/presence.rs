@@ -30,6 +30,35 @@ pub fn identify(path: &Path) -> Result<Identity, String> {
     }
 }
 
+/// A file that is not at its path: did it go with its folder (the folder
+/// removed, or the filesystem it was on unmounted, so that the folder now
+/// at its path is on another device than `device`, the file's)? Then it may
+/// come back with the folder, and is waited for instead of failed; the
+/// reason. `None`: the folder is there as it was, the file alone is gone
+/// (blocking: a stat).
+pub fn went_with_its_folder(file: &Path, device: Option<i64>) -> Option<String> {
+    let folder = file.parent()?;
+    match std::fs::metadata(folder) {
+        Ok(m) if m.is_dir() => {
+            let moved = device.is_some_and(|d| i64::try_from(m.dev()).ok() != Some(d));
+            moved.then(|| {
+                format!(
+                    "its folder {} is not on the filesystem the file was on (unmounted?)",
+                    folder.display()
+                )
+            })
+        }
+        Ok(_) => Some(format!(
+            "its folder {} is not a folder now",
+            folder.display()
+        )),
+        Err(e) => Some(format!(
+            "its folder {} is gone (removed or unmounted): {e}",
+            folder.display()
+        )),
+    }
+}
+
 /// What a look at a root found, against what was known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -145,6 +174,28 @@ mod tests {
         );
         assert_eq!(p.mark_gone("removed".into(), 2), Change::None);
         assert_eq!(p.observe(Ok(A), 3), Change::Back(A));
+    }
+
+    #[test]
+    fn a_file_gone_alone_is_gone_and_one_gone_with_its_folder_is_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let dev = identify(&sub).expect("folder").device;
+        let dev = i64::try_from(dev).ok();
+        let file = sub.join("a.mp4");
+        assert_eq!(
+            went_with_its_folder(&file, dev),
+            None,
+            "the folder is there"
+        );
+        assert_eq!(went_with_its_folder(&file, None), None);
+        let other = dev.map(|d| d + 1);
+        let why = went_with_its_folder(&file, other).expect("another filesystem");
+        assert!(why.contains("unmounted"), "{why}");
+        std::fs::remove_dir(&sub).expect("rmdir");
+        let why = went_with_its_folder(&file, dev).expect("folder gone");
+        assert!(why.contains("is gone"), "{why}");
     }
 
     #[test]
