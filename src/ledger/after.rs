@@ -45,6 +45,10 @@ pub struct ActionJob {
     pub last_error: Option<String>,
     /// JSON of the action to take (`after_upload` or `on_failure`).
     pub action: String,
+    /// The device the file was on (a file missing from a folder now on
+    /// another device went with an unmounted filesystem).
+    #[sqlx(default)]
+    pub device: Option<i64>,
 }
 
 impl Ledger {
@@ -197,8 +201,8 @@ impl Ledger {
         // A file is moved or deleted only by a daemon that can see it.
         let visible = self.visible_to_me("$2");
         let mut q = stmt(format!(
-            "SELECT id, path_bytes, path, root, state, size, mtime_ns, inode, sha256, asset_id, \
-             attempts, last_error, \
+            "SELECT id, path_bytes, path, root, state, size, mtime_ns, device, inode, sha256, \
+             asset_id, attempts, last_error, \
              CASE WHEN state = 'failed' THEN on_failure ELSE after_upload END AS action \
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
              AND ((state IN ('ready', 'indexing', 'indexed') AND after_upload IS NOT NULL) \

@@ -4,7 +4,15 @@
 //! relative to the watched folder and never overwrites: a numeric suffix is
 //! added instead. A file that changed since it was uploaded is a new version
 //! and is left alone.
+//!
+//! A folder going away is never the end of it, nor a reason to fail a file
+//! (README.md, "Watched folders that go away"): a target folder that is
+//! missing is created again; a file away with its watched folder, or a
+//! target that cannot be reached now (a network mount down), is tried again
+//! with the upload backoff, up to `upload.max_attempts`, before what could
+//! not be done is recorded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,13 +21,17 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::discover::path_from_bytes;
 use crate::config::{FileAction, FileActionName};
-use crate::ledger::FileState;
 use crate::ledger::after::ActionJob;
+use crate::ledger::{FileState, now_ms};
+use crate::watch::presence::went_with_its_folder;
 
 const BATCH: u32 = 100;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut changes = shared.ledger.subscribe();
+    // Records whose action must wait: tries so far, and when to try again
+    // (Unix ms). In memory: a restart simply tries again.
+    let mut later: HashMap<i64, (u32, i64)> = HashMap::new();
     loop {
         while changes.try_recv().is_ok() {}
         let jobs = shared
@@ -27,46 +39,89 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             .pending_actions(BATCH)
             .await
             .unwrap_or_default();
+        let mut acted = false;
         for job in &jobs {
             if stop.is_cancelled() {
                 return;
             }
+            if later.get(&job.id).is_some_and(|(_, at)| *at > now_ms()) {
+                continue;
+            }
+            acted = true;
             let outcome = {
                 let job = job.clone();
                 tokio::task::spawn_blocking(move || act(&job)).await
             };
             let done = match outcome {
-                Ok(text) => text,
+                Ok(Acted::Done(text)) => text,
+                Ok(Acted::Later(why)) => {
+                    let tries = later.get(&job.id).map_or(0, |(n, _)| *n) + 1;
+                    match shared.policy.next(tries) {
+                        Some(wait) => {
+                            tracing::warn!(path = %job.path, reason = %why, retry_in = ?wait, "file action must wait");
+                            let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                            later.insert(job.id, (tries, at));
+                            continue;
+                        }
+                        None => format!("not done: {why} (gave up after {tries} tries)"),
+                    }
+                }
                 Err(e) => format!("not done: {e}"),
             };
+            later.remove(&job.id);
             if let Err(e) = shared.ledger.set_file_action(job.id, &done).await {
                 tracing::warn!(file_id = job.id, error = %e, "could not record the file action");
             }
         }
-        if !jobs.is_empty() {
+        if acted {
             continue;
         }
+        // Nothing to do now: wait for a record to finish, or the first one
+        // waiting to be due.
+        later.retain(|id, _| jobs.iter().any(|j| j.id == *id));
+        let due = later.values().map(|(_, at)| *at).min();
         let finished = [FileState::Ready, FileState::Indexed, FileState::Failed];
-        if !super::wait_for_states(&mut changes, &stop, &finished, None).await {
+        if !super::wait_for_states(&mut changes, &stop, &finished, due).await {
             return;
         }
     }
 }
 
-/// Do the action (blocking); returns what was done, for the ledger.
-pub fn act(job: &ActionJob) -> String {
+/// What became of a file action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acted {
+    /// Done, or not to be done: what to record.
+    Done(String),
+    /// Not possible now, perhaps later (the reason).
+    Later(String),
+}
+
+/// Do the action (blocking).
+pub fn act(job: &ActionJob) -> Acted {
     let action: FileAction = match serde_json::from_str(&job.action) {
         Ok(a) => a,
-        Err(e) => return format!("not done: the recorded action cannot be read ({e})"),
+        Err(e) => {
+            return Acted::Done(format!(
+                "not done: the recorded action cannot be read ({e})"
+            ));
+        }
     };
     let path = path_from_bytes(&job.path_bytes);
     if !still_the_uploaded_version(&path, job) {
-        return "kept: the file changed or moved since".into();
+        if !path.exists()
+            && let Some(why) = went_with_its_folder(&path, job.device)
+        {
+            return Acted::Later(why);
+        }
+        return Acted::Done("kept: the file changed or moved since".into());
     }
-    match action {
+    Acted::Done(match action {
         FileAction::Named(FileActionName::Keep) => "kept".into(),
         FileAction::Named(FileActionName::Delete) => match std::fs::remove_file(&path) {
             Ok(()) => "deleted".into(),
+            Err(e) if crate::io_error::is_transient(&e) => {
+                return Acted::Later(format!("cannot delete it now: {e}"));
+            }
             Err(e) => format!("not deleted: {e}"),
         },
         FileAction::MoveTo { move_to } => {
@@ -82,10 +137,18 @@ pub fn act(job: &ActionJob) -> String {
                     }
                     text
                 }
+                // The target went away between its creation and the move,
+                // or is on a mount that does not answer now.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || crate::io_error::is_transient(&e) =>
+                {
+                    return Acted::Later(format!("cannot move it now: {e}"));
+                }
                 Err(e) => format!("not moved: {e}"),
             }
         }
-    }
+    })
 }
 
 fn still_the_uploaded_version(path: &Path, job: &ActionJob) -> bool {
@@ -173,6 +236,71 @@ fn write_sidecar(dest: &Path, job: &ActionJob) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_for(path: &Path, root: &Path, action: &str) -> ActionJob {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).expect("stat");
+        ActionJob {
+            id: 1,
+            path_bytes: path.as_os_str().as_bytes().to_vec(),
+            path: path.display().to_string(),
+            root: Some(root.display().to_string()),
+            state: "ready".into(),
+            size: i64::try_from(meta.len()).ok(),
+            mtime_ns: Some(meta.mtime() * 1_000_000_000 + meta.mtime_nsec()),
+            inode: i64::try_from(meta.ino()).ok(),
+            sha256: None,
+            asset_id: None,
+            attempts: 1,
+            last_error: None,
+            action: action.into(),
+            device: i64::try_from(meta.dev()).ok(),
+        }
+    }
+
+    #[test]
+    fn a_target_folder_removed_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("in");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let move_done = r#"{"move_to":"done"}"#;
+        let first = root.join("a.mp4");
+        std::fs::write(&first, b"one").expect("write");
+        let done = act(&job_for(&first, &root, move_done));
+        assert_eq!(
+            done,
+            Acted::Done(format!("moved to {}", root.join("done/a.mp4").display()))
+        );
+        std::fs::remove_dir_all(root.join("done")).expect("rm -rf done");
+        let second = root.join("b.mp4");
+        std::fs::write(&second, b"two").expect("write");
+        let done = act(&job_for(&second, &root, move_done));
+        assert_eq!(
+            done,
+            Acted::Done(format!("moved to {}", root.join("done/b.mp4").display()))
+        );
+    }
+
+    #[test]
+    fn a_file_away_with_its_watched_folder_waits_and_one_gone_alone_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("in");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let file = root.join("a.mp4");
+        std::fs::write(&file, b"one").expect("write");
+        let job = job_for(&file, &root, r#""delete""#);
+        std::fs::remove_file(&file).expect("rm");
+        assert_eq!(
+            act(&job),
+            Acted::Done("kept: the file changed or moved since".into())
+        );
+        std::fs::remove_dir(&root).expect("rmdir");
+        match act(&job) {
+            Acted::Later(why) => assert!(why.contains("is gone"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn moves_keep_the_relative_path_and_never_overwrite() {
