@@ -8,7 +8,7 @@ use std::time::Duration;
 use tl_ingest::emulator::Faults;
 use tl_ingest::ledger::Ledger;
 
-use crate::helpers::{KEY, Kind, TestEnv, dump, wait_until, write_media};
+use crate::helpers::{KEY, Kind, TestEnv, dump, output, text, wait_until, write_media};
 
 /// "Within a few seconds": the periodic rescan of these tests is an hour
 /// away, so only noticing the folder's return can find the files in time.
@@ -155,10 +155,35 @@ async fn ready_within(env: &TestEnv, paths: &[PathBuf], within: Duration) {
     }
 }
 
+/// The daemon's /metrics page (empty if it does not answer).
+async fn metrics(port: u16) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return String::new();
+    };
+    resp.text().await.unwrap_or_default()
+}
+
+/// The value of the series `name{host=...}` on a metrics page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_removed_and_made_again_is_watched_again_within_seconds() {
     let env = TestEnv::new().await;
-    let config = env.write_daemon_config(&env.inbox_watch());
+    // A free port for /metrics: bind, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = env.write_daemon_config(&format!(
+        "{}[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n",
+        env.inbox_watch()
+    ));
     let root = env.inbox.clone();
     let before = root.join("before.mp4");
     write_media(&before, Kind::Mp4, 5000, 1);
@@ -194,9 +219,48 @@ async fn a_root_removed_and_made_again_is_watched_again_within_seconds() {
         started.elapsed().as_millis()
     );
 
+    // Gone for a while: `status`, `doctor` and the metrics say so.
+    std::fs::remove_dir_all(&root).expect("rm -rf inbox");
+    daemon.wait_for_log(&gone_line(&root), 2).await;
+    let gauge = "tl_ingest_watch_folders_gone";
+    let counter = "tl_ingest_watch_folders_gone_total";
+    wait_until(
+        crate::helpers::DEADLINE,
+        "the metrics of a gone folder",
+        || async {
+            let page = metrics(port).await;
+            metric(&page, gauge) == Some(1.0) && metric(&page, counter) == Some(2.0)
+        },
+    )
+    .await;
+    let mut status = env.bare_cmd(KEY);
+    status.arg("--config").arg(&config).arg("status");
+    let out = output(status).await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("watch folder {} is gone", root.display())),
+        "{}",
+        text(&out)
+    );
+    let mut doctor = env.bare_cmd(KEY);
+    doctor.arg("--config").arg(&config).arg("doctor");
+    let out = output(doctor).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("does not exist (removed, or a share not mounted?)"),
+        "{}",
+        text(&out)
+    );
+    std::fs::create_dir(&root).expect("mkdir inbox");
+    daemon.wait_for_log(&back_line(&root), 2).await;
+    wait_until(crate::helpers::DEADLINE, "the gauge back at 0", || async {
+        metric(&metrics(port).await, gauge) == Some(0.0)
+    })
+    .await;
+
     let log = daemon.stop().await;
-    assert_eq!(log.matches(&gone_line(&root)).count(), 1, "{log}");
-    assert_eq!(log.matches(&back_line(&root)).count(), 1, "{log}");
+    assert_eq!(log.matches(&gone_line(&root)).count(), 2, "{log}");
+    assert_eq!(log.matches(&back_line(&root)).count(), 2, "{log}");
     // The file that went with the folder keeps its record.
     assert_eq!(records_of(&env, &before).await.len(), 1);
     assert_eq!(records_of(&env, &before).await[0].0, "ready");

@@ -351,9 +351,10 @@ fn watch_checks(ctx: &Context, r: &mut Report) -> Vec<(PathBuf, bool)> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 r.fail(
                     &name,
-                    "does not exist",
+                    "does not exist (removed, or a share not mounted?); a running daemon \
+                     waits for it and watches it again when it is back",
                     &format!(
-                        "create it (mkdir -p {}) or fix watch[{i}].path",
+                        "create it (mkdir -p {}), mount it, or fix watch[{i}].path",
                         path.display()
                     ),
                 );

@@ -103,6 +103,8 @@ struct Facts {
     errors: Vec<Record>,
     attempts: Vec<RecentAttempt>,
     failed_last_hour: i64,
+    /// This host's watch folders that are not there now: path, why.
+    gone_folders: Vec<(String, String)>,
 }
 
 impl Facts {
@@ -293,6 +295,7 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
     let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
     let now = now_ms();
     let lease = ctx.config.ledger.lease;
+    let gone_folders = gone_folders(&ctx.config.watch).await;
     let facts = async {
         let (queued, oldest_queued) = ledger.queue_stats().await?;
         let daemons = ledger.daemons(now - HOUR_MS).await?;
@@ -326,11 +329,46 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
             errors: ledger.last_errors(5).await?,
             attempts: ledger.recent_attempts(ATTEMPT_WINDOW).await?,
             failed_last_hour: ledger.failed_since(now - HOUR_MS).await?,
+            gone_folders,
         })
     }
     .await;
     ledger.close().await;
     facts.map_err(failed)
+}
+
+/// Longest `status` waits for the watch folders to answer a stat.
+const FOLDER_LOOK: Duration = Duration::from_secs(2);
+
+/// The configured watch folders that are not there (removed, moved away,
+/// or on a share that is not mounted): a running daemon waits for them and
+/// watches them again when they are back (README.md, "Watched folders that
+/// go away").
+async fn gone_folders(watch: &[crate::config::WatchConfig]) -> Vec<(String, String)> {
+    let paths: Vec<std::path::PathBuf> = watch
+        .iter()
+        .map(|w| std::path::absolute(&w.path).unwrap_or_else(|_| w.path.clone()))
+        .collect();
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let look = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                crate::watch::presence::identify(&p)
+                    .err()
+                    .map(|why| (p.display().to_string(), why))
+            })
+            .collect::<Vec<_>>()
+    });
+    match tokio::time::timeout(FOLDER_LOOK, look).await {
+        Ok(Ok(gone)) => gone,
+        _ => vec![(
+            "(the watch folders)".into(),
+            format!("did not answer within {} s", FOLDER_LOOK.as_secs()),
+        )],
+    }
 }
 
 pub async fn run(globals: &Globals, args: StatusArgs) -> CliResult {
@@ -429,6 +467,11 @@ fn to_json(f: &Facts, verdict: &Verdict) -> serde_json::Value {
         "recent_errors": f.errors.iter().map(record_json).collect::<Vec<_>>(),
         "failed_last_hour": f.failed_last_hour,
         "last_attempt": last_attempt,
+        "gone_folders": f
+            .gone_folders
+            .iter()
+            .map(|(path, reason)| json!({ "path": path, "reason": reason }))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -463,6 +506,11 @@ fn to_text(f: &Facts, verdict: &Verdict, colour: bool) -> String {
     };
     lines.push(format!("daemon:   {daemon}"));
     fleet_lines(f, colour, &mut lines);
+    for (path, why) in &f.gone_folders {
+        lines.push(format!(
+            "folders:  watch folder {path} is gone ({why}); a running daemon waits for it to come back"
+        ));
+    }
     let total: i64 = f.counts.iter().map(|(_, n)| n).sum();
     let parts: Vec<String> = f
         .counts
@@ -682,6 +730,7 @@ mod tests {
             errors: Vec::new(),
             attempts,
             failed_last_hour: 0,
+            gone_folders: Vec::new(),
         }
     }
 
@@ -809,6 +858,37 @@ mod tests {
             line.ends_with("clip.mp4") && line.chars().count() <= WIDTH,
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_gone_watch_folder_is_shown() {
+        let mut f = facts(&[], vec![]);
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(!text.contains("folders:"), "{text}");
+        f.gone_folders
+            .push(("/srv/inbox".into(), "No such file or directory".into()));
+        let text = to_text(&f, &verdict(&f), false);
+        assert!(
+            text.contains("folders:  watch folder /srv/inbox is gone (No such file or directory)"),
+            "{text}"
+        );
+        let json = to_json(&f, &verdict(&f));
+        assert_eq!(json["gone_folders"][0]["path"], "/srv/inbox");
+    }
+
+    #[tokio::test]
+    async fn gone_folders_are_the_configured_ones_that_are_not_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = dir.path().join("here");
+        std::fs::create_dir(&here).expect("mkdir");
+        let gone = dir.path().join("gone");
+        let watch = [
+            crate::config::WatchConfig::for_path(here),
+            crate::config::WatchConfig::for_path(gone.clone()),
+        ];
+        let found = gone_folders(&watch).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, gone.display().to_string());
     }
 
     fn daemon(id: i64, host: &str, heartbeat_ago: i64, stopped_ago: Option<i64>) -> DaemonInfo {
