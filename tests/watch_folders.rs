@@ -273,6 +273,28 @@ async fn a_root_removed_and_made_again_is_watched_again_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_root_removed_and_made_again_is_polled_again() {
+    let env = TestEnv::new().await;
+    let config = env.write_daemon_config(&env.inbox_watch().replace(
+        "[watcher]\n",
+        "[watcher]\nmode = \"poll\"\npoll_interval = \"200ms\"\n",
+    ));
+    let root = env.inbox.clone();
+    let mut daemon = Run::start(&env, &config);
+    daemon.wait_for_log("watching by polling", 1).await;
+    std::fs::remove_dir_all(&root).expect("rm -rf inbox");
+    daemon.wait_for_log(&gone_line(&root), 1).await;
+    std::fs::create_dir(&root).expect("mkdir inbox");
+    daemon.wait_for_log(&back_line(&root), 1).await;
+    // Watched again the way it was (the mode is chosen afresh).
+    daemon.wait_for_log("watching by polling", 2).await;
+    let written = root.join("written.mp4");
+    write_media(&written, Kind::Mp4, 7000, 3);
+    ready_within(&env, std::slice::from_ref(&written), FEW_SECONDS).await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subfolder_removed_and_made_again_is_watched_again() {
     let env = TestEnv::new().await;
     let config = env.write_daemon_config(&env.inbox_watch());
@@ -465,9 +487,14 @@ async fn a_tmpfs_unmounted_and_mounted_again_sends_only_the_new_files() {
     let new = root.join("new.mp4");
     write_media(&stage.join("new.mp4"), Kind::Mp4, 8000, 4);
     mount(&["--bind", &stage_s, &root_s]).expect("bind the staged tmpfs on the root");
+    let remounted = tokio::time::Instant::now();
     mounts.0.push(root.clone());
     daemon.wait_for_log(&back_line(&root), 2).await;
     ready_within(&env, std::slice::from_ref(&new), FEW_SECONDS).await;
+    eprintln!(
+        "RELIABILITY tmpfs_remounted: new file ready {} ms after the mount",
+        remounted.elapsed().as_millis()
+    );
 
     // A file written after the return goes too (the new mount is watched).
     let later = root.join("later.mp4");
