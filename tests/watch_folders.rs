@@ -37,8 +37,9 @@ impl Run {
         }
     }
 
+    /// The log so far, without colours.
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// Wait until `line` is in the log `times` times (or more).
@@ -78,6 +79,25 @@ impl Run {
         assert_eq!(out.status.code(), Some(0), "{log}");
         log
     }
+}
+
+/// `text` without ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Run {
@@ -460,6 +480,21 @@ async fn a_tmpfs_unmounted_and_mounted_again_sends_only_the_new_files() {
     std::fs::create_dir(&saved).expect("mkdir");
     copy_keeping_mtime(&a, &saved.join("a.mp4"));
     copy_keeping_mtime(&b, &saved.join("b.mp4"));
+    let numbers = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).expect("stat");
+        (m.dev(), m.ino())
+    };
+    let first_numbers = [numbers(&a), numbers(&b)];
+    // The share as it will come back: another tmpfs, mounted now so that
+    // it cannot be given the first one's device number once that is free.
+    let stage = env.dir.path().join("stage");
+    std::fs::create_dir(&stage).expect("mkdir stage");
+    let stage_s = stage.display().to_string();
+    if let Err(e) = mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs", &stage_s]) {
+        panic!("mounting a second tmpfs failed after the first worked: {e}");
+    }
+    mounts.0.push(stage.clone());
 
     // Unmounted: the folder underneath is what is at the path now. It is
     // watched, and a file written into it is sent like any other.
@@ -474,16 +509,19 @@ async fn a_tmpfs_unmounted_and_mounted_again_sends_only_the_new_files() {
     // Mounted again (a new tmpfs: new device and inodes), with what it
     // held, mtimes kept, and a new file: it is made ready aside and
     // appears at the path all at once, as a share does.
-    let stage = env.dir.path().join("stage");
-    std::fs::create_dir(&stage).expect("mkdir stage");
-    let stage_s = stage.display().to_string();
-    if let Err(e) = mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs", &stage_s]) {
-        panic!("mounting a second tmpfs failed after the first worked: {e}");
-    }
-    mounts.0.push(stage.clone());
+    std::fs::write(stage.join("other.txt"), b"made first").expect("write");
     std::fs::create_dir(stage.join("sub")).expect("mkdir");
     copy_keeping_mtime(&saved.join("a.mp4"), &stage.join("a.mp4"));
     copy_keeping_mtime(&saved.join("b.mp4"), &stage.join("sub/b.mp4"));
+    // The files come back as other files to the kernel: only their path,
+    // size and mtime say they are the same.
+    let again = [
+        numbers(&stage.join("a.mp4")),
+        numbers(&stage.join("sub/b.mp4")),
+    ];
+    for (first, again) in first_numbers.iter().zip(&again) {
+        assert_ne!(first, again, "new device or inode numbers");
+    }
     let new = root.join("new.mp4");
     write_media(&stage.join("new.mp4"), Kind::Mp4, 8000, 4);
     mount(&["--bind", &stage_s, &root_s]).expect("bind the staged tmpfs on the root");
@@ -504,8 +542,17 @@ async fn a_tmpfs_unmounted_and_mounted_again_sends_only_the_new_files() {
     let log = daemon.stop().await;
     assert_eq!(log.matches(&gone_line(&root)).count(), 2, "{log}");
     assert_eq!(log.matches(&back_line(&root)).count(), 2, "{log}");
-    // The files that came back are the records they had: not hashed as
-    // new versions, not sent twice.
+    // The files that came back are the records they had: not read again
+    // (without adoption they would be hashed in full, then merged into
+    // their records), not sent twice.
+    let adopted = log
+        .lines()
+        .filter(|l| l.contains("files found again as they were recorded: not read or sent again"))
+        .collect::<Vec<_>>();
+    assert!(
+        adopted.len() == 1 && adopted[0].contains("files=2"),
+        "{log}"
+    );
     for p in [&a, &b] {
         let recs = records_of(&env, p).await;
         assert_eq!(recs.len(), 1, "{}: {recs:?}", p.display());

@@ -814,7 +814,7 @@ impl Daemon {
                 if n > 0 {
                     tracing::info!(
                         files = n,
-                        "files found again as they were recorded; not sent again"
+                        "files found again as they were recorded: not read or sent again"
                     );
                 }
                 for (i, a) in idx.into_iter().zip(adopted) {
