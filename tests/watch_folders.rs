@@ -415,7 +415,7 @@ struct Mounts(Vec<PathBuf>);
 impl Drop for Mounts {
     fn drop(&mut self) {
         for m in self.0.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
+            let _ = Command::new("umount").arg("-l").arg(m).output();
         }
     }
 }
@@ -499,7 +499,7 @@ async fn a_tmpfs_unmounted_and_mounted_again_sends_only_the_new_files() {
     // Unmounted: the folder underneath is what is at the path now. It is
     // watched, and a file written into it is sent like any other.
     umount(&root);
-    mounts.0.pop();
+    mounts.0.retain(|m| m != &root);
     daemon.wait_for_log(&gone_line(&root), 1).await;
     daemon.wait_for_log(&back_line(&root), 1).await;
     let under = root.join("under.mp4");
