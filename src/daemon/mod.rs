@@ -182,6 +182,9 @@ pub async fn run(
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Each end of a ledger outage: what the watchers saw meanwhile may not
+    // have reached the ledger, so every folder is walked again.
+    let mut recoveries = d.ledger.health().recoveries();
 
     loop {
         // The next file due to settle, not before the next pass may run.
@@ -202,6 +205,12 @@ pub async fn run(
                 }
             }
             _ = status_tick.tick() => d.status().await,
+            Ok(()) = recoveries.changed() => {
+                recoveries.borrow_and_update();
+                for i in 0..d.roots.len() {
+                    d.scan(i, None, "ledger writable again");
+                }
+            }
         }
     }
     d.shutdown(&mut controls).await;
@@ -583,7 +592,7 @@ impl Daemon {
         match self.ledger.is_current(&found).await {
             Ok(true) => self.settler.forget(&path),
             Ok(false) => self.observe(watch, path, &found, Some(at)),
-            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+            Err(e) => crate::pipeline::ledger_failed(&e, "cannot read the ledger"),
         }
     }
 
@@ -611,7 +620,7 @@ impl Daemon {
         let current = match self.ledger.current_among(&stats).await {
             Ok(current) => current,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the ledger");
+                crate::pipeline::ledger_failed(&e, "cannot read the ledger");
                 return;
             }
         };
@@ -737,7 +746,10 @@ impl Daemon {
             match self.ledger.discover(&found).await {
                 Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
                 Err(e) => {
-                    tracing::warn!(path = %found.path, error = %e, "cannot record the file; will retry");
+                    crate::pipeline::ledger_failed(
+                        &e,
+                        &format!("cannot record {}; will retry", found.path),
+                    );
                     // Back in the gate from now: tried again after the
                     // settle time, not at once.
                     let now = Instant::now();
@@ -878,6 +890,12 @@ impl Daemon {
                 tracing::error!(error = %e, "the ledger does not answer");
                 healthy = Err(format!("the ledger does not answer: {e}"));
             }
+        }
+        // Reads answer, writes do not: unhealthy until a write goes through.
+        if let Some(outage) = self.ledger.health().outage() {
+            let text = outage.describe();
+            systemd::status(&format!("waiting: {text}"));
+            healthy = Err(text);
         }
         if let Ok(mut h) = self.health.lock() {
             *h = healthy;

@@ -150,7 +150,7 @@ impl LedgerError {
         match self {
             LedgerError::Sql(e) => classify(e),
             LedgerError::Timeout(_) => ErrorClass::ConnectionLost,
-            LedgerError::Corrupt(_) => ErrorClass::Corrupt,
+            // A row it cannot read is that row's trouble, not an outage.
             _ => ErrorClass::Other,
         }
     }

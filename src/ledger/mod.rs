@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod after;
 pub mod diagnose;
+pub mod disk;
 mod engine;
 mod error;
 mod files;
