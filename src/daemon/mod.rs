@@ -150,6 +150,7 @@ pub async fn run(
         scan_batches: Arc::new(tokio::sync::Semaphore::new(SCAN_BATCHES_QUEUED)),
         feed_tx,
         auth_rejected_at: None,
+        ledger_backoff: Default::default(),
         health: Arc::new(Mutex::new(Ok(()))),
         heartbeat: Arc::new(AtomicI64::new(now_ms())),
         status_changes: ledger_changes,
@@ -384,6 +385,8 @@ struct Daemon {
     /// Watchers and scans send here; the main loop receives.
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
+    /// Consecutive passes of the settle gate the ledger failed.
+    ledger_backoff: crate::pipeline::retry::LedgerBackoff,
     /// What /healthz says; written by the status tick.
     health: Arc<Mutex<Result<(), String>>>,
     /// When the main loop last turned (Unix ms); read by /healthz.
@@ -732,6 +735,7 @@ impl Daemon {
                 None => self.settler.forget(&path),
             }
         }
+        let mut ledger_down = false;
         for (path, watch) in self.settler.take_settled(now) {
             let (Some(root), Some(meta)) = (self.roots.get(watch), metas.get(&path)) else {
                 continue;
@@ -743,13 +747,26 @@ impl Daemon {
             }
             let mut found = new_file(&path, meta, root.metadata.as_deref());
             found.origin = Some(root.origin.clone());
-            match self.ledger.discover(&found).await {
-                Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
+            // The ledger failed for an earlier file of this pass: the rest
+            // wait with it (see the error arm), not one failure each.
+            let recorded = if ledger_down {
+                Err(None)
+            } else {
+                self.ledger.discover(&found).await.map_err(Some)
+            };
+            match recorded {
+                Ok(d) => {
+                    self.ledger_backoff.ok();
+                    tracing::debug!(path = %found.path, discovery = ?d, "settled")
+                }
                 Err(e) => {
-                    crate::pipeline::ledger_failed(
-                        &e,
-                        &format!("cannot record {}; will retry", found.path),
-                    );
+                    if let Some(e) = e {
+                        ledger_down = e.class() != crate::ledger::ErrorClass::Other;
+                        crate::pipeline::ledger_failed(
+                            &e,
+                            &format!("cannot record {}; will retry", found.path),
+                        );
+                    }
                     // Back in the gate from now: tried again after the
                     // settle time, not at once.
                     let now = Instant::now();
@@ -765,6 +782,10 @@ impl Daemon {
                     );
                 }
             }
+        }
+        if ledger_down {
+            // Waits grow while the ledger keeps failing (a full disk).
+            self.next_settle_pass = Instant::now() + self.ledger_backoff.failed();
         }
     }
 
