@@ -116,7 +116,14 @@ async fn assert_each_ready_once(env: &TestEnv, ledger: &Ledger, files: &BTreeMap
         .iter()
         .filter(|(_, n)| **n > 1)
         .collect();
-    assert!(twice.is_empty(), "uploaded more than once: {twice:?}");
+    let named: Vec<_> = twice
+        .iter()
+        .filter_map(|(sha, _)| files.iter().find(|(_, s)| s == sha).map(|(p, _)| p))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "uploaded more than once: {twice:?} {named:?}"
+    );
     assert_eq!(stats.assets_created, u64::try_from(files.len()).expect("n"));
 }
 
@@ -401,6 +408,259 @@ async fn the_disk_fills_between_a_201_and_its_commit_and_nothing_is_sent_twice()
             (
                 "assets_created",
                 env.emulator.stats().assets_created.to_string(),
+            ),
+        ],
+    );
+}
+
+/// A PostgreSQL cluster of this test's own, to stop and start; stopped on
+/// drop.
+struct OwnCluster {
+    top: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Option<OwnCluster> {
+        let top = tempfile::Builder::new()
+            .prefix("tl-outage-pg")
+            .tempdir_in("/tmp")
+            .ok()?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/throwaway-postgres");
+        let out = Command::new(script).arg(top.path()).output().ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "cannot start a PostgreSQL cluster: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Some(OwnCluster { top, url })
+    }
+
+    fn data(&self) -> PathBuf {
+        self.top.path().join("pg/data")
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(Result::ok).map(|e| e.path()).max())
+            .map(|p| p.join("bin/pg_ctl"))
+            .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+        let mut cmd = if super::is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Stop at once: every connection dropped, mid-transaction or not.
+    fn stop(&self) -> bool {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"])
+    }
+
+    /// Start again on the same port.
+    fn restart(&self) -> bool {
+        let port = self
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c max_connections=400",
+            self.top.path().join("pg").display()
+        );
+        let log = self.top.path().join("pg/server.log");
+        self.pg_ctl(&[
+            "-l",
+            &log.display().to_string(),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &opts,
+            "start",
+        ])
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// Both daemons recover without exiting and every file ends `ready`, but in
+// 2 of 3 runs one or two files whose upload was in flight when the server
+// stopped were uploaded twice (fenced upload, then looked up and not found
+// after the takeover): an open problem, see RELIABILITY.md. Run it with
+// `-- --ignored`.
+#[ignore = "known: a file in flight when PostgreSQL stops may be uploaded twice (RELIABILITY.md)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stops_and_restarts_while_two_daemons_run_and_both_recover() {
+    if crate::helpers::pg::server_url().is_none() {
+        crate::helpers::pg::skipped("postgres_stops_and_restarts_while_two_daemons_run");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        eprintln!("skipped: no PostgreSQL cluster of its own could be started here");
+        return;
+    };
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&cluster.url)
+            .await
+            .expect("reach the cluster");
+        sqlx::query("CREATE DATABASE outage")
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let _ = admin.close().await;
+    }
+    let base = cluster.url.rsplit_once('/').map_or("", |(b, _)| b);
+    let url = tl_ingest::ledger::PgUrl::parse(&format!("{base}/outage")).expect("url");
+    let env = TestEnv::with(
+        EmulatorConfig::default(),
+        Faults {
+            latency_ms: 30,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let env = TestEnv {
+        ledger: Location::Postgres(url.clone()),
+        ..env
+    };
+    let config = |name: &str| {
+        let path = env.dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "[api]\nbase_url = {:?}\npoll_interval = \"30ms\"\nrequest_timeout = \"60s\"\n\
+             [ledger]\npath = {:?}\nurl = {:?}\nlease = \"2s\"\n\
+             [upload]\ninitial_backoff = \"20ms\"\nmax_backoff = \"300ms\"\nmax_attempts = 12\n\
+             shutdown_grace = \"5s\"\n\
+             [watcher]\nsettle = \"100ms\"\nrescan_interval = \"1h\"\n\
+             [[watch]]\npath = {:?}\n",
+            env.emulator.base_url(),
+            env.dir
+                .path()
+                .join(format!("{name}.db"))
+                .display()
+                .to_string(),
+            url.expose(),
+            env.inbox.display().to_string(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let logs = [env.dir.path().join("a.log"), env.dir.path().join("b.log")];
+    let mut a = spawn_daemon_with(
+        &env,
+        &config("a"),
+        &logs[0],
+        &[("RUST_LOG", "info"), ("TL_INGEST_HOST", "host-a")],
+    );
+    let mut b = spawn_daemon_with(
+        &env,
+        &config("b"),
+        &logs[1],
+        &[("RUST_LOG", "info"), ("TL_INGEST_HOST", "host-b")],
+    );
+    let mut files = write_batch(&env.inbox, "before", 30, 700);
+    wait_until(DEADLINE, "the first uploads", || async {
+        let Ok(ledger) = Ledger::open_existing_at(&env.ledger).await else {
+            return false;
+        };
+        let counts = ledger.counts().await.unwrap_or_default();
+        ledger.close().await;
+        counts
+            .iter()
+            .any(|(s, n)| *s == tl_ingest::ledger::FileState::Ready && *n > 0)
+    })
+    .await;
+
+    // The server goes away mid-run (connections dropped mid-transaction),
+    // files keep arriving, and it comes back a few seconds later.
+    assert!(cluster.stop(), "stop the server");
+    let stopped = Instant::now();
+    files.extend(write_batch(&env.inbox, "during", 20, 800));
+    let cpu_before = cpu_seconds(a.id()) + cpu_seconds(b.id());
+    wait_until(DEADLINE, "an outage of 4 s", || async {
+        stopped.elapsed() >= Duration::from_secs(4)
+    })
+    .await;
+    let cpu_waiting = cpu_seconds(a.id()) + cpu_seconds(b.id()) - cpu_before;
+    for (child, log) in [(&mut a, &logs[0]), (&mut b, &logs[1])] {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "a daemon exited while the server was down:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    assert!(cluster.restart(), "start the server again");
+    let outage = stopped.elapsed();
+    let restarted = Instant::now();
+    let read_log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+    wait_until(DEADLINE, "both daemons to write again", || async {
+        (0..2).all(|i| read_log(i).contains("the ledger is writable again after"))
+    })
+    .await;
+    let recovered = restarted.elapsed();
+    files.extend(write_batch(&env.inbox, "after", 10, 900));
+    let paths: Vec<PathBuf> = files.keys().cloned().collect();
+    wait_all_ready(&env, &mut a, &paths, &logs[0]).await;
+    let all_ready = restarted.elapsed();
+    for (child, log) in [(&mut a, &logs[0]), (&mut b, &logs[1])] {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "both daemons still run:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let code_a = terminate(a, Duration::from_secs(30)).await;
+    let code_b = terminate(b, Duration::from_secs(30)).await;
+    let (log_a, log_b) = (read_log(0), read_log(1));
+    assert_eq!(
+        (code_a, code_b),
+        (Some(0), Some(0)),
+        "{log_a}\n---\n{log_b}"
+    );
+    assert_no_panic("daemon a", &log_a);
+    assert_no_panic("daemon b", &log_b);
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    assert_each_ready_once(&env, &ledger, &files).await;
+    ledger.close().await;
+    let poisoned = count(&log_a, "transaction depth") + count(&log_b, "transaction depth");
+    assert_eq!(poisoned, 0);
+    figures(
+        "ledger_outage.postgres_restart",
+        &[
+            ("files", files.len().to_string()),
+            ("daemons", "2".into()),
+            ("outage_s", format!("{:.1}", outage.as_secs_f64())),
+            ("cpu_while_waiting_s", format!("{cpu_waiting:.2}")),
+            (
+                "both_writing_after_restart_s",
+                format!("{:.1}", recovered.as_secs_f64()),
+            ),
+            (
+                "all_ready_after_restart_s",
+                format!("{:.1}", all_ready.as_secs_f64()),
+            ),
+            (
+                "outages_logged",
+                (count(&log_a, "waiting; nothing is lost")
+                    + count(&log_b, "waiting; nothing is lost"))
+                .to_string(),
             ),
         ],
     );
