@@ -1341,7 +1341,9 @@ impl Ledger {
 
     /// Whether the ledger answers (a query that reads nothing).
     pub async fn ping(&self) -> Result<(), LedgerError> {
-        stmt("SELECT 1").scalar_one::<i64>(&self.pool).await?;
+        stmt("SELECT CAST(1 AS BIGINT)")
+            .scalar_one::<i64>(&self.pool)
+            .await?;
         Ok(())
     }
 
