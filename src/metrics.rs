@@ -39,6 +39,7 @@ const WATCHER_EVENTS: &str = "tl_ingest_watcher_events_total";
 const RESCANS: &str = "tl_ingest_rescans_total";
 const FOLDERS_GONE: &str = "tl_ingest_watch_folders_gone";
 const FOLDERS_GONE_TOTAL: &str = "tl_ingest_watch_folders_gone_total";
+const LEDGER_ERRORS: &str = "tl_ingest_ledger_errors_total";
 
 /// Reasons the pipeline passes to [`retry`]; exported at 0 from the start so
 /// `rate()`/`increase()` see the first retry instead of a series appearing
@@ -138,6 +139,9 @@ pub fn install() -> Result<Metrics, MetricsError> {
     for reason in RETRY_REASONS {
         ::metrics::counter!(RETRIES, "reason" => reason).increment(0);
     }
+    for class in crate::ledger::ErrorClass::ALL {
+        ::metrics::counter!(LEDGER_ERRORS, "class" => class.as_str()).increment(0);
+    }
 
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()
@@ -162,6 +166,11 @@ fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
     describe_gauge!(FILES, Unit::Count, "Files in the ledger, by state.");
+    describe_counter!(
+        LEDGER_ERRORS,
+        Unit::Count,
+        "Errors the ledger's database returned, by class (disk_full, read_only, busy, corrupt, connection_lost, other)."
+    );
     describe_counter!(
         UPLOADED_BYTES,
         Unit::Bytes,
@@ -256,6 +265,11 @@ pub fn watcher_events(n: u64) {
 }
 
 /// A watched folder was rescanned in full, for `reason`.
+/// The ledger's database returned an error of this class.
+pub fn ledger_error(class: &'static str) {
+    ::metrics::counter!(LEDGER_ERRORS, "class" => class).increment(1);
+}
+
 pub fn rescan(reason: &'static str) {
     ::metrics::counter!(RESCANS, "reason" => reason).increment(1);
 }

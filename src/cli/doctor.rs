@@ -625,25 +625,44 @@ async fn ledger_checks(ctx: &Context, r: &mut Report) {
             ),
             "put ledger.path on a local disk (e.g. /var/lib/tl-ingest)",
         ),
-        None => r.ok(fs_name, "local"),
+        None => match crate::ledger::disk::disk_of(&dir) {
+            Some(d) if d.read_only => r.fail(
+                fs_name,
+                &format!("{} is mounted read-only", d.where_(&dir)),
+                "remount it read-write or move ledger.path; the daemon waits and resumes by itself",
+            ),
+            Some(d) => r.ok(fs_name, &format!("local: {}", d.where_(&dir))),
+            None => r.ok(fs_name, "local"),
+        },
     }
 
     let disk = "free disk";
-    match rustix::fs::statvfs(&dir) {
-        Ok(st) => {
-            let free = st.f_bavail.saturating_mul(st.f_frsize);
-            let shown = bytesize::ByteSize(free).display().si().to_string();
-            if free < MIN_FREE {
+    match crate::ledger::disk::disk_of(&dir) {
+        Some(d) => {
+            let size = |n: u64| bytesize::ByteSize(n).display().si().to_string();
+            let shown = format!(
+                "{} free of {} on {}",
+                size(d.free),
+                size(d.total),
+                d.where_(&dir)
+            );
+            if d.is_full() {
+                r.fail(
+                    disk,
+                    &format!("the ledger's disk is full: {shown}"),
+                    "free some space there: the daemon waits for it and resumes by itself, nothing is lost",
+                );
+            } else if d.free < MIN_FREE {
                 r.warn(
                     disk,
-                    &format!("only {shown} free in {}", dir.display()),
+                    &format!("only {shown}"),
                     "free some space: the ledger and SQLite's journal need room to grow",
                 );
             } else {
-                r.ok(disk, &format!("{shown} free in {}", dir.display()));
+                r.ok(disk, &shown);
             }
         }
-        Err(e) => r.skip(disk, &format!("cannot tell: {e}")),
+        None => r.skip(disk, "cannot tell: statvfs failed"),
     }
 }
 

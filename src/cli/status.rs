@@ -20,9 +20,11 @@ use super::history::{
 };
 use super::{CliError, CliResult, Context, Globals};
 use crate::daemon::lock::{Holder, LedgerLock};
+use crate::ledger::disk::{Disk, disk_of, folder_of};
 use crate::ledger::fleet::DaemonInfo;
 use crate::ledger::query::{InFlight, RecentAttempt};
 use crate::ledger::{FileState, Location, Record, now_ms, rfc3339};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -105,6 +107,10 @@ struct Facts {
     failed_last_hour: i64,
     /// This host's watch folders that are not there now: path, why.
     gone_folders: Vec<(String, String)>,
+    /// A SQLite ledger's filesystem, and its folder.
+    disk: Option<(Disk, PathBuf)>,
+    /// When a record was last written (Unix ms).
+    last_write: Option<i64>,
 }
 
 impl Facts {
@@ -195,6 +201,38 @@ fn verdict(f: &Facts) -> Verdict {
     let waiting = format!("{} waiting", files(unfinished));
     let ended = ended_attempts(&f.attempts);
     let newest = ended.first();
+
+    // The daemon waits for the ledger's disk (see RELIABILITY.md); say why
+    // nothing moves, and that nothing is lost.
+    if let Some((disk, dir)) = &f.disk
+        && (unfinished > 0 || f.daemon_running())
+        && (disk.is_full() || disk.read_only)
+    {
+        let what = if disk.read_only {
+            "the ledger is read-only"
+        } else {
+            "the ledger's disk is full"
+        };
+        let since = f
+            .last_write
+            .map(|at| format!(" since {} (its last write)", rfc3339(at)))
+            .unwrap_or_default();
+        let fix = if disk.read_only {
+            format!("{} is mounted read-only", disk.where_(dir))
+        } else {
+            format!(
+                "{} free on {}: free some space there",
+                human_size(i64::try_from(disk.free).unwrap_or(i64::MAX)),
+                disk.where_(dir)
+            )
+        };
+        return v(
+            Health::Stuck,
+            format!(
+                "stuck: {what}{since}; {fix}; {waiting}, nothing is lost, the daemon resumes by itself"
+            ),
+        );
+    }
 
     if unfinished > 0
         && let Some((_, at, "auth")) = newest
@@ -330,6 +368,14 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
             attempts: ledger.recent_attempts(ATTEMPT_WINDOW).await?,
             failed_last_hour: ledger.failed_since(now - HOUR_MS).await?,
             gone_folders,
+            disk: match &location {
+                Location::Sqlite(path) => {
+                    let dir = folder_of(path);
+                    disk_of(&dir).map(|d| (d, dir))
+                }
+                Location::Postgres(_) => None,
+            },
+            last_write: ledger.last_write().await?,
         })
     }
     .await;
@@ -731,6 +777,8 @@ mod tests {
             attempts,
             failed_last_hour: 0,
             gone_folders: Vec::new(),
+            disk: None,
+            last_write: None,
         }
     }
 
@@ -748,6 +796,52 @@ mod tests {
             path: Some(format!("/in/{id}.mp4")),
             url: None,
         }
+    }
+
+    #[test]
+    fn a_full_or_read_only_ledger_disk_is_the_verdict() {
+        let mut f = facts(&[(FileState::Queued, 3)], Vec::new());
+        let disk = Disk {
+            free: 4096,
+            total: 24 << 20,
+            read_only: false,
+            mount: Some(("/var".into(), "tmpfs".into())),
+        };
+        f.disk = Some((disk.clone(), "/var/lib/tl-ingest".into()));
+        f.last_write = Some(NOW - 41_000);
+        let v = verdict(&f);
+        assert_eq!(v.health, Health::Stuck);
+        assert_eq!(
+            v.line,
+            format!(
+                "stuck: the ledger's disk is full since {} (its last write); 4.1 kB free on /var (tmpfs): free some space there; 3 files waiting, nothing is lost, the daemon resumes by itself",
+                rfc3339(NOW - 41_000)
+            )
+        );
+        f.disk = Some((
+            Disk {
+                read_only: true,
+                free: 1 << 30,
+                ..disk.clone()
+            },
+            "/var/lib/tl-ingest".into(),
+        ));
+        assert!(
+            verdict(&f)
+                .line
+                .starts_with("stuck: the ledger is read-only since "),
+            "{}",
+            verdict(&f).line
+        );
+        // Room enough: the usual verdict.
+        f.disk = Some((
+            Disk {
+                free: 1 << 30,
+                ..disk
+            },
+            "/var/lib/tl-ingest".into(),
+        ));
+        assert!(verdict(&f).line.starts_with("working"));
     }
 
     #[test]

@@ -141,7 +141,7 @@ async fn wait_until_done(
                 return Waited::Done;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+            Err(e) => crate::pipeline::ledger_failed(&e, "cannot read the ledger"),
         }
         tokio::select! {
             _ = &mut ctrl_c => {

@@ -167,6 +167,7 @@ pub async fn run(
         scan_batches: Arc::new(tokio::sync::Semaphore::new(SCAN_BATCHES_QUEUED)),
         feed_tx,
         auth_rejected_at: None,
+        ledger_backoff: Default::default(),
         health: Arc::new(Mutex::new(Ok(()))),
         heartbeat: Arc::new(AtomicI64::new(now_ms())),
         status_changes: ledger_changes,
@@ -204,6 +205,9 @@ pub async fn run(
         ROOT_LOOK_EVERY,
     );
     root_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Each end of a ledger outage: what the watchers saw meanwhile may not
+    // have reached the ledger, so every folder is walked again.
+    let mut recoveries = d.ledger.health().recoveries();
 
     loop {
         // The next file due to settle, not before the next pass may run.
@@ -227,6 +231,12 @@ pub async fn run(
             _ = root_tick.tick() => {
                 for i in 0..d.roots.len() {
                     d.look_at_root(i);
+                }
+            }
+            Ok(()) = recoveries.changed() => {
+                recoveries.borrow_and_update();
+                for i in 0..d.roots.len() {
+                    d.scan(i, None, "ledger writable again");
                 }
             }
         }
@@ -411,6 +421,8 @@ struct Daemon {
     /// Watchers and scans send here; the main loop receives.
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
+    /// Consecutive passes of the settle gate the ledger failed.
+    ledger_backoff: crate::pipeline::retry::LedgerBackoff,
     /// What /healthz says; written by the status tick.
     health: Arc<Mutex<Result<(), String>>>,
     /// When the main loop last turned (Unix ms); read by /healthz.
@@ -752,7 +764,7 @@ impl Daemon {
                 self.settler.forget(&path)
             }
             Ok(false) => self.observe(watch, path, &found, Some(at)),
-            Err(e) => tracing::warn!(error = %e, "cannot read the ledger"),
+            Err(e) => crate::pipeline::ledger_failed(&e, "cannot read the ledger"),
         }
     }
 
@@ -780,7 +792,7 @@ impl Daemon {
         let current = match self.ledger.current_among(&stats).await {
             Ok(current) => current,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the ledger");
+                crate::pipeline::ledger_failed(&e, "cannot read the ledger");
                 return;
             }
         };
@@ -932,6 +944,7 @@ impl Daemon {
                 None => self.settler.forget(&path),
             }
         }
+        let mut ledger_down = false;
         for (path, watch) in self.settler.take_settled(now) {
             let (Some(root), Some(meta)) = (self.roots.get(watch), metas.get(&path)) else {
                 continue;
@@ -943,10 +956,26 @@ impl Daemon {
             }
             let mut found = new_file(&path, meta, root.metadata.as_deref());
             found.origin = Some(root.origin.clone());
-            match self.ledger.discover(&found).await {
-                Ok(d) => tracing::debug!(path = %found.path, discovery = ?d, "settled"),
+            // The ledger failed for an earlier file of this pass: the rest
+            // wait with it (see the error arm), not one failure each.
+            let recorded = if ledger_down {
+                Err(None)
+            } else {
+                self.ledger.discover(&found).await.map_err(Some)
+            };
+            match recorded {
+                Ok(d) => {
+                    self.ledger_backoff.ok();
+                    tracing::debug!(path = %found.path, discovery = ?d, "settled")
+                }
                 Err(e) => {
-                    tracing::warn!(path = %found.path, error = %e, "cannot record the file; will retry");
+                    if let Some(e) = e {
+                        ledger_down = e.class() != crate::ledger::ErrorClass::Other;
+                        crate::pipeline::ledger_failed(
+                            &e,
+                            &format!("cannot record {}; will retry", found.path),
+                        );
+                    }
                     // Back in the gate from now: tried again after the
                     // settle time, not at once.
                     let now = Instant::now();
@@ -962,6 +991,10 @@ impl Daemon {
                     );
                 }
             }
+        }
+        if ledger_down {
+            // Waits grow while the ledger keeps failing (a full disk).
+            self.next_settle_pass = Instant::now() + self.ledger_backoff.failed();
         }
     }
 
@@ -1087,6 +1120,12 @@ impl Daemon {
                 tracing::error!(error = %e, "the ledger does not answer");
                 healthy = Err(format!("the ledger does not answer: {e}"));
             }
+        }
+        // Reads answer, writes do not: unhealthy until a write goes through.
+        if let Some(outage) = self.ledger.health().outage() {
+            let text = outage.describe();
+            systemd::status(&format!("waiting: {text}"));
+            healthy = Err(text);
         }
         if let Ok(mut h) = self.health.lock() {
             *h = healthy;

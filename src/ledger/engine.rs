@@ -11,22 +11,51 @@
 //! asks [`Pool::is_postgres`] at that one spot.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, Decode, FromRow, Postgres, Sqlite, Type};
 
-/// A connection pool of either engine.
+use super::health::Health;
+
+/// A connection pool of either engine, and what its writes have shown of
+/// the ledger's health.
 #[derive(Clone, Debug)]
-pub(super) enum Pool {
+pub(super) struct Pool {
+    db: Db,
+    health: Arc<Health>,
+}
+
+#[derive(Clone, Debug)]
+enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
-/// An open transaction of either engine.
-pub(super) enum Tx {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
-    Postgres(sqlx::Transaction<'static, Postgres>),
+/// An open transaction of either engine, on a connection taken from the
+/// pool for it alone.
+///
+/// sqlx's own `Transaction` hands its connection back to the pool whatever
+/// happened; after a `COMMIT` that failed (SQLITE_FULL, SQLITE_IOERR, a
+/// PostgreSQL connection lost mid-transaction) SQLite may have rolled back
+/// already, the queued `ROLLBACK` fails, and the connection goes back
+/// believing it is still in a transaction: every later `BEGIN` on it fails
+/// until a restart. Here a connection whose commit or rollback failed is
+/// closed, never returned; the next transaction gets a fresh one.
+pub(super) struct Tx {
+    /// `None` once committed, rolled back or closed.
+    conn: Option<Conn>,
+    health: Arc<Health>,
+    /// A statement changed rows: a commit proves the ledger writable.
+    wrote: bool,
+}
+
+pub(super) enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
 }
 
 /// The key of the fleet's writer lock on PostgreSQL (`'tlig'`, and 1), in
@@ -34,9 +63,30 @@ pub(super) enum Tx {
 const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock(1953262439, 1)";
 const SHARED_WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1953262439, 1)";
 
+/// How long closing a broken connection may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Pool {
+    pub(super) fn sqlite(pool: SqlitePool) -> Pool {
+        Pool {
+            db: Db::Sqlite(pool),
+            health: Arc::default(),
+        }
+    }
+
+    pub(super) fn postgres(pool: PgPool) -> Pool {
+        Pool {
+            db: Db::Postgres(pool),
+            health: Arc::default(),
+        }
+    }
+
     pub(super) fn is_postgres(&self) -> bool {
-        matches!(self, Pool::Postgres(_))
+        matches!(self.db, Db::Postgres(_))
+    }
+
+    pub(super) fn health(&self) -> &Health {
+        &self.health
     }
 
     /// A writing transaction. SQLite: `BEGIN IMMEDIATE` (the one writer, so
@@ -45,50 +95,164 @@ impl Pool {
     /// after it sees everything committed before the lock was granted and
     /// every check-then-write holds across hosts as it does on one.
     pub(super) async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self {
-            Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(WRITER_LOCK).execute(&mut *tx).await?;
-                Ok(Tx::Postgres(tx))
-            }
-        }
+        self.begin_locked(WRITER_LOCK).await
     }
 
     /// A transaction that only claims rows with `FOR UPDATE SKIP LOCKED`:
     /// on PostgreSQL claims run side by side, but never inside another
     /// transaction's check-then-write. SQLite has one writer anyway.
     pub(super) async fn begin_claim(&self) -> Result<Tx, sqlx::Error> {
-        match self {
-            Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(SHARED_WRITER_LOCK).execute(&mut *tx).await?;
-                Ok(Tx::Postgres(tx))
-            }
+        self.begin_locked(SHARED_WRITER_LOCK).await
+    }
+
+    async fn begin_locked(&self, pg_lock: &'static str) -> Result<Tx, sqlx::Error> {
+        let started = self.start(pg_lock).await;
+        if let Err(e) = &started {
+            self.health.saw(e);
         }
+        started
+    }
+
+    async fn start(&self, pg_lock: &'static str) -> Result<Tx, sqlx::Error> {
+        self.health.fault()?;
+        let conn = match &self.db {
+            Db::Sqlite(p) => {
+                let mut c = p.acquire().await?;
+                if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await {
+                    // Not in a transaction; but a connection that could not
+                    // even begin is not trusted either, unless it was only
+                    // waiting for another writer.
+                    if super::error::classify(&e) != super::error::ErrorClass::Busy {
+                        Conn::Sqlite(c).close().await;
+                    }
+                    return Err(e);
+                }
+                Conn::Sqlite(c)
+            }
+            Db::Postgres(p) => {
+                let mut c = p.acquire().await?;
+                if let Err(e) = sqlx::query("BEGIN").execute(&mut *c).await {
+                    Conn::Postgres(c).close().await;
+                    return Err(e);
+                }
+                Conn::Postgres(c)
+            }
+        };
+        let mut tx = Tx {
+            conn: Some(conn),
+            health: self.health.clone(),
+            wrote: false,
+        };
+        if let Some(Conn::Postgres(c)) = tx.conn.as_mut()
+            && let Err(e) = sqlx::query(pg_lock).execute(&mut **c).await
+        {
+            // lock_timeout: roll back (and close the connection if even
+            // that fails).
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+        Ok(tx)
     }
 
     pub(super) async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+impl Conn {
+    /// Close the connection instead of handing it back to the pool (which
+    /// then opens a new one when it needs it).
+    async fn close(self) {
+        let closing = async {
+            let _ = match self {
+                Conn::Sqlite(c) => c.close().await,
+                Conn::Postgres(c) => c.close().await,
+            };
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
         match self {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
+            Conn::Sqlite(c) => sqlx::query(sql).execute(&mut **c).await.map(drop),
+            Conn::Postgres(c) => sqlx::query(sql).execute(&mut **c).await.map(drop),
+        }
+    }
+
+    /// Roll back, then back to the pool; closed if the rollback fails.
+    async fn roll_back(mut self) -> Result<(), sqlx::Error> {
+        match self.run("ROLLBACK").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.close().await;
+                Err(e)
+            }
         }
     }
 }
 
 impl Tx {
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.commit().await,
-            Tx::Postgres(t) => t.commit().await,
+    fn conn(&mut self) -> Result<&mut Conn, sqlx::Error> {
+        // Only `commit`, `rollback` and `drop` take it, and they consume
+        // the transaction.
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let Some(mut conn) = self.conn.take() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let done = match self.health.fault() {
+            Ok(()) => conn.run("COMMIT").await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                if self.wrote {
+                    self.health.wrote();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.health.saw(&e);
+                // Whether the transaction is still open is the engine's
+                // guess: the connection is not trusted again.
+                conn.close().await;
+                Err(e)
+            }
         }
     }
 
-    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(t) => t.rollback().await,
-            Tx::Postgres(t) => t.rollback().await,
+    pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match self.conn.take() {
+            Some(conn) => conn.roll_back().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Tx {
+    /// A transaction left without commit or rollback (an error returned
+    /// with `?`, a cancelled future): roll it back off to the side, and
+    /// close the connection if that fails.
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = conn.roll_back().await;
+                });
+            }
+            // No runtime to roll back on: closing rolls back too.
+            Err(_) => match conn {
+                Conn::Sqlite(mut c) => c.close_on_drop(),
+                Conn::Postgres(mut c) => c.close_on_drop(),
+            },
         }
     }
 }
@@ -103,6 +267,15 @@ pub(super) enum Ex<'a> {
 impl<'a> From<&'a Pool> for Ex<'a> {
     fn from(p: &'a Pool) -> Self {
         Ex::Pool(p)
+    }
+}
+
+impl Ex<'_> {
+    fn health(&self) -> Arc<Health> {
+        match self {
+            Ex::Pool(p) => p.health.clone(),
+            Ex::Tx(t) => t.health.clone(),
+        }
     }
 }
 
@@ -211,23 +384,34 @@ pub(super) fn stmt(sql: impl Into<Cow<'static, str>>) -> Q {
 macro_rules! on_engine {
     ($q:ident, $ex:expr, $build:ident, $call:ident, $map:expr) => {{
         let sql = sqlx::AssertSqlSafe($q.sql.clone().into_owned());
-        match $ex.into() {
-            Ex::Pool(Pool::Sqlite(p)) => sqlx::$build(sql, $q.sqlite_args()?)
+        let ex: Ex<'_> = $ex.into();
+        let health = ex.health();
+        let done = match ex {
+            Ex::Pool(Pool {
+                db: Db::Sqlite(p), ..
+            }) => sqlx::$build(sql, $q.sqlite_args()?)
                 .$call(p)
                 .await
                 .map($map),
-            Ex::Tx(Tx::Sqlite(t)) => sqlx::$build(sql, $q.sqlite_args()?)
-                .$call(&mut **t)
-                .await
-                .map($map),
-            Ex::Pool(Pool::Postgres(p)) => {
-                sqlx::$build(sql, $q.pg_args()?).$call(p).await.map($map)
-            }
-            Ex::Tx(Tx::Postgres(t)) => sqlx::$build(sql, $q.pg_args()?)
-                .$call(&mut **t)
-                .await
-                .map($map),
+            Ex::Pool(Pool {
+                db: Db::Postgres(p),
+                ..
+            }) => sqlx::$build(sql, $q.pg_args()?).$call(p).await.map($map),
+            Ex::Tx(t) => match t.conn()? {
+                Conn::Sqlite(c) => sqlx::$build(sql, $q.sqlite_args()?)
+                    .$call(&mut **c)
+                    .await
+                    .map($map),
+                Conn::Postgres(c) => sqlx::$build(sql, $q.pg_args()?)
+                    .$call(&mut **c)
+                    .await
+                    .map($map),
+            },
+        };
+        if let Err(e) = &done {
+            health.saw(e);
         }
+        done
     }};
 }
 
@@ -285,8 +469,30 @@ impl Q {
         Ok(a)
     }
 
+    /// A write. One that changed rows on the pool (committed at once), or
+    /// in a transaction that then commits, shows that the ledger can write:
+    /// a statement that changed nothing writes nothing, even on a full disk.
     pub(super) async fn execute<'e>(self, ex: impl Into<Ex<'e>>) -> Result<Done, sqlx::Error> {
-        let rows = on_engine!(self, ex, query_with, execute, |r| r.rows_affected())?;
+        let rows = match ex.into() {
+            Ex::Pool(p) => {
+                if let Err(e) = p.health.fault() {
+                    p.health.saw(&e);
+                    return Err(e);
+                }
+                let rows = on_engine!(self, Ex::Pool(p), query_with, execute, |r| r
+                    .rows_affected())?;
+                if rows > 0 {
+                    p.health.wrote();
+                }
+                rows
+            }
+            Ex::Tx(t) => {
+                let rows = on_engine!(self, Ex::Tx(&mut *t), query_with, execute, |r| r
+                    .rows_affected())?;
+                t.wrote |= rows > 0;
+                rows
+            }
+        };
         Ok(Done(rows))
     }
 
@@ -356,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_binds_dollar_placeholders_by_number_reused_and_reordered() {
         let pool = SqlitePool::connect("sqlite::memory:").await.expect("pool");
-        let pool = Pool::Sqlite(pool);
+        let pool = Pool::sqlite(pool);
         let row: (String, String, String) = stmt("SELECT $2, $1, $2")
             .bind("one")
             .bind("two")
@@ -376,5 +582,150 @@ mod tests {
             .await
             .expect("bool");
         assert!(yes);
+    }
+
+    async fn one_connection_pool(dir: &tempfile::TempDir) -> SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let p = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("pool");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&p)
+            .await
+            .expect("create");
+        p
+    }
+
+    /// The transaction SQLite ended by itself (as it does after SQLITE_FULL
+    /// or SQLITE_IOERR at commit): the commit fails, and the connection
+    /// must not come back believing it is still in a transaction.
+    async fn commit_after_engine_rolled_back(tx: &mut Tx) {
+        stmt("INSERT INTO t VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        stmt("ROLLBACK").execute(&mut *tx).await.expect("rollback");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_commit_failed_is_closed_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = one_connection_pool(&dir).await;
+        // What sqlx's own transaction does here: the one connection comes
+        // back at transaction depth 1, and every later BEGIN fails.
+        {
+            let mut tx = raw.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+            sqlx::query("ROLLBACK")
+                .execute(&mut *tx)
+                .await
+                .expect("rollback");
+            assert!(tx.commit().await.is_err());
+            let again = raw.begin_with("BEGIN IMMEDIATE").await;
+            assert!(
+                again
+                    .as_ref()
+                    .err()
+                    .is_some_and(|e| e.to_string().contains("depth")),
+                "sqlx poisons the connection: {:?}",
+                again.map(drop)
+            );
+        }
+        raw.close().await;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::sqlite(one_connection_pool(&dir).await);
+        for _ in 0..3 {
+            let mut tx = pool.begin().await.expect("begin after a failed commit");
+            commit_after_engine_rolled_back(&mut tx).await;
+            assert!(tx.commit().await.is_err(), "nothing to commit");
+        }
+        let mut tx = pool.begin().await.expect("a fresh connection");
+        stmt("INSERT INTO t VALUES (2)")
+            .execute(&mut tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        let rows: Vec<i64> = stmt("SELECT x FROM t")
+            .scalar_all(&pool)
+            .await
+            .expect("read");
+        assert_eq!(rows, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_midway_is_rolled_back_and_its_connection_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::sqlite(one_connection_pool(&dir).await);
+        {
+            let mut tx = pool.begin().await.expect("begin");
+            stmt("INSERT INTO t VALUES (1)")
+                .execute(&mut tx)
+                .await
+                .expect("insert");
+            // Dropped: an error returned with `?` in the middle.
+        }
+        let mut tx = pool.begin().await.expect("begin again");
+        stmt("INSERT INTO t VALUES (2)")
+            .execute(&mut tx)
+            .await
+            .expect("insert");
+        tx.rollback().await.expect("rollback");
+        let n: i64 = stmt("SELECT count(*) FROM t")
+            .scalar_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(n, 0, "both rolled back");
+    }
+
+    #[tokio::test]
+    async fn an_injected_full_disk_fails_writes_not_reads_and_its_end_is_seen() {
+        use super::super::error::{ErrorClass, classify};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::sqlite(one_connection_pool(&dir).await);
+        let mut recoveries = pool.health().recoveries();
+        pool.health().inject_disk_full(Duration::from_secs(3600));
+        let e = pool.begin().await.map(drop).expect_err("full");
+        assert_eq!(classify(&e), ErrorClass::DiskFull);
+        let e = stmt("INSERT INTO t VALUES (1)")
+            .execute(&pool)
+            .await
+            .map(drop)
+            .expect_err("full");
+        assert_eq!(classify(&e), ErrorClass::DiskFull);
+        let outage = pool.health().outage().expect("an outage");
+        assert_eq!(outage.class, ErrorClass::DiskFull);
+        assert!(
+            outage
+                .describe()
+                .starts_with("the ledger's disk is full since ")
+        );
+        let n: i64 = stmt("SELECT count(*) FROM t")
+            .scalar_one(&pool)
+            .await
+            .expect("reads work");
+        assert_eq!(n, 0);
+        // A statement that changes nothing proves nothing.
+        stmt("DELETE FROM t")
+            .execute(&pool)
+            .await
+            .map(drop)
+            .expect_err("still full");
+        pool.health().inject_disk_full(Duration::ZERO);
+        stmt("DELETE FROM t").execute(&pool).await.expect("delete");
+        assert!(pool.health().outage().is_some(), "nothing was written yet");
+        let mut tx = pool.begin().await.expect("begin");
+        stmt("INSERT INTO t VALUES (1)")
+            .execute(&mut tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        assert!(pool.health().outage().is_none());
+        assert!(recoveries.has_changed().expect("open"));
+        assert_eq!(*recoveries.borrow_and_update(), 1);
     }
 }

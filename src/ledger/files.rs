@@ -963,6 +963,9 @@ impl Ledger {
             .bind(now)
             .execute(&mut tx)
             .await?;
+        // Test-only: the disk fills between the 201 and this commit (see
+        // ledger/health.rs; nothing happens unless its variable is set).
+        self.pool.health().fault_point("ledger-full-on-accept");
         tx.commit().await?;
         self.announce(Change {
             id: job.id,
@@ -1342,7 +1345,9 @@ impl Ledger {
 
     /// Whether the ledger answers (a query that reads nothing).
     pub async fn ping(&self) -> Result<(), LedgerError> {
-        stmt("SELECT 1").execute(&self.pool).await?;
+        stmt("SELECT CAST(1 AS BIGINT)")
+            .scalar_one::<i64>(&self.pool)
+            .await?;
         Ok(())
     }
 

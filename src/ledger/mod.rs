@@ -11,10 +11,12 @@
 pub mod admin;
 pub mod after;
 pub mod diagnose;
+pub mod disk;
 mod engine;
 mod error;
 mod files;
 pub mod fleet;
+mod health;
 mod location;
 pub mod multipart;
 pub mod query;
@@ -35,11 +37,12 @@ use tokio::sync::broadcast;
 
 use engine::Pool;
 
-pub use error::LedgerError;
+pub use error::{ErrorClass, LedgerError};
 pub use files::{
     AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile, Origin,
     PollJob, Record, SameSize, UploadJob,
 };
+pub use health::{Health, Outage};
 pub use location::{Location, PgUrl};
 pub use state::{Event, FileState};
 
@@ -148,7 +151,7 @@ impl Ledger {
         })?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Ledger {
-            pool: Pool::Postgres(pool),
+            pool: Pool::postgres(pool),
             location: Location::Postgres(url.clone()),
             me: Arc::default(),
             changes,
@@ -200,7 +203,7 @@ impl Ledger {
         }
         let (changes, _) = broadcast::channel(4096);
         Ok(Ledger {
-            pool: Pool::Sqlite(pool),
+            pool: Pool::sqlite(pool),
             location: Location::Sqlite(path.to_path_buf()),
             me: Arc::default(),
             changes,
@@ -210,6 +213,11 @@ impl Ledger {
     /// Where the ledger is (a URL is shown without its password).
     pub fn location(&self) -> &Location {
         &self.location
+    }
+
+    /// Whether the ledger can write now, as its last writes showed.
+    pub fn health(&self) -> &Health {
+        self.pool.health()
     }
 
     /// Whether this ledger is shared by a fleet (PostgreSQL).

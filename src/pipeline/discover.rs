@@ -165,13 +165,26 @@ pub async fn discover(
             }
         };
         let found = new_file(&path, &meta, user_metadata);
-        let discovery = ledger.discover(&found).await?;
+        // A full disk or a lost connection is waited out (the ledger says
+        // so once), not a failed run.
+        let never = tokio_util::sync::CancellationToken::new();
+        let discovery = super::until_recorded(
+            &never,
+            "cannot record the file; waiting for the ledger",
+            || ledger.discover(&found),
+        )
+        .await?;
         if let Discovery::Known {
             id,
             state: FileState::Failed,
         } = discovery
             && let Some(before) = requeue_failed_before
-            && ledger.requeue_failed_before(id, before).await?
+            && super::until_recorded(
+                &never,
+                "cannot requeue the file; waiting for the ledger",
+                || ledger.requeue_failed_before(id, before),
+            )
+            .await?
         {
             report.requeued += 1;
         }

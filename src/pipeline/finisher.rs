@@ -69,8 +69,20 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => format!("not done: {e}"),
             };
             later.remove(&job.id);
-            if let Err(e) = shared.ledger.set_file_action(job.id, &done).await {
-                tracing::warn!(file_id = job.id, error = %e, "could not record the file action");
+            // Held until the ledger takes it: the file is already moved or
+            // deleted, and doing it again would record a wrong outcome.
+            let recorded = super::until_recorded(&stop, "could not record the file action", || {
+                shared.ledger.set_file_action(job.id, &done)
+            })
+            .await;
+            if let Err(e) = recorded {
+                super::ledger_failed(
+                    &e,
+                    &format!("could not record the file action of file {}", job.id),
+                );
+                if stop.is_cancelled() {
+                    return;
+                }
             }
         }
         if acted {

@@ -121,6 +121,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
     let fencing =
         shared_ledger.then(|| tokio::spawn(fence(shared.clone(), last_ok.clone(), lease)));
     let mut next_beat = Instant::now();
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         let draining = stop.is_cancelled();
         if draining && shared.claims.is_empty() {
@@ -146,6 +147,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         .unwrap_or_else(|_| Err(LedgerError::Timeout("the heartbeat")));
         match beat {
             Ok(held) => {
+                backoff.ok();
                 *last_ok.lock().unwrap_or_else(|p| p.into_inner()) = asked;
                 let lost = held.map_or(0, |held| shared.claims.lose_missing(&held, asked));
                 if lost > 0 {
@@ -156,8 +158,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
-                next_beat = Instant::now() + every / 4;
+                super::ledger_failed(&e, "heartbeat failed; trying again shortly");
+                next_beat = Instant::now() + (every / 4).max(backoff.failed().min(every));
                 continue;
             }
         }

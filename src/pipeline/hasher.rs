@@ -166,14 +166,15 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut changes = shared.ledger.subscribe();
     let parallel = shared.config.upload.workers.max(1);
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         // Changes from before this round are covered by the query below.
         while changes.try_recv().is_ok() {}
         let jobs = match shared.ledger.to_hash(BATCH).await {
             Ok(jobs) => jobs,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the ledger; retrying");
-                if !super::pause(&stop, std::time::Duration::from_secs(1)).await {
+                super::ledger_failed(&e, "cannot read the ledger; retrying");
+                if !super::pause(&stop, backoff.failed()).await {
                     return;
                 }
                 continue;
@@ -204,7 +205,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // A result the ledger could not take leaves its record due: do not
         // read the same files again at once (a full disk, say).
-        if !recorded && !super::pause(&stop, std::time::Duration::from_secs(1)).await {
+        if recorded {
+            backoff.ok();
+        } else if !super::pause(&stop, backoff.failed()).await {
             return;
         }
     }
@@ -215,7 +218,10 @@ async fn hash_one(shared: &Shared, job: HashJob) -> bool {
     match hash_and_record(shared, &job).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(path = %job.path, error = %e, "could not record the hash result");
+            super::ledger_failed(
+                &e,
+                &format!("could not record the hash result of {}", job.path),
+            );
             false
         }
     }

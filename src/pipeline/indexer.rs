@@ -16,6 +16,7 @@ use crate::ledger::after::IndexJob;
 const BATCH: u32 = 100;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let stop = &stop;
     let interval = shared.config.api.poll_interval;
     let mut changes = shared.ledger.subscribe();
     loop {
@@ -23,37 +24,44 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let to_submit = shared.ledger.to_index(BATCH).await.unwrap_or_default();
         let in_progress = shared.ledger.indexing(BATCH).await.unwrap_or_default();
         if to_submit.is_empty() && in_progress.is_empty() {
-            if !super::wait_for_state(&mut changes, &stop, FileState::Ready, None).await {
+            if !super::wait_for_state(&mut changes, stop, FileState::Ready, None).await {
                 return;
             }
             continue;
         }
         for job in &to_submit {
-            if stop.is_cancelled() || !shared.gate.before_request(&stop).await {
+            if stop.is_cancelled() || !shared.gate.before_request(stop).await {
                 return;
             }
-            submit(&shared, job).await;
+            submit(&shared, job, stop).await;
         }
         for job in &in_progress {
-            if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
+            if stop.is_cancelled() || !shared.gate.wait_open(stop).await {
                 return;
             }
             check(&shared, job).await;
         }
-        if !super::pause(&stop, interval).await {
+        if !super::pause(stop, interval).await {
             return;
         }
     }
 }
 
-async fn submit(shared: &Shared, job: &IndexJob) {
+async fn submit(shared: &Shared, job: &IndexJob, stop: &CancellationToken) {
     let result = match shared
         .client
         .index_asset(&job.index_id, &job.asset_id)
         .await
     {
         Ok(indexed) => match indexed.id.filter(|id| !id.is_empty()) {
-            Some(id) => shared.ledger.start_indexing(job, &id).await,
+            // Held until the ledger takes it: submitting again would index
+            // the asset twice.
+            Some(id) => {
+                super::until_recorded(stop, "could not record the indexing request", || {
+                    shared.ledger.start_indexing(job, &id)
+                })
+                .await
+            }
             None => {
                 shared
                     .ledger
@@ -64,7 +72,10 @@ async fn submit(shared: &Shared, job: &IndexJob) {
         Err(e) => on_error(shared, job, FileState::Ready, &e).await,
     };
     if let Err(e) = result {
-        tracing::warn!(file_id = job.id, error = %e, "could not record the indexing result");
+        super::ledger_failed(
+            &e,
+            &format!("could not record the indexing result of file {}", job.id),
+        );
     }
 }
 
@@ -90,7 +101,10 @@ async fn check(shared: &Shared, job: &IndexJob) {
         Err(e) => on_error(shared, job, FileState::Indexing, &e).await,
     };
     if let Err(e) = result {
-        tracing::warn!(file_id = job.id, error = %e, "could not record the indexing result");
+        super::ledger_failed(
+            &e,
+            &format!("could not record the indexing result of file {}", job.id),
+        );
     }
 }
 

@@ -234,6 +234,45 @@ impl Running {
     }
 }
 
+/// Log a ledger call that failed. An outage (full disk, lost connection)
+/// is logged once by the ledger itself for the whole episode, so each
+/// call's failure is only a debug line then.
+pub fn ledger_failed(e: &LedgerError, what: &str) {
+    if e.class().is_outage() {
+        tracing::debug!(error = %e, "{what}");
+    } else {
+        tracing::warn!(error = %e, "{what}");
+    }
+}
+
+/// Run a ledger write until it goes through: an outage or a busy ledger is
+/// waited out with the ledger's backoff, holding what is to be recorded in
+/// memory; any other error (a conflict, a bug) is returned at once, and so
+/// is the last error if `stop` fires.
+pub(crate) async fn until_recorded<T, F, Fut>(
+    stop: &CancellationToken,
+    what: &str,
+    mut write: F,
+) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut backoff = retry::LedgerBackoff::default();
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.class() == crate::ledger::ErrorClass::Other => return Err(e),
+            Err(e) => {
+                ledger_failed(&e, what);
+                if !pause(stop, backoff.failed()).await {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 /// Sleep for `d` unless `stop` fires first (then false).
 pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {

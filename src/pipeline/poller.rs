@@ -24,6 +24,7 @@ const PROCESSING_DEADLINE_MS: i64 = 24 * 3_600_000;
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = i64::try_from(shared.config.api.poll_interval.as_millis()).unwrap_or(i64::MAX);
     let mut changes = shared.ledger.subscribe();
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         // Changes from before this query are covered by it.
         while changes.try_recv().is_ok() {}
@@ -38,8 +39,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let jobs = match due {
             Ok(jobs) => jobs,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the ledger; retrying");
-                if !super::pause(&stop, Duration::from_secs(1)).await {
+                super::ledger_failed(&e, "cannot read the ledger; retrying");
+                if !super::pause(&stop, backoff.failed()).await {
                     return;
                 }
                 continue;
@@ -67,7 +68,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             .await;
         // An answer that could not be recorded leaves its record due: do
         // not ask again at once.
-        if !recorded && !super::pause(&stop, Duration::from_secs(1)).await {
+        if recorded {
+            backoff.ok();
+        } else if !super::pause(&stop, backoff.failed()).await {
             return;
         }
     }
@@ -92,7 +95,10 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> b
             .fail(job.id, FileState::Processing, &msg)
             .await
         {
-            tracing::warn!(file_id = job.id, error = %e, "could not record the poll result");
+            super::ledger_failed(
+                &e,
+                &format!("could not record the poll result of file {}", job.id),
+            );
             return false;
         }
         return true;
@@ -170,7 +176,10 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> b
         },
     };
     if let Err(e) = result {
-        tracing::warn!(file_id = job.id, error = %e, "could not record the poll result");
+        super::ledger_failed(
+            &e,
+            &format!("could not record the poll result of file {}", job.id),
+        );
         return false;
     }
     true

@@ -55,6 +55,39 @@ impl RetryPolicy {
     }
 }
 
+/// How a stage waits after a ledger error: from a quarter second,
+/// doubling with jitter, to at most 5 s. Short enough that work resumes
+/// within seconds of the ledger writing again (the stages' own writes are
+/// what finds that out), long enough that an outage costs no CPU to speak
+/// of (RELIABILITY.md, "The ledger's disk fills up mid-run").
+pub fn ledger_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(250),
+        max: Duration::from_secs(5),
+        max_attempts: u32::MAX,
+        seed: None,
+    }
+}
+
+/// One stage's consecutive ledger failures, and the pause each earns.
+#[derive(Debug, Default)]
+pub struct LedgerBackoff {
+    failures: u32,
+}
+
+impl LedgerBackoff {
+    /// Another failure: how long to wait before the next call.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        ledger_policy().delay(self.failures)
+    }
+
+    /// A call went through: the next failure starts short again.
+    pub fn ok(&mut self) {
+        self.failures = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +130,24 @@ mod tests {
         let delays: std::collections::BTreeSet<Duration> =
             (0..20).map(|seed| policy(seed).delay(3)).collect();
         assert!(delays.len() > 10, "jitter should vary: {delays:?}");
+    }
+
+    #[test]
+    fn ledger_backoff_grows_to_its_cap_and_starts_over_after_a_success() {
+        let mut b = LedgerBackoff::default();
+        let first = b.failed();
+        assert!(first >= Duration::from_millis(250) && first < Duration::from_millis(500));
+        let later: Vec<Duration> = (0..10).map(|_| b.failed()).collect();
+        assert!(
+            later.iter().all(|d| *d <= Duration::from_secs(5)),
+            "{later:?}"
+        );
+        assert!(
+            later.last().is_some_and(|d| *d >= Duration::from_secs(4)),
+            "{later:?}"
+        );
+        b.ok();
+        assert!(b.failed() < Duration::from_millis(500));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::ledger::{
 /// attempt in flight, leaving its record queued for a lookup).
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
     let mut changes = shared.ledger.subscribe();
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         while changes.try_recv().is_ok() {}
         if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
@@ -34,6 +35,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         }
         match shared.ledger.claim(shared.lease_ms()).await {
             Ok(Some(job)) => {
+                backoff.ok();
                 // Cancelled when this daemon no longer holds the record: its
                 // lease ran out and another daemon took it over, or the
                 // heartbeat cannot renew it (see pipeline/fleet.rs).
@@ -56,10 +58,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 shared.claims.release(job.id);
                 continue;
             }
-            Ok(None) => {}
+            Ok(None) => backoff.ok(),
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim from the ledger; retrying");
-                if !super::pause(&stop, std::time::Duration::from_secs(1)).await {
+                super::ledger_failed(&e, "cannot claim from the ledger; retrying");
+                if !super::pause(&stop, backoff.failed()).await {
                     return;
                 }
                 continue;
@@ -116,23 +118,32 @@ async fn attempt(shared: &Shared, job: &UploadJob, stop: &CancellationToken) {
         )),
     };
     let ledger = &shared.ledger;
+    // The outcome is held here until the ledger takes it: a full disk or a
+    // lost connection is waited out (a shutdown's abort cuts this off; the
+    // record is then looked up on the platform before it is sent again).
+    let never = CancellationToken::new();
+    let what = "could not record the attempt's outcome; holding it until the ledger takes it";
     let result = match outcome {
         Ok(()) => Ok(()),
-        Err(Outcome::Finish(event, end)) => ledger.finish_unsent(job, event, &end).await,
+        Err(Outcome::Finish(event, end)) => {
+            super::until_recorded(&never, what, || ledger.finish_unsent(job, event, &end)).await
+        }
         Err(Outcome::Retry {
             end,
             next_at,
             counted,
             lookup,
         }) => {
-            ledger
-                .retry_later(job, &end, next_at, counted, lookup)
-                .await
+            super::until_recorded(&never, what, || {
+                ledger.retry_later(job, &end, next_at, counted, lookup)
+            })
+            .await
         }
         Err(Outcome::Changed(end, stat)) => {
-            ledger
-                .changed_during_upload(job, &end, stat.as_deref())
-                .await
+            super::until_recorded(&never, what, || {
+                ledger.changed_during_upload(job, &end, stat.as_deref())
+            })
+            .await
         }
     };
     if let Err(e) = result {
@@ -564,7 +575,16 @@ async fn commit(
     asset_id: &str,
     end: &AttemptEnd,
 ) -> Result<(), Outcome> {
-    match shared.ledger.accept(job, asset_id, end).await {
+    // The asset exists: its id is held here until the ledger records it
+    // (a full disk, a lost connection), so that it is not sent again.
+    let never = CancellationToken::new();
+    let recorded = super::until_recorded(
+        &never,
+        "could not record the asset id; holding it until the ledger takes it",
+        || shared.ledger.accept(job, asset_id, end),
+    )
+    .await;
+    match recorded {
         Ok(()) => Ok(()),
         Err(e) => {
             // The asset exists but is not recorded: the next attempt looks

@@ -10,6 +10,7 @@ mod bad_files;
 mod bad_setups;
 mod crash_loop;
 mod fault_storm;
+mod ledger_outage;
 mod props;
 mod secrets;
 mod server_lies;
