@@ -37,6 +37,7 @@ const QUEUE_DEPTH: &str = "tl_ingest_queue_depth";
 const OLDEST_QUEUED_AGE: &str = "tl_ingest_oldest_queued_age_seconds";
 const WATCHER_EVENTS: &str = "tl_ingest_watcher_events_total";
 const RESCANS: &str = "tl_ingest_rescans_total";
+const SESSIONS_REPLACED: &str = "tl_ingest_multipart_sessions_replaced_total";
 
 /// Reasons the pipeline passes to [`retry`]; exported at 0 from the start so
 /// `rate()`/`increase()` see the first retry instead of a series appearing
@@ -199,6 +200,11 @@ fn describe() {
         Unit::Count,
         "Full rescans of watched folders, by reason."
     );
+    describe_counter!(
+        SESSIONS_REPLACED,
+        Unit::Count,
+        "Multipart upload sessions given up and replaced, by reason (expired, failed, gone, refused)."
+    );
 }
 
 /// Set `tl_ingest_files{state}` for each state given. A state left out keeps
@@ -244,6 +250,12 @@ pub fn watcher_events(n: u64) {
 /// A watched folder was rescanned in full, for `reason`.
 pub fn rescan(reason: &'static str) {
     ::metrics::counter!(RESCANS, "reason" => reason).increment(1);
+}
+
+/// A multipart session was given up (and replaced, unless the file failed),
+/// for `reason`.
+pub fn session_replaced(reason: &'static str) {
+    ::metrics::counter!(SESSIONS_REPLACED, "reason" => reason).increment(1);
 }
 
 /// Durations come from wall clocks that can step backwards; a negative or

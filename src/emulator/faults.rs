@@ -100,6 +100,22 @@ impl FaultState {
         &self.faults
     }
 
+    /// A session now has `stored` chunks: whether a session-ending fault fires for it.
+    /// Each fires once, then clears itself.
+    pub fn take_session_end(&mut self, stored: u64) -> Option<super::multipart::SessionEnd> {
+        use super::multipart::SessionEnd;
+        let f = &mut self.faults;
+        if f.expire_session_after_chunks > 0 && stored >= f.expire_session_after_chunks {
+            f.expire_session_after_chunks = 0;
+            return Some(SessionEnd::Expire);
+        }
+        if f.abort_session_after_chunks > 0 && stored >= f.abort_session_after_chunks {
+            f.abort_session_after_chunks = 0;
+            return Some(SessionEnd::Abort);
+        }
+        None
+    }
+
     /// Decides every fault for one request at once, so that a seeded sequence depends only
     /// on the order requests arrive in.
     fn draw(&mut self) -> FaultPlan {
