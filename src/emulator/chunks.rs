@@ -45,21 +45,21 @@ pub(crate) async fn put_chunk(
     let cap = shared.limits.multipart_chunk_size;
     let Some(content_length) = content_length(&request) else {
         discard_body(request.into_body(), cap);
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::LENGTH_REQUIRED,
             "MissingContentLength",
             "You must provide the Content-Length HTTP header.",
-        )
-        .into_store_response();
+        );
+        return refuse(&shared, error);
     };
     let injected = shared.faults().faults().chunk_error_status;
     if let Some(error) = injected_error(injected) {
         discard_body(request.into_body(), content_length.min(cap));
-        return error.into_store_response();
+        return refuse(&shared, error);
     }
     if let Some(missing) = missing_signed_header(&shared, &request) {
         discard_body(request.into_body(), content_length.min(cap));
-        return ApiError::signature_mismatch(&missing).into_store_response();
+        return refuse(&shared, ApiError::signature_mismatch(&missing));
     }
     let sig = query.as_deref().and_then(sig_param).unwrap_or_default();
     let ticket = match index.parse::<u64>() {
@@ -79,14 +79,14 @@ pub(crate) async fn put_chunk(
         Ok(ticket) => ticket,
         Err(refusal) => {
             discard_body(request.into_body(), content_length.min(cap));
-            return refused(refusal, content_length).into_store_response();
+            return refuse(&shared, refused(refusal, content_length));
         }
     };
     let chunk = match receive(request.into_body(), ticket.path, content_length).await {
         Ok(chunk) => chunk,
         // The session ended under the PUT (its folder removed, say).
         Err(_) if !shared.sessions().accepting(&upload_id) => {
-            return ApiError::no_such_upload().into_store_response();
+            return refuse(&shared, ApiError::no_such_upload());
         }
         Err(response) => return *response,
     };
@@ -100,7 +100,7 @@ pub(crate) async fn put_chunk(
         }
         Err(chunk) => {
             remove_file(&chunk.path).await;
-            return ApiError::no_such_upload().into_store_response();
+            return refuse(&shared, ApiError::no_such_upload());
         }
     }
     let stored = {
@@ -123,6 +123,16 @@ pub(crate) async fn put_chunk(
         response.headers_mut().insert(ETAG, value);
     }
     response
+}
+
+/// A refusal, counted by its code, as the store answers it.
+fn refuse(shared: &Shared, error: ApiError) -> Response {
+    *shared
+        .stats()
+        .chunk_put_refusals
+        .entry(error.code.to_owned())
+        .or_default() += 1;
+    error.into_store_response()
 }
 
 fn content_length(request: &Request) -> Option<u64> {

@@ -196,6 +196,9 @@ pub struct Stats {
     pub chunk_puts: u64,
     /// Stored chunk PUTs per upload id.
     pub chunk_puts_by_upload: BTreeMap<String, u64>,
+    /// Chunk PUTs refused, by the store's code (`SignatureDoesNotMatch`, `NoSuchUpload`,
+    /// `AccessDenied`, …).
+    pub chunk_put_refusals: BTreeMap<String, u64>,
     /// Assets accepted for indexing (202).
     pub indexed_assets: u64,
     /// API requests and chunk PUTs being handled right now. A client killed
