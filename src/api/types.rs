@@ -115,11 +115,15 @@ pub struct AssetPage {
 }
 
 impl AssetPage {
-    /// Every entry, as an asset or as why it cannot be read.
+    /// Every entry, as an asset or as why it cannot be read (naming its
+    /// `_id` when that much can be read).
     pub fn assets(&self) -> impl Iterator<Item = Result<Asset, String>> + '_ {
-        self.data
-            .iter()
-            .map(|v| serde_json::from_value::<Asset>(v.clone()).map_err(|e| e.to_string()))
+        self.data.iter().map(|v| {
+            serde_json::from_value::<Asset>(v.clone()).map_err(|e| match v.get("_id") {
+                Some(serde_json::Value::String(id)) => format!("asset {id}: {e}"),
+                _ => e.to_string(),
+            })
+        })
     }
 
     /// The page count, when the platform gave a usable one.

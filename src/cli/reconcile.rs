@@ -89,7 +89,8 @@ async fn reconcile(
                 }
                 Err(e @ ApiError::Malformed { .. }) => {
                     problems += 1;
-                    let line = format!("unreadable {}  asset {}: {e}", rec.display(), rec.asset_id);
+                    let line =
+                        format!("unreadable  {}  asset {}: {e}", rec.display(), rec.asset_id);
                     if !out(&line) {
                         return Ok(problems);
                     }
@@ -125,7 +126,7 @@ async fn reconcile(
                 Ok(asset) => asset,
                 Err(why) => {
                     problems += 1;
-                    if !out(&format!("unreadable asset on page {page_no}: {why}")) {
+                    if !out(&format!("unreadable  page {page_no}: {why}")) {
                         return Ok(problems);
                     }
                     continue;

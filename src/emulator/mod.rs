@@ -147,6 +147,9 @@ pub struct Faults {
     /// Share of uploaded assets that are gone (404) once the platform has reported them
     /// `ready` to a `GET /assets/{id}`.
     pub vanish_after_ready: f64,
+    /// Share of asset answers (`GET /assets/{id}`, or the first entry of a `GET /assets`
+    /// page) whose `filename` is a number: valid JSON, but not an asset a client can read.
+    pub unreadable_asset: f64,
     /// The first multipart session to have this many chunks stored expires at once, as
     /// if its 24 hours had passed: its chunk PUTs in flight and after answer 404
     /// `NoSuchUpload`, its status shows `expired`. Fires once, then reads 0 (0: never).
@@ -180,6 +183,7 @@ pub struct Stats {
     pub injected_missing_ids: u64,
     pub injected_html_200: u64,
     pub injected_unknown_status: u64,
+    pub injected_unreadable_assets: u64,
     /// Assets removed after being reported `ready` (`vanish_after_ready`).
     pub vanished_assets: u64,
     /// API requests that arrived while an injected 429 still asked clients to wait: from
