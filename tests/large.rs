@@ -428,6 +428,12 @@ async fn a_resumed_session_sends_the_headers_its_urls_were_signed_with() {
         "every chunk PUT carried the signed headers: {stats:?}"
     );
     assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
+    eprintln!(
+        "RELIABILITY multipart.signed_headers_resume: chunks={total} recorded_before_kill={recorded} \
+         sent_after={} refusals={:?}",
+        stats.chunk_puts - puts_before,
+        stats.chunk_put_refusals
+    );
 }
 
 /// `show --format json` of a file, parsed.
@@ -453,6 +459,10 @@ async fn a_session_ended_mid_upload_is_replaced(faults: Faults, reason: &str) {
     assert!(out.status.success(), "{}", text(&out));
 
     let stats = env.emulator.stats();
+    eprintln!(
+        "RELIABILITY multipart.session_{reason:?}: sessions={} chunk_puts={} refusals={:?}",
+        stats.multipart_sessions, stats.chunk_puts, stats.chunk_put_refusals
+    );
     assert_eq!(stats.multipart_sessions, 2, "one replacement: {stats:?}");
     assert_eq!(stats.multipart_completed, 1);
     assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1), "ready once");
