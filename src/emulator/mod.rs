@@ -271,7 +271,7 @@ impl Emulator {
     }
 
     /// Expires a multipart session now, as if its 24 hours had passed: reports and URL
-    /// requests get 400 `upload_expired`, its chunk URLs 403, its status shows
+    /// requests get 400 `upload_expired`, its chunk PUTs 404 `NoSuchUpload`, its status shows
     /// `expired`, its asset turns `failed`, and its chunk files are deleted. False if the
     /// upload id is unknown or the session already completed or failed.
     pub fn expire_session(&self, upload_id: &str) -> bool {
