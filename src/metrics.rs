@@ -40,6 +40,7 @@ const RESCANS: &str = "tl_ingest_rescans_total";
 const FOLDERS_GONE: &str = "tl_ingest_watch_folders_gone";
 const FOLDERS_GONE_TOTAL: &str = "tl_ingest_watch_folders_gone_total";
 const LEDGER_ERRORS: &str = "tl_ingest_ledger_errors_total";
+const SESSIONS_REPLACED: &str = "tl_ingest_multipart_sessions_replaced_total";
 
 /// Reasons the pipeline passes to [`retry`]; exported at 0 from the start so
 /// `rate()`/`increase()` see the first retry instead of a series appearing
@@ -222,6 +223,11 @@ fn describe() {
         Unit::Count,
         "Times a watched folder went away (removed, moved away, unmounted or replaced)."
     );
+    describe_counter!(
+        SESSIONS_REPLACED,
+        Unit::Count,
+        "Multipart upload sessions given up and replaced, by reason (expired, failed, gone, refused)."
+    );
 }
 
 /// Set `tl_ingest_files{state}` for each state given. A state left out keeps
@@ -282,6 +288,12 @@ pub fn watch_folder_gone() {
 /// How many watched folders are gone now.
 pub fn watch_folders_gone(n: usize) {
     ::metrics::gauge!(FOLDERS_GONE).set(n as f64);
+}
+
+/// A multipart session was given up (and replaced, unless the file failed),
+/// for `reason`.
+pub fn session_replaced(reason: &'static str) {
+    ::metrics::counter!(SESSIONS_REPLACED, "reason" => reason).increment(1);
 }
 
 /// Durations come from wall clocks that can step backwards; a negative or

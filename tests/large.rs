@@ -368,3 +368,152 @@ async fn delete_after_upload_removes_the_file_once_ready() {
     assert_eq!(rec.state, "ready");
     assert_eq!(rec.file_action.as_deref(), Some("deleted"));
 }
+
+/// Chunks of 1 MiB, with chunk URLs signed with a header the PUTs must carry.
+fn signed_headers_config() -> EmulatorConfig {
+    EmulatorConfig {
+        upload_headers: [(
+            "x-amz-server-side-encryption".to_owned(),
+            "AES256".to_owned(),
+        )]
+        .into(),
+        ..chunked_env_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_sends_the_headers_its_urls_were_signed_with() {
+    let env = TestEnv::with(
+        signed_headers_config(),
+        Faults {
+            latency_ms: 300,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("signed.mp4");
+    let size = 24u64 << 20;
+    let sha = sparse_mp4(&file, size);
+    let total = size.div_ceil(1 << 20);
+
+    let (session, recorded) = kill_midway(&env, &file, 6).await;
+    let emulator = &env.emulator;
+    wait_until(
+        crate::helpers::DEADLINE,
+        "the killed run's requests ended",
+        || {
+            let busy = emulator.stats().requests_in_progress;
+            async move { busy == 0 }
+        },
+    )
+    .await;
+    let puts_before = env.emulator.stats().chunk_puts;
+    env.emulator.set_faults(Faults::default());
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 1, "the same session: {stats:?}");
+    assert!(stats.chunk_puts_by_upload.contains_key(&session));
+    assert_eq!(
+        stats.chunk_puts - puts_before,
+        total - recorded as u64,
+        "only the missing chunks were sent"
+    );
+    assert_eq!(
+        stats.chunk_put_refusals.get("SignatureDoesNotMatch"),
+        None,
+        "every chunk PUT carried the signed headers: {stats:?}"
+    );
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
+    eprintln!(
+        "RELIABILITY multipart.signed_headers_resume: chunks={total} recorded_before_kill={recorded} \
+         sent_after={} refusals={:?}",
+        stats.chunk_puts - puts_before,
+        stats.chunk_put_refusals
+    );
+}
+
+/// `show --format json` of a file, parsed.
+async fn show_json(env: &TestEnv, file: &Path) -> serde_json::Value {
+    let mut cmd = env.cmd(KEY);
+    cmd.args(["show", "--format", "json"]).arg(file);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+/// A session that ends at run time after a third of its chunks is replaced
+/// in the same attempt: the file is ready once, through the second session.
+async fn a_session_ended_mid_upload_is_replaced(faults: Faults, reason: &str) {
+    let env = TestEnv::with(signed_headers_config(), Faults::default()).await;
+    let file = env.inbox.join("ends.mp4");
+    let size = 12u64 << 20;
+    let sha = sparse_mp4(&file, size);
+    env.emulator.set_faults(faults);
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let stats = env.emulator.stats();
+    eprintln!(
+        "RELIABILITY multipart.session_{reason:?}: sessions={} chunk_puts={} refusals={:?}",
+        stats.multipart_sessions, stats.chunk_puts, stats.chunk_put_refusals
+    );
+    assert_eq!(stats.multipart_sessions, 2, "one replacement: {stats:?}");
+    assert_eq!(stats.multipart_completed, 1);
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1), "ready once");
+    assert!(
+        stats.chunk_put_refusals.contains_key("NoSuchUpload"),
+        "the store refused chunks of the ended session: {stats:?}"
+    );
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.attempts, 1, "replaced within the attempt");
+    ledger.close().await;
+    // The first session's asset is not left behind as a second copy.
+    let ready: Vec<_> = env
+        .emulator
+        .assets()
+        .into_iter()
+        .filter(|a| a.sha256.as_deref() == Some(sha.as_str()))
+        .collect();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+
+    let shown = show_json(&env, &file).await;
+    let sessions = shown["multipart_sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2, "{shown}");
+    assert_eq!(sessions[0]["outcome"], reason, "{shown}");
+    assert_eq!(sessions[0]["replaced"], true);
+    assert_eq!(sessions[1]["outcome"], "completed", "{shown}");
+    let mut cmd = env.cmd(KEY);
+    cmd.arg("show").arg(&file);
+    let out = output(cmd).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("multipart sessions: 2 (1 replaced)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expired_mid_upload_is_replaced_and_the_file_is_ready_once() {
+    let faults = Faults {
+        expire_session_after_chunks: 4,
+        ..Faults::default()
+    };
+    a_session_ended_mid_upload_is_replaced(faults, "expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_aborted_mid_upload_is_replaced_and_the_file_is_ready_once() {
+    let faults = Faults {
+        abort_session_after_chunks: 4,
+        ..Faults::default()
+    };
+    a_session_ended_mid_upload_is_replaced(faults, "the platform no longer has it").await;
+}

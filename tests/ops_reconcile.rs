@@ -111,3 +111,66 @@ async fn lost_assets_are_reported_and_requeued_and_orphans_listed() {
     let out = output(cmd).await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn an_unreadable_asset_is_reported_and_the_check_goes_on() {
+    let env = TestEnv::new().await;
+    // An orphan first: the oldest asset, so the last entry of the newest-first page.
+    let api = client(&env);
+    let stray = env.dir.path().join("stray.mp4");
+    write_media(&stray, Kind::Mp4, 3000, 998);
+    let created = api
+        .create_direct(&DirectUpload {
+            path: stray.clone(),
+            filename: "stray.mp4".into(),
+            size: 3000,
+            enable_hls: false,
+            enable_thumbnail: false,
+            user_metadata: serde_json::Map::new(),
+            stamp: Stamp::in_flight(),
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+        .await
+        .expect("orphan upload");
+    let orphan = created.asset.id.expect("id");
+    for i in 0..2u64 {
+        write_media(
+            &env.inbox.join(format!("u{i}.mp4")),
+            Kind::Mp4,
+            4000,
+            500 + i,
+        );
+    }
+    let ledger = env
+        .run_pipeline(env.config(), std::slice::from_ref(&env.inbox))
+        .await;
+    ledger.close().await;
+
+    // Every asset answer (and the first entry of every page) has a field of
+    // the wrong type.
+    env.emulator.set_faults(tl_ingest::emulator::Faults {
+        unreadable_asset: 1.0,
+        ..tl_ingest::emulator::Faults::default()
+    });
+    let mut cmd = env.cmd(KEY);
+    cmd.arg("reconcile");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let unreadable = stdout
+        .lines()
+        .filter(|l| l.starts_with("unreadable"))
+        .count();
+    assert_eq!(unreadable, 3, "two records and one page entry: {stdout}");
+    assert!(stdout.contains("cannot be used"), "says why: {stdout}");
+    assert!(
+        stdout.contains(&format!("orphan   {orphan}")),
+        "the page was read past its unreadable entry: {stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 finished record(s) checked"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("panicked"));
+}

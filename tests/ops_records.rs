@@ -394,6 +394,7 @@ async fn forget_removes_attempts_and_session_and_clears_duplicate_pointers() {
             total_chunks: 4,
             expires_at: None,
             created_at: now_ms(),
+            upload_headers: None,
         })
         .await
         .expect("session");

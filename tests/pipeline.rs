@@ -697,3 +697,42 @@ async fn a_platform_that_drops_the_trailing_stamp_gets_it_ahead_of_the_file() {
     }
     assert_eq!(unstamped, 1, "only the upload that showed the problem");
 }
+
+/// An answer without `user_metadata` is valid: `upload` says once, as a
+/// warning, what it does about it, and no file reports an error.
+#[tokio::test]
+async fn answers_without_user_metadata_get_one_warning_not_an_error_per_file() {
+    let env = TestEnv::with(
+        EmulatorConfig {
+            ignore_fields_after_file: true,
+            ..EmulatorConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    // Sizes apart: a file whose size no other has is hashed during its upload.
+    for i in 0..4u64 {
+        let size = 9_000 + 100 * usize::try_from(i).expect("small");
+        write_media(
+            &env.inbox.join(format!("m{i}.mp4")),
+            Kind::Mp4,
+            size,
+            70 + i,
+        );
+    }
+    let mut cmd = env.cmd(crate::helpers::KEY);
+    cmd.env("TL_INGEST__UPLOAD__WORKERS", "1")
+        .arg("upload")
+        .arg(&env.inbox);
+    let out = crate::helpers::output(cmd).await;
+    let all = crate::helpers::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("user_metadata"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
+    assert!(stderr.contains("hashing every file before"), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}

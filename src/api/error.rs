@@ -47,7 +47,53 @@ pub enum ApiError {
     /// The local file could not be read while sending it.
     #[error("reading the file failed while sending it: {0}")]
     LocalRead(String),
+    /// The object store refused a chunk PUT. About the multipart session,
+    /// not the file: the pipeline asks the platform about the session.
+    /// Names the store's host, never the presigned URL (its query string
+    /// is a credential).
+    #[error("{0}")]
+    Storage(StorageError),
+    /// Multipart sessions were given up one after another: the store is not
+    /// taking this file, and another session would not do better.
+    #[error(
+        "{sessions} upload sessions in a row were given up, so the file is not sent again; \
+         the last: {last}"
+    )]
+    SessionsBurned { sessions: u32, last: String },
 }
+
+/// A chunk PUT the object store answered with an error status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError {
+    /// 1-based, as the API counts chunks.
+    pub chunk: u64,
+    pub total: u64,
+    /// `host[:port]` of the presigned URL.
+    pub host: String,
+    pub status: u16,
+    /// The store's error code (`NoSuchUpload`, `AccessDenied`, …), if it gave one.
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chunk {} of {}: {} answered {}",
+            self.chunk, self.total, self.host, self.status
+        )?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StorageError {}
 
 fn status_message(status: u16, code: Option<&str>, message: Option<&str>) -> String {
     let reason = StatusCode::from_u16(status)
@@ -66,7 +112,10 @@ impl ApiError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ApiError::Transport { .. } | ApiError::Malformed { .. } => ErrorClass::Transient,
-            ApiError::LocalRead(_) => ErrorClass::Permanent,
+            ApiError::LocalRead(_) | ApiError::SessionsBurned { .. } => ErrorClass::Permanent,
+            // Reaching the record only when the session could not be dealt
+            // with in the attempt: the next attempt resumes or replaces it.
+            ApiError::Storage(_) => ErrorClass::Transient,
             ApiError::Status {
                 status, retry_at, ..
             } => match *status {
@@ -85,6 +134,7 @@ impl ApiError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             ApiError::Status { status, .. } | ApiError::Malformed { status, .. } => Some(*status),
+            ApiError::Storage(e) => Some(e.status),
             _ => None,
         }
     }
@@ -96,7 +146,9 @@ impl ApiError {
             ApiError::Transport { body_sent, .. } => *body_sent,
             ApiError::Malformed { .. } => true,
             ApiError::Status { status, .. } => *status >= 500 || *status == 408,
-            ApiError::LocalRead(_) => false,
+            ApiError::LocalRead(_) | ApiError::Storage(_) | ApiError::SessionsBurned { .. } => {
+                false
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::multipart::{Form, Part};
 use serde::de::DeserializeOwned;
 
-pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, retry_at};
+pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, StorageError, retry_at};
 pub use types::{
     Asset, AssetPage, AssetStatus, IndexedAsset, MultipartCreated, ReportResult, SHA256_STAMP,
     SessionStatus, UploadUrl,
@@ -31,10 +31,13 @@ const LOOKUP_MAX_PAGES: u64 = 20;
 /// A chunk PUT that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
-    /// The presigned URL was refused (expired, or already used): get a
-    /// fresh one and try again.
-    #[error("the upload URL was refused (HTTP {0})")]
-    UrlRejected(u16),
+    /// The object store answered with an error status: expired or used
+    /// URL (403 `AccessDenied`), headers the signature needs missing (403
+    /// `SignatureDoesNotMatch`), the session ended (404 `NoSuchUpload`), or
+    /// a 5xx of its own.
+    #[error(transparent)]
+    Refused(StorageError),
+    /// No answer (transport), the local file, or an answer without ETag.
     #[error(transparent)]
     Api(ApiError),
 }
@@ -406,16 +409,18 @@ impl ApiClient {
             let st: SessionStatus = self.scrub(read_json(resp).await)?;
             status = st.status.clone().or(status);
             let n = st.uploaded_chunks.len();
+            // A chunk whose index cannot be read counts as not accepted:
+            // it is sent and reported again, which the platform allows.
             done.extend(
                 st.uploaded_chunks
                     .iter()
                     .filter(|c| c.status.as_deref() == Some("completed"))
-                    .map(|c| c.index),
+                    .filter_map(|c| c.index.ok()),
             );
             let last = st
                 .page_info
                 .as_ref()
-                .and_then(|p| p.total_page)
+                .and_then(|p| p.total_page.ok())
                 .is_none_or(|total| page >= total);
             if n == 0 || last {
                 break;
@@ -424,13 +429,34 @@ impl ApiClient {
         Ok((status, done))
     }
 
-    /// PUT one chunk, read straight from `path` at `offset`, to its
-    /// presigned URL; returns the ETag (quotes removed).
+    /// `GET /assets/multipart-uploads/{id}`, first page only: just the
+    /// session's status (`active`, `completed`, `expired`, `failed`).
+    pub async fn multipart_state(&self, upload_id: &str) -> Result<Option<String>, ApiError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/assets/multipart-uploads/{}",
+                self.base,
+                encode_segment(upload_id)
+            ))
+            .query(&[("page", "1"), ("page_limit", "1")])
+            .send()
+            .await
+            .map_err(|e| transport("get upload session", &e, false))?;
+        let st: SessionStatus = self.scrub(read_json(resp).await)?;
+        Ok(st.status)
+    }
+
+    /// PUT chunk `chunk` of `total`, read straight from `path` at `offset`,
+    /// to its presigned URL; returns the ETag (quotes removed). Errors name
+    /// the chunk and the store's host, never the URL's query string.
+    #[allow(clippy::too_many_arguments, reason = "one chunk's coordinates")]
     pub async fn put_chunk(
         &self,
         url: &str,
         headers: &std::collections::BTreeMap<String, String>,
         path: &std::path::Path,
+        (chunk, total): (u64, u64),
         offset: u64,
         len: u64,
         sent: Arc<AtomicU64>,
@@ -455,6 +481,7 @@ impl ApiClient {
             body::stream(file, len, sent, None),
             done.cancelled_owned(),
         );
+        let host = storage_host(url);
         let mut req = self
             .storage
             .put(url)
@@ -463,16 +490,30 @@ impl ApiClient {
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ChunkError::Api(transport("chunk upload", &e, false)))?;
+        let resp = req.send().await.map_err(|e| {
+            let mut e = transport("chunk upload", &e, false);
+            if let ApiError::Transport { detail, .. } = &mut e {
+                *detail = format!(
+                    "chunk {chunk} of {total} to {host}: {}",
+                    without_url(detail, url)
+                );
+            }
+            ChunkError::Api(e)
+        })?;
         let status = resp.status().as_u16();
-        if status == 403 || status == 410 {
-            return Err(ChunkError::UrlRejected(status));
-        }
         if !resp.status().is_success() {
-            return Err(ChunkError::Api(self.scrub_err(status_error(resp).await)));
+            let (code, message) = match read_capped(resp).await {
+                Ok((_, body)) => types::parse_storage_error(&body),
+                Err(_) => (None, None),
+            };
+            return Err(ChunkError::Refused(StorageError {
+                chunk,
+                total,
+                host,
+                status,
+                code,
+                message: message.map(|m| without_url(&self.redact(&m), url)),
+            }));
         }
         let etag = resp
             .headers()
@@ -482,7 +523,7 @@ impl ApiClient {
             .filter(|v| !v.is_empty());
         etag.ok_or(ChunkError::Api(ApiError::Malformed {
             status,
-            detail: "the chunk upload answered without an ETag".into(),
+            detail: format!("chunk {chunk} of {total}: {host} answered without an ETag"),
         }))
     }
 
@@ -556,7 +597,14 @@ impl ApiClient {
             ApiError::Malformed { detail, .. } | ApiError::Transport { detail, .. } => {
                 clean(detail)
             }
-            ApiError::LocalRead(detail) => clean(detail),
+            ApiError::LocalRead(detail) | ApiError::SessionsBurned { last: detail, .. } => {
+                clean(detail)
+            }
+            ApiError::Storage(s) => {
+                if let Some(m) = &mut s.message {
+                    clean(m);
+                }
+            }
         }
         e
     }
@@ -572,17 +620,14 @@ impl ApiClient {
         let mut page = 1;
         loop {
             let listing = self.list_assets(Some(filename), page, 50).await?;
-            if let Some(found) = listing.data.iter().find(|a| {
+            // An entry that cannot be read is not the one looked for.
+            if let Some(found) = listing.assets().filter_map(Result::ok).find(|a| {
                 a.sha256_stamp().as_deref() == Some(sha256)
                     && a.id.as_deref().is_some_and(|id| !id.is_empty())
             }) {
-                return Ok(Some(found.clone()));
+                return Ok(Some(found));
             }
-            let last = listing
-                .page_info
-                .as_ref()
-                .and_then(|p| p.total_page)
-                .is_some_and(|total| page >= total);
+            let last = listing.total_pages().is_some_and(|total| page >= total);
             if listing.data.is_empty() || last || page >= LOOKUP_MAX_PAGES {
                 return Ok(None);
             }
@@ -622,6 +667,30 @@ fn encode_segment(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `host[:port]` of a presigned URL: what error text may say of it.
+fn storage_host(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => "the object store".to_string(),
+        },
+        Err(_) => "the object store".to_string(),
+    }
+}
+
+/// `text` with a presigned URL (and its query string on its own) cut out:
+/// the signature in it grants write access for hours.
+fn without_url(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, "<presigned URL>");
+    if let Some((_, query)) = url.split_once('?')
+        && !query.is_empty()
+    {
+        text = text.replace(query, "<signature>");
+    }
+    text
 }
 
 fn transport(what: &'static str, e: &reqwest::Error, body_sent: bool) -> ApiError {

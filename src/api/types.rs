@@ -9,6 +9,36 @@ use serde::Deserialize;
 /// `user_metadata`, so that an upload whose response was lost can be found.
 pub const SHA256_STAMP: &str = "tl_ingest_sha256";
 
+/// A count, size or index as the platform sent it. A value out of range
+/// (negative, fractional, text) does not reject the whole body: the
+/// operation that needs the field says it is malformed, and one that can do
+/// without it (a page total, say) goes on as if it were absent.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Count(Option<serde_json::Value>);
+
+impl Count {
+    pub fn of(n: u64) -> Count {
+        Count(Some(n.into()))
+    }
+
+    /// The value, `None` when absent or null, or why it is not a count.
+    pub fn get(&self, field: &str) -> Result<Option<u64>, String> {
+        match &self.0 {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("{field} is {v}, not a count")),
+        }
+    }
+
+    /// The value if it is a usable count (absent or out of range: `None`).
+    pub fn ok(&self) -> Option<u64> {
+        self.get("").ok().flatten()
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Asset {
     #[serde(rename = "_id", default)]
@@ -74,22 +104,42 @@ impl Asset {
     }
 }
 
+/// A page of `GET /assets`. Each entry is read on its own: one asset this
+/// version cannot read does not hide the others.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AssetPage {
     #[serde(default)]
-    pub data: Vec<Asset>,
+    pub data: Vec<serde_json::Value>,
     #[serde(default)]
     pub page_info: Option<PageInfo>,
+}
+
+impl AssetPage {
+    /// Every entry, as an asset or as why it cannot be read (naming its
+    /// `_id` when that much can be read).
+    pub fn assets(&self) -> impl Iterator<Item = Result<Asset, String>> + '_ {
+        self.data.iter().map(|v| {
+            serde_json::from_value::<Asset>(v.clone()).map_err(|e| match v.get("_id") {
+                Some(serde_json::Value::String(id)) => format!("asset {id}: {e}"),
+                _ => e.to_string(),
+            })
+        })
+    }
+
+    /// The page count, when the platform gave a usable one.
+    pub fn total_pages(&self) -> Option<u64> {
+        self.page_info.as_ref().and_then(|p| p.total_page.ok())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PageInfo {
     #[serde(default)]
-    pub page: Option<u64>,
+    pub page: Count,
     #[serde(default)]
-    pub total_page: Option<u64>,
+    pub total_page: Count,
     #[serde(default)]
-    pub total_results: Option<u64>,
+    pub total_results: Count,
 }
 
 /// Error bodies come as `{code, message}`, `{error: {code, message}}`, or
@@ -123,9 +173,85 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
+/// An object store's error body: S3's `<Error><Code>…</Code><Message>…
+/// </Message></Error>`, or JSON as the API sends it.
+pub fn parse_storage_error(body: &[u8]) -> (Option<String>, Option<String>) {
+    let text = String::from_utf8_lossy(body);
+    if !text.trim_start().starts_with('<') {
+        return parse_error_body(body);
+    }
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let close = format!("</{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&close)?;
+        let value = xml_unescape(text[start..end].trim());
+        (!value.is_empty()).then(|| value.chars().take(300).collect::<String>())
+    };
+    (tag("Code"), tag("Message"))
+}
+
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_in_xml_or_json() {
+        let xml = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchUpload</Code>\
+            <Message>The specified upload does not exist &amp; never will.</Message>\
+            <UploadId>abc</UploadId></Error>";
+        assert_eq!(
+            parse_storage_error(xml),
+            (
+                Some("NoSuchUpload".into()),
+                Some("The specified upload does not exist & never will.".into())
+            )
+        );
+        assert_eq!(
+            parse_storage_error(br#"{"code":"AccessDenied","message":"no"}"#),
+            (Some("AccessDenied".into()), Some("no".into()))
+        );
+        assert_eq!(parse_storage_error(b"<html>"), (None, None));
+        assert_eq!(parse_storage_error(b""), (None, None));
+    }
+
+    #[test]
+    fn out_of_range_numbers_do_not_reject_the_body() {
+        let c: MultipartCreated = serde_json::from_str(
+            r#"{"upload_id":"u","chunk_size":-5,"total_chunks":"many",
+                "upload_urls":[{"chunk_index":-1,"url":"x"},{"chunk_index":2,"url":"y"}]}"#,
+        )
+        .expect("the body is read");
+        assert_eq!(c.upload_id.as_deref(), Some("u"));
+        assert_eq!(
+            c.chunk_size.get("chunk_size"),
+            Err("chunk_size is -5, not a count".into())
+        );
+        assert_eq!(c.total_chunks.ok(), None);
+        assert_eq!(c.upload_urls[0].chunk_index.ok(), None);
+        assert_eq!(c.upload_urls[1].chunk_index.ok(), Some(2));
+        let s: SessionStatus = serde_json::from_str(
+            r#"{"status":"active","uploaded_chunks":[{"index":-3,"status":"completed"}],
+                "page_info":{"total_page":-1}}"#,
+        )
+        .expect("the body is read");
+        assert_eq!(s.uploaded_chunks[0].index.ok(), None);
+        let page: AssetPage = serde_json::from_str(
+            r#"{"data":[{"_id":"a"},{"_id":7},{"_id":"b"}],"page_info":{"total_page":-2}}"#,
+        )
+        .expect("the page is read");
+        let read: Vec<bool> = page.assets().map(|a| a.is_ok()).collect();
+        assert_eq!(read, [true, false, true]);
+        assert_eq!(page.total_pages(), None);
+    }
 
     #[test]
     fn asset_tolerates_unknown_fields_and_values() {
@@ -179,18 +305,18 @@ pub struct MultipartCreated {
     #[serde(default)]
     pub upload_headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    pub chunk_size: Option<u64>,
+    pub chunk_size: Count,
     #[serde(default)]
-    pub total_chunks: Option<u64>,
+    pub total_chunks: Count,
     #[serde(default)]
     pub expires_at: Option<String>,
 }
 
 /// A presigned URL for one chunk (1-based index).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct UploadUrl {
     #[serde(default)]
-    pub chunk_index: u64,
+    pub chunk_index: Count,
     #[serde(default)]
     pub url: String,
     #[serde(default)]
@@ -210,7 +336,7 @@ pub struct ReportResult {
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
-    pub total_completed: Option<u64>,
+    pub total_completed: Count,
 }
 
 /// `GET /assets/multipart-uploads/{id}` → 200 (one page of chunks).
@@ -227,7 +353,7 @@ pub struct SessionStatus {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChunkStatus {
     #[serde(default)]
-    pub index: u64,
+    pub index: Count,
     #[serde(default)]
     pub status: Option<String>,
 }

@@ -43,6 +43,10 @@ pub struct EmulatorArgs {
     /// How long a presigned chunk URL lasts.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub url_ttl: Duration,
+    /// A header (NAME=VALUE) the chunk URLs are signed with: announced in
+    /// `upload_headers`, and chunk PUTs without it get 403 SignatureDoesNotMatch.
+    #[arg(long = "upload-header", value_name = "NAME=VALUE", value_parser = header_pair)]
+    pub upload_headers: Vec<(String, String)>,
     /// Share (0-1) of requests answered 500 before the body is read.
     #[arg(long, default_value_t = 0.0)]
     pub error_before_body: f64,
@@ -129,7 +133,9 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
             html_200: args.html_200,
             unknown_status: args.unknown_status,
             vanish_after_ready: args.vanish_after_ready,
+            ..Faults::default()
         },
+        upload_headers: args.upload_headers.into_iter().collect(),
     };
     let emu = Emulator::start(config)
         .await
@@ -143,4 +149,13 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
         _ = emu.wait() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn header_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME=VALUE, not {text:?}")),
+    }
 }

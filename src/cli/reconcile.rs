@@ -5,6 +5,9 @@
 //! tool's sha256 stamp but that the ledger does not know (orphans of a
 //! crash, or of a forgotten record).
 //!
+//! An asset whose answer cannot be read is reported and counted, and the
+//! check goes on with the next one.
+//!
 //! Exit 0 when everything matches, 1 when anything was found.
 
 use std::future::Future;
@@ -84,6 +87,15 @@ async fn reconcile(
                 Err(e) if e.class() == ErrorClass::NotFound => {
                     Some(format!("the platform no longer has asset {}", rec.asset_id))
                 }
+                Err(e @ ApiError::Malformed { .. }) => {
+                    problems += 1;
+                    let line =
+                        format!("unreadable  {}  asset {}: {e}", rec.display(), rec.asset_id);
+                    if !out(&line) {
+                        return Ok(problems);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(api_error(e)),
             };
             let Some(reason) = lost else {
@@ -109,7 +121,17 @@ async fn reconcile(
         let page = paced(gate, || client.list_assets(None, page_no, 50))
             .await
             .map_err(api_error)?;
-        for asset in &page.data {
+        for asset in page.assets() {
+            let asset = match asset {
+                Ok(asset) => asset,
+                Err(why) => {
+                    problems += 1;
+                    if !out(&format!("unreadable  page {page_no}: {why}")) {
+                        return Ok(problems);
+                    }
+                    continue;
+                }
+            };
             let (Some(id), Some(sha)) = (asset.id.as_deref(), asset.sha256_stamp()) else {
                 continue;
             };
@@ -125,11 +147,7 @@ async fn reconcile(
                 return Ok(problems);
             }
         }
-        let last = page
-            .page_info
-            .as_ref()
-            .and_then(|p| p.total_page)
-            .is_some_and(|total| page_no >= total);
+        let last = page.total_pages().is_some_and(|total| page_no >= total);
         if page.data.is_empty() || last {
             break;
         }

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::history::record_json;
 use super::{CliError, CliResult, Context, Globals, out};
 use crate::ledger::admin::{Detail, Found, MIN_SHA_PREFIX};
-use crate::ledger::multipart::{Chunk, Session};
+use crate::ledger::multipart::{Chunk, Session, SessionLog};
 use crate::ledger::{AttemptRow, Ledger, LedgerError, Record, now_ms, rfc3339};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +110,8 @@ struct Full {
     detail: Option<Detail>,
     attempts: Vec<AttemptRow>,
     session: Option<(Session, Vec<Chunk>)>,
+    /// Every multipart session the file has had, oldest first.
+    sessions: Vec<SessionLog>,
     duplicates: Vec<Record>,
     original: Option<Record>,
     older: Vec<Record>,
@@ -150,6 +152,7 @@ async fn gather(ledger: &Ledger, key: &str) -> Result<Full, CliError> {
     let detail = ledger.detail(id).await.map_err(ledger_err)?;
     let attempts = ledger.attempts(id).await.map_err(ledger_err)?;
     let session = ledger.session(id).await.map_err(ledger_err)?;
+    let sessions = ledger.session_log(id).await.map_err(ledger_err)?;
     let duplicates = ledger.duplicates_of(id).await.map_err(ledger_err)?;
     let original = match record.duplicate_of {
         Some(of) => ledger.record(of).await.map_err(ledger_err)?,
@@ -160,6 +163,7 @@ async fn gather(ledger: &Ledger, key: &str) -> Result<Full, CliError> {
         detail,
         attempts,
         session,
+        sessions,
         duplicates,
         original,
         older,
@@ -339,6 +343,23 @@ fn to_text(f: &Full) -> Vec<String> {
             ));
         }
     }
+    if !f.sessions.is_empty() {
+        lines.push(format!(
+            "multipart sessions: {} ({} replaced)",
+            f.sessions.len(),
+            f.sessions.iter().filter(|s| replaced(s)).count()
+        ));
+        for s in &f.sessions {
+            lines.push(format!(
+                "  {}  asset {}  {} chunks  started {}  {}",
+                s.upload_id,
+                s.asset_id,
+                s.total_chunks,
+                rfc3339(s.created_at),
+                s.outcome.as_deref().unwrap_or("in use")
+            ));
+        }
+    }
 
     lines.push(String::new());
     lines.push("after ready:".into());
@@ -362,6 +383,13 @@ fn to_text(f: &Full) -> Vec<String> {
         r.file_action.as_deref().unwrap_or("-")
     ));
     lines
+}
+
+/// A session that ended without its file: given up and replaced.
+fn replaced(s: &SessionLog) -> bool {
+    s.outcome
+        .as_deref()
+        .is_some_and(|o| o != "completed" && o != "dropped")
 }
 
 /// A stored JSON text as JSON (as a string if it is not valid JSON).
@@ -403,6 +431,21 @@ fn to_json(f: &Full) -> serde_json::Value {
             "expires_at": s.expires_at.map(rfc3339),
         })
     });
+    let sessions: Vec<serde_json::Value> = f
+        .sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "upload_id": s.upload_id,
+                "asset_id": s.asset_id,
+                "total_chunks": s.total_chunks,
+                "created_at": rfc3339(s.created_at),
+                "ended_at": s.ended_at.map(rfc3339),
+                "outcome": s.outcome,
+                "replaced": replaced(s),
+            })
+        })
+        .collect();
     let d = f.detail.as_ref();
     let extra = json!({
         "next_attempt_at": (r.next_attempt_at > 0).then(|| rfc3339(r.next_attempt_at)),
@@ -419,6 +462,7 @@ fn to_json(f: &Full) -> serde_json::Value {
         "indexed_asset_id": d.and_then(|d| d.indexed_asset_id.clone()),
         "attempt_log": attempts,
         "multipart": multipart,
+        "multipart_sessions": sessions,
         "duplicated_by": f.duplicates.iter().map(|d| d.id).collect::<Vec<_>>(),
         "older_versions": f.older.iter().map(|o| o.id).collect::<Vec<_>>(),
     });

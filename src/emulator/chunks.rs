@@ -3,9 +3,15 @@
 //! Faults apply as to API requests (the gate in `faults.rs`).
 //!
 //! Like S3: `Content-Length` is required (411), the body must be exactly the chunk's
-//! length (400), a bad, expired or (with `single_use_urls`) used URL is 403, and success
-//! is 200 with a quoted `ETag`. The body streams to a file in the session's folder,
-//! hashed as it arrives; a re-PUT replaces the chunk.
+//! length (400), a bad, expired or (with `single_use_urls`) used URL is 403
+//! `AccessDenied`, a missing signed header (`EmulatorConfig::upload_headers`) is 403
+//! `SignatureDoesNotMatch`, a session that ended (expired, aborted, completed) is 404
+//! `NoSuchUpload`, also for a PUT whose body was still arriving when it ended; errors
+//! come as S3's XML body. Success is 200 with a quoted `ETag`. The body streams to a
+//! file in the session's folder, hashed as it arrives; a re-PUT replaces the chunk.
+//!
+//! Faults of the store: every PUT answered with one status (`chunk_error_status`), and
+//! a session expired or aborted once it has a given number of chunks.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -39,13 +45,22 @@ pub(crate) async fn put_chunk(
     let cap = shared.limits.multipart_chunk_size;
     let Some(content_length) = content_length(&request) else {
         discard_body(request.into_body(), cap);
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::LENGTH_REQUIRED,
             "MissingContentLength",
             "You must provide the Content-Length HTTP header.",
-        )
-        .into_response();
+        );
+        return refuse(&shared, error);
     };
+    let injected = shared.faults().faults().chunk_error_status;
+    if let Some(error) = injected_error(injected) {
+        discard_body(request.into_body(), content_length.min(cap));
+        return refuse(&shared, error);
+    }
+    if let Some(missing) = missing_signed_header(&shared, &request) {
+        discard_body(request.into_body(), content_length.min(cap));
+        return refuse(&shared, ApiError::signature_mismatch(&missing));
+    }
     let sig = query.as_deref().and_then(sig_param).unwrap_or_default();
     let ticket = match index.parse::<u64>() {
         Ok(index) => shared
@@ -64,11 +79,15 @@ pub(crate) async fn put_chunk(
         Ok(ticket) => ticket,
         Err(refusal) => {
             discard_body(request.into_body(), content_length.min(cap));
-            return refused(refusal, content_length).into_response();
+            return refuse(&shared, refused(refusal, content_length));
         }
     };
     let chunk = match receive(request.into_body(), ticket.path, content_length).await {
         Ok(chunk) => chunk,
+        // The session ended under the PUT (its folder removed, say).
+        Err(_) if !shared.sessions().accepting(&upload_id) => {
+            return refuse(&shared, ApiError::no_such_upload());
+        }
         Err(response) => return *response,
     };
     let etag = chunk.etag.clone();
@@ -81,14 +100,22 @@ pub(crate) async fn put_chunk(
         }
         Err(chunk) => {
             remove_file(&chunk.path).await;
-            return ApiError::access_denied("The upload session is no longer accepting chunks.")
-                .into_response();
+            return refuse(&shared, ApiError::no_such_upload());
         }
     }
-    {
+    let stored = {
         let mut stats = shared.stats();
         stats.chunk_puts += 1;
-        *stats.chunk_puts_by_upload.entry(upload_id).or_default() += 1;
+        let n = stats
+            .chunk_puts_by_upload
+            .entry(upload_id.clone())
+            .or_default();
+        *n += 1;
+        *n
+    };
+    let end = shared.faults().take_session_end(stored);
+    if let Some(how) = end {
+        super::multipart::end_session(&shared, &upload_id, how);
     }
     debug!(index, %etag, "emulator stored a chunk");
     let mut response = StatusCode::OK.into_response();
@@ -96,6 +123,16 @@ pub(crate) async fn put_chunk(
         response.headers_mut().insert(ETAG, value);
     }
     response
+}
+
+/// A refusal, counted by its code, as the store answers it.
+fn refuse(shared: &Shared, error: ApiError) -> Response {
+    *shared
+        .stats()
+        .chunk_put_refusals
+        .entry(error.code.to_owned())
+        .or_default() += 1;
+    error.into_store_response()
 }
 
 fn content_length(request: &Request) -> Option<u64> {
@@ -111,9 +148,41 @@ fn sig_param(query: &str) -> Option<&str> {
     query.split('&').find_map(|pair| pair.strip_prefix("sig="))
 }
 
+/// The answer `chunk_error_status` asks for, with the code S3 gives that status.
+fn injected_error(status: u16) -> Option<ApiError> {
+    let status = StatusCode::from_u16(status).ok()?;
+    Some(match status.as_u16() {
+        0..=399 => return None,
+        404 => ApiError::no_such_upload(),
+        403 => ApiError::access_denied("Request has expired"),
+        400..=499 => ApiError::new(status, "InvalidRequest", "The request is not valid."),
+        _ => ApiError::new(
+            status,
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    })
+}
+
+/// The first signed header the PUT lacks (or carries with another value), if any.
+fn missing_signed_header(shared: &Shared, request: &Request) -> Option<String> {
+    shared
+        .upload_headers
+        .iter()
+        .find(|(name, value)| {
+            request
+                .headers()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                != Some(value.as_str())
+        })
+        .map(|(name, _)| name.clone())
+}
+
 fn refused(refusal: PutRefusal, content_length: u64) -> ApiError {
     match refusal {
         PutRefusal::Forbidden(message) => ApiError::access_denied(message),
+        PutRefusal::NoSuchUpload => ApiError::no_such_upload(),
         PutRefusal::WrongLength { expected } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "InvalidChunkSize",
@@ -136,7 +205,7 @@ async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk
         let Ok(bytes) = frame else {
             // The client went away mid-body; nobody will read this answer.
             return Err(Box::new(
-                ApiError::invalid("The body ended early.").into_response(),
+                ApiError::invalid("The body ended early.").into_store_response(),
             ));
         };
         len += bytes.len() as u64;
@@ -155,7 +224,7 @@ async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk
                 "IncompleteBody",
                 format!("The body was {len} bytes, not the {expected} announced."),
             )
-            .into_response(),
+            .into_store_response(),
         ));
     }
     file.flush()
@@ -175,7 +244,7 @@ async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk
 fn io_failure(error: &std::io::Error, path: &FsPath) -> Box<Response> {
     // A session expired on purpose has its folder removed under running PUTs.
     warn!(%error, path = %path.display(), "emulator could not store a chunk");
-    Box::new(ApiError::internal().into_response())
+    Box::new(ApiError::internal().into_store_response())
 }
 
 async fn remove_file(path: &FsPath) {

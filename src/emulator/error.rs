@@ -1,5 +1,6 @@
 //! The emulator's error responses: `{"code": "...", "message": "..."}` with an HTTP status,
-//! as the TwelveLabs API answers them.
+//! as the TwelveLabs API answers them; and, for the presigned chunk URLs, the XML body an
+//! S3-like object store answers with (`<Error><Code>…</Code><Message>…</Message></Error>`).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -65,6 +66,45 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "AccessDenied", message)
     }
 
+    /// A chunk PUT to a session that ended (expired, aborted, completed): S3's answer for
+    /// a part of an upload it no longer has.
+    pub fn no_such_upload() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchUpload",
+            "The specified upload does not exist. The upload ID may be invalid, or the \
+             upload may have been aborted or completed.",
+        )
+    }
+
+    /// A chunk PUT without a header its URL was signed with.
+    pub fn signature_mismatch(header: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "SignatureDoesNotMatch",
+            format!(
+                "The request signature we calculated does not match the signature you \
+                 provided: the signed header {header} is missing or differs."
+            ),
+        )
+    }
+
+    /// The answer as an object store gives it: S3's XML error body.
+    pub fn into_store_response(self) -> Response {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
+             <Message>{}</Message></Error>",
+            xml_escape(self.code),
+            xml_escape(&self.message)
+        );
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/xml")],
+            body,
+        )
+            .into_response()
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,4 +119,11 @@ impl IntoResponse for ApiError {
         let body = json!({ "code": self.code, "message": self.message });
         (self.status, Json(body)).into_response()
     }
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -100,6 +100,22 @@ impl FaultState {
         &self.faults
     }
 
+    /// A session now has `stored` chunks: whether a session-ending fault fires for it.
+    /// Each fires once, then clears itself.
+    pub fn take_session_end(&mut self, stored: u64) -> Option<super::multipart::SessionEnd> {
+        use super::multipart::SessionEnd;
+        let f = &mut self.faults;
+        if f.expire_session_after_chunks > 0 && stored >= f.expire_session_after_chunks {
+            f.expire_session_after_chunks = 0;
+            return Some(SessionEnd::Expire);
+        }
+        if f.abort_session_after_chunks > 0 && stored >= f.abort_session_after_chunks {
+            f.abort_session_after_chunks = 0;
+            return Some(SessionEnd::Abort);
+        }
+        None
+    }
+
     /// Decides every fault for one request at once, so that a seeded sequence depends only
     /// on the order requests arrive in.
     fn draw(&mut self) -> FaultPlan {
@@ -117,6 +133,8 @@ impl FaultState {
             missing_id: chance(rng, f.missing_id),
             html_200: chance(rng, f.html_200),
             unknown_status: chance(rng, f.unknown_status),
+            // Drawn last, so the older lies' seeded sequences stay as they were.
+            unreadable_asset: chance(rng, f.unreadable_asset),
         };
         FaultPlan {
             latency: Duration::from_millis(f.latency_ms),
@@ -165,6 +183,7 @@ struct Lies {
     missing_id: bool,
     html_200: bool,
     unknown_status: bool,
+    unreadable_asset: bool,
 }
 
 /// Request extension telling the upload route to answer 500 after reading the body.
@@ -313,8 +332,10 @@ async fn tell_lies(
         && response.status() == StatusCode::CREATED;
     let odd_status =
         lies.unknown_status && is_asset_read(method, path) && response.status() == StatusCode::OK;
+    let unreadable =
+        lies.unreadable_asset && is_asset_read(method, path) && response.status() == StatusCode::OK;
     let cut = lies.malformed_json && is_json(response.headers());
-    if !drop_id && !odd_status && !cut {
+    if !drop_id && !odd_status && !unreadable && !cut {
         return (response, None);
     }
     let (mut parts, body) = response.into_parts();
@@ -323,10 +344,14 @@ async fn tell_lies(
     };
     let mut bytes = bytes.to_vec();
     let mut fault = None;
-    if (drop_id || odd_status)
+    if (drop_id || odd_status || unreadable)
         && let Ok(mut value) = serde_json::from_slice::<Value>(&bytes)
     {
-        if drop_id {
+        if unreadable {
+            make_unreadable(&mut value);
+            shared.stats().injected_unreadable_assets += 1;
+            fault = Some("unreadable_asset");
+        } else if drop_id {
             if let Value::Object(obj) = &mut value {
                 obj.remove("_id");
             }
@@ -367,6 +392,17 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Gives an asset (or the first asset of a list) a `filename` that is not text.
+fn make_unreadable(value: &mut Value) {
+    let asset = match value.get_mut("data").and_then(Value::as_array_mut) {
+        Some(assets) => assets.first_mut(),
+        None => Some(value),
+    };
+    if let Some(Value::Object(asset)) = asset {
+        asset.insert("filename".into(), Value::from(12345));
+    }
 }
 
 /// Gives an asset (or every asset of a list) a status the API does not document.

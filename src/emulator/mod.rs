@@ -68,6 +68,10 @@ pub struct EmulatorConfig {
     pub ignore_fields_after_file: bool,
     /// How long presigned chunk URLs are valid.
     pub url_ttl: Duration,
+    /// Headers the presigned chunk URLs are signed with, as a store that signs
+    /// `Content-Type` or `x-amz-*` headers does: announced in `upload_headers` and
+    /// required on every chunk PUT (403 `SignatureDoesNotMatch` without them).
+    pub upload_headers: BTreeMap<String, String>,
     /// Faults injected from the first request on.
     pub faults: Faults,
 }
@@ -85,6 +89,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("single_use_urls", &self.single_use_urls)
             .field("ignore_fields_after_file", &self.ignore_fields_after_file)
             .field("url_ttl", &self.url_ttl)
+            .field("upload_headers", &self.upload_headers)
             .field("faults", &self.faults)
             .finish()
     }
@@ -103,6 +108,7 @@ impl Default for EmulatorConfig {
             single_use_urls: false,
             ignore_fields_after_file: false,
             url_ttl: Duration::from_secs(60 * 60),
+            upload_headers: BTreeMap::new(),
             faults: Faults::default(),
         }
     }
@@ -141,6 +147,19 @@ pub struct Faults {
     /// Share of uploaded assets that are gone (404) once the platform has reported them
     /// `ready` to a `GET /assets/{id}`.
     pub vanish_after_ready: f64,
+    /// Share of asset answers (`GET /assets/{id}`, or the first entry of a `GET /assets`
+    /// page) whose `filename` is a number: valid JSON, but not an asset a client can read.
+    pub unreadable_asset: f64,
+    /// The first multipart session to have this many chunks stored expires at once, as
+    /// if its 24 hours had passed: its chunk PUTs in flight and after answer 404
+    /// `NoSuchUpload`, its status shows `expired`. Fires once, then reads 0 (0: never).
+    pub expire_session_after_chunks: u64,
+    /// The same, but the session is aborted: forgotten, its status 404.
+    pub abort_session_after_chunks: u64,
+    /// Every chunk PUT is answered with this status (0: off) and the store's code for
+    /// it: 404 `NoSuchUpload`, 403 `AccessDenied`, 400 `InvalidRequest`, 5xx
+    /// `InternalError`; the session itself stays `active`.
+    pub chunk_error_status: u16,
 }
 
 /// Counters since the emulator started.
@@ -164,6 +183,7 @@ pub struct Stats {
     pub injected_missing_ids: u64,
     pub injected_html_200: u64,
     pub injected_unknown_status: u64,
+    pub injected_unreadable_assets: u64,
     /// Assets removed after being reported `ready` (`vanish_after_ready`).
     pub vanished_assets: u64,
     /// API requests that arrived while an injected 429 still asked clients to wait: from
@@ -180,6 +200,9 @@ pub struct Stats {
     pub chunk_puts: u64,
     /// Stored chunk PUTs per upload id.
     pub chunk_puts_by_upload: BTreeMap<String, u64>,
+    /// Chunk PUTs refused, by the store's code (`SignatureDoesNotMatch`, `NoSuchUpload`,
+    /// `AccessDenied`, …).
+    pub chunk_put_refusals: BTreeMap<String, u64>,
     /// Assets accepted for indexing (202).
     pub indexed_assets: u64,
     /// API requests and chunk PUTs being handled right now. A client killed
@@ -248,20 +271,18 @@ impl Emulator {
     }
 
     /// Expires a multipart session now, as if its 24 hours had passed: reports and URL
-    /// requests get 400 `upload_expired`, its chunk URLs 403, its status shows
+    /// requests get 400 `upload_expired`, its chunk PUTs 404 `NoSuchUpload`, its status shows
     /// `expired`, its asset turns `failed`, and its chunk files are deleted. False if the
     /// upload id is unknown or the session already completed or failed.
     pub fn expire_session(&self, upload_id: &str) -> bool {
-        let Some((asset_id, dir)) = self.shared.sessions().expire(upload_id) else {
-            return false;
-        };
-        self.shared.store().abandon_upload(&asset_id);
-        if let Err(error) = std::fs::remove_dir_all(&dir)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, dir = %dir.display(), "could not delete expired chunks");
-        }
-        true
+        multipart::end_session(&self.shared, upload_id, multipart::SessionEnd::Expire)
+    }
+
+    /// Aborts a multipart session now: it is forgotten (its status and reports 404),
+    /// its chunk PUTs get 404 `NoSuchUpload`, its asset turns `failed`, its chunk files
+    /// are deleted. False if the upload id is unknown or the session already ended.
+    pub fn abort_session(&self, upload_id: &str) -> bool {
+        multipart::end_session(&self.shared, upload_id, multipart::SessionEnd::Abort)
     }
 
     /// Every asset created and not deleted, oldest first. A multipart asset whose upload

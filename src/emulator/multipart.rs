@@ -135,6 +135,11 @@ pub(crate) async fn create_session(
     };
     shared.stats().multipart_sessions += 1;
     let origin = params::origin(&headers, shared.addr);
+    let mut upload_headers = Map::new();
+    upload_headers.insert("Content-Type".into(), UPLOAD_CONTENT_TYPE.into());
+    for (name, value) in &shared.upload_headers {
+        upload_headers.insert(name.clone(), value.clone().into());
+    }
     debug!(%upload_id, %asset_id, total_chunks, "emulator created a multipart upload");
     Ok((
         StatusCode::CREATED,
@@ -142,7 +147,7 @@ pub(crate) async fn create_session(
             "upload_id": upload_id,
             "asset_id": asset_id,
             "upload_urls": urls_json(&origin, &upload_id, &urls),
-            "upload_headers": { "Content-Type": UPLOAD_CONTENT_TYPE },
+            "upload_headers": upload_headers,
             "chunk_size": chunk_size,
             "total_chunks": total_chunks,
             "expires_at": rfc3339(expires_at),
@@ -362,6 +367,36 @@ fn settle_asset(shared: &Shared, job: &CompletionJob, assembled: Assembled) {
         settled,
         "emulator completed a multipart upload"
     );
+}
+
+/// How a session is ended before it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// As if its 24 hours had passed: its status shows `expired`.
+    Expire,
+    /// Aborted: forgotten, as S3 forgets an aborted upload.
+    Abort,
+}
+
+/// Ends an active session now: its asset turns `failed` and its chunk files are deleted
+/// (PUTs still writing into the folder are answered 404 `NoSuchUpload`). False if the
+/// upload id is unknown or the session already completed or failed.
+pub(crate) fn end_session(shared: &Shared, upload_id: &str, how: SessionEnd) -> bool {
+    let ended = match how {
+        SessionEnd::Expire => shared.sessions().expire(upload_id),
+        SessionEnd::Abort => shared.sessions().abort(upload_id),
+    };
+    let Some((asset_id, dir)) = ended else {
+        return false;
+    };
+    shared.store().abandon_upload(&asset_id);
+    if let Err(error) = std::fs::remove_dir_all(&dir)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(%error, dir = %dir.display(), "emulator could not delete the chunks of an ended session");
+    }
+    debug!(%upload_id, ?how, "emulator ended a multipart upload");
+    true
 }
 
 /// Deletes a session's chunk folder; missing is fine.

@@ -210,6 +210,7 @@ fn validate_faults(faults: &Faults) -> Result<(), ApiError> {
         ("html_200", faults.html_200),
         ("unknown_status", faults.unknown_status),
         ("vanish_after_ready", faults.vanish_after_ready),
+        ("unreadable_asset", faults.unreadable_asset),
     ];
     match shares.iter().find(|(_, p)| !(0.0..=1.0).contains(p)) {
         Some((name, p)) => Err(ApiError::invalid(format!(

@@ -250,8 +250,10 @@ impl Session {
 /// Why a chunk PUT is refused before its body is read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PutRefusal {
-    /// 403: unknown upload or signature, wrong chunk, expired or used URL, ended session.
+    /// 403: unknown signature, wrong chunk, expired or used URL.
     Forbidden(&'static str),
+    /// 404 `NoSuchUpload`: the upload is unknown or ended (expired, aborted, completed).
+    NoSuchUpload,
     /// 400: the body is not exactly the chunk's length.
     WrongLength { expected: u64 },
 }
@@ -408,17 +410,9 @@ impl Sessions {
         single_use: bool,
     ) -> Result<PutTicket, PutRefusal> {
         use PutRefusal::Forbidden;
-        let session = self
-            .get_mut(id)
-            .ok_or(Forbidden("Unknown upload or invalid signature."))?;
-        match session.status() {
-            SessionStatus::Active => {}
-            SessionStatus::Expired => return Err(Forbidden("The upload session has expired.")),
-            _ => {
-                return Err(Forbidden(
-                    "The upload session is no longer accepting chunks.",
-                ));
-            }
+        let session = self.get_mut(id).ok_or(PutRefusal::NoSuchUpload)?;
+        if session.status() != SessionStatus::Active {
+            return Err(PutRefusal::NoSuchUpload);
         }
         let expected = match session.grants.get(sig) {
             Some(grant) if grant.index != index => {
@@ -547,6 +541,26 @@ impl Sessions {
             session.updated_at = SystemTime::now();
             session.done.send_replace(true);
         }
+    }
+
+    /// Whether chunk PUTs to this session are still taken.
+    pub fn accepting(&self, id: &str) -> bool {
+        self.get(id)
+            .is_some_and(|s| s.status() == SessionStatus::Active)
+    }
+
+    /// Aborts an active (or timed-out) session: it is forgotten, as S3 forgets an aborted
+    /// upload. Returns its asset id and chunk folder, or `None` if unknown or finished.
+    pub fn abort(&mut self, id: &str) -> Option<(String, PathBuf)> {
+        let status = self.get(id)?.status();
+        if !matches!(status, SessionStatus::Active | SessionStatus::Expired) {
+            return None;
+        }
+        let seq = self.seq_by_id.remove(id)?;
+        let session = self.by_seq.remove(&seq)?;
+        // Anyone waiting on a completion that will not come.
+        session.done.send_replace(true);
+        Some((session.asset_id, session.dir))
     }
 
     /// Expires an active (or already timed-out) session now. Returns its asset id and

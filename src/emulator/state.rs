@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub addr: SocketAddr,
     /// Where received chunks are kept until their session completes.
     pub chunk_root: ChunkRoot,
+    /// Headers every chunk PUT must carry (`EmulatorConfig::upload_headers`).
+    pub upload_headers: std::collections::BTreeMap<String, String>,
     faults: Mutex<FaultState>,
     stats: Mutex<Stats>,
     store: Mutex<Store>,
@@ -68,6 +70,7 @@ impl Shared {
             },
             addr,
             chunk_root: ChunkRoot::new(),
+            upload_headers: config.upload_headers,
             faults: Mutex::new(FaultState::new(config.faults)),
             stats: Mutex::new(Stats::default()),
             store: Mutex::new(Store::default()),

@@ -85,9 +85,13 @@ async fn get(client: &Client, emu: &Emulator, path: &str) -> Response {
         .expect("emulator test setup")
 }
 
+/// The `code` of an API error (JSON) or the `Code` of a store error (S3's XML).
 async fn error_code(response: Response) -> String {
-    let body: Value = response.json().await.expect("emulator test setup");
-    body["code"].as_str().unwrap_or_default().to_owned()
+    let body = response.bytes().await.expect("emulator test setup");
+    match crate::api::types::parse_storage_error(&body) {
+        (Some(code), _) => code,
+        (None, _) => String::new(),
+    }
 }
 
 /// Polls GET /assets/{id} until its status is no longer `processing`, with a deadline.
@@ -1327,10 +1331,12 @@ async fn expired_session_refuses_everything_and_shows_expired() {
     let response = post_json(&client, &emu, &path, json!({"start": 1, "count": 3})).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(response).await, "upload_expired");
+    // S3 no longer has the upload: parts get 404 NoSuchUpload.
     let response = put(&client, &urls[1].1, source[1000..2000].to_vec())
         .await
         .expect("emulator test setup");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "NoSuchUpload");
 
     let status: Value = get(
         &client,
@@ -1654,4 +1660,120 @@ async fn requests_that_do_not_wait_out_a_429_are_counted() {
         "no request was counted within the 429's wait"
     );
     assert_eq!(emu.stats().requests_while_rate_limited, 1);
+}
+
+#[tokio::test]
+async fn chunk_puts_must_carry_the_signed_upload_headers() {
+    let emu = start_with(|c| {
+        c.multipart_chunk_size = 1000;
+        c.upload_headers = [("x-amz-meta-owner".to_owned(), "tl".to_owned())].into();
+    })
+    .await;
+    let client = client();
+    let source = random_mp4(1500, 9);
+    let created = create_session(&client, &emu, "h.mp4", source.len()).await;
+    assert_eq!(created["upload_headers"]["x-amz-meta-owner"], "tl");
+    assert_eq!(
+        created["upload_headers"]["Content-Type"],
+        "application/octet-stream"
+    );
+    let urls = urls_of(&created);
+    let response = put(&client, &urls[0].1, source[..1000].to_vec())
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.contains("xml")),
+        "store errors are XML"
+    );
+    assert_eq!(error_code(response).await, "SignatureDoesNotMatch");
+    let response = client
+        .put(&urls[0].1)
+        .header("x-amz-meta-owner", "tl")
+        .body(source[..1000].to_vec())
+        .send()
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(emu.stats().chunk_puts, 1);
+}
+
+#[tokio::test]
+async fn sessions_end_at_run_time_and_their_parts_get_no_such_upload() {
+    let emu = start_with(|c| c.multipart_chunk_size = 1000).await;
+    let client = client();
+    let source = random_mp4(4000, 3);
+    emu.set_faults(Faults {
+        expire_session_after_chunks: 2,
+        ..Faults::default()
+    });
+    let created = create_session(&client, &emu, "x.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().expect("id").to_owned();
+    let urls = urls_of(&created);
+    put_ok(&client, &urls[0].1, source[..1000].to_vec()).await;
+    put_ok(&client, &urls[1].1, source[1000..2000].to_vec()).await;
+    // The second stored chunk expired the session; the fault fired once.
+    assert_eq!(emu.faults().expire_session_after_chunks, 0);
+    let response = put(&client, &urls[2].1, source[2000..3000].to_vec())
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "NoSuchUpload");
+    let status: Value = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await
+    .json()
+    .await
+    .expect("emulator test setup");
+    assert_eq!(status["status"], "expired");
+
+    // Aborted: forgotten altogether.
+    emu.set_faults(Faults {
+        abort_session_after_chunks: 1,
+        ..Faults::default()
+    });
+    let created = create_session(&client, &emu, "y.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().expect("id").to_owned();
+    let urls = urls_of(&created);
+    put_ok(&client, &urls[0].1, source[..1000].to_vec()).await;
+    let response = put(&client, &urls[1].1, source[1000..2000].to_vec())
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "NoSuchUpload");
+    let response = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // A store that answers every part with one status, the session still active.
+    emu.set_faults(Faults {
+        chunk_error_status: 404,
+        ..Faults::default()
+    });
+    let created = create_session(&client, &emu, "z.mp4", source.len()).await;
+    let upload_id = created["upload_id"].as_str().expect("id").to_owned();
+    let response = put(&client, &urls_of(&created)[0].1, source[..1000].to_vec())
+        .await
+        .expect("emulator test setup");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "NoSuchUpload");
+    let status: Value = get(
+        &client,
+        &emu,
+        &format!("/assets/multipart-uploads/{upload_id}"),
+    )
+    .await
+    .json()
+    .await
+    .expect("emulator test setup");
+    assert_eq!(status["status"], "active");
 }

@@ -1,34 +1,48 @@
 //! Large files in chunks (`/assets/multipart-uploads`), resumable.
 //!
-//! The session (upload id, asset id, chunk size) is saved in the ledger
-//! before a byte is sent, and each chunk's ETag as soon as its PUT
-//! succeeds. An attempt first asks the platform about a saved session: a
-//! completed one just needs its asset id committed, an active one is
-//! continued (only chunks the platform has not accepted are reported, only
-//! chunks with no ETag are sent), and an expired or failed one is replaced.
-//! Chunks are read by byte range straight from the source file and
-//! streamed, a few at once: memory does not depend on file or chunk size.
+//! The session (upload id, asset id, chunk size, and the `upload_headers`
+//! every chunk PUT must carry) is saved in the ledger before a byte is
+//! sent, and each chunk's ETag as soon as its PUT succeeds. An attempt
+//! first asks the platform about a saved session: a completed one just
+//! needs its asset id committed, an active one is continued (only chunks
+//! the platform has not accepted are reported, only chunks with no ETag are
+//! sent, with the saved headers), and an expired, failed or vanished one is
+//! replaced. Chunks are read by byte range straight from the source file
+//! and streamed, a few at once: memory does not depend on file or chunk
+//! size.
+//!
+//! Storage failures are about the session, not the file (RELIABILITY.md,
+//! "Multipart sessions"): a chunk the store refuses (404 `NoSuchUpload`, a
+//! 403 that a fresh URL does not cure, another 4xx) makes the worker ask the
+//! platform about the session. Still `active`: a fresh URL and another try
+//! of that chunk after the shared backoff. Over (`expired`, `failed`,
+//! gone): a new session at once, in the same attempt. Only the API's own
+//! refusals fail the file, and so does a third session given up in a row,
+//! so that a broken store cannot loop for ever.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 
 use super::Shared;
-use crate::api::{ApiError, ChunkError, ErrorClass};
-use crate::ledger::multipart::Session;
+use crate::api::{ApiError, ChunkError, ErrorClass, StorageError};
+use crate::ledger::multipart::{Chunk, Session};
 use crate::ledger::{UploadJob, now_ms};
 
 /// Chunks in flight at once, per file.
 const PARALLEL_CHUNKS: usize = 4;
 /// Chunks per report and per presigned-URL request (the API's maximum).
 const BATCH: u64 = 50;
-/// Tries per chunk within one attempt before the attempt gives up (the
-/// record is then retried with backoff, resuming the session).
+/// Tries per chunk within one session: transient failures, and refusals by
+/// the store while the platform calls the session active. Past them a
+/// transient failure ends the attempt (the record is retried later and
+/// resumes the session); a refusal gives the session up.
 const CHUNK_TRIES: u32 = 3;
+/// Sessions given up in a row before the file fails.
+const MAX_SESSIONS: u32 = 3;
 
 /// What the caller needs to send a file in chunks.
 #[derive(Debug)]
@@ -42,241 +56,402 @@ pub struct Upload<'a> {
     pub sent: Arc<AtomicU64>,
 }
 
+/// A session being sent.
+#[derive(Debug)]
+struct Live {
+    session: Session,
+    headers: BTreeMap<String, String>,
+    /// Chunks whose PUT succeeded: ETag and size.
+    etags: BTreeMap<u64, (String, u64)>,
+    /// Chunks the platform has accepted.
+    reported: BTreeSet<u64>,
+    /// Presigned URLs in hand (never saved: they are credentials).
+    urls: BTreeMap<u64, String>,
+}
+
+/// Why sending a session stopped.
+#[derive(Debug)]
+enum Stop {
+    /// The attempt ends with this error; the session is kept.
+    Attempt(ApiError),
+    /// The session is over or useless: replace it.
+    Over {
+        /// Metrics label: `expired`, `failed`, `gone`, `refused`.
+        reason: &'static str,
+        /// For the ledger and the log.
+        why: String,
+        /// The store's last answer, if a chunk PUT was refused.
+        last: Option<StorageError>,
+    },
+    /// Another chunk already ended the session; nothing was tried.
+    Skipped,
+}
+
+/// What became of a saved session.
+#[derive(Debug)]
+enum Resumed {
+    None,
+    Completed(String),
+    Live(Box<Live>),
+    Over(Session, &'static str, String),
+}
+
 /// Send (or finish sending) the file; returns the asset id once the
 /// platform has every chunk.
 pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<String, ApiError> {
-    let ledger = &shared.ledger;
-    let client = &shared.client;
-    let file_id = up.job.id;
-
-    let mut reported: BTreeSet<u64> = BTreeSet::new();
-    let mut session = None;
-    if let Some((saved, chunks)) = ledger.session(file_id).await.map_err(ledger_err)? {
-        let fresh = saved.expires_at.is_none_or(|t| t > now_ms());
-        let same_shape = saved.total_chunks
-            == i64::try_from(total_chunks(up.size, saved.chunk_size)).unwrap_or(-1);
-        if fresh && same_shape {
-            match client.multipart_status(&saved.upload_id).await {
-                Ok((Some(status), _)) if status == "completed" => {
-                    tracing::info!(path = %up.job.display(), "the upload session had already completed");
-                    return Ok(saved.asset_id);
+    let mut given_up = 0u32;
+    let mut live = match resume(shared, up).await? {
+        Resumed::Completed(asset_id) => return Ok(asset_id),
+        Resumed::Live(live) => *live,
+        Resumed::Over(session, reason, why) => {
+            given_up += 1;
+            give_up(shared, up, &session, reason, &why).await?;
+            start(shared, up).await?
+        }
+        Resumed::None => start(shared, up).await?,
+    };
+    loop {
+        match run(shared, up, &mut live).await {
+            Ok(()) => {
+                let s = &live.session;
+                if let Err(e) = shared
+                    .ledger
+                    .end_session(s.file_id, &s.upload_id, "completed")
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not log the completed upload session");
                 }
-                Ok((Some(status), _)) if status == "expired" || status == "failed" => {
-                    tracing::info!(path = %up.job.display(), status, "the upload session is over; starting a new one");
-                }
-                Ok((_, done)) => {
-                    reported.extend(done);
-                    // Chunks sent earlier whose report did not go through.
-                    tracing::info!(
-                        path = %up.job.display(),
-                        accepted = reported.len(),
-                        total = saved.total_chunks,
-                        "resuming the upload session"
-                    );
-                    session = Some((saved, chunks));
-                }
-                Err(e) if e.class() == ErrorClass::NotFound => {
-                    tracing::info!(path = %up.job.display(), "the upload session is gone; starting a new one");
-                }
-                Err(e) => return Err(e),
+                return Ok(live.session.asset_id);
             }
-        } else {
-            tracing::info!(path = %up.job.display(), "the saved upload session expired; starting a new one");
+            Err(Stop::Attempt(e)) => return Err(e),
+            // Only chunks skip; the batch reports what stopped it.
+            Err(Stop::Skipped) => {
+                return Err(ApiError::Transport {
+                    what: "chunk upload",
+                    detail: "the upload session stopped without a reason".into(),
+                    body_sent: false,
+                });
+            }
+            Err(Stop::Over { reason, why, last }) => {
+                given_up += 1;
+                give_up(shared, up, &live.session, reason, &why).await?;
+                if given_up >= MAX_SESSIONS {
+                    return Err(ApiError::SessionsBurned {
+                        sessions: given_up,
+                        last: last.map_or(why, |e| e.to_string()),
+                    });
+                }
+                live = start(shared, up).await?;
+            }
         }
     }
+}
 
-    let (session, etags, mut urls, headers) = match session {
-        Some((s, chunks)) => {
-            let etags: BTreeMap<u64, (String, u64)> = chunks
-                .into_iter()
-                .filter_map(|c| {
-                    Some((
-                        u64::try_from(c.chunk_index).ok()?,
-                        (c.etag, u64::try_from(c.size).ok()?),
-                    ))
-                })
-                .collect();
-            (s, etags, BTreeMap::new(), default_headers())
-        }
-        None => {
-            let created = client
-                .create_multipart(
-                    up.filename,
-                    up.kind,
-                    up.size,
-                    shared.config.api.enable_hls,
-                    shared.config.api.enable_thumbnail,
-                    up.user_metadata,
-                )
-                .await?;
-            let (Some(upload_id), Some(asset_id), Some(chunk_size)) = (
-                created.upload_id.clone(),
-                created.asset_id.clone(),
-                created.chunk_size,
-            ) else {
-                return Err(ApiError::Malformed {
-                    status: 201,
-                    detail: "the upload session has no upload_id, asset_id or chunk_size".into(),
-                });
-            };
-            if chunk_size == 0 {
-                return Err(ApiError::Malformed {
-                    status: 201,
-                    detail: "the upload session has a chunk_size of 0".into(),
-                });
-            }
-            let chunk_size = i64::try_from(chunk_size).unwrap_or(i64::MAX);
-            let s = Session {
-                file_id,
-                upload_id,
-                asset_id,
-                chunk_size,
-                total_chunks: i64::try_from(total_chunks(up.size, chunk_size)).unwrap_or(i64::MAX),
-                expires_at: created
-                    .expires_at
-                    .as_deref()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .map(crate::ledger::to_ms),
-                created_at: now_ms(),
-            };
-            ledger.save_session(&s).await.map_err(ledger_err)?;
-            let urls = created
-                .upload_urls
-                .into_iter()
-                .map(|u| (u.chunk_index, u.url))
-                .collect();
-            let headers = if created.upload_headers.is_empty() {
-                default_headers()
-            } else {
-                created.upload_headers
-            };
-            (s, BTreeMap::new(), urls, headers)
-        }
+/// The saved session, if any, as the platform sees it now.
+async fn resume(shared: &Shared, up: &Upload<'_>) -> Result<Resumed, ApiError> {
+    let Some((saved, chunks)) = shared.ledger.session(up.job.id).await.map_err(ledger_err)? else {
+        return Ok(Resumed::None);
     };
+    if saved.expires_at.is_some_and(|t| t <= now_ms()) {
+        return Ok(Resumed::Over(saved, "expired", "expired".into()));
+    }
+    let same_shape =
+        saved.total_chunks == i64::try_from(total_chunks(up.size, saved.chunk_size)).unwrap_or(-1);
+    if !same_shape {
+        let why = "its chunks do not fit the file's size".to_string();
+        return Ok(Resumed::Over(saved, "failed", why));
+    }
+    let path = up.job.display();
+    match shared.client.multipart_status(&saved.upload_id).await {
+        Ok((Some(status), _)) if status == "completed" => {
+            tracing::info!(%path, "the upload session had already completed");
+            if let Err(e) = shared
+                .ledger
+                .end_session(saved.file_id, &saved.upload_id, "completed")
+                .await
+            {
+                tracing::debug!(error = %e, "could not log the completed upload session");
+            }
+            Ok(Resumed::Completed(saved.asset_id))
+        }
+        Ok((Some(status), _)) if status == "expired" || status == "failed" => {
+            let reason = if status == "expired" {
+                "expired"
+            } else {
+                "failed"
+            };
+            Ok(Resumed::Over(saved, reason, status))
+        }
+        Ok((_, done)) => {
+            let headers = saved_headers(&saved);
+            let reported: BTreeSet<u64> = done.into_iter().collect();
+            // Chunks sent earlier whose report did not go through.
+            tracing::info!(
+                %path,
+                accepted = reported.len(),
+                total = saved.total_chunks,
+                "resuming the upload session"
+            );
+            Ok(Resumed::Live(Box::new(Live {
+                etags: etags_of(chunks),
+                session: saved,
+                headers,
+                reported,
+                urls: BTreeMap::new(),
+            })))
+        }
+        Err(e) if e.class() == ErrorClass::NotFound => Ok(Resumed::Over(
+            saved,
+            "gone",
+            "the platform no longer has it".into(),
+        )),
+        Err(e) => Err(e),
+    }
+}
 
-    let chunk_size = u64::try_from(session.chunk_size).unwrap_or(u64::MAX);
-    let total = u64::try_from(session.total_chunks).unwrap_or(0);
+/// A new session, saved (with its headers) before a byte is sent.
+async fn start(shared: &Shared, up: &Upload<'_>) -> Result<Live, ApiError> {
+    let created = shared
+        .client
+        .create_multipart(
+            up.filename,
+            up.kind,
+            up.size,
+            shared.config.api.enable_hls,
+            shared.config.api.enable_thumbnail,
+            up.user_metadata,
+        )
+        .await?;
+    let malformed = |detail: String| ApiError::Malformed {
+        status: 201,
+        detail: format!("the upload session {detail}"),
+    };
+    let (Some(upload_id), Some(asset_id)) = (created.upload_id.clone(), created.asset_id.clone())
+    else {
+        return Err(malformed("has no upload_id or asset_id".into()));
+    };
+    let chunk_size = match created.chunk_size.get("chunk_size") {
+        Ok(Some(n)) if n > 0 => n,
+        Ok(_) => return Err(malformed("has no chunk_size".into())),
+        Err(e) => return Err(malformed(e)),
+    };
+    let headers = if created.upload_headers.is_empty() {
+        default_headers()
+    } else {
+        created.upload_headers.clone()
+    };
+    let session = Session {
+        file_id: up.job.id,
+        upload_id,
+        asset_id,
+        chunk_size: i64::try_from(chunk_size).unwrap_or(i64::MAX),
+        total_chunks: i64::try_from(total_chunks(up.size, chunk_size)).unwrap_or(i64::MAX),
+        expires_at: created
+            .expires_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .map(crate::ledger::to_ms),
+        created_at: now_ms(),
+        upload_headers: serde_json::to_string(&headers).ok(),
+    };
+    shared
+        .ledger
+        .save_session(&session)
+        .await
+        .map_err(ledger_err)?;
+    up.sent.store(0, Ordering::Relaxed);
+    // A URL whose index cannot be read is not used; the chunk gets a fresh one.
+    let urls = created
+        .upload_urls
+        .into_iter()
+        .filter_map(|u| Some((u.chunk_index.ok()?, u.url)))
+        .collect();
+    Ok(Live {
+        session,
+        headers,
+        etags: BTreeMap::new(),
+        reported: BTreeSet::new(),
+        urls,
+    })
+}
+
+/// Send every chunk the platform does not have and report it, batch by
+/// batch.
+async fn run(shared: &Shared, up: &Upload<'_>, live: &mut Live) -> Result<(), Stop> {
+    let chunk_size = u64::try_from(live.session.chunk_size).unwrap_or(u64::MAX);
+    let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
     // Progress counts what the platform already has.
-    let already: u64 = reported
+    let already: u64 = live
+        .reported
         .iter()
         .map(|i| chunk_len(up.size, chunk_size, *i))
         .sum();
-    up.sent.store(already, std::sync::atomic::Ordering::Relaxed);
+    up.sent.store(already, Ordering::Relaxed);
 
-    let mut start = 1;
-    while start <= total {
-        let end = (start + BATCH - 1).min(total);
-        let batch: Vec<u64> = (start..=end).filter(|i| !reported.contains(i)).collect();
-        start = end + 1;
+    let mut first = 1;
+    while first <= total {
+        let last = (first + BATCH - 1).min(total);
+        let batch: Vec<u64> = (first..=last)
+            .filter(|i| !live.reported.contains(i))
+            .collect();
+        first = last + 1;
         if batch.is_empty() {
             continue;
         }
-        // Chunks that still need a PUT, and URLs for them.
-        let to_put: Vec<u64> = batch
-            .iter()
-            .copied()
-            .filter(|i| !etags.contains_key(i))
-            .collect();
-        if to_put.iter().any(|i| !urls.contains_key(i))
-            && let (Some(first), Some(last)) = (to_put.first(), to_put.last())
+        let proofs = send_batch(shared, up, live, &batch, chunk_size).await?;
+        let result = match shared
+            .client
+            .report_chunks(&live.session.upload_id, &proofs)
+            .await
         {
-            for u in client
-                .presigned_urls(&session.upload_id, *first, last - first + 1)
-                .await?
-            {
-                urls.insert(u.chunk_index, u.url);
-            }
-        }
-        let results: Vec<Result<(u64, String, u64), ApiError>> = futures_util::stream::iter(to_put)
-            .map(|idx| {
-                put_one(
-                    shared,
-                    up,
-                    &session,
-                    &headers,
-                    urls.get(&idx).cloned(),
-                    idx,
-                    chunk_size,
-                )
-            })
-            .buffer_unordered(PARALLEL_CHUNKS)
-            .collect()
-            .await;
-        let mut proofs: Vec<(u64, String, u64)> = batch
-            .iter()
-            .filter_map(|i| etags.get(i).map(|(e, s)| (*i, e.clone(), *s)))
-            .collect();
-        for r in results {
-            proofs.push(r?);
-        }
-        proofs.sort();
-        let result = client.report_chunks(&session.upload_id, &proofs).await?;
+            Ok(r) => r,
+            Err(e) => return Err(api_stop(shared, &live.session, e).await),
+        };
         let indices: Vec<i64> = proofs
             .iter()
             .filter_map(|(i, _, _)| i64::try_from(*i).ok())
             .collect();
-        ledger
-            .mark_reported(file_id, &indices)
+        shared
+            .ledger
+            .mark_reported(live.session.file_id, &indices)
             .await
-            .map_err(ledger_err)?;
-        reported.extend(proofs.iter().map(|(i, _, _)| *i));
-        if result.url.is_some() || result.total_completed.is_some_and(|n| n >= total) {
-            break;
+            .map_err(|e| Stop::Attempt(ledger_err(e)))?;
+        live.reported.extend(proofs.iter().map(|(i, _, _)| *i));
+        if result.url.is_some() || result.total_completed.ok().is_some_and(|n| n >= total) {
+            return Ok(());
         }
     }
-    if u64::try_from(reported.len()).unwrap_or(0) < total {
+    if u64::try_from(live.reported.len()).unwrap_or(0) < total {
         // Every chunk was reported but the platform does not say it is
         // complete: ask it.
-        let (status, done) = client.multipart_status(&session.upload_id).await?;
+        let (status, done) = shared
+            .client
+            .multipart_status(&live.session.upload_id)
+            .await
+            .map_err(Stop::Attempt)?;
         if status.as_deref() != Some("completed") && (done.len() as u64) < total {
-            return Err(ApiError::Malformed {
+            return Err(Stop::Attempt(ApiError::Malformed {
                 status: 200,
                 detail: format!(
                     "the platform has {} of {total} chunks after all were reported",
                     done.len()
                 ),
-            });
+            }));
         }
     }
-    Ok(session.asset_id)
+    Ok(())
 }
 
-/// PUT one chunk, fetching a fresh URL when the one we have is refused,
-/// and record its ETag at once.
+/// PUT the batch's chunks that have no ETag yet (a few at once); returns
+/// the proofs of the whole batch, in order.
+async fn send_batch(
+    shared: &Shared,
+    up: &Upload<'_>,
+    live: &mut Live,
+    batch: &[u64],
+    chunk_size: u64,
+) -> Result<Vec<(u64, String, u64)>, Stop> {
+    let to_put: Vec<u64> = batch
+        .iter()
+        .copied()
+        .filter(|i| !live.etags.contains_key(i))
+        .collect();
+    if to_put.iter().any(|i| !live.urls.contains_key(i))
+        && let (Some(first), Some(last)) = (to_put.first(), to_put.last())
+    {
+        match shared
+            .client
+            .presigned_urls(&live.session.upload_id, *first, last - first + 1)
+            .await
+        {
+            Ok(urls) => live.urls.extend(
+                urls.into_iter()
+                    .filter_map(|u| Some((u.chunk_index.ok()?, u.url))),
+            ),
+            Err(e) => return Err(api_stop(shared, &live.session, e).await),
+        }
+    }
+    let over = AtomicBool::new(false);
+    let live_ref = &*live;
+    let results: Vec<Result<(u64, String, u64), Stop>> = futures_util::stream::iter(to_put)
+        .map(|idx| {
+            let url = live_ref.urls.get(&idx).cloned();
+            put_one(shared, up, live_ref, url, idx, chunk_size, &over)
+        })
+        .buffer_unordered(PARALLEL_CHUNKS)
+        .collect()
+        .await;
+    // URLs are single-use on some stores: never reuse one that was tried.
+    for idx in batch {
+        live.urls.remove(idx);
+    }
+    let mut stop = None;
+    for r in results {
+        match r {
+            Ok((idx, etag, len)) => {
+                live.etags.insert(idx, (etag, len));
+            }
+            // The first reason to end the session wins; an attempt-ending
+            // error is kept only if no chunk ended the session.
+            Err(Stop::Skipped) => {}
+            Err(s @ Stop::Over { .. }) if !matches!(stop, Some(Stop::Over { .. })) => {
+                stop = Some(s);
+            }
+            Err(s @ Stop::Attempt(_)) if stop.is_none() => stop = Some(s),
+            Err(_) => {}
+        }
+    }
+    if let Some(stop) = stop {
+        return Err(stop);
+    }
+    Ok(batch
+        .iter()
+        .filter_map(|i| live.etags.get(i).map(|(e, s)| (*i, e.clone(), *s)))
+        .collect())
+}
+
+/// PUT one chunk and record its ETag at once. A 403 gets a fresh URL at
+/// once; other refusals by the store ask the platform about the session
+/// (see the module head); transient failures are tried again after the
+/// shared backoff.
 async fn put_one(
     shared: &Shared,
     up: &Upload<'_>,
-    session: &Session,
-    headers: &BTreeMap<String, String>,
+    live: &Live,
     url: Option<String>,
     idx: u64,
     chunk_size: u64,
-) -> Result<(u64, String, u64), ApiError> {
+    over: &AtomicBool,
+) -> Result<(u64, String, u64), Stop> {
     let client = &shared.client;
+    let session = &live.session;
+    let total = u64::try_from(session.total_chunks).unwrap_or(0);
     let offset = (idx - 1) * chunk_size;
     let len = chunk_len(up.size, chunk_size, idx);
     let mut url = url;
-    let mut tries = 0;
+    let mut fresh_url_tried = false;
+    let mut tries = 0u32;
     loop {
-        tries += 1;
+        if over.load(Ordering::Relaxed) {
+            return Err(Stop::Skipped);
+        }
         let current = match url.take() {
             Some(u) => u,
-            None => client
-                .presigned_urls(&session.upload_id, idx, 1)
-                .await?
-                .into_iter()
-                .find(|u| u.chunk_index == idx)
-                .map(|u| u.url)
-                .ok_or_else(|| ApiError::Malformed {
-                    status: 200,
-                    detail: format!("no upload URL for chunk {idx}"),
-                })?,
+            None => fresh_url(shared, session, idx).await?,
         };
         let counter = Arc::new(AtomicU64::new(0));
         let result = client
-            .put_chunk(&current, headers, up.path, offset, len, counter.clone())
+            .put_chunk(
+                &current,
+                &live.headers,
+                up.path,
+                (idx, total),
+                offset,
+                len,
+                counter,
+            )
             .await;
-        match result {
+        let transient = match result {
             Ok(etag) => {
                 shared
                     .ledger
@@ -287,34 +462,182 @@ async fn put_one(
                         i64::try_from(len).unwrap_or(i64::MAX),
                     )
                     .await
-                    .map_err(ledger_err)?;
-                up.sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    .map_err(|e| Stop::Attempt(ledger_err(e)))?;
+                up.sent.fetch_add(len, Ordering::Relaxed);
                 return Ok((idx, etag, len));
             }
             // Expired or already used: a fresh URL, at once.
-            Err(ChunkError::UrlRejected(status)) if tries < CHUNK_TRIES => {
-                tracing::debug!(
-                    chunk = idx,
-                    status,
-                    "upload URL refused; getting a fresh one"
-                );
+            Err(ChunkError::Refused(e)) if e.status == 403 && !fresh_url_tried => {
+                tracing::debug!(error = %e, "upload URL refused; getting a fresh one");
+                fresh_url_tried = true;
+                continue;
             }
-            Err(ChunkError::Api(e))
-                if tries < CHUNK_TRIES && e.class() == ErrorClass::Transient =>
-            {
-                tracing::debug!(chunk = idx, error = %e, "chunk upload failed; trying again");
-                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+            Err(ChunkError::Refused(e)) if refused_by_store(e.status) => {
+                match session_state(shared, session).await? {
+                    Some((reason, why)) => {
+                        over.store(true, Ordering::Relaxed);
+                        tracing::info!(path = %up.job.display(), error = %e, session = %why, "the store refused a chunk of an upload session that is over");
+                        return Err(Stop::Over {
+                            reason,
+                            why,
+                            last: Some(e),
+                        });
+                    }
+                    None if tries + 1 >= CHUNK_TRIES => {
+                        over.store(true, Ordering::Relaxed);
+                        return Err(Stop::Over {
+                            reason: "refused",
+                            why: format!("the store kept refusing it ({e})"),
+                            last: Some(e),
+                        });
+                    }
+                    // Active: a fresh URL after the backoff.
+                    None => ApiError::Storage(e),
+                }
             }
-            Err(ChunkError::UrlRejected(status)) => {
-                return Err(ApiError::Transport {
-                    what: "chunk upload",
-                    detail: format!("the upload URL for chunk {idx} was refused (HTTP {status})"),
-                    body_sent: false,
-                });
+            Err(ChunkError::Refused(e)) => {
+                url = Some(current);
+                ApiError::Storage(e)
             }
-            Err(ChunkError::Api(e)) => return Err(e),
+            Err(ChunkError::Api(e)) if e.class() == ErrorClass::Transient => {
+                url = Some(current);
+                e
+            }
+            Err(ChunkError::Api(e)) => return Err(Stop::Attempt(e)),
+        };
+        tries += 1;
+        if tries >= CHUNK_TRIES {
+            return Err(Stop::Attempt(transient));
+        }
+        let wait = shared.policy.delay(tries);
+        tracing::debug!(chunk = idx, error = %transient, retry_in = ?wait, "chunk upload failed; trying again");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A store answer about the session rather than the moment: any 4xx but
+/// 408 and 429 (404 `NoSuchUpload`, 403, 400 …). 5xx, 408 and 429 are
+/// tried again on the same URL.
+fn refused_by_store(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// A URL for one chunk.
+async fn fresh_url(shared: &Shared, session: &Session, idx: u64) -> Result<String, Stop> {
+    match shared
+        .client
+        .presigned_urls(&session.upload_id, idx, 1)
+        .await
+    {
+        Ok(urls) => urls
+            .into_iter()
+            .find(|u| u.chunk_index.ok() == Some(idx))
+            .map(|u| u.url)
+            .ok_or_else(|| {
+                Stop::Attempt(ApiError::Malformed {
+                    status: 200,
+                    detail: format!("no upload URL for chunk {idx}"),
+                })
+            }),
+        Err(e) => Err(api_stop(shared, session, e).await),
+    }
+}
+
+/// Whether the platform says the session is over: `None` while it is
+/// active (or says something this version does not know), else the metrics
+/// label and the reason.
+async fn session_state(
+    shared: &Shared,
+    session: &Session,
+) -> Result<Option<(&'static str, String)>, Stop> {
+    match shared.client.multipart_state(&session.upload_id).await {
+        Ok(Some(s)) if s == "expired" => Ok(Some(("expired", s))),
+        Ok(Some(s)) if s == "failed" => Ok(Some(("failed", s))),
+        // Completed while chunks were still being sent: the next attempt
+        // finds it completed and commits its asset.
+        Ok(Some(s)) if s == "completed" => Err(Stop::Attempt(ApiError::Malformed {
+            status: 200,
+            detail: "the upload session completed while chunks were still being sent".into(),
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.class() == ErrorClass::NotFound => {
+            Ok(Some(("gone", "the platform no longer has it".into())))
+        }
+        Err(e) => Err(Stop::Attempt(e)),
+    }
+}
+
+/// An API call of the session (URLs, report) failed. A 4xx may mean the
+/// session ended (400 `upload_expired`, 404): if the platform says so, the
+/// session is replaced; otherwise the error stands (a refusal of the file).
+async fn api_stop(shared: &Shared, session: &Session, e: ApiError) -> Stop {
+    if !matches!(e.class(), ErrorClass::Permanent | ErrorClass::NotFound) {
+        return Stop::Attempt(e);
+    }
+    match session_state(shared, session).await {
+        Ok(Some((reason, why))) => Stop::Over {
+            reason,
+            why,
+            last: None,
+        },
+        Ok(None) => Stop::Attempt(e),
+        Err(stop) => stop,
+    }
+}
+
+/// Log a session as given up, forget it, and delete the asset it made (it
+/// will never complete) if the platform lets us.
+async fn give_up(
+    shared: &Shared,
+    up: &Upload<'_>,
+    session: &Session,
+    reason: &'static str,
+    why: &str,
+) -> Result<(), ApiError> {
+    tracing::warn!(
+        path = %up.job.display(),
+        upload_id = %session.upload_id,
+        reason = why,
+        "giving up the upload session; starting a new one"
+    );
+    shared
+        .ledger
+        .end_session(session.file_id, &session.upload_id, why)
+        .await
+        .map_err(ledger_err)?;
+    crate::metrics::session_replaced(reason);
+    match shared.client.delete_asset(&session.asset_id).await {
+        Ok(()) => {}
+        Err(e) if matches!(e.class(), ErrorClass::NotFound | ErrorClass::Permanent) => {
+            tracing::debug!(asset_id = %session.asset_id, error = %e, "the platform keeps the asset of a given-up session");
+        }
+        Err(e) => {
+            tracing::warn!(asset_id = %session.asset_id, error = %e, "could not delete the asset of a given-up upload session");
         }
     }
+    Ok(())
+}
+
+/// The headers saved with the session; the default for sessions saved
+/// before they were kept.
+fn saved_headers(s: &Session) -> BTreeMap<String, String> {
+    s.upload_headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str::<BTreeMap<String, String>>(h).ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(default_headers)
+}
+
+fn etags_of(chunks: Vec<Chunk>) -> BTreeMap<u64, (String, u64)> {
+    chunks
+        .into_iter()
+        .filter_map(|c| {
+            Some((
+                u64::try_from(c.chunk_index).ok()?,
+                (c.etag, u64::try_from(c.size).ok()?),
+            ))
+        })
+        .collect()
 }
 
 fn default_headers() -> BTreeMap<String, String> {
@@ -358,5 +681,37 @@ mod tests {
         assert_eq!(chunk_len(10, 4, 3), 2);
         assert_eq!(chunk_len(12, 4, 3), 4);
         assert_eq!((1..=3).map(|i| chunk_len(10, 4, i)).sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn what_the_store_says_about_the_session() {
+        for status in [400, 403, 404, 409, 410, 412] {
+            assert!(refused_by_store(status), "{status}");
+        }
+        for status in [408, 429, 500, 502, 503] {
+            assert!(!refused_by_store(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn headers_saved_with_a_session_come_back() {
+        let mut s = Session {
+            file_id: 1,
+            upload_id: "u".into(),
+            asset_id: "a".into(),
+            chunk_size: 4,
+            total_chunks: 3,
+            expires_at: None,
+            created_at: 0,
+            upload_headers: Some(r#"{"Content-Type":"video/mp4","x-amz-acl":"private"}"#.into()),
+        };
+        assert_eq!(
+            saved_headers(&s).get("x-amz-acl").map(String::as_str),
+            Some("private")
+        );
+        s.upload_headers = None;
+        assert_eq!(saved_headers(&s), default_headers());
+        s.upload_headers = Some("not json".into());
+        assert_eq!(saved_headers(&s), default_headers());
     }
 }

@@ -504,18 +504,27 @@ async fn send_file(
 /// stamp sent after the file is not in it, the platform may ignore fields
 /// after the file, and a crashed upload could not be found by its stamp:
 /// from then on every file is hashed before it is sent, with the stamp
-/// ahead of it. (A platform that simply does not echo `user_metadata`
-/// costs the one-read upload, nothing else.)
+/// ahead of it. An answer without `user_metadata` at all is valid (the API
+/// leaves it out at will) and costs the one-read upload, nothing else: one
+/// WARN line per process says so, never an error per file.
 fn check_trailing_stamp(shared: &Shared, asset: &crate::api::Asset, sha256: &str) {
     if asset.sha256_stamp().as_deref() == Some(sha256) {
         return;
     }
     if shared.stamp_after_file.swap(false, Ordering::Relaxed) {
-        tracing::error!(
-            asset_id = asset.id.as_deref().unwrap_or_default(),
-            "the platform dropped the user_metadata sent after the file; \
-             hashing every file before sending it from now on"
-        );
+        if asset.user_metadata.is_none() {
+            tracing::warn!(
+                "the platform's answers leave user_metadata out (the API allows that), so the \
+                 stamp sent after the file cannot be checked; hashing every file before \
+                 sending it from now on"
+            );
+        } else {
+            tracing::warn!(
+                asset_id = asset.id.as_deref().unwrap_or_default(),
+                "the platform dropped the user_metadata sent after the file; \
+                 hashing every file before sending it from now on"
+            );
+        }
     }
 }
 
@@ -700,7 +709,7 @@ fn classify(shared: &Shared, job: &UploadJob, e: &ApiError, bytes_sent: u64) -> 
         }
         ErrorClass::Permanent | ErrorClass::NotFound => {
             let reason = match e {
-                ApiError::LocalRead(_) => e.to_string(),
+                ApiError::LocalRead(_) | ApiError::SessionsBurned { .. } => e.to_string(),
                 _ => format!("the platform refused it: {e}"),
             };
             Outcome::Finish(

@@ -268,3 +268,91 @@ async fn a_key_file_others_can_read_gets_a_warning_and_a_private_one_none() {
     }
     figures("secrets.key_file_mode", &[("modes", seen.join(","))]);
 }
+
+/// What a presigned chunk URL of the emulator looks like: its path and its
+/// signature parameter. Neither may appear anywhere.
+const URL_MARKS: [&str; 2] = ["/_s3/", "sig="];
+
+fn assert_no_presigned_url(what: &str, haystack: &[u8]) {
+    for mark in URL_MARKS {
+        assert!(
+            !haystack.windows(mark.len()).any(|w| w == mark.as_bytes()),
+            "{what} shows a presigned URL ({mark:?}):\n{}",
+            String::from_utf8_lossy(haystack)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_every_chunk_fails_the_file_after_three_sessions_and_no_url_leaks() {
+    let env = TestEnv::sqlite_with(
+        tl_ingest::emulator::EmulatorConfig {
+            multipart_chunk_size: 1 << 20,
+            ..tl_ingest::emulator::EmulatorConfig::default()
+        },
+        Faults {
+            chunk_error_status: 404,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = env.write_config();
+    let file = env.inbox.join("big.mp4");
+    let mut bytes = crate::helpers::media(Kind::Mp4, 4096, 8);
+    bytes.resize(3 << 20, 0);
+    std::fs::write(&file, &bytes).expect("write");
+    let mut runs = Runs { count: 0 };
+    let mut cmd = traced(&env, KEY, &config);
+    cmd.env("TL_INGEST__UPLOAD__MULTIPART_THRESHOLD", "1MB")
+        .args(["upload", "inbox"]);
+    let out = runs
+        .check("upload to a store refusing every chunk", cmd)
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_no_presigned_url("upload", &out.stdout);
+    assert_no_presigned_url("upload", &out.stderr);
+
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 3, "{stats:?}");
+    assert_eq!(stats.chunk_puts, 0);
+    let ledger = tl_ingest::ledger::Ledger::open_existing_at(&env.ledger)
+        .await
+        .expect("ledger");
+    let rec = crate::helpers::record_of(&ledger, &file).await;
+    ledger.close().await;
+    assert_eq!(rec.state, "failed");
+    let error = rec.last_error.unwrap_or_default();
+    assert!(
+        error.contains("3 upload sessions in a row") && error.contains("404 NoSuchUpload"),
+        "{error}"
+    );
+    assert!(error.contains("chunk "), "names the chunk: {error}");
+
+    for args in [
+        &["show", "inbox/big.mp4"][..],
+        &["show", "--format", "json", "inbox/big.mp4"],
+        &["history", "--format", "json"],
+        &["status"],
+    ] {
+        let mut cmd = traced(&env, KEY, &config);
+        cmd.args(args);
+        let out = runs.check(&args.join(" "), cmd).await;
+        assert_no_presigned_url(&args.join(" "), &out.stdout);
+        assert_no_presigned_url(&args.join(" "), &out.stderr);
+    }
+    let files = ledger_files(&env.ledger_path);
+    assert!(!files.is_empty());
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        assert_no_presigned_url(&f.display().to_string(), &bytes);
+        assert_clean(&f.display().to_string(), &bytes);
+    }
+    figures(
+        "secrets.presigned_urls",
+        &[
+            ("sessions", stats.multipart_sessions.to_string()),
+            ("runs", runs.count.to_string()),
+            ("urls_found", "0".into()),
+        ],
+    );
+}
