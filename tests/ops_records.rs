@@ -385,24 +385,30 @@ async fn forget_removes_attempts_and_session_and_clears_duplicate_pointers() {
     assert_eq!(dup.state, "duplicate", "{}", dump(&ledger).await);
     assert_eq!(dup.duplicate_of, Some(owner.id));
 
+    // The record's current claim token: one per claim, each with an attempt.
+    let epoch =
+        i64::try_from(ledger.attempts(failed.id).await.expect("attempts").len()).expect("small");
     ledger
-        .save_session(&Session {
-            file_id: failed.id,
-            upload_id: "up-123".into(),
-            asset_id: "asset-123".into(),
-            chunk_size: 1000,
-            total_chunks: 4,
-            expires_at: None,
-            created_at: now_ms(),
-        })
+        .save_session(
+            &Session {
+                file_id: failed.id,
+                upload_id: "up-123".into(),
+                asset_id: "asset-123".into(),
+                chunk_size: 1000,
+                total_chunks: 4,
+                expires_at: None,
+                created_at: now_ms(),
+            },
+            epoch,
+        )
         .await
         .expect("session");
     ledger
-        .record_chunk(failed.id, 0, "etag-0", 1000)
+        .record_chunk(failed.id, epoch, 0, "etag-0", 1000)
         .await
         .expect("chunk");
     ledger
-        .record_chunk(failed.id, 1, "etag-1", 1000)
+        .record_chunk(failed.id, epoch, 1, "etag-1", 1000)
         .await
         .expect("chunk");
     ledger

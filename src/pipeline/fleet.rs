@@ -179,7 +179,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
 
 /// What any daemon of a fleet does now and then: take over expired claims,
 /// adopt the follow-up work of daemons that are gone, forget daemons long
-/// silent, and bring the fleet's 429 pause to this host.
+/// silent (and prune those stopped long ago), and bring the fleet's 429 pause to this host.
 async fn housekeeping(shared: &Shared) {
     let ledger = &shared.ledger;
     match ledger.take_over_expired().await {
@@ -200,6 +200,9 @@ async fn housekeeping(shared: &Shared) {
     }
     if let Err(e) = ledger.close_silent_daemons().await {
         tracing::debug!(error = %e, "cannot close silent daemons");
+    }
+    if let Err(e) = ledger.prune_daemons().await {
+        tracing::debug!(error = %e, "cannot prune the daemons that stopped long ago");
     }
     match ledger.fleet_pause_left().await {
         Ok(left) if left > 0 => {

@@ -139,7 +139,10 @@ pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<String, ApiError> 
                     .map(crate::ledger::to_ms),
                 created_at: now_ms(),
             };
-            ledger.save_session(&s).await.map_err(ledger_err)?;
+            ledger
+                .save_session(&s, up.job.epoch)
+                .await
+                .map_err(ledger_err)?;
             let urls = created
                 .upload_urls
                 .into_iter()
@@ -282,6 +285,7 @@ async fn put_one(
                     .ledger
                     .record_chunk(
                         session.file_id,
+                        up.job.epoch,
                         i64::try_from(idx).unwrap_or(i64::MAX),
                         &etag,
                         i64::try_from(len).unwrap_or(i64::MAX),
