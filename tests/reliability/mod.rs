@@ -13,6 +13,7 @@ mod fault_storm;
 mod props;
 mod secrets;
 mod server_lies;
+mod url_crash_loop;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
