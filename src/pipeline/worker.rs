@@ -39,7 +39,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 // Cancelled when this daemon no longer holds the record: its
                 // lease ran out and another daemon took it over, or the
                 // heartbeat cannot renew it (see pipeline/fleet.rs).
-                let lost = shared.claims.hold(job.id);
+                let lost = shared.claims.hold(job.id, job.epoch);
                 tokio::select! {
                     biased;
                     _ = abort.cancelled() => {
@@ -55,7 +55,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                     }
                     _ = attempt(&shared, &job, &stop) => {}
                 }
-                shared.claims.release(job.id);
+                shared.claims.release(job.id, job.epoch);
                 continue;
             }
             Ok(None) => {}
