@@ -1,6 +1,7 @@
 //! The shared ledger's fleet operations, one step at a time, with several
 //! handles on one PostgreSQL database standing for daemons on different
-//! hosts: claims, leases, takeover, fencing, pacing. Run when
+//! hosts: claims, leases, takeover, fencing, pacing (fencing also on
+//! SQLite, where a reload takes records back). The PostgreSQL tests run when
 //! `TL_INGEST_TEST_POSTGRES_URL` is set; skipped with a message otherwise.
 
 use std::collections::BTreeSet;
@@ -424,4 +425,148 @@ async fn a_file_one_host_cannot_see_is_handed_back_not_failed() {
         vec![id],
         "a takes it"
     );
+}
+
+/// A daemon takes back its own record while the worker that first claimed
+/// it still runs (that worker outlived its lease; on SQLite, a reload's
+/// recovery): the first worker's late writes (its answer, a chunk ETag, a
+/// new session) are refused, the second claim finds the asset the first
+/// one made by the URL's stamp, and the platform holds one asset.
+async fn taking_back_its_own_claim_fences_off_the_first_worker(location: &Location) {
+    const LEASE_MS: i64 = 1000;
+    let env = crate::helpers::TestEnv::new().await;
+    let client = tl_ingest::api::ApiClient::new(
+        &tl_ingest::api::ClientOptions {
+            base_url: env.emulator.base_url(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        },
+        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
+    )
+    .expect("client");
+    let a = Ledger::open_at(location).await.expect("open");
+    a.join("host-a", &[ROOT.into()], LEASE_MS)
+        .await
+        .expect("join");
+    let url = "https://media.example.com/a/clip.mp4";
+    let (id, _) = a.add_url(url, None, None, None).await.expect("add");
+    let first = a.claim(LEASE_MS).await.expect("claim").expect("due");
+    let stamp = first.stamp.clone().expect("a URL record has its stamp");
+    // The first worker's request: the platform makes the asset, and the
+    // answer comes back too late.
+    let mut meta = serde_json::Map::new();
+    meta.insert(tl_ingest::api::URL_STAMP.into(), stamp.clone().into());
+    let made = client
+        .create_url(url, Some("clip.mp4"), false, false, &meta)
+        .await
+        .expect("create")
+        .id
+        .expect("asset id");
+
+    // The same daemon takes the record back and claims it again.
+    if matches!(location, Location::Postgres(_)) {
+        take_over_one(&a).await;
+    } else {
+        assert_eq!(a.recover().await.expect("recover"), 1);
+    }
+    let second = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Some(job) = a.claim(30_000).await.expect("claim") {
+                return job;
+            }
+        }
+    })
+    .await
+    .expect("claimed again once due");
+    assert_eq!(second.id, id);
+    assert!(second.epoch > first.epoch, "a new token per claim");
+    assert!(second.lookup_first);
+    assert_eq!(second.stamp.as_deref(), Some(stamp.as_str()));
+
+    // The first worker's late writes are refused.
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        ..AttemptEnd::default()
+    };
+    let late = a.accept(&first, &made, &end).await;
+    assert!(
+        matches!(late, Err(LedgerError::Conflict { .. })),
+        "{late:?}"
+    );
+    let late = a.retry_later(&first, &end, 0, true, true).await;
+    assert!(
+        matches!(late, Err(LedgerError::Conflict { .. })),
+        "{late:?}"
+    );
+    let session = tl_ingest::ledger::multipart::Session {
+        file_id: id,
+        upload_id: "up-2".into(),
+        asset_id: "asset-2".into(),
+        chunk_size: 10,
+        total_chunks: 2,
+        expires_at: None,
+        created_at: 0,
+        upload_headers: None,
+    };
+    let late = a.save_session(&session, first.epoch).await;
+    assert!(
+        matches!(late, Err(LedgerError::Conflict { .. })),
+        "{late:?}"
+    );
+    a.save_session(&session, second.epoch)
+        .await
+        .expect("the current attempt's session");
+    let late = a.record_chunk(id, first.epoch, 1, "etag-stale", 10).await;
+    assert!(
+        matches!(late, Err(LedgerError::Conflict { .. })),
+        "{late:?}"
+    );
+    a.record_chunk(id, second.epoch, 1, "etag-1", 10)
+        .await
+        .expect("the current attempt's chunk");
+    let (_, chunks) = a.session(id).await.expect("session").expect("saved");
+    assert_eq!(
+        chunks.iter().map(|c| c.etag.as_str()).collect::<Vec<_>>(),
+        ["etag-1"]
+    );
+    a.drop_session(id).await.expect("drop");
+
+    // The second claim finds the asset by the stamp instead of sending it.
+    let found = client
+        .find_by_url_stamp(Some("clip.mp4"), &stamp)
+        .await
+        .expect("lookup")
+        .expect("found by its stamp");
+    assert_eq!(found.id.as_deref(), Some(made.as_str()));
+    a.accept(&second, &made, &end)
+        .await
+        .expect("the current attempt's answer lands");
+    let rec = a.record(id).await.expect("q").expect("record");
+    assert_eq!(
+        (rec.state.as_str(), rec.asset_id.as_deref()),
+        ("processing", Some(made.as_str()))
+    );
+    assert_eq!(env.emulator.assets().len(), 1, "one asset on the platform");
+    a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_back_its_own_claim_fences_off_the_first_worker_on_postgres() {
+    if pg::server_url().is_none() {
+        return pg::skipped(
+            "fleet_ledger::taking_back_its_own_claim_fences_off_the_first_worker_on_postgres",
+        );
+    }
+    let url = pg::fresh_database().await;
+    taking_back_its_own_claim_fences_off_the_first_worker(&Location::Postgres(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_back_its_own_claim_fences_off_the_first_worker_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let location = Location::Sqlite(dir.path().join("ledger.db"));
+    taking_back_its_own_claim_fences_off_the_first_worker(&location).await;
 }

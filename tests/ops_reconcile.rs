@@ -174,3 +174,60 @@ async fn an_unreadable_asset_is_reported_and_the_check_goes_on() {
     );
     assert!(!text(&out).contains("panicked"));
 }
+
+/// A URL asset the ledger does not know (a second upload of a URL record,
+/// say) is listed as an orphan by the URL stamp it carries, naming the
+/// record whose stamp it is.
+#[tokio::test]
+async fn orphaned_url_assets_are_found_by_their_stamp() {
+    let env = TestEnv::new().await;
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
+    let url = "https://media.example.com/cam/clip.mp4";
+    let (id, _) = ledger.add_url(url, None, None, None).await.expect("add");
+    ledger.close().await;
+    let ledger = env.run_pipeline(env.config(), &[]).await;
+    let rec = ledger.record(id).await.expect("q").expect("record");
+    assert_eq!(rec.state, "ready");
+    ledger.close().await;
+    let api = client(&env);
+    let sent = env.emulator.assets();
+    assert_eq!(sent.len(), 1);
+    let stamp = sent[0]
+        .user_metadata
+        .as_ref()
+        .and_then(|m| m.get(tl_ingest::api::URL_STAMP))
+        .and_then(|s| s.as_str())
+        .expect("the upload carries the record's stamp")
+        .to_owned();
+
+    // All in order.
+    let mut cmd = env.cmd(KEY);
+    cmd.arg("reconcile");
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The same URL sent again with the same stamp, unrecorded.
+    let mut meta = serde_json::Map::new();
+    meta.insert(tl_ingest::api::URL_STAMP.into(), stamp.clone().into());
+    let second = api
+        .create_url(url, Some("clip.mp4"), false, false, &meta)
+        .await
+        .expect("create")
+        .id
+        .expect("id");
+    let mut cmd = env.cmd(KEY);
+    cmd.arg("reconcile");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("orphan   {second}")))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert!(
+        line.contains(&format!(
+            "url stamp {stamp} (a second asset of #{id}, {url})"
+        )),
+        "{line}"
+    );
+}

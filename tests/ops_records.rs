@@ -336,8 +336,52 @@ async fn forget_with_yes_makes_upload_send_the_file_again() {
     );
     let new = record_of(&ledger, &a).await;
     assert_eq!(new.state, "ready");
-    // A new record (SQLite may reuse the id): the old attempts are gone.
+    // A new record, never the old id (an id in an old log line must not
+    // name another file), with none of the old attempts.
+    assert!(new.id > old.id, "new id {} after {}", new.id, old.id);
     assert_eq!(ledger.attempts(new.id).await.expect("query").len(), 1);
+}
+
+/// `forget` the newest records (a file and a URL), then a new file and a
+/// new URL: their ids are above every id ever used.
+#[tokio::test]
+async fn ids_are_never_reused_after_forget() {
+    let env = TestEnv::new().await;
+    let a = env.inbox.join("a.mp4");
+    write_media(&a, Kind::Mp4, 3000, 60);
+    let out = env.upload_bin(&[&a]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let (url_id, _) = ledger
+        .add_url("https://media.example.com/x.mp4", None, None, None)
+        .await
+        .expect("add url");
+    let file_id = record_of(&ledger, &a).await.id;
+    let highest = file_id.max(url_id);
+    let out = cli(
+        &env,
+        &["forget", "--yes", "inbox/a.mp4", &format!("#{url_id}")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(ledger.record(url_id).await.expect("query").is_none());
+    assert!(ledger.record(file_id).await.expect("query").is_none());
+
+    let b = env.inbox.join("b.mp4");
+    write_media(&b, Kind::Mp4, 3100, 61);
+    let out = env.upload_bin(&[&b]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let new_file = record_of(&ledger, &b).await.id;
+    let (new_url, fresh) = ledger
+        .add_url("https://media.example.com/y.mp4", None, None, None)
+        .await
+        .expect("add url");
+    assert!(fresh);
+    assert!(
+        new_file > highest && new_url > new_file,
+        "ids {new_file} and {new_url} after {highest} was used"
+    );
+    ledger.close().await;
 }
 
 #[tokio::test]
@@ -385,25 +429,31 @@ async fn forget_removes_attempts_and_session_and_clears_duplicate_pointers() {
     assert_eq!(dup.state, "duplicate", "{}", dump(&ledger).await);
     assert_eq!(dup.duplicate_of, Some(owner.id));
 
+    // The record's current claim token: one per claim, each with an attempt.
+    let epoch =
+        i64::try_from(ledger.attempts(failed.id).await.expect("attempts").len()).expect("small");
     ledger
-        .save_session(&Session {
-            file_id: failed.id,
-            upload_id: "up-123".into(),
-            asset_id: "asset-123".into(),
-            chunk_size: 1000,
-            total_chunks: 4,
-            expires_at: None,
-            created_at: now_ms(),
-            upload_headers: None,
-        })
+        .save_session(
+            &Session {
+                file_id: failed.id,
+                upload_id: "up-123".into(),
+                asset_id: "asset-123".into(),
+                chunk_size: 1000,
+                total_chunks: 4,
+                expires_at: None,
+                created_at: now_ms(),
+                upload_headers: None,
+            },
+            epoch,
+        )
         .await
         .expect("session");
     ledger
-        .record_chunk(failed.id, 0, "etag-0", 1000)
+        .record_chunk(failed.id, epoch, 0, "etag-0", 1000)
         .await
         .expect("chunk");
     ledger
-        .record_chunk(failed.id, 1, "etag-1", 1000)
+        .record_chunk(failed.id, epoch, 1, "etag-1", 1000)
         .await
         .expect("chunk");
     ledger

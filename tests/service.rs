@@ -273,6 +273,80 @@ async fn sighup_with_a_broken_config_keeps_the_daemon_running() {
     assert!(!stderr.contains(KEY), "the key was logged: {stderr}");
 }
 
+/// A reload that names a new key (a new key file) and fails on something
+/// else that quotes the new key: the error logged is redacted with the new
+/// key as well as the running one.
+#[tokio::test]
+async fn a_failed_reload_is_redacted_with_the_new_key_too() {
+    const NEW_KEY: &str = "tlk_the_new_key_0123456789";
+    let env = TestEnv::new().await;
+    let write_key = |name: &str, key: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, key).expect("key file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    };
+    let old_file = write_key("old.key", KEY);
+    let new_file = write_key("new.key", NEW_KEY);
+    let base = env.write_daemon_config(&env.inbox_watch());
+    let good = std::fs::read_to_string(&base).expect("read").replacen(
+        "[api]\n",
+        &format!("[api]\nkey_file = {:?}\n", old_file.display().to_string()),
+        1,
+    );
+    std::fs::write(&base, &good).expect("config");
+    let mut cmd = env.bare_cmd(KEY);
+    cmd.env_remove("TWELVELABS_API_KEY");
+    let daemon = cmd
+        .arg("--config")
+        .arg(&base)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tl-ingest run");
+    let before = env.inbox.join("before.mp4");
+    write_media(&before, Kind::Mp4, 5000, 1);
+    env.wait_for_state(std::slice::from_ref(&before), "ready")
+        .await;
+
+    // The new key file, and the new key pasted as a folder to watch.
+    let missing = env.dir.path().join(NEW_KEY);
+    let broken = good.replace(
+        &old_file.display().to_string(),
+        &new_file.display().to_string(),
+    ) + &format!("[[watch]]\npath = {:?}\n", missing.display().to_string());
+    assert!(broken.contains(&new_file.display().to_string()), "{broken}");
+    std::fs::write(&base, broken).expect("break");
+    signal(&daemon, "HUP");
+    let later = env.inbox.join("later.mp4");
+    write_media(&later, Kind::Mp4, 6000, 2);
+    env.wait_for_state(std::slice::from_ref(&later), "ready")
+        .await;
+    std::fs::write(&base, good).expect("restore");
+    signal(&daemon, "TERM");
+    let (code, stderr) = exit_within(daemon, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("configuration not reloaded").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("<redacted>"),
+        "the folder is named, redacted: {stderr}"
+    );
+    assert!(
+        !stderr.contains(NEW_KEY),
+        "the new key was logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains(KEY),
+        "the running key was logged: {stderr}"
+    );
+}
+
 #[test]
 fn the_systemd_unit_verifies() {
     let have = std::process::Command::new("systemd-analyze")

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, StorageError, retry_at};
 pub use types::{
     Asset, AssetPage, AssetStatus, IndexedAsset, MultipartCreated, ReportResult, SHA256_STAMP,
-    SessionStatus, UploadUrl,
+    SessionStatus, URL_STAMP, UploadUrl,
 };
 
 use crate::secret::ApiKey;
@@ -617,12 +617,34 @@ impl ApiClient {
         filename: &str,
         sha256: &str,
     ) -> Result<Option<Asset>, ApiError> {
+        self.find_stamped(Some(filename), SHA256_STAMP, sha256)
+            .await
+    }
+
+    /// Find the asset of a URL record by its own stamp (see [`URL_STAMP`]),
+    /// narrowed by the filename it was given when there is one.
+    pub async fn find_by_url_stamp(
+        &self,
+        filename: Option<&str>,
+        stamp: &str,
+    ) -> Result<Option<Asset>, ApiError> {
+        self.find_stamped(filename, URL_STAMP, stamp).await
+    }
+
+    /// The newest asset (of `filename`) whose `user_metadata[key]` is
+    /// `value`, looking through at most [`LOOKUP_MAX_PAGES`] pages.
+    async fn find_stamped(
+        &self,
+        filename: Option<&str>,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Asset>, ApiError> {
         let mut page = 1;
         loop {
-            let listing = self.list_assets(Some(filename), page, 50).await?;
+            let listing = self.list_assets(filename, page, 50).await?;
             // An entry that cannot be read is not the one looked for.
             if let Some(found) = listing.assets().filter_map(Result::ok).find(|a| {
-                a.sha256_stamp().as_deref() == Some(sha256)
+                a.stamp(key).as_deref() == Some(value)
                     && a.id.as_deref().is_some_and(|id| !id.is_empty())
             }) {
                 return Ok(Some(found));

@@ -39,6 +39,10 @@ impl Count {
     }
 }
 
+/// The key under which a URL upload carries its record's own random stamp
+/// (a URL has no content hash to be found by).
+pub const URL_STAMP: &str = "tl_ingest_url_stamp";
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Asset {
     #[serde(rename = "_id", default)]
@@ -90,13 +94,24 @@ impl Asset {
     /// The sha256 stamp in `user_metadata`, whether the platform returns it
     /// as an object or as the JSON string it was sent as.
     pub fn sha256_stamp(&self) -> Option<String> {
+        self.stamp(SHA256_STAMP)
+    }
+
+    /// The URL stamp in `user_metadata` (see [`URL_STAMP`]).
+    pub fn url_stamp(&self) -> Option<String> {
+        self.stamp(URL_STAMP)
+    }
+
+    /// A text value of `user_metadata`, whether the platform returns it as
+    /// an object or as the JSON string it was sent as.
+    pub fn stamp(&self, key: &str) -> Option<String> {
         let meta = self.user_metadata.as_ref()?;
         let obj = match meta {
             serde_json::Value::Object(map) => map.clone(),
             serde_json::Value::String(text) => serde_json::from_str(text).ok()?,
             _ => return None,
         };
-        obj.get(SHA256_STAMP)?.as_str().map(str::to_string)
+        obj.get(key)?.as_str().map(str::to_string)
     }
 
     pub fn error_message(&self) -> Option<String> {

@@ -65,6 +65,10 @@ pub struct EmulatorArgs {
     /// Latency added to every request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Delay, in milliseconds, between making an answer (an upload's asset
+    /// is made) and sending it.
+    #[arg(long, default_value_t = 0)]
+    pub answer_delay_ms: u64,
     /// Seed for the fault sequence (reproducible runs).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -127,6 +131,7 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
             retry_after_secs: args.retry_after_secs,
             reset_mid_body: args.reset_mid_body,
             latency_ms: args.latency_ms,
+            answer_delay_ms: args.answer_delay_ms,
             seed: args.seed,
             malformed_json: args.malformed_json,
             missing_id: args.missing_id,

@@ -2,8 +2,9 @@
 //! the platform (`GET /assets/{id}`, paced under the rate limit): an asset
 //! that is missing or `failed` there is reported, and with `--requeue` its
 //! file is queued again. Then list the platform's assets that carry this
-//! tool's sha256 stamp but that the ledger does not know (orphans of a
-//! crash, or of a forgotten record).
+//! tool's sha256 stamp or a URL record's stamp but that the ledger does not
+//! know (orphans of a crash, or of a forgotten record); a URL asset names
+//! the record whose stamp it carries, if there is one.
 //!
 //! An asset whose answer cannot be read is reported and counted, and the
 //! check goes on with the next one.
@@ -132,15 +133,25 @@ async fn reconcile(
                     continue;
                 }
             };
-            let (Some(id), Some(sha)) = (asset.id.as_deref(), asset.sha256_stamp()) else {
+            let Some(id) = asset.id.as_deref() else {
                 continue;
+            };
+            let stamp = match (asset.sha256_stamp(), asset.url_stamp()) {
+                (Some(sha), _) => format!("sha256 {sha}"),
+                (None, Some(stamp)) => match ledger.stamped(&stamp).await.map_err(failed)? {
+                    Some((record, url)) => {
+                        format!("url stamp {stamp} (a second asset of #{record}, {url})")
+                    }
+                    None => format!("url stamp {stamp}"),
+                },
+                (None, None) => continue,
             };
             if ledger.knows_asset(id).await.map_err(failed)? {
                 continue;
             }
             problems += 1;
             let line = format!(
-                "orphan   {id}  {}  sha256 {sha}",
+                "orphan   {id}  {}  {stamp}",
                 asset.filename.as_deref().unwrap_or("?")
             );
             if !out(&line) {

@@ -62,7 +62,13 @@ pub(crate) enum DaemonState {
 }
 
 impl DaemonState {
+    /// Judged by the daemon's own lease (a fleet's hosts may run with
+    /// different ones, for a while); `stale_after_ms` (from the local
+    /// configuration) for a daemon that did not record its lease.
     pub(crate) fn of(d: &DaemonInfo, stale_after_ms: i64) -> DaemonState {
+        let stale_after_ms = d
+            .lease_ms
+            .map_or(stale_after_ms, |l| millis(stale_after(lease_of(l))));
         if d.stopped_at.is_some() {
             DaemonState::Stopped
         } else if heartbeat_age(d) > stale_after_ms {
@@ -79,6 +85,10 @@ impl DaemonState {
             DaemonState::Stopped => "stopped",
         }
     }
+}
+
+fn lease_of(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// How old a daemon's last heartbeat is, on the ledger's clock (ms).
@@ -449,6 +459,7 @@ fn fleet_json(f: &Facts, d: &DaemonInfo) -> serde_json::Value {
         "heartbeat_age_ms": heartbeat_age(d),
         "stopped_at": d.stopped_at.map(rfc3339),
         "in_flight": d.in_flight,
+        "lease_ms": d.lease_ms,
         "state": state.as_str(),
         "stale": state == DaemonState::Stale,
     })
@@ -691,7 +702,10 @@ fn fleet_lines(f: &Facts, colour: bool, lines: &mut Vec<String>) {
                 let text = format!(
                     "STALE: no heartbeat for {} (one is due every {})",
                     span(heartbeat_age(d)),
-                    short_span(f.heartbeat_ms)
+                    short_span(
+                        d.lease_ms
+                            .map_or(f.heartbeat_ms, |l| millis(heartbeat_interval(lease_of(l))))
+                    )
                 );
                 if colour {
                     format!("\x1b[1;31m{text}\x1b[0m")
@@ -995,8 +1009,25 @@ mod tests {
             heartbeat_at: NOW - heartbeat_ago,
             stopped_at: stopped_ago.map(|a| NOW - a),
             in_flight: id,
+            lease_ms: None,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn each_daemon_is_judged_stale_by_its_own_lease() {
+        // Five seconds without a heartbeat: late for a daemon on a 3 s
+        // lease, not for one on 30 s, whatever the local configuration.
+        let mut short = daemon(1, "a", 5_000, None);
+        short.lease_ms = Some(3_000);
+        let mut long = daemon(2, "b", 5_000, None);
+        long.lease_ms = Some(30_000);
+        assert_eq!(DaemonState::of(&short, 30_000), DaemonState::Stale);
+        assert_eq!(DaemonState::of(&long, 1_000), DaemonState::Running);
+        // One that did not record its lease: the local one decides.
+        let old = daemon(3, "c", 5_000, None);
+        assert_eq!(DaemonState::of(&old, 1_000), DaemonState::Stale);
+        assert_eq!(DaemonState::of(&old, 30_000), DaemonState::Running);
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn make_client(setup: &Setup, config: &Config) -> Result<ApiClient, DaemonError>
         request_timeout: config.api.request_timeout,
         connect_timeout: config.api.connect_timeout,
     };
-    ApiClient::new(&opts, &key).map_err(|e| DaemonError::Config(e.to_string()))
+    ApiClient::new(&opts, &key).map_err(|e| DaemonError::Config(key.redact(&e.to_string())))
 }
 
 /// The watched folders as records name them (`Origin::root`): on a shared
@@ -1151,7 +1151,9 @@ impl Daemon {
         match self.try_reload().await {
             Ok(()) => tracing::info!(roots = self.roots.len(), "configuration reloaded"),
             Err(e) => {
-                // The message may quote a value, and a value may be the key.
+                // The message may quote a value, and a value may be the key:
+                // the running one here, the newly configured one in
+                // `try_reload`.
                 let e = self.pipeline.client().redact(&e);
                 tracing::error!(error = %e, "configuration not reloaded; still running on the previous one")
             }
@@ -1170,7 +1172,8 @@ impl Daemon {
             );
         }
         let client = make_client(&self.setup, &config).map_err(|e| e.to_string())?;
-        let roots = arm_roots(&self.setup, &config, &self.feed_tx).map_err(|e| e.to_string())?;
+        let roots = arm_roots(&self.setup, &config, &self.feed_tx)
+            .map_err(|e| client.redact(&e.to_string()))?;
         // Everything checks out: switch over.
         self.roots = roots;
         self.settler.set_settle(config.watcher.settle);

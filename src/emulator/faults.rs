@@ -1,6 +1,7 @@
 //! Fault injection and the gatekeeping every `/v1.3` request goes through, in this order:
 //! added latency, API-key check (401), rate limit (429), error before the body (500),
-//! connection reset part-way through the body. The 500 after the whole body was read and
+//! connection reset part-way through the body; after the route has answered, the answer
+//! delay (the asset is made, the client still waits). The 500 after the whole body was read and
 //! the asset that vanishes once ready are only drawn here and applied by the routes.
 //! Last come the lies told about an answer the route gave: an HTML page instead of it
 //! (`200 OK`), a `201` without `_id`, an undocumented asset status, JSON cut off
@@ -138,6 +139,7 @@ impl FaultState {
         };
         FaultPlan {
             latency: Duration::from_millis(f.latency_ms),
+            answer_delay: Duration::from_millis(f.answer_delay_ms),
             retry_after_secs: f.retry_after_secs,
             rate_limit,
             error_before_body,
@@ -166,6 +168,7 @@ fn chance(rng: &mut fastrand::Rng, p: f64) -> bool {
 #[derive(Debug, Clone)]
 struct FaultPlan {
     latency: Duration,
+    answer_delay: Duration,
     retry_after_secs: u64,
     rate_limit: bool,
     error_before_body: bool,
@@ -306,6 +309,9 @@ async fn gate(
         .insert(VanishAfterReady(plan.vanish_after_ready));
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
+    if !plan.answer_delay.is_zero() {
+        tokio::time::sleep(plan.answer_delay).await;
+    }
     tell_lies(shared, plan.lies, &method, &path, response).await
 }
 

@@ -130,6 +130,11 @@ pub struct Faults {
     pub reset_mid_body: f64,
     /// Latency added to every API request, in milliseconds.
     pub latency_ms: u64,
+    /// Delay between the route's answer and its sending, in milliseconds: an
+    /// upload's asset is already made while the client still waits (a slow
+    /// network on the way back), so a client that dies meanwhile never
+    /// learns of it.
+    pub answer_delay_ms: u64,
     /// Seed of the fault RNG, for reproducible fault sequences.
     pub seed: Option<u64>,
     /// Share of API answers whose JSON body is cut off half-way (the status is kept; an

@@ -1777,3 +1777,40 @@ async fn sessions_end_at_run_time_and_their_parts_get_no_such_upload() {
     .expect("emulator test setup");
     assert_eq!(status["status"], "active");
 }
+
+#[tokio::test]
+async fn with_an_answer_delay_the_asset_exists_before_its_answer_arrives() {
+    let emu = start().await;
+    emu.set_faults(Faults {
+        answer_delay_ms: 400,
+        ..Faults::default()
+    });
+    let client = client();
+    let form = Form::new()
+        .text("method", "url")
+        .text("url", "https://cdn.example.com/a/clip.mp4");
+    let started = Instant::now();
+    let request = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{}/assets", emu.base_url());
+        async move {
+            client
+                .post(url)
+                .header("x-api-key", KEY)
+                .multipart(form)
+                .send()
+                .await
+        }
+    });
+    // The asset appears while the answer is still held back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while emu.assets().is_empty() {
+        assert!(Instant::now() < deadline, "no asset made");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!request.is_finished(), "the answer is held back");
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(emu.assets().len(), 1);
+}

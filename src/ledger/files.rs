@@ -112,6 +112,12 @@ pub enum SameSize {
 /// made before that would send the file twice.
 pub const LOOKUP_DELAY_MS: i64 = 3000;
 
+/// A new URL record's stamp: 128 random bits in hex, unique among the
+/// records of any ledger for all practical purposes.
+pub(super) fn new_stamp() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
 /// How long a record waits for another record of its size to get its hash.
 const WAIT_FOR_HASH_MS: i64 = 250;
 
@@ -146,6 +152,13 @@ pub struct UploadJob {
     pub attempts: i64,
     pub lookup_first: bool,
     pub filename: Option<String>,
+    /// This claim's token (fencing): every write of the attempt names it,
+    /// and the ledger refuses it once the record was claimed again.
+    #[sqlx(default)]
+    pub epoch: i64,
+    /// A URL record's own stamp, sent in `user_metadata` to find its asset.
+    #[sqlx(default)]
+    pub stamp: Option<String>,
 }
 
 impl UploadJob {
@@ -405,12 +418,14 @@ impl Ledger {
             }
         }
         let origin = f.origin.clone().unwrap_or_default();
-        let id: i64 = stmt(
-            "INSERT INTO files (path_bytes, path, size, mtime_ns, device, inode, user_metadata, \
-             state, discovered_at, updated_at, root, index_id, after_upload, on_failure, \
-             origin_host) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14) RETURNING id",
-        )
+        let (id_col, id_val) = self.new_id();
+        let id: i64 = stmt(format!(
+            "INSERT INTO files ({id_col}path_bytes, path, size, mtime_ns, device, inode, \
+             user_metadata, state, discovered_at, updated_at, root, index_id, after_upload, \
+             on_failure, origin_host) \
+             VALUES ({id_val}$1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14) \
+             RETURNING id",
+        ))
         .bind(&f.path_bytes)
         .bind(&f.path)
         .bind(size)
@@ -460,24 +475,38 @@ impl Ledger {
         self.pool.is_postgres()
     }
 
-    /// The record must still be this daemon's to change (fencing): on a
-    /// shared ledger a daemon whose lease ran out may have lost it to
-    /// another, which is sending it now. Run inside the writing transaction
-    /// (which the takeover cannot interleave with).
-    async fn still_mine(&self, tx: &mut Tx, id: i64) -> Result<(), LedgerError> {
-        let Some(me) = self.me_id().filter(|_| self.pool.is_postgres()) else {
-            return Ok(());
-        };
-        let owner: Option<Option<i64>> = stmt("SELECT claimed_by FROM files WHERE id = $1")
-            .bind(id)
-            .scalar_optional(&mut *tx)
-            .await?;
-        match owner {
-            Some(Some(owner)) if owner == me => Ok(()),
+    /// The record must still be this attempt's to change (fencing): its
+    /// claim's epoch is still the record's, so no takeover or later claim
+    /// happened since, not even by this daemon (a worker that outlived its
+    /// lease); and on a shared ledger this daemon still owns it. Run inside
+    /// the writing transaction (which the takeover cannot interleave with).
+    async fn still_mine(&self, tx: &mut Tx, job: &UploadJob) -> Result<(), LedgerError> {
+        let row: Option<(i64, Option<i64>)> =
+            stmt("SELECT epoch, claimed_by FROM files WHERE id = $1")
+                .bind(job.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let me = self.me_id().filter(|_| self.pool.is_postgres());
+        match row {
+            Some((epoch, owner)) if epoch == job.epoch && (me.is_none() || owner == me) => Ok(()),
             _ => Err(LedgerError::Conflict {
-                id,
-                expected: "claimed by this daemon",
+                id: job.id,
+                expected: "claimed by this attempt",
             }),
+        }
+    }
+
+    /// On SQLite, the id column and the value that give a new record an id
+    /// above every id ever used (migration 0008 keeps the high-water mark);
+    /// PostgreSQL's identity sequence never goes back by itself.
+    fn new_id(&self) -> (&'static str, &'static str) {
+        if self.pool.is_postgres() {
+            ("", "")
+        } else {
+            (
+                "id, ",
+                "(SELECT high + 1 FROM id_high_water WHERE name = 'files'), ",
+            )
         }
     }
 
@@ -516,11 +545,12 @@ impl Ledger {
         // Nothing to hash: a URL goes straight to the queue.
         let state = FileState::Discovered.on(Event::Hashed)?;
         let now = now_ms();
-        let id: i64 = stmt(
-            "INSERT INTO files (url, filename, user_metadata, state, discovered_at, updated_at, \
-             root, index_id, after_upload, on_failure) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id",
-        )
+        let (id_col, id_val) = self.new_id();
+        let id: i64 = stmt(format!(
+            "INSERT INTO files ({id_col}url, filename, user_metadata, state, discovered_at, \
+             updated_at, root, index_id, after_upload, on_failure, stamp) \
+             VALUES ({id_val}$1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10) RETURNING id",
+        ))
         .bind(url)
         .bind(filename)
         .bind(user_metadata)
@@ -530,6 +560,7 @@ impl Ledger {
         .bind(origin.and_then(|o| o.index_id.clone()))
         .bind(origin.and_then(|o| o.after_upload.clone()))
         .bind(origin.and_then(|o| o.on_failure.clone()))
+        .bind(new_stamp())
         .scalar_one(&mut tx)
         .await?;
         tx.commit().await?;
@@ -556,7 +587,7 @@ impl Ledger {
             .bind(now_ms())
             .bind(member.id)
             .bind(member.host.clone())
-            .bind(member.lease_ms)
+            .bind(self.lease_ms())
             .fetch_all(&self.pool)
             .await?;
             jobs.sort_by_key(|j| j.id);
@@ -886,11 +917,12 @@ impl Ledger {
         let mut tx = self.pool.begin_claim().await?;
         let visible = self.visible_to_me("$6");
         let mut q = stmt(format!(
-            "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease} \
+            "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease}, \
+             epoch = epoch + 1 \
              WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible} \
                ORDER BY next_attempt_at, id LIMIT 1{lock}) AND state = $1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
-             user_metadata, attempts, lookup_first, filename",
+             user_metadata, attempts, lookup_first, filename, epoch, stamp",
         ))
         .bind(from.as_str())
         .bind(to.as_str())
@@ -940,7 +972,7 @@ impl Ledger {
         let to = from.on(Event::Accepted)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        self.still_mine(&mut tx, job.id).await?;
+        self.still_mine(&mut tx, job).await?;
         let done = stmt(
             "UPDATE files SET state = $3, asset_id = $4, attempts = attempts + 1, \
              last_error = NULL, lookup_first = FALSE, uploaded_at = $5, updated_at = $5, \
@@ -977,15 +1009,34 @@ impl Ledger {
         Ok(())
     }
 
+    /// Give a URL record that has none (one from before stamps) its stamp,
+    /// before its first request: the stamp it has now.
+    pub async fn set_stamp(&self, job: &UploadJob) -> Result<String, LedgerError> {
+        let stamp: Option<Option<String>> = stmt(
+            "UPDATE files SET stamp = coalesce(stamp, $2) WHERE id = $1 AND epoch = $3 \
+             RETURNING stamp",
+        )
+        .bind(job.id)
+        .bind(new_stamp())
+        .bind(job.epoch)
+        .scalar_optional(&self.pool)
+        .await?;
+        stamp.flatten().ok_or(LedgerError::Conflict {
+            id: job.id,
+            expected: "claimed by this attempt",
+        })
+    }
+
     /// The hash of a record being sent unhashed, learnt from an attempt
     /// that sent the whole file but was not accepted.
-    pub async fn set_sha256(&self, id: i64, sha256: &str) -> Result<(), LedgerError> {
+    pub async fn set_sha256(&self, job: &UploadJob, sha256: &str) -> Result<(), LedgerError> {
         stmt(
             "UPDATE files SET sha256 = $2 WHERE id = $1 AND state = 'uploading' \
-             AND sha256 IS NULL",
+             AND sha256 IS NULL AND epoch = $3",
         )
-        .bind(id)
+        .bind(job.id)
         .bind(sha256)
+        .bind(job.epoch)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1006,7 +1057,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Retry)?;
         let mut tx = self.begin().await?;
-        self.still_mine(&mut tx, job.id).await?;
+        self.still_mine(&mut tx, job).await?;
         let done = stmt(
             // An interrupted attempt says nothing about the file: keep the
             // error that explains why it is waiting (a rejected key, say).
@@ -1044,7 +1095,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(event)?;
         let mut tx = self.begin().await?;
-        self.still_mine(&mut tx, job.id).await?;
+        self.still_mine(&mut tx, job).await?;
         let done = stmt(
             "UPDATE files SET state = $3, attempts = attempts + $4, last_error = $5, \
              updated_at = $6 WHERE id = $1 AND state = $2",
@@ -1077,7 +1128,7 @@ impl Ledger {
         let from = FileState::Uploading;
         let to = from.on(Event::Changed)?;
         let mut tx = self.begin().await?;
-        self.still_mine(&mut tx, job.id).await?;
+        self.still_mine(&mut tx, job).await?;
         let done = stmt(
             "UPDATE files SET state = $3, sha256 = NULL, mime = NULL, last_error = $4, \
              next_attempt_at = 0, size = coalesce($5, size), mtime_ns = coalesce($6, mtime_ns), \
@@ -1244,8 +1295,8 @@ impl Ledger {
         .execute(&mut tx)
         .await?;
         let moved = stmt(
-            "UPDATE files SET state = $2, lookup_first = TRUE, next_attempt_at = $4, updated_at = $3 \
-             WHERE state = $1",
+            "UPDATE files SET state = $2, lookup_first = TRUE, next_attempt_at = $4, updated_at = $3, \
+             epoch = epoch + 1 WHERE state = $1",
         )
         .bind(from.as_str())
         .bind(to.as_str())

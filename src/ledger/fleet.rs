@@ -29,6 +29,12 @@ fn visible_sql(me: i64, host: &str) -> String {
 /// How long a daemon may be silent before it is recorded as stopped.
 const SILENT_FOR_MS: i64 = 3_600_000;
 
+/// Stopped daemons are kept this long (so that `status` can tell what
+/// stopped, or crashed, lately), and at most [`KEEP_STOPPED`] of them (a
+/// daemon restarted in a loop adds a row each time): older rows are pruned.
+const KEEP_STOPPED_MS: i64 = 24 * 3_600_000;
+const KEEP_STOPPED: i64 = 50;
+
 /// This process in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -51,6 +57,9 @@ pub struct DaemonInfo {
     pub stopped_at: Option<i64>,
     /// Records it is sending now.
     pub in_flight: i64,
+    /// Its own lease (ms), by which it is judged stale; `None` for a
+    /// daemon from before this was recorded.
+    pub lease_ms: Option<i64>,
     /// The ledger's clock when this was read (Unix ms), to age the heartbeat.
     pub now: i64,
 }
@@ -145,14 +154,15 @@ impl Ledger {
              WHERE (files.state IN ('processing', 'indexing') \
                     OR (files.state = 'ready' AND files.index_id IS NOT NULL) OR {action_pending}) \
                AND (files.claimed_by IS NULL OR files.claimed_by NOT IN (SELECT d.id FROM daemons d \
-                    WHERE d.stopped_at IS NULL AND d.heartbeat_at >= {PG_NOW} - $3)) \
+                    WHERE d.stopped_at IS NULL \
+                      AND d.heartbeat_at >= {PG_NOW} - 3 * coalesce(d.lease_ms, $3))) \
                AND (NOT {action_pending} OR {visible}) \
              LIMIT 500 FOR UPDATE SKIP LOCKED)",
             visible = visible_sql(m.id, "$2"),
         ))
         .bind(m.id)
         .bind(m.host.clone())
-        .bind(m.lease_ms.saturating_mul(3))
+        .bind(self.lease_ms())
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -180,11 +190,14 @@ impl Ledger {
         lease_ms: i64,
     ) -> Result<Member, LedgerError> {
         if let Some(m) = self.me.get() {
-            // A pipeline started again (a reload): still here.
-            stmt("UPDATE daemons SET stopped_at = NULL WHERE id = $1")
+            // A pipeline started again (a reload): still here, with the
+            // lease it now claims with.
+            stmt("UPDATE daemons SET stopped_at = NULL, lease_ms = $2 WHERE id = $1")
                 .bind(m.id)
+                .bind(lease_ms)
                 .execute(&self.pool)
                 .await?;
+            self.set_lease_ms(lease_ms);
             self.set_roots(roots).await?;
             return Ok(m.clone());
         }
@@ -198,13 +211,14 @@ impl Ledger {
         let joined = async {
             let mut tx = self.pool.begin().await?;
             let id: i64 = stmt(format!(
-                "INSERT INTO daemons (host, pid, version, started_at, heartbeat_at) \
-                 VALUES ($1, $2, $3, {now_sql}, {now_sql}) RETURNING id"
+                "INSERT INTO daemons (host, pid, version, started_at, heartbeat_at, lease_ms) \
+                 VALUES ($1, $2, $3, {now_sql}, {now_sql}, $5) RETURNING id"
             ))
             .bind(host)
             .bind(i64::from(std::process::id()))
             .bind(env!("CARGO_PKG_VERSION"))
             .bind(now_ms())
+            .bind(lease_ms)
             .scalar_one(&mut tx)
             .await?;
             tx.commit().await?;
@@ -217,6 +231,7 @@ impl Ledger {
             lease_ms,
         };
         let member = self.me.get_or_init(|| member).clone();
+        self.set_lease_ms(lease_ms);
         if !self.pool.is_postgres() {
             // The lock file proves every earlier daemon of this ledger is
             // gone, however it ended.
@@ -231,8 +246,45 @@ impl Ledger {
             self.close_dead_neighbours(&member).await?;
         }
         self.set_roots(roots).await?;
+        if let Err(e) = self.prune_daemons().await {
+            tracing::debug!(error = %e, "could not prune the daemons that stopped long ago");
+        }
         tracing::info!(daemon_id = member.id, host = %member.host, "joined the ledger");
         Ok(member)
+    }
+
+    /// The lease this daemon claims with now (ms): the one it joined with,
+    /// or the one a reload gave it.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_lease_ms(&self, lease_ms: i64) {
+        self.lease_ms
+            .store(lease_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Forget daemons that stopped long ago (see [`KEEP_STOPPED_MS`]),
+    /// never a running one; returns how many. Their records keep their
+    /// history (the attempts name the daemon's number).
+    pub async fn prune_daemons(&self) -> Result<u64, LedgerError> {
+        self.prune_daemons_before(now_ms() - KEEP_STOPPED_MS).await
+    }
+
+    /// [`Ledger::prune_daemons`] with the horizon given (Unix ms): rows
+    /// stopped before it go, and stopped rows beyond the newest
+    /// [`KEEP_STOPPED`] whenever they stopped.
+    pub async fn prune_daemons_before(&self, horizon_ms: i64) -> Result<u64, LedgerError> {
+        Ok(stmt(
+            "DELETE FROM daemons WHERE stopped_at IS NOT NULL AND (stopped_at < $1 \
+             OR id NOT IN (SELECT id FROM daemons WHERE stopped_at IS NOT NULL \
+               ORDER BY stopped_at DESC, id DESC LIMIT $2))",
+        )
+        .bind(horizon_ms)
+        .bind(KEEP_STOPPED)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// The folders this daemon watches: it may take over records found in
@@ -397,7 +449,7 @@ impl Ledger {
                  OR claimed_by IN (SELECT id FROM daemons WHERE stopped_at IS NOT NULL)) \
                FOR UPDATE SKIP LOCKED) \
              UPDATE files SET state = $1, lookup_first = TRUE, next_attempt_at = $2, \
-               updated_at = $3, claimed_by = NULL, lease_until = NULL \
+               updated_at = $3, claimed_by = NULL, lease_until = NULL, epoch = files.epoch + 1 \
              FROM expired WHERE files.id = expired.id \
              RETURNING files.id, coalesce(files.path, files.url), expired.claimed_by"
         ))
@@ -462,7 +514,7 @@ impl Ledger {
         Ok(stmt(format!(
             "SELECT d.id, d.host, d.pid, d.version, d.started_at, d.heartbeat_at, d.stopped_at, \
              (SELECT count(*) FROM files f WHERE f.claimed_by = d.id AND f.state = 'uploading') \
-               AS in_flight, \
+               AS in_flight, d.lease_ms, \
              CAST({now_sql} AS BIGINT) AS now \
              FROM daemons d WHERE d.stopped_at IS NULL OR d.stopped_at >= $1 \
              ORDER BY d.id DESC"

@@ -70,6 +70,9 @@ pub struct Ledger {
     /// This process's row in `daemons` once it has joined the fleet
     /// ([`Ledger::join`]): the owner written on the records it claims.
     me: Arc<OnceLock<fleet::Member>>,
+    /// The lease this process claims with (ms): set on joining, changed by
+    /// a reload.
+    lease_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Every committed state change. Senders: the ledger's own methods.
     /// Receivers: pipeline stages (wake-ups), the CLI's progress output,
     /// tests. A lagging receiver loses old changes, never blocks a writer.
@@ -154,6 +157,7 @@ impl Ledger {
             pool: Pool::postgres(pool),
             location: Location::Postgres(url.clone()),
             me: Arc::default(),
+            lease_ms: Arc::default(),
             changes,
         })
     }
@@ -206,6 +210,7 @@ impl Ledger {
             pool: Pool::sqlite(pool),
             location: Location::Sqlite(path.to_path_buf()),
             me: Arc::default(),
+            lease_ms: Arc::default(),
             changes,
         })
     }

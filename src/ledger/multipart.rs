@@ -44,6 +44,14 @@ pub struct Chunk {
     pub reported: bool,
 }
 
+/// A write of an attempt whose claim is no longer current (fencing).
+fn stale(id: i64) -> LedgerError {
+    LedgerError::Conflict {
+        id,
+        expected: "claimed by this attempt",
+    }
+}
+
 impl Ledger {
     /// The file's session and its chunks, if it has one.
     pub async fn session(
@@ -71,10 +79,19 @@ impl Ledger {
     }
 
     /// Remember a new session (replacing any old one and its chunks)
-    /// before a byte of it is sent, and log it.
-    pub async fn save_session(&self, s: &Session) -> Result<(), LedgerError> {
+    /// before a byte of it is sent, and log it, for the attempt of claim
+    /// `epoch` (a stale attempt is refused: it must not replace the current
+    /// one's).
+    pub async fn save_session(&self, s: &Session, epoch: i64) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = stmt("SELECT epoch FROM files WHERE id = $1")
+            .bind(s.file_id)
+            .scalar_optional(&mut tx)
+            .await?;
+        if current != Some(epoch) {
+            return Err(stale(s.file_id));
+        }
         stmt("DELETE FROM multipart_sessions WHERE file_id = $1")
             .bind(s.file_id)
             .execute(&mut tx)
@@ -159,24 +176,31 @@ impl Ledger {
         .await?)
     }
 
-    /// A chunk's PUT succeeded: keep its proof at once.
+    /// A chunk's PUT succeeded: keep its proof at once, if the attempt of
+    /// claim `epoch` still holds the record (a stale ETag is refused).
     pub async fn record_chunk(
         &self,
         file_id: i64,
+        epoch: i64,
         chunk_index: i64,
         etag: &str,
         size: i64,
     ) -> Result<(), LedgerError> {
-        stmt(
-            "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) VALUES ($1, $2, $3, $4) \
+        let done = stmt(
+            "INSERT INTO multipart_chunks (file_id, chunk_index, etag, size) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM files WHERE id = $1 AND epoch = $5) \
              ON CONFLICT (file_id, chunk_index) DO UPDATE SET etag = $3, size = $4, reported = FALSE",
         )
         .bind(file_id)
         .bind(chunk_index)
         .bind(etag)
         .bind(size)
+        .bind(epoch)
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(stale(file_id));
+        }
         Ok(())
     }
 

@@ -53,6 +53,16 @@ impl Ledger {
         Ok(n > 0)
     }
 
+    /// The URL record that carries this stamp, if any: its id and URL.
+    pub async fn stamped(&self, stamp: &str) -> Result<Option<(i64, String)>, LedgerError> {
+        Ok(
+            stmt("SELECT id, url FROM files WHERE stamp = $1 AND url IS NOT NULL LIMIT 1")
+                .bind(stamp)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The platform lost this record's asset: queue the file again (attempts
     /// reset, no lookup: there is nothing to find).
     pub async fn requeue_lost(&self, c: &Claimed, reason: &str) -> Result<(), LedgerError> {

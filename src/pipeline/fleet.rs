@@ -17,27 +17,40 @@ use super::Shared;
 use crate::ledger::LedgerError;
 
 /// The records this process's workers hold, each with the token that
-/// stops its upload when the record is no longer ours.
+/// stops its upload when the record is no longer ours, and its claim's
+/// epoch.
 #[derive(Debug, Default)]
-pub struct Claims(Mutex<HashMap<i64, (Instant, CancellationToken)>>);
+pub struct Claims(Mutex<HashMap<i64, (Instant, CancellationToken, i64)>>);
 
 impl Claims {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (Instant, CancellationToken)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, (Instant, CancellationToken, i64)>> {
         match self.0.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// A worker claimed `id`: the token it watches.
-    pub fn hold(&self, id: i64) -> CancellationToken {
+    /// A worker claimed `id` with claim `epoch`: the token it watches. A
+    /// worker still holding an older claim of it (this daemon took its own
+    /// record back) is stopped.
+    pub fn hold(&self, id: i64, epoch: i64) -> CancellationToken {
         let token = CancellationToken::new();
-        self.lock().insert(id, (Instant::now(), token.clone()));
+        if let Some((_, older, _)) = self
+            .lock()
+            .insert(id, (Instant::now(), token.clone(), epoch))
+        {
+            older.cancel();
+        }
         token
     }
 
-    pub fn release(&self, id: i64) {
-        self.lock().remove(&id);
+    /// The worker of claim `epoch` is done with `id` (a newer claim's hold
+    /// stays).
+    pub fn release(&self, id: i64, epoch: i64) {
+        let mut claims = self.lock();
+        if claims.get(&id).is_some_and(|(_, _, e)| *e == epoch) {
+            claims.remove(&id);
+        }
     }
 
     /// Stop the uploads of records claimed before `asked` that the ledger
@@ -45,7 +58,7 @@ impl Claims {
     /// the answer yet.
     fn lose_missing(&self, held: &[i64], asked: Instant) -> usize {
         let mut lost = 0;
-        for (id, (since, token)) in self.lock().iter() {
+        for (id, (since, token, _)) in self.lock().iter() {
             if *since < asked && !held.contains(id) && !token.is_cancelled() {
                 token.cancel();
                 lost += 1;
@@ -66,7 +79,7 @@ impl Claims {
     /// Stop every upload (the leases can no longer be renewed).
     fn lose_all(&self) -> usize {
         let claims = self.lock();
-        for (_, token) in claims.values() {
+        for (_, token, _) in claims.values() {
             token.cancel();
         }
         claims.len()
@@ -181,7 +194,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
 
 /// What any daemon of a fleet does now and then: take over expired claims,
 /// adopt the follow-up work of daemons that are gone, forget daemons long
-/// silent, and bring the fleet's 429 pause to this host.
+/// silent (and prune those stopped long ago), and bring the fleet's 429 pause to this host.
 async fn housekeeping(shared: &Shared) {
     let ledger = &shared.ledger;
     match ledger.take_over_expired().await {
@@ -203,6 +216,9 @@ async fn housekeeping(shared: &Shared) {
     if let Err(e) = ledger.close_silent_daemons().await {
         tracing::debug!(error = %e, "cannot close silent daemons");
     }
+    if let Err(e) = ledger.prune_daemons().await {
+        tracing::debug!(error = %e, "cannot prune the daemons that stopped long ago");
+    }
     match ledger.fleet_pause_left().await {
         Ok(left) if left > 0 => {
             let ms = u64::try_from(left).unwrap_or(0);
@@ -220,11 +236,11 @@ mod tests {
     #[test]
     fn only_claims_older_than_the_question_and_missing_from_the_answer_are_lost() {
         let claims = Claims::default();
-        let kept = claims.hold(1);
-        let lost = claims.hold(2);
+        let kept = claims.hold(1, 1);
+        let lost = claims.hold(2, 1);
         let asked = Instant::now() + Duration::from_millis(1);
         let newer = {
-            let t = claims.hold(3);
+            let t = claims.hold(3, 1);
             claims.lock().get_mut(&3).expect("held").0 = asked + Duration::from_millis(1);
             t
         };
@@ -235,9 +251,23 @@ mod tests {
             !newer.is_cancelled(),
             "a claim made after the heartbeat asked is not judged"
         );
-        claims.release(2);
+        claims.release(2, 1);
         assert_eq!(claims.lose_all(), 2);
         assert!(kept.is_cancelled() && newer.is_cancelled());
+    }
+
+    #[test]
+    fn a_new_claim_of_a_held_record_stops_the_older_worker_and_keeps_its_hold() {
+        let claims = Claims::default();
+        let first = claims.hold(7, 1);
+        let second = claims.hold(7, 2);
+        assert!(first.is_cancelled(), "the older claim's upload stops");
+        assert!(!second.is_cancelled());
+        // The first worker, ending, does not release the second's hold.
+        claims.release(7, 1);
+        assert_eq!(claims.ids(), vec![7]);
+        claims.release(7, 2);
+        assert!(claims.is_empty());
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn start(shared: &Shared, up: &Upload<'_>) -> Result<Live, ApiError> {
     };
     shared
         .ledger
-        .save_session(&session)
+        .save_session(&session, up.job.epoch)
         .await
         .map_err(ledger_err)?;
     up.sent.store(0, Ordering::Relaxed);
@@ -457,6 +457,7 @@ async fn put_one(
                     .ledger
                     .record_chunk(
                         session.file_id,
+                        up.job.epoch,
                         i64::try_from(idx).unwrap_or(i64::MAX),
                         &etag,
                         i64::try_from(len).unwrap_or(i64::MAX),

@@ -19,6 +19,15 @@ pub fn validate(text: &str) -> Result<String, String> {
     Ok(url.to_string())
 }
 
+/// The name the platform would give a URL's asset: the last non-empty
+/// segment of its path, as it is written in the URL; `None` when the path
+/// has none (the platform then names it itself).
+pub fn filename_of(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let last = url.path_segments()?.rfind(|s| !s.is_empty())?;
+    Some(last.to_owned())
+}
+
 /// The URLs of a `.urls` file, and the lines that are not URLs (1-based
 /// line number, reason).
 pub fn parse_list(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
@@ -56,6 +65,20 @@ mod tests {
         assert!(validate("file:///etc/passwd").is_err());
         assert!(validate("not a url").is_err());
         assert!(validate("https://").is_err());
+    }
+
+    #[test]
+    fn a_url_is_named_after_its_last_path_segment() {
+        assert_eq!(
+            filename_of("https://cdn.example.com/a/clip%201.mp4?sig=x").as_deref(),
+            Some("clip%201.mp4")
+        );
+        assert_eq!(
+            filename_of("https://cdn.example.com/a/b/").as_deref(),
+            Some("b")
+        );
+        assert_eq!(filename_of("https://cdn.example.com/"), None);
+        assert_eq!(filename_of("https://cdn.example.com"), None);
     }
 
     #[test]

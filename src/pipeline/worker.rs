@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
 use super::eligibility::kind_of;
-use crate::api::{ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, wire_filename};
+use crate::api::{
+    ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, URL_STAMP, wire_filename,
+};
 use crate::ledger::{
     AttemptEnd, Event, FileState, LOOKUP_DELAY_MS, NewFile, UploadJob, now_ms, to_ms,
 };
@@ -39,7 +41,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                 // Cancelled when this daemon no longer holds the record: its
                 // lease ran out and another daemon took it over, or the
                 // heartbeat cannot renew it (see pipeline/fleet.rs).
-                let lost = shared.claims.hold(job.id);
+                let lost = shared.claims.hold(job.id, job.epoch);
                 tokio::select! {
                     biased;
                     _ = abort.cancelled() => {
@@ -55,7 +57,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
                     }
                     _ = attempt(&shared, &job, &stop) => {}
                 }
-                shared.claims.release(job.id);
+                shared.claims.release(job.id, job.epoch);
                 continue;
             }
             Ok(None) => backoff.ok(),
@@ -242,7 +244,7 @@ async fn hash_off_thread(shared: &Shared, path: &Path, job: &UploadJob) -> Resul
 /// Record the hash of a record being sent before the attempt ends (a
 /// failure to do so only costs a twin some waiting).
 async fn remember_hash(shared: &Shared, job: &UploadJob, sha256: &str) {
-    if let Err(e) = shared.ledger.set_sha256(job.id, sha256).await {
+    if let Err(e) = shared.ledger.set_sha256(job, sha256).await {
         tracing::debug!(file_id = job.id, error = %e, "could not record the hash");
     }
 }
@@ -528,26 +530,67 @@ fn check_trailing_stamp(shared: &Shared, asset: &crate::api::Asset, sha256: &str
     }
 }
 
-/// `method=url`: the platform fetches the file itself.
+/// `method=url`: the platform fetches the file itself. The record's own
+/// stamp goes in `user_metadata`, so that an upload whose answer was lost
+/// (a crash, a timeout) is found on the platform, like a file by its
+/// sha256, before the URL is sent again.
 async fn send_url(
     shared: &Shared,
     job: &UploadJob,
     url: &str,
     stop: &CancellationToken,
 ) -> Result<(), Outcome> {
+    let stamp = match &job.stamp {
+        Some(stamp) => stamp.clone(),
+        // A record from before stamps: it gets one before its first request.
+        None => match shared.ledger.set_stamp(job).await {
+            Ok(stamp) => stamp,
+            Err(e) => return Err(retry_now(&format!("could not record the URL's stamp: {e}"))),
+        },
+    };
+    // The name is sent, not left to the platform, so that the lookup can
+    // narrow its search by it.
+    let filename = job
+        .filename
+        .clone()
+        .or_else(|| super::urls::filename_of(url));
+    if job.lookup_first {
+        if !shared.gate.wait_open(stop).await {
+            return Err(retry_now("stopped before the lookup"));
+        }
+        match shared
+            .client
+            .find_by_url_stamp(filename.as_deref(), &stamp)
+            .await
+        {
+            Ok(Some(asset)) => {
+                let id = asset.id.unwrap_or_default();
+                tracing::info!(url, asset_id = %id, "found on the platform; not sending again");
+                let end = AttemptEnd {
+                    outcome: "found",
+                    http_status: Some(200),
+                    ..AttemptEnd::default()
+                };
+                return commit(shared, job, &id, &end).await;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(classify(shared, job, &e, 0)),
+        }
+    }
     if !shared.gate.before_request(stop).await {
         return Err(retry_now("stopped before sending"));
     }
-    let user_metadata = job
+    let mut user_metadata = job
         .user_metadata
         .as_deref()
         .and_then(|m| serde_json::from_str::<serde_json::Map<_, _>>(m).ok())
         .unwrap_or_default();
+    user_metadata.insert(URL_STAMP.into(), stamp.into());
     let result = shared
         .client
         .create_url(
             url,
-            job.filename.as_deref(),
+            filename.as_deref(),
             shared.config.api.enable_hls,
             shared.config.api.enable_thumbnail,
             &user_metadata,
@@ -563,7 +606,7 @@ async fn send_url(
                 };
                 commit(shared, job, &id, &end).await
             }
-            None => Err(without_lookup(classify(
+            None => Err(classify(
                 shared,
                 job,
                 &ApiError::Malformed {
@@ -571,10 +614,11 @@ async fn send_url(
                     detail: "the response has no asset _id".into(),
                 },
                 0,
-            ))),
+            )),
         },
-        // There is no content hash to find a URL upload by.
-        Err(e) => Err(without_lookup(classify(shared, job, &e, 0))),
+        // An answer lost after the platform made the asset is looked up
+        // by the stamp before the URL is sent again.
+        Err(e) => Err(classify(shared, job, &e, 0)),
     }
 }
 

@@ -14,6 +14,7 @@ mod ledger_outage;
 mod props;
 mod secrets;
 mod server_lies;
+mod url_crash_loop;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
