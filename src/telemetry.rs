@@ -32,6 +32,9 @@ pub fn init(format: LogFormat, default_level: tracing::Level, verbose: u8, quiet
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd stderr is the journal,
+        // where escape codes garble every line.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),

@@ -229,3 +229,41 @@ async fn the_emulator_needs_no_key_and_keeps_its_own_ledger() {
         text(&out)
     );
 }
+
+/// A minimal system without Debian's `ca-certificates`: the daemon and
+/// doctor say what is missing and how to fix it, not "builder error".
+#[tokio::test]
+async fn without_ca_certificates_the_error_says_install_them() {
+    let env = TestEnv::new().await;
+    let empty_file = env.dir.path().join("no-certs.pem");
+    std::fs::write(&empty_file, "").expect("write");
+    let empty_dir = env.dir.path().join("no-certs");
+    std::fs::create_dir(&empty_dir).expect("mkdir");
+    let want = "no CA certificates found in /etc/ssl/certs: install ca-certificates";
+
+    let mut cmd = env.cmd(crate::helpers::KEY);
+    cmd.env("SSL_CERT_FILE", &empty_file)
+        .env("SSL_CERT_DIR", &empty_dir)
+        .arg("upload")
+        .arg(&env.inbox);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(want), "{}", text(&out));
+
+    let mut cmd = env.cmd(crate::helpers::KEY);
+    cmd.env("SSL_CERT_FILE", &empty_file)
+        .env("SSL_CERT_DIR", &empty_dir)
+        .arg("doctor");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let line = text(&out)
+        .lines()
+        .find(|l| l.contains("CA certificates"))
+        .map(str::to_string);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.starts_with("FAIL") && l.contains(want)),
+        "{}",
+        text(&out)
+    );
+}

@@ -10,6 +10,7 @@ mod fleet_ledger;
 mod helpers;
 mod large;
 mod ledger;
+mod monitoring;
 mod ops_config;
 mod ops_fleet;
 mod ops_history;

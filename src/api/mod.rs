@@ -106,6 +106,39 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
 }
 
+/// Whether an HTTP client can be built here: on a minimal system without
+/// a CA bundle reqwest only says "builder error" (for `doctor`).
+pub fn check_tls_roots() -> Result<(), ApiError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .build()
+        .map(drop)
+        .map_err(builder_error)
+}
+
+/// What went wrong building a client, in words that say how to fix it.
+fn builder_error(e: reqwest::Error) -> ApiError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        // rustls-platform-verifier's words when the system has no roots.
+        if s.to_string().contains("No CA certificates") {
+            detail = NO_CA_CERTIFICATES.to_string();
+            break;
+        }
+        source = s.source();
+    }
+    ApiError::Transport {
+        what: "cannot build the HTTP client",
+        detail,
+        body_sent: false,
+    }
+}
+
+/// The system has no CA bundle (Debian's `ca-certificates` package).
+pub const NO_CA_CERTIFICATES: &str =
+    "no CA certificates found in /etc/ssl/certs: install ca-certificates";
+
 impl ApiClient {
     pub fn new(opts: &ClientOptions, key: &ApiKey) -> Result<ApiClient, ApiError> {
         // reqwest is built without a default crypto provider (ring builds
@@ -127,22 +160,14 @@ impl ApiClient {
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| ApiError::Transport {
-                what: "cannot build the HTTP client",
-                detail: e.to_string(),
-                body_sent: false,
-            })?;
+            .map_err(builder_error)?;
         let storage = reqwest::Client::builder()
             .user_agent(concat!("tl-ingest/", env!("CARGO_PKG_VERSION")))
             .timeout(opts.request_timeout)
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| ApiError::Transport {
-                what: "cannot build the HTTP client",
-                detail: e.to_string(),
-                body_sent: false,
-            })?;
+            .map_err(builder_error)?;
         Ok(ApiClient {
             http,
             storage,

@@ -1,6 +1,7 @@
 //! `tl-ingest doctor`: one line per check, and for each problem the fix.
 //!
-//! Checks, in order: the API key is present; the base URL answers; the key
+//! Checks, in order: the system's CA certificates load; the API key is
+//! present; the base URL answers; the key
 //! is accepted (one cheap authenticated `GET /assets`); each watched folder
 //! exists and can be read (and written where files are deleted or moved);
 //! its filesystem (network filesystems are polled); the inotify watch limit
@@ -45,6 +46,9 @@ const MAX_FOLDERS_COUNTED: u64 = 2_000_000;
 /// The probe request must not take the configured upload timeout (30 min).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 const INOTIFY_LIMIT: &str = "/proc/sys/fs/inotify/max_user_watches";
+/// The key file the packaged unit hands the daemon as a credential
+/// (LoadCredential= in systemd/tl-ingest.service).
+const SERVICE_KEY_FILE: &str = "/etc/tl-ingest/api-key";
 /// How long the PostgreSQL server gets to accept a connection.
 const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// PostgreSQL older than this is refused; older than `PG_SUPPORTED` warned.
@@ -152,6 +156,14 @@ pub async fn run(globals: &Globals, _args: Cmd) -> CliResult {
         ),
     }
 
+    match crate::api::check_tls_roots() {
+        Ok(()) => report.ok("CA certificates", "the system's CA certificates load"),
+        Err(e) => report.fail(
+            "CA certificates",
+            &e.to_string(),
+            "install the system's CA bundle (apt install ca-certificates)",
+        ),
+    }
     api_checks(&ctx, &mut report).await;
     let native_roots = watch_checks(&ctx, &mut report);
     inotify_check(&ctx, native_roots, &mut report).await;
@@ -213,6 +225,27 @@ async fn api_checks(ctx: &Context, r: &mut Report) {
                 r.ok(PRESENT, &format!("from {source}"));
                 r.secrets.push(key.clone());
                 (None, base, Some(key))
+            }
+            // Outside the service (root or a member of its group, from a
+            // shell) the key is the unit's credential file.
+            Err(KeyError::Missing) if Path::new(SERVICE_KEY_FILE).exists() => {
+                match load_api_key(&Default::default(), Some(Path::new(SERVICE_KEY_FILE))) {
+                    Ok((key, _)) => {
+                        r.ok(
+                            PRESENT,
+                            &format!("the service's credential file {SERVICE_KEY_FILE}"),
+                        );
+                        r.secrets.push(key.clone());
+                        (None, base, Some(key))
+                    }
+                    Err(_) => {
+                        r.ok(
+                            PRESENT,
+                            &format!("the service's credential file {SERVICE_KEY_FILE} exists (only root and systemd read it)"),
+                        );
+                        (None, base, None)
+                    }
+                }
             }
             Err(e) => {
                 let fix = match &e {
