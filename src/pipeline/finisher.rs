@@ -32,13 +32,23 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     // Records whose action must wait: tries so far, and when to try again
     // (Unix ms). In memory: a restart simply tries again.
     let mut later: HashMap<i64, (u32, i64)> = HashMap::new();
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         while changes.try_recv().is_ok() {}
-        let jobs = shared
-            .ledger
-            .pending_actions(BATCH)
-            .await
-            .unwrap_or_default();
+        // A ledger that fails is waited out, not taken for nothing to do.
+        let jobs = match shared.ledger.pending_actions(BATCH).await {
+            Ok(jobs) => {
+                backoff = super::retry::LedgerBackoff::default();
+                jobs
+            }
+            Err(e) => {
+                super::ledger_failed(&e, "cannot read the file actions due from the ledger");
+                if !super::pause(&stop, backoff.failed()).await {
+                    return;
+                }
+                continue;
+            }
+        };
         let mut acted = false;
         for job in &jobs {
             if stop.is_cancelled() {

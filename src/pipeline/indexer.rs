@@ -19,10 +19,27 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let stop = &stop;
     let interval = shared.config.api.poll_interval;
     let mut changes = shared.ledger.subscribe();
+    let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         while changes.try_recv().is_ok() {}
-        let to_submit = shared.ledger.to_index(BATCH).await.unwrap_or_default();
-        let in_progress = shared.ledger.indexing(BATCH).await.unwrap_or_default();
+        let queues = async {
+            let to_submit = shared.ledger.to_index(BATCH).await?;
+            Ok::<_, crate::ledger::LedgerError>((to_submit, shared.ledger.indexing(BATCH).await?))
+        };
+        // A ledger that fails is waited out, not taken for an empty queue.
+        let (to_submit, in_progress) = match queues.await {
+            Ok(queues) => {
+                backoff = super::retry::LedgerBackoff::default();
+                queues
+            }
+            Err(e) => {
+                super::ledger_failed(&e, "cannot read the indexing queue from the ledger");
+                if !super::pause(stop, backoff.failed()).await {
+                    return;
+                }
+                continue;
+            }
+        };
         if to_submit.is_empty() && in_progress.is_empty() {
             if !super::wait_for_state(&mut changes, stop, FileState::Ready, None).await {
                 return;
