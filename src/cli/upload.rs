@@ -137,6 +137,11 @@ async fn wait_until_done(
         };
         match unfinished {
             Ok(0) => {
+                // Changes committed before the count was read are already
+                // in the channel: print them, or a file's line is lost.
+                while let Ok(c) = changes.try_recv() {
+                    display.change(&c);
+                }
                 display.finish();
                 return Waited::Done;
             }
