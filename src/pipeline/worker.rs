@@ -358,12 +358,7 @@ async fn send_file(
             Ok(Some(asset)) => {
                 let id = asset.id.unwrap_or_default();
                 tracing::info!(path = %job.display(), asset_id = %id, "found on the platform; not sending again");
-                let end = AttemptEnd {
-                    outcome: "found",
-                    http_status: Some(200),
-                    ..AttemptEnd::default()
-                };
-                return commit(shared, job, &id, &end).await;
+                return commit_found(shared, job, &id).await;
             }
             Ok(None) => {}
             Err(e) => return Err(classify(shared, job, &e, 0)),
@@ -566,12 +561,7 @@ async fn send_url(
             Ok(Some(asset)) => {
                 let id = asset.id.unwrap_or_default();
                 tracing::info!(url, asset_id = %id, "found on the platform; not sending again");
-                let end = AttemptEnd {
-                    outcome: "found",
-                    http_status: Some(200),
-                    ..AttemptEnd::default()
-                };
-                return commit(shared, job, &id, &end).await;
+                return commit_found(shared, job, &id).await;
             }
             Ok(None) => {}
             Err(e) => return Err(classify(shared, job, &e, 0)),
@@ -620,6 +610,17 @@ async fn send_url(
         // by the stamp before the URL is sent again.
         Err(e) => Err(classify(shared, job, &e, 0)),
     }
+}
+
+/// The lookup found the asset an earlier attempt made: record it, nothing
+/// sent.
+async fn commit_found(shared: &Shared, job: &UploadJob, asset_id: &str) -> Result<(), Outcome> {
+    let end = AttemptEnd {
+        outcome: "found",
+        http_status: Some(200),
+        ..AttemptEnd::default()
+    };
+    commit(shared, job, asset_id, &end).await
 }
 
 async fn commit(
