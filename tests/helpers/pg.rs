@@ -22,8 +22,15 @@ pub fn suite_on_postgres() -> bool {
 }
 
 /// Say that a PostgreSQL test did not run, where a passing test's output
-/// still shows (libtest captures only the print macros).
+/// still shows (libtest captures only the print macros). In CI (`CI` set)
+/// the test fails instead: `.ci/run` starts a server, so a missing URL is a
+/// broken set-up that must not pass green.
 pub fn skipped(test: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "{test} needs PostgreSQL, and in CI {URL_VAR} must be set (.ci/run starts a server)"
+        );
+    }
     let _ = writeln!(
         std::io::stderr(),
         "skipped {test}: {URL_VAR} is not set (scripts/throwaway-postgres starts a server)"
