@@ -143,6 +143,23 @@ impl Ledger {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            // Nothing is sent twice only if a commit that returned stays
+            // (a claim, an asset id: RELIABILITY.md, section 9). A server
+            // run with `synchronous_commit = off` forgets the last commits
+            // it acknowledged when it crashes or is stopped `immediate`:
+            // this daemon's sessions wait for the WAL write whatever the
+            // server's default (any other setting already does, and is kept).
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "SELECT set_config('synchronous_commit', 'on', false) \
+                         WHERE current_setting('synchronous_commit') = 'off'",
+                    )
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| open_err(url.redact_text(&describe_pg_error(&e))))?;
