@@ -1,0 +1,203 @@
+//! How an upload attempt ends: accepted (the asset id committed first),
+//! back to the queue, ended unsent, or the file changed under it. Each
+//! closes the attempt's row in the same transaction.
+
+use super::{expect_one, release_duplicates_tx, to_i64};
+use crate::ledger::engine::{Tx, stmt};
+use crate::ledger::files::NewFile;
+use crate::ledger::files::UploadJob;
+use crate::ledger::state::{Event, FileState};
+use crate::ledger::{Change, Ledger, LedgerError, now_ms};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptEnd {
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub bytes_sent: u64,
+    pub error: Option<String>,
+}
+
+async fn end_attempt_tx(
+    conn: &mut Tx,
+    attempt_id: i64,
+    end: &AttemptEnd,
+) -> Result<(), LedgerError> {
+    stmt(
+        "UPDATE attempts SET ended_at = $2, outcome = $3, http_status = $4, bytes_sent = $5, \
+         error = $6 WHERE id = $1",
+    )
+    .bind(attempt_id)
+    .bind(now_ms())
+    .bind(end.outcome)
+    .bind(end.http_status.map(i64::from))
+    .bind(to_i64(end.bytes_sent))
+    .bind(&end.error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Ledger {
+    /// The platform holds an asset for this upload: commit its id before
+    /// anything else happens. `uploading` → `processing`.
+    pub async fn accept(
+        &self,
+        job: &UploadJob,
+        asset_id: &str,
+        end: &AttemptEnd,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Accepted)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job).await?;
+        let done = stmt(
+            "UPDATE files SET state = $3, asset_id = $4, attempts = attempts + 1, \
+             last_error = NULL, lookup_first = FALSE, uploaded_at = $5, updated_at = $5, \
+             sha256 = coalesce(sha256, $6) WHERE id = $1 AND state = $2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(asset_id)
+        .bind(now)
+        .bind(&job.sha256)
+        .execute(&mut tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        // Duplicates point at the asset as soon as it exists.
+        stmt("UPDATE files SET asset_id = $2, updated_at = $3 WHERE duplicate_of = $1")
+            .bind(job.id)
+            .bind(asset_id)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        // Test-only: the disk fills between the 201 and this commit (see
+        // ledger/health.rs; nothing happens unless its variable is set).
+        self.pool.health().fault_point("ledger-full-on-accept");
+        tx.commit().await?;
+        self.announce(Change {
+            id: job.id,
+            path: job.display(),
+            state: to,
+            asset_id: Some(asset_id.to_string()),
+            detail: None,
+        });
+        Ok(())
+    }
+
+    /// Back to the queue after a failed attempt: `uploading` → `queued`,
+    /// due at `next_at`. `counted` says whether the attempt counts against
+    /// `max_attempts` (a rate limit or a rejected key does not);
+    /// `lookup_first` whether the platform may have received it.
+    pub async fn retry_later(
+        &self,
+        job: &UploadJob,
+        end: &AttemptEnd,
+        next_at: i64,
+        counted: bool,
+        lookup_first: bool,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Retry)?;
+        let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job).await?;
+        let done = stmt(
+            // An interrupted attempt says nothing about the file: keep the
+            // error that explains why it is waiting (a rejected key, say).
+            "UPDATE files SET state = $3, attempts = attempts + $4, next_attempt_at = $5, \
+             last_error = CASE WHEN $9 = 'interrupted' THEN last_error ELSE $6 END, \
+             lookup_first = (lookup_first OR $7), updated_at = $8 \
+             WHERE id = $1 AND state = $2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(i64::from(counted))
+        .bind(next_at)
+        .bind(&end.error)
+        .bind(lookup_first)
+        .bind(now_ms())
+        .bind(end.outcome)
+        .execute(&mut tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        Ok(())
+    }
+
+    /// The attempt ended the record: `uploading` → `failed` (counted) or
+    /// `skipped` (not eligible after all).
+    pub async fn finish_unsent(
+        &self,
+        job: &UploadJob,
+        event: Event,
+        end: &AttemptEnd,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(event)?;
+        let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job).await?;
+        let done = stmt(
+            "UPDATE files SET state = $3, attempts = attempts + $4, last_error = $5, \
+             updated_at = $6 WHERE id = $1 AND state = $2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(i64::from(to == FileState::Failed))
+        .bind(&end.error)
+        .bind(now_ms())
+        .execute(&mut tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        let released = release_duplicates_tx(&mut tx, job.id).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        self.announce_requeued(released);
+        Ok(())
+    }
+
+    /// The file changed on disk during its attempt: `uploading` →
+    /// `discovered`, to be checked and hashed again with its new stat.
+    pub async fn changed_during_upload(
+        &self,
+        job: &UploadJob,
+        end: &AttemptEnd,
+        stat: Option<&NewFile>,
+    ) -> Result<(), LedgerError> {
+        let from = FileState::Uploading;
+        let to = from.on(Event::Changed)?;
+        let mut tx = self.begin().await?;
+        self.still_mine(&mut tx, job).await?;
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = NULL, mime = NULL, last_error = $4, \
+             next_attempt_at = 0, size = coalesce($5, size), mtime_ns = coalesce($6, mtime_ns), \
+             device = coalesce($7, device), inode = coalesce($8, inode), updated_at = $9 \
+             WHERE id = $1 AND state = $2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(&end.error)
+        .bind(stat.map(|s| to_i64(s.size)))
+        .bind(stat.map(|s| s.mtime_ns))
+        .bind(stat.map(|s| to_i64(s.device)))
+        .bind(stat.map(|s| to_i64(s.inode)))
+        .bind(now_ms())
+        .execute(&mut tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+        let released = release_duplicates_tx(&mut tx, job.id).await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, end.error.clone());
+        self.announce_requeued(released);
+        Ok(())
+    }
+}

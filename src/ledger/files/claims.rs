@@ -1,0 +1,209 @@
+//! A worker's claim on a `queued` record (fencing epoch, lease, the
+//! attempt row it opens), what the claim may write while it holds it, and
+//! start-up recovery of claims a previous run left behind.
+
+use sqlx::FromRow;
+
+use super::new_stamp;
+use crate::ledger::engine::{Tx, stmt};
+use crate::ledger::fleet::PG_NOW;
+use crate::ledger::state::{Event, FileState};
+use crate::ledger::{Ledger, LedgerError, now_ms};
+
+/// A claimed record, for one upload attempt.
+#[derive(Debug, Clone, FromRow)]
+pub struct UploadJob {
+    pub id: i64,
+    #[sqlx(default)]
+    pub attempt_id: i64,
+    pub path_bytes: Option<Vec<u8>>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub size: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub device: Option<i64>,
+    pub inode: Option<i64>,
+    pub sha256: Option<String>,
+    pub mime: Option<String>,
+    pub user_metadata: Option<String>,
+    pub attempts: i64,
+    pub lookup_first: bool,
+    pub filename: Option<String>,
+    /// This claim's token (fencing): every write of the attempt names it,
+    /// and the ledger refuses it once the record was claimed again.
+    #[sqlx(default)]
+    pub epoch: i64,
+    /// A URL record's own stamp, sent in `user_metadata` to find its asset.
+    #[sqlx(default)]
+    pub stamp: Option<String>,
+}
+
+impl UploadJob {
+    pub fn display(&self) -> String {
+        self.path
+            .clone()
+            .or_else(|| self.url.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// How long after an upload was cut off (a crash, a shutdown) the platform
+/// is searched for it: a request whose body had reached the server may
+/// still become an asset a moment after the client is gone, and a lookup
+/// made before that would send the file twice.
+pub const LOOKUP_DELAY_MS: i64 = 3000;
+
+impl Ledger {
+    /// Claim the oldest due `queued` record for an upload attempt, for
+    /// this daemon (`claimed_by`), with a lease of `lease_ms` on a shared
+    /// ledger, where a daemon claims only files it can see.
+    pub async fn claim(&self, lease_ms: i64) -> Result<Option<UploadJob>, LedgerError> {
+        let from = FileState::Queued;
+        let to = from.on(Event::Claim)?;
+        let now = now_ms();
+        let pg = self.pool.is_postgres();
+        // PostgreSQL: claims run side by side, each skipping rows another
+        // has locked; the lease is on the database clock.
+        let (lock, lease) = if pg {
+            (" FOR UPDATE SKIP LOCKED", format!("{PG_NOW} + $5"))
+        } else {
+            ("", "NULL".to_owned())
+        };
+        let mut tx = self.pool.begin_claim().await?;
+        let visible = self.visible_to_me("$6");
+        let mut q = stmt(format!(
+            "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease}, \
+             epoch = epoch + 1 \
+             WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible} \
+               ORDER BY next_attempt_at, id LIMIT 1{lock}) AND state = $1 \
+             RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
+             user_metadata, attempts, lookup_first, filename, epoch, stamp",
+        ))
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .bind(self.me_id())
+        .bind(lease_ms);
+        // The host's name is bound only where the text has a place for it.
+        if !visible.is_empty() {
+            q = q.bind(self.me_host());
+        }
+        let job: Option<UploadJob> = q.fetch_optional(&mut tx).await?;
+        let Some(mut job) = job else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        job.attempt_id = stmt(
+            "INSERT INTO attempts (file_id, started_at, daemon_id) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(now)
+        .bind(self.me_id())
+        .scalar_one(&mut tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(job.id, job.display(), to, None);
+        Ok(Some(job))
+    }
+
+    /// When the next `queued` record becomes due (Unix ms), if any is queued.
+    pub async fn next_due(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(
+            stmt("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'")
+                .scalar_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The record must still be this attempt's to change (fencing): its
+    /// claim's epoch is still the record's, so no takeover or later claim
+    /// happened since, not even by this daemon (a worker that outlived its
+    /// lease); and on a shared ledger this daemon still owns it. Run inside
+    /// the writing transaction (which the takeover cannot interleave with).
+    pub(super) async fn still_mine(&self, tx: &mut Tx, job: &UploadJob) -> Result<(), LedgerError> {
+        let row: Option<(i64, Option<i64>)> =
+            stmt("SELECT epoch, claimed_by FROM files WHERE id = $1")
+                .bind(job.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let me = self.me_id().filter(|_| self.pool.is_postgres());
+        match row {
+            Some((epoch, owner)) if epoch == job.epoch && (me.is_none() || owner == me) => Ok(()),
+            _ => Err(LedgerError::Conflict {
+                id: job.id,
+                expected: "claimed by this attempt",
+            }),
+        }
+    }
+
+    /// Give a URL record that has none (one from before stamps) its stamp,
+    /// before its first request: the stamp it has now.
+    pub async fn set_stamp(&self, job: &UploadJob) -> Result<String, LedgerError> {
+        let stamp: Option<Option<String>> = stmt(
+            "UPDATE files SET stamp = coalesce(stamp, $2) WHERE id = $1 AND epoch = $3 \
+             RETURNING stamp",
+        )
+        .bind(job.id)
+        .bind(new_stamp())
+        .bind(job.epoch)
+        .scalar_optional(&self.pool)
+        .await?;
+        stamp.flatten().ok_or(LedgerError::Conflict {
+            id: job.id,
+            expected: "claimed by this attempt",
+        })
+    }
+
+    /// The hash of a record being sent unhashed, learnt from an attempt
+    /// that sent the whole file but was not accepted.
+    pub async fn set_sha256(&self, job: &UploadJob, sha256: &str) -> Result<(), LedgerError> {
+        stmt(
+            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state = 'uploading' \
+             AND sha256 IS NULL AND epoch = $3",
+        )
+        .bind(job.id)
+        .bind(sha256)
+        .bind(job.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Start-up recovery, before any worker runs: records a previous run
+    /// left `uploading` go back to `queued`, marked to be looked up on the
+    /// platform before they are sent again (the platform may have accepted
+    /// them just before the crash). Their open attempts are closed.
+    ///
+    /// On a shared ledger the other daemons' uploads are live: only those
+    /// whose lease ran out are taken over.
+    pub async fn recover(&self) -> Result<u64, LedgerError> {
+        if self.pool.is_postgres() {
+            return self.take_over_expired().await;
+        }
+        let from = FileState::Uploading;
+        let to = from.on(Event::Retry)?;
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        stmt(
+            "UPDATE attempts SET ended_at = $1, outcome = 'interrupted', \
+             error = 'the previous run stopped during this attempt' \
+             WHERE ended_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let moved = stmt(
+            "UPDATE files SET state = $2, lookup_first = TRUE, next_attempt_at = $4, updated_at = $3, \
+             epoch = epoch + 1 WHERE state = $1",
+        )
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .bind(now + LOOKUP_DELAY_MS)
+        .execute(&mut tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(moved)
+    }
+}

@@ -1,0 +1,243 @@
+//! A file seen on disk or a URL queued: the record that starts its life,
+//! or what a known record makes of a file seen again.
+
+use sqlx::FromRow;
+
+use super::{expect_one, new_stamp, release_duplicates_tx, to_i64};
+use crate::ledger::engine::stmt;
+use crate::ledger::state::{Event, FileState};
+use crate::ledger::{Ledger, LedgerError, now_ms};
+
+/// A file seen on disk.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub path_bytes: Vec<u8>,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub device: u64,
+    pub inode: u64,
+    /// The watch's metadata, a JSON object.
+    pub user_metadata: Option<String>,
+    /// What the watch asked for (the daemon); `None` for `upload`.
+    pub origin: Option<Origin>,
+}
+
+/// Where a record came from and what its watch wants done with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The watched folder (for `move_to`, which keeps the relative path).
+    pub root: String,
+    pub index_id: Option<String>,
+    /// JSON of the watch's `after_upload` / `on_failure` (absent: keep).
+    pub after_upload: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+/// What discovery made of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// First sight of this path, or a new version of an uploaded file.
+    New(i64),
+    /// The newest record of this path has the same size, mtime and inode.
+    Known { id: i64, state: FileState },
+    /// A record not yet uploaded saw its file change; it will be hashed again.
+    Changed(i64),
+}
+
+/// The newest record of a path, as discovery compares it.
+#[derive(FromRow)]
+struct StatRow {
+    id: i64,
+    state: String,
+    size: Option<i64>,
+    mtime_ns: Option<i64>,
+    device: Option<i64>,
+    inode: Option<i64>,
+}
+
+const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode FROM files \
+     WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1";
+
+impl Ledger {
+    /// Record a file seen on disk (see [`Discovery`]).
+    pub async fn discover(&self, f: &NewFile) -> Result<Discovery, LedgerError> {
+        let mut tx = self.begin().await?;
+        let newest: Option<StatRow> = stmt(NEWEST_STAT_SQL)
+            .bind(&f.path_bytes)
+            .fetch_optional(&mut tx)
+            .await?;
+        let now = now_ms();
+        let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
+        if let Some(StatRow {
+            id,
+            state,
+            size: old_size,
+            mtime_ns: old_mtime,
+            device: old_dev,
+            inode: old_ino,
+        }) = newest
+        {
+            let state = FileState::parse(&state)
+                .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
+            let same = old_size == Some(size)
+                && old_mtime == Some(f.mtime_ns)
+                && (self.stat_ignores_device() || old_dev == Some(dev))
+                && old_ino == Some(ino);
+            if same {
+                tx.commit().await?;
+                return Ok(Discovery::Known { id, state });
+            }
+            match state {
+                // Not sent yet: this record simply follows the file.
+                FileState::Discovered | FileState::Queued => {
+                    let to = state.on(Event::Changed)?;
+                    let done = stmt(
+                        "UPDATE files SET state = $3, size = $4, mtime_ns = $5, device = $6, \
+                         inode = $7, sha256 = NULL, mime = NULL, next_attempt_at = 0, \
+                         updated_at = $8 WHERE id = $1 AND state = $2",
+                    )
+                    .bind(id)
+                    .bind(state.as_str())
+                    .bind(to.as_str())
+                    .bind(size)
+                    .bind(f.mtime_ns)
+                    .bind(dev)
+                    .bind(ino)
+                    .bind(now)
+                    .execute(&mut tx)
+                    .await?;
+                    expect_one(done, id, state)?;
+                    let released = release_duplicates_tx(&mut tx, id).await?;
+                    tx.commit().await?;
+                    self.changed(id, f.path.clone(), to, Some("file changed".into()));
+                    self.announce_requeued(released);
+                    return Ok(Discovery::Changed(id));
+                }
+                // The worker sending it notices the change when it is done.
+                FileState::Uploading => {
+                    tx.commit().await?;
+                    return Ok(Discovery::Known { id, state });
+                }
+                _ => {}
+            }
+        }
+        let origin = f.origin.clone().unwrap_or_default();
+        let (id_col, id_val) = self.new_id();
+        let id: i64 = stmt(format!(
+            "INSERT INTO files ({id_col}path_bytes, path, size, mtime_ns, device, inode, \
+             user_metadata, state, discovered_at, updated_at, root, index_id, after_upload, \
+             on_failure, origin_host) \
+             VALUES ({id_val}$1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14) \
+             RETURNING id",
+        ))
+        .bind(&f.path_bytes)
+        .bind(&f.path)
+        .bind(size)
+        .bind(f.mtime_ns)
+        .bind(dev)
+        .bind(ino)
+        .bind(&f.user_metadata)
+        .bind(FileState::Discovered.as_str())
+        .bind(now)
+        .bind(f.origin.as_ref().map(|o| o.root.clone()))
+        .bind(&origin.index_id)
+        .bind(&origin.after_upload)
+        .bind(&origin.on_failure)
+        .bind(self.me_host())
+        .scalar_one(&mut tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(id, f.path.clone(), FileState::Discovered, None);
+        Ok(Discovery::New(id))
+    }
+
+    /// Whether a record of this path has exactly this size, mtime and
+    /// inode: a file the ledger already knows, which a scan passes over
+    /// without waiting for it to settle or hashing it.
+    pub async fn is_current(&self, f: &NewFile) -> Result<bool, LedgerError> {
+        // Any record of the path, not only the newest: a file put back to
+        // an older version was merged into that version's record.
+        let known: Option<i64> = stmt(
+            "SELECT id FROM files WHERE path_bytes = $1 AND size = $2 AND mtime_ns = $3 \
+             AND (device = $4 OR $6) AND inode = $5 LIMIT 1",
+        )
+        .bind(&f.path_bytes)
+        .bind(to_i64(f.size))
+        .bind(f.mtime_ns)
+        .bind(to_i64(f.device))
+        .bind(to_i64(f.inode))
+        .bind(self.stat_ignores_device())
+        .scalar_optional(&self.pool)
+        .await?;
+        Ok(known.is_some())
+    }
+
+    /// Whether "the same file" leaves the device number out: on a shared
+    /// ledger hosts mount the same share under device numbers of their own,
+    /// and each would take the others' records for changed files.
+    pub(in crate::ledger) fn stat_ignores_device(&self) -> bool {
+        self.pool.is_postgres()
+    }
+
+    /// On SQLite, the id column and the value that give a new record an id
+    /// above every id ever used (migration 0008 keeps the high-water mark);
+    /// PostgreSQL's identity sequence never goes back by itself.
+    fn new_id(&self) -> (&'static str, &'static str) {
+        if self.pool.is_postgres() {
+            ("", "")
+        } else {
+            (
+                "id, ",
+                "(SELECT high + 1 FROM id_high_water WHERE name = 'files'), ",
+            )
+        }
+    }
+
+    /// Queue a URL for `method=url`, once: a URL that already has a record
+    /// (other than a failed one) is not queued again. Returns the record
+    /// and whether it is new.
+    pub async fn add_url(
+        &self,
+        url: &str,
+        filename: Option<&str>,
+        user_metadata: Option<&str>,
+        origin: Option<&Origin>,
+    ) -> Result<(i64, bool), LedgerError> {
+        let mut tx = self.begin().await?;
+        let known: Option<i64> = stmt(
+            "SELECT id FROM files WHERE url = $1 AND state != 'failed' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(url)
+        .scalar_optional(&mut tx)
+        .await?;
+        if let Some(id) = known {
+            tx.commit().await?;
+            return Ok((id, false));
+        }
+        // Nothing to hash: a URL goes straight to the queue.
+        let state = FileState::Discovered.on(Event::Hashed)?;
+        let now = now_ms();
+        let (id_col, id_val) = self.new_id();
+        let id: i64 = stmt(format!(
+            "INSERT INTO files ({id_col}url, filename, user_metadata, state, discovered_at, \
+             updated_at, root, index_id, after_upload, on_failure, stamp) \
+             VALUES ({id_val}$1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10) RETURNING id",
+        ))
+        .bind(url)
+        .bind(filename)
+        .bind(user_metadata)
+        .bind(state.as_str())
+        .bind(now)
+        .bind(origin.map(|o| o.root.clone()))
+        .bind(origin.and_then(|o| o.index_id.clone()))
+        .bind(origin.and_then(|o| o.after_upload.clone()))
+        .bind(origin.and_then(|o| o.on_failure.clone()))
+        .bind(new_stamp())
+        .scalar_one(&mut tx)
+        .await?;
+        tx.commit().await?;
+        self.changed(id, url.to_string(), state, None);
+        Ok((id, true))
+    }
+}

@@ -1,0 +1,386 @@
+//! The hash stage's statements: which `discovered` records to examine,
+//! what other records of the same size say, and recording a hash, which
+//! decides between queueing, a duplicate and a merge (dedupe).
+
+use sqlx::FromRow;
+
+use super::expect_one;
+use crate::config::Dedupe;
+use crate::ledger::engine::{Ex, Tx, stmt};
+use crate::ledger::fleet::PG_NOW;
+use crate::ledger::state::{Event, FileState};
+use crate::ledger::{Change, Ledger, LedgerError, now_ms};
+
+/// A record waiting for its eligibility check and hash.
+#[derive(Debug, Clone, FromRow)]
+pub struct HashJob {
+    pub id: i64,
+    pub path_bytes: Vec<u8>,
+    pub path: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+    /// Earlier tries that met a transient read error (a network mount).
+    #[sqlx(default)]
+    pub attempts: i64,
+    /// The host that found the file (a shared ledger).
+    #[sqlx(default)]
+    pub origin_host: Option<String>,
+    /// The device the file was on when it was found: a file missing from a
+    /// folder now on another device went with an unmounted filesystem.
+    #[sqlx(default)]
+    pub device: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOutcome {
+    Queued,
+    /// Same content as record `of`, which owns the asset.
+    Duplicate {
+        of: i64,
+    },
+    /// This path already had a record with this content (a touched but
+    /// unchanged file): that record was kept, with the new stat, and this
+    /// one removed.
+    Merged {
+        into: i64,
+    },
+    /// The record moved on before the hash was recorded.
+    Gone,
+    /// Queued without a hash: it is computed while the file is sent.
+    QueuedUnhashed,
+    /// Another record of this size is being sent with its hash still
+    /// unknown: the record waits, `discovered`, until that hash is known.
+    Wait,
+    /// Another record of this size appeared: hash it before queueing.
+    NeedsHash,
+}
+
+/// What other records of the same size say about hashing a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSize {
+    /// None: the content cannot be a duplicate, so the hash can be
+    /// computed during the upload.
+    None,
+    /// Some, all with their hash known: hash now, then dedupe.
+    Hashed,
+    /// One is being sent with its hash still unknown: wait for it.
+    Pending,
+}
+
+/// How long a record waits for another record of its size to get its hash.
+const WAIT_FOR_HASH_MS: i64 = 250;
+
+/// Whether other live records have a file's size, and whether one of them
+/// is being sent with its hash unknown: two existence checks, each served
+/// by a partial index whose WHERE these repeat word for word (migration
+/// 0005), so that a thousand files of one size cost no more than one.
+pub(in crate::ledger) const SAME_SIZE_SQL: &str = "SELECT \
+     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+       AND state IN ('discovered', 'queued', 'uploading', 'processing', 'ready', 'indexing', \
+       'indexed')), \
+     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+       AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
+       'indexing', 'indexed'))";
+
+impl Ledger {
+    /// Records waiting for eligibility and hashing, oldest first.
+    pub async fn to_hash(&self, limit: u32) -> Result<Vec<HashJob>, LedgerError> {
+        if let Some(member) = self.member().filter(|_| self.pool.is_postgres()) {
+            // A shared ledger: take the files with a lease, so that two
+            // hosts watching one share do not both read them, and only
+            // files this host can see.
+            let mut jobs: Vec<HashJob> = stmt(format!(
+                "UPDATE files SET claimed_by = $3, lease_until = {PG_NOW} + $5 \
+                 WHERE id IN (SELECT id FROM files WHERE state = 'discovered' \
+                   AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
+                   AND (lease_until IS NULL OR lease_until < {PG_NOW} OR claimed_by = $3){visible} \
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, path_bytes, path, size, mtime_ns, attempts, origin_host, device",
+                visible = self.visible_to_me("$4"),
+            ))
+            .bind(i64::from(limit))
+            .bind(now_ms())
+            .bind(member.id)
+            .bind(member.host.clone())
+            .bind(self.lease_ms())
+            .fetch_all(&self.pool)
+            .await?;
+            jobs.sort_by_key(|j| j.id);
+            return Ok(jobs);
+        }
+        Ok(stmt(
+            "SELECT id, path_bytes, path, size, mtime_ns, attempts, device FROM files \
+             WHERE state = 'discovered' AND path_bytes IS NOT NULL AND next_attempt_at <= $2 \
+             ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When the next waiting `discovered` record becomes due (Unix ms).
+    pub async fn next_hash_due(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(stmt(
+            "SELECT MIN(next_attempt_at) FROM files WHERE state = 'discovered' \
+             AND path_bytes IS NOT NULL",
+        )
+        .scalar_one(&self.pool)
+        .await?)
+    }
+
+    /// What other records of this size say about hashing it (see [`SameSize`]).
+    pub async fn same_size(&self, job: &HashJob) -> Result<SameSize, LedgerError> {
+        same_size_on(&self.pool, job).await
+    }
+
+    /// A `discovered` file could not be read for a reason that may pass (a
+    /// network mount that is down): try again at `next_at` (Unix ms),
+    /// counting the try (against `upload.max_attempts`, like an upload).
+    pub async fn examine_later(
+        &self,
+        job: &HashJob,
+        next_at: i64,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        // The lease goes too: on a shared ledger another host, whose mount
+        // may serve the file, can take it when it is due.
+        stmt(
+            "UPDATE files SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, \
+             updated_at = $4, lease_until = NULL WHERE id = $1 AND state = 'discovered'",
+        )
+        .bind(job.id)
+        .bind(next_at)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Keep a `discovered` record waiting a moment for another record of
+    /// its size to get its hash.
+    pub async fn wait_for_hash(&self, job: &HashJob) -> Result<(), LedgerError> {
+        stmt("UPDATE files SET next_attempt_at = $2 WHERE id = $1 AND state = 'discovered'")
+            .bind(job.id)
+            .bind(now_ms() + WAIT_FOR_HASH_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records of this job's size queued or claimed with their hash left to
+    /// their upload: the hash stage hashes them itself rather than keep a
+    /// twin waiting for as long as that upload takes to start and finish (a
+    /// retry schedule, a rate limit that holds a claimed record).
+    pub async fn unhashed_twins(&self, job: &HashJob) -> Result<Vec<HashJob>, LedgerError> {
+        // Only twins this host can read (a shared ledger).
+        let visible = self.visible_to_me("$3");
+        let mut q = stmt(format!(
+            "SELECT id, path_bytes, path, size, mtime_ns FROM files \
+             WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+             AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
+             'indexing', 'indexed') AND state IN ('queued', 'uploading'){visible} LIMIT 16",
+        ))
+        .bind(job.size)
+        .bind(job.id);
+        if !visible.is_empty() {
+            q = q.bind(self.me_host());
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    /// The hash of such a twin, computed by the hash stage: kept only if the
+    /// record still has the stat it was hashed at and no hash yet (its own
+    /// upload may have recorded one meanwhile, of the same bytes).
+    pub async fn set_twin_sha256(&self, twin: &HashJob, sha256: &str) -> Result<(), LedgerError> {
+        stmt(
+            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state IN ('queued', 'uploading') \
+             AND sha256 IS NULL AND size = $3 AND mtime_ns = $4",
+        )
+        .bind(twin.id)
+        .bind(sha256)
+        .bind(twin.size)
+        .bind(twin.mtime_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Queue an eligible `discovered` record with its hash left to the
+    /// upload, if still no other record has its size (else `NeedsHash`,
+    /// or `Wait`).
+    pub async fn queue_unhashed(
+        &self,
+        job: &HashJob,
+        mime: Option<&str>,
+    ) -> Result<HashOutcome, LedgerError> {
+        let from = FileState::Discovered;
+        let to = from.on(Event::Hashed)?;
+        let mut tx = self.begin().await?;
+        match same_size_on(&mut tx, job).await? {
+            SameSize::None => {}
+            SameSize::Hashed => return Ok(HashOutcome::NeedsHash),
+            SameSize::Pending => return Ok(HashOutcome::Wait),
+        }
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = NULL, mime = $4, duplicate_of = NULL, \
+             next_attempt_at = 0, updated_at = $5 \
+             WHERE id = $1 AND state = $2 AND size = $6 AND mtime_ns = $7",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(mime)
+        .bind(now_ms())
+        .bind(job.size)
+        .bind(job.mtime_ns)
+        .execute(&mut tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            // Changed (or ended) since it was examined.
+            return Ok(HashOutcome::Gone);
+        }
+        tx.commit().await?;
+        self.changed(job.id, job.path.clone(), to, None);
+        Ok(HashOutcome::QueuedUnhashed)
+    }
+
+    /// Store the hash of a `discovered` record and decide: queue it, or
+    /// make it a duplicate, or merge it into the record that already has
+    /// this path and content.
+    pub async fn record_hash(
+        &self,
+        job: &HashJob,
+        sha256: &str,
+        mime: Option<&str>,
+        dedupe: Dedupe,
+    ) -> Result<HashOutcome, LedgerError> {
+        let from = FileState::Discovered;
+        let mut tx = self.begin().await?;
+        let current: Option<(String, Option<i64>, Option<i64>)> =
+            stmt("SELECT state, size, mtime_ns FROM files WHERE id = $1")
+                .bind(job.id)
+                .fetch_optional(&mut tx)
+                .await?;
+        // The file changed again while it was being hashed: the newer stat
+        // is already recorded and the record will be hashed again.
+        match current {
+            Some((state, size, mtime))
+                if state == from.as_str()
+                    && size == Some(job.size)
+                    && mtime == Some(job.mtime_ns) => {}
+            _ => return Ok(HashOutcome::Gone),
+        }
+        // Its twin may be the record being sent unhashed: wait for its hash.
+        if same_size_on(&mut tx, job).await? == SameSize::Pending {
+            stmt("UPDATE files SET next_attempt_at = $2 WHERE id = $1")
+                .bind(job.id)
+                .bind(now_ms() + WAIT_FOR_HASH_MS)
+                .execute(&mut tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(HashOutcome::Wait);
+        }
+
+        // The same path with the same content: the same version, seen again.
+        let same_version: Option<i64> = stmt(
+            "SELECT id FROM files WHERE path_bytes = $1 AND sha256 = $2 AND id != $3 \
+             AND state NOT IN ('failed', 'skipped', 'discovered') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&job.path_bytes)
+        .bind(sha256)
+        .bind(job.id)
+        .scalar_optional(&mut tx)
+        .await?;
+        if let Some(into) = same_version {
+            stmt(
+                "UPDATE files SET size = s.size, mtime_ns = s.mtime_ns, device = s.device, \
+                 inode = s.inode, updated_at = $3 \
+                 FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = $2) AS s \
+                 WHERE files.id = $1",
+            )
+            .bind(into)
+            .bind(job.id)
+            .bind(now_ms())
+            .execute(&mut tx)
+            .await?;
+            stmt("DELETE FROM files WHERE id = $1")
+                .bind(job.id)
+                .execute(&mut tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(HashOutcome::Merged { into });
+        }
+
+        let original: Option<(i64, Option<String>)> = match dedupe {
+            Dedupe::Content => {
+                stmt(
+                    "SELECT id, asset_id FROM files WHERE sha256 = $1 AND id != $2 AND state IN \
+                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
+                     ORDER BY id LIMIT 1",
+                )
+                .bind(sha256)
+                .bind(job.id)
+                .fetch_optional(&mut tx)
+                .await?
+            }
+            Dedupe::Path => stmt(
+                "SELECT id, asset_id FROM files WHERE path_bytes = $1 AND id != $2 AND state IN \
+                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
+                     ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&job.path_bytes)
+            .bind(job.id)
+            .fetch_optional(&mut tx)
+            .await?,
+            Dedupe::Off => None,
+        };
+        let (to, outcome, asset_id, dup_of) = match original {
+            Some((of, asset)) => (
+                from.on(Event::Duplicate)?,
+                HashOutcome::Duplicate { of },
+                asset,
+                Some(of),
+            ),
+            None => (from.on(Event::Hashed)?, HashOutcome::Queued, None, None),
+        };
+        let done = stmt(
+            "UPDATE files SET state = $3, sha256 = $4, mime = $5, duplicate_of = $6, \
+             asset_id = $7, next_attempt_at = 0, updated_at = $8 WHERE id = $1 AND state = $2",
+        )
+        .bind(job.id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(sha256)
+        .bind(mime)
+        .bind(dup_of)
+        .bind(&asset_id)
+        .bind(now_ms())
+        .execute(&mut tx)
+        .await?;
+        expect_one(done, job.id, from)?;
+        tx.commit().await?;
+        self.announce(Change {
+            id: job.id,
+            path: job.path.clone(),
+            state: to,
+            asset_id,
+            detail: dup_of.map(|of| format!("same content as record {of}")),
+        });
+        Ok(outcome)
+    }
+}
+
+async fn same_size_on(ex: impl Into<Ex<'_>>, job: &HashJob) -> Result<SameSize, LedgerError> {
+    let (any, pending): (bool, bool) = stmt(SAME_SIZE_SQL)
+        .bind(job.size)
+        .bind(job.id)
+        .fetch_one(ex)
+        .await?;
+    Ok(match (any, pending) {
+        (_, true) => SameSize::Pending,
+        (true, false) => SameSize::Hashed,
+        (false, false) => SameSize::None,
+    })
+}
