@@ -501,7 +501,7 @@ async fn taking_back_its_own_claim_fences_off_the_first_worker(location: &Locati
         matches!(late, Err(LedgerError::Conflict { .. })),
         "{late:?}"
     );
-    let session = tl_ingest::ledger::multipart::Session {
+    let session = tl_ingest::ledger::upload_sessions::Session {
         file_id: id,
         upload_id: "up-2".into(),
         asset_id: "asset-2".into(),

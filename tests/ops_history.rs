@@ -7,8 +7,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tl_ingest::daemon::lock::LedgerLock;
 use tl_ingest::emulator::{EmulatorConfig, Faults};
+use tl_ingest::ledger::LedgerLock;
 use tl_ingest::ledger::{Ledger, now_ms};
 
 use crate::helpers::sql::Sql;

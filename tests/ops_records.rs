@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use tl_ingest::emulator::{EmulatorConfig, Faults};
-use tl_ingest::ledger::multipart::Session;
+use tl_ingest::ledger::upload_sessions::Session;
 use tl_ingest::ledger::{Ledger, now_ms};
 
 use crate::helpers::{KEY, Kind, TestEnv, dump, output, record_of, text, write_media};

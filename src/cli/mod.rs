@@ -29,8 +29,8 @@ use clap::{Parser, Subcommand};
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, ConfigFile, LoadOptions};
-use crate::daemon::lock::LockError;
 use crate::emulator::{Emulator, EmulatorConfig};
+use crate::ledger::LockError;
 use crate::ledger::{Ledger, Location};
 use crate::secret::{ApiKey, load_api_key};
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::history::record_json;
 use super::{CliError, CliResult, Context, Globals, out};
 use crate::ledger::admin::{Detail, Found, MIN_SHA_PREFIX};
-use crate::ledger::multipart::{Chunk, Session, SessionLog};
+use crate::ledger::upload_sessions::{Chunk, Session, SessionLog};
 use crate::ledger::{AttemptRow, Ledger, LedgerError, Record, now_ms, rfc3339};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

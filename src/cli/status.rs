@@ -19,11 +19,11 @@ use super::history::{
     Stdout, ago, colour_stdout, human_size, record_json, shorten_middle, span, state_cell,
 };
 use super::{CliError, CliResult, Context, Globals};
-use crate::daemon::lock::{Holder, LedgerLock};
 use crate::ledger::disk::{Disk, disk_of, folder_of};
 use crate::ledger::fleet::DaemonInfo;
 use crate::ledger::query::{InFlight, RecentAttempt};
 use crate::ledger::{FileState, Location, Record, now_ms, rfc3339};
+use crate::ledger::{Holder, LedgerLock};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use super::{CliError, CliResult, Context, Globals, lock_error, start_emulator};
 use crate::config::WatchConfig;
-use crate::daemon::lock::LedgerLock;
+use crate::ledger::LedgerLock;
 use crate::ledger::{Change, FileState, Ledger, LedgerError};
 use crate::pipeline::discover::{Filter, discover};
 use crate::pipeline::gate::GateState;

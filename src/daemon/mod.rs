@@ -14,7 +14,6 @@
 //! or hashing, which keeps restarts cheap: scans send files in batches, and
 //! the ledger answers for a whole batch in one query.
 
-pub mod lock;
 pub mod systemd;
 
 use std::net::SocketAddr;
@@ -28,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
-use crate::ledger::{FileState, Ledger, LedgerError, Location, NewFile, Origin, now_ms};
+use crate::ledger::{
+    FileState, Ledger, LedgerError, LedgerLock, Location, LockError, NewFile, Origin, now_ms,
+};
 use crate::pipeline::discover::{Filter, new_file, walk_tree};
 use crate::pipeline::gate::GateState;
 use crate::pipeline::{Pipeline, Running};
@@ -36,7 +37,6 @@ use crate::secret::{ApiKey, load_api_key};
 use crate::watch::presence::{self, Change, Identity, Presence};
 use crate::watch::settle::{Seen, Settler, since_mtime};
 use crate::watch::{Feed, Mode, RootWatcher, fstype, limit_message, watch_root};
-use lock::{LedgerLock, LockError};
 
 /// What the outside world asks of a running daemon (signals, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,11 +18,12 @@ mod files;
 pub mod fleet;
 mod health;
 mod location;
-pub mod multipart;
+pub mod lock;
 pub mod query;
 pub mod reconcile;
 mod scan;
 pub mod state;
+pub mod upload_sessions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -44,6 +45,7 @@ pub use files::{
 };
 pub use health::{Health, Outage};
 pub use location::{Location, PgUrl};
+pub use lock::{Holder, LedgerLock, LockError};
 pub use state::{Event, FileState};
 
 /// Migrations, embedded at build time and applied on open: the same

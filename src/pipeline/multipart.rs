@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 
 use super::Shared;
 use crate::api::{ApiError, ChunkError, ErrorClass, StorageError};
-use crate::ledger::multipart::{Chunk, Session};
+use crate::ledger::upload_sessions::{Chunk, Session};
 use crate::ledger::{UploadJob, now_ms};
 
 /// Chunks in flight at once, per file.

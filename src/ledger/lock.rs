@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ledger::Location;
+use super::Location;
 
 /// Who holds a ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl LedgerLock {
         }
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
-        writeln!(file, "{}\n{}", std::process::id(), crate::ledger::now_ms()).map_err(io)?;
+        writeln!(file, "{}\n{}", std::process::id(), super::now_ms()).map_err(io)?;
         file.flush().map_err(io)?;
         Ok(LedgerLock { _file: file, path })
     }
