@@ -30,6 +30,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::Retryable;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
@@ -200,21 +201,15 @@ impl Ledger {
         // A new file is switched to WAL by whoever connects first; another
         // process connecting at that instant is told "locked" at once,
         // without a busy wait: try again shortly.
-        let mut tries = 0;
-        let pool = loop {
-            match SqlitePoolOptions::new()
+        let pool = (|| {
+            SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options.clone())
-                .await
-            {
-                Ok(pool) => break pool,
-                Err(e) if is_busy(&e) && tries < 5 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-                }
-                Err(e) => return Err(open_err(e)),
-            }
-        };
+        })
+        .retry(linear_backoff(Duration::from_millis(50), 5))
+        .when(is_busy)
+        .await
+        .map_err(open_err)?;
         // Readers migrate only a ledger that is behind (an upgrade with no
         // daemon since): two processes migrating a new file at once would
         // race, and the writer holding the ledger lock does it anyway.
@@ -289,21 +284,19 @@ impl Ledger {
 /// SQLite has no migration lock, so a migration that fails is retried once
 /// the other process has had time to finish, and then skipped as applied.
 async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
-    const TRIES: u32 = 5;
-    let mut tries = 0;
-    loop {
-        match SQLITE_MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tries += 1;
-                if tries >= TRIES {
-                    return Err(e);
-                }
-                tracing::debug!(error = %e, "migration failed; another process may be applying it");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
-            }
-        }
-    }
+    // Five tries in all.
+    (|| SQLITE_MIGRATOR.run(pool))
+        .retry(linear_backoff(Duration::from_millis(100), 4))
+        .notify(|e, _| {
+            tracing::debug!(error = %e, "migration failed; another process may be applying it");
+        })
+        .await
+}
+
+/// `retries` waits of `step`, `2 × step`, `3 × step`…: a short, growing
+/// pause for another process creating or migrating the same file.
+fn linear_backoff(step: Duration, retries: u32) -> impl backon::Backoff {
+    (1..=retries).map(move |n| step * n)
 }
 
 /// The migrations this build applies to a PostgreSQL ledger (`doctor`
