@@ -1,7 +1,8 @@
-//! The life of a file: the states of PRODUCT.md and the only legal moves
-//! between them. [`FileState::on`] is the single place that decides whether
-//! a transition is allowed; the ledger applies it as a compare-and-set on the
-//! old state inside one transaction, and the schema's CHECK repeats the list.
+//! The life of a file: the states of README.md ("What happens to a file")
+//! and the only legal moves between them. [`FileState::on`] is the single
+//! place that decides whether a transition is allowed; the ledger applies it
+//! as a compare-and-set on the old state inside one transaction, and the
+//! schema's CHECK repeats the list.
 
 use std::fmt;
 
