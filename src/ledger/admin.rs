@@ -12,7 +12,7 @@ use sqlx::FromRow;
 
 use super::engine::stmt;
 use super::files::RECORD_COLUMNS;
-use super::state::{Event, FileState};
+use super::state::{Event, FileState, sql_list};
 use super::{Change, Ledger, LedgerError, Record, now_ms};
 
 /// At most this many candidates are listed for an ambiguous key.
@@ -400,12 +400,13 @@ impl Ledger {
         &self,
         cutoff_ms: i64,
     ) -> Result<Vec<NewestOfPath>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT f.id, f.path_bytes FROM files f \
-             WHERE f.state IN ('duplicate', 'skipped', 'failed') AND f.updated_at < $1 \
+             WHERE f.state IN ({}) AND f.updated_at < $1 \
              AND f.path_bytes IS NOT NULL \
              AND f.id = (SELECT max(g.id) FROM files g WHERE g.path_bytes = f.path_bytes)",
-        )
+            sql_list(FileState::ENDED_WITHOUT_ASSET)
+        ))
         .bind(cutoff_ms)
         .fetch_all(&self.pool)
         .await?)
@@ -423,10 +424,10 @@ impl Ledger {
         dry_run: bool,
     ) -> Result<PruneReport, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let old: i64 = stmt(
-            "SELECT count(*) FROM files WHERE state IN \
-             ('ready', 'indexed', 'duplicate', 'skipped', 'failed') AND updated_at < $1",
-        )
+        let terminal = sql_list(FileState::TERMINAL);
+        let old: i64 = stmt(format!(
+            "SELECT count(*) FROM files WHERE state IN ({terminal}) AND updated_at < $1"
+        ))
         .bind(cutoff_ms)
         .scalar_one(&mut tx)
         .await?;
@@ -447,13 +448,14 @@ impl Ledger {
         stmt(format!("DELETE FROM {ids}")).execute(&mut tx).await?;
         stmt(format!(
             "INSERT INTO {ids} (id) SELECT f.id FROM files f \
-             WHERE f.state IN ('ready', 'indexed', 'duplicate', 'skipped', 'failed') \
+             WHERE f.state IN ({terminal}) \
              AND f.updated_at < $1 \
-             AND NOT (f.state IN ('ready', 'indexed') AND ( \
+             AND NOT (f.state IN ({with_asset}) AND ( \
                (f.path_bytes IS NOT NULL AND \
                  f.id = (SELECT max(g.id) FROM files g WHERE g.path_bytes = f.path_bytes)) \
                OR (f.path_bytes IS NULL AND f.url IS NOT NULL AND \
-                 f.id = (SELECT max(g.id) FROM files g WHERE g.url = f.url))))"
+                 f.id = (SELECT max(g.id) FROM files g WHERE g.url = f.url))))",
+            with_asset = sql_list(FileState::ENDED_WITH_ASSET),
         ))
         .bind(cutoff_ms)
         .execute(&mut tx)

@@ -5,7 +5,7 @@
 use sqlx::FromRow;
 
 use super::engine::stmt;
-use super::state::{Event, FileState};
+use super::state::{Event, FileState, sql_list};
 use super::{Change, Ledger, LedgerError, now_ms};
 
 /// A record to index, or being indexed.
@@ -205,10 +205,11 @@ impl Ledger {
              asset_id, attempts, last_error, \
              CASE WHEN state = 'failed' THEN on_failure ELSE after_upload END AS action \
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
-             AND ((state IN ('ready', 'indexing', 'indexed') AND after_upload IS NOT NULL) \
+             AND ((state IN ({ready}) AND after_upload IS NOT NULL) \
                OR (state = 'failed' AND on_failure IS NOT NULL)){}{visible} \
              ORDER BY id LIMIT $1",
-            self.followed_by_me()
+            self.followed_by_me(),
+            ready = sql_list(FileState::ASSET_READY),
         ))
         .bind(i64::from(limit));
         if !visible.is_empty() {

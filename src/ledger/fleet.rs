@@ -10,7 +10,7 @@
 use sqlx::FromRow;
 
 use super::engine::stmt;
-use super::state::{Event, FileState};
+use super::state::{Event, FileState, sql_list};
 use super::{Ledger, LedgerError, now_ms};
 use crate::ledger::LOOKUP_DELAY_MS;
 
@@ -146,12 +146,15 @@ impl Ledger {
         let Some(m) = self.me.get().filter(|_| self.pool.is_postgres()) else {
             return Ok(0);
         };
-        let action_pending = "(files.file_action IS NULL AND files.path_bytes IS NOT NULL AND \
-             ((files.state IN ('ready', 'indexing', 'indexed') AND files.after_upload IS NOT NULL) \
-              OR (files.state = 'failed' AND files.on_failure IS NOT NULL)))";
+        let action_pending = format!(
+            "(files.file_action IS NULL AND files.path_bytes IS NOT NULL AND \
+             ((files.state IN ({}) AND files.after_upload IS NOT NULL) \
+              OR (files.state = 'failed' AND files.on_failure IS NOT NULL)))",
+            sql_list(FileState::ASSET_READY)
+        );
         Ok(stmt(format!(
             "UPDATE files SET claimed_by = $1 WHERE id IN (SELECT id FROM files \
-             WHERE (files.state IN ('processing', 'indexing') \
+             WHERE (files.state IN ({at_platform}) \
                     OR (files.state = 'ready' AND files.index_id IS NOT NULL) OR {action_pending}) \
                AND (files.claimed_by IS NULL OR files.claimed_by NOT IN (SELECT d.id FROM daemons d \
                     WHERE d.stopped_at IS NULL \
@@ -159,6 +162,7 @@ impl Ledger {
                AND (NOT {action_pending} OR {visible}) \
              LIMIT 500 FOR UPDATE SKIP LOCKED)",
             visible = visible_sql(m.id, "$2"),
+            at_platform = sql_list(FileState::AT_PLATFORM),
         ))
         .bind(m.id)
         .bind(m.host.clone())

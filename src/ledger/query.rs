@@ -4,11 +4,13 @@
 //! which ask SQLite for its plan), so that they stay fast on a ledger of
 //! millions of records.
 
+use std::sync::LazyLock;
+
 use sqlx::FromRow;
 
 use super::engine::{Q, stmt};
 use super::files::RECORD_COLUMNS;
-use super::state::FileState;
+use super::state::{FileState, sql_list};
 use super::{Ledger, LedgerError, Record};
 
 /// What `history` selects. Times are Unix ms and apply to `discovered_at`.
@@ -172,17 +174,27 @@ fn glob_to_regex(glob: &str) -> Option<String> {
     Some(re)
 }
 
-const LAST_ERRORS_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size, mime, \
-     attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
-     updated_at, file_action FROM files \
-     WHERE last_error IS NOT NULL AND state NOT IN ('skipped', 'duplicate') \
-     ORDER BY updated_at DESC, id DESC LIMIT $1";
+static LAST_ERRORS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, path, url, state, asset_id, sha256, size, mime, \
+         attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
+         updated_at, file_action FROM files \
+         WHERE last_error IS NOT NULL AND state NOT IN ({}) \
+         ORDER BY updated_at DESC, id DESC LIMIT $1",
+        sql_list(FileState::QUIET_ERRORS)
+    )
+});
 
 /// `(state || '')` keeps SQLite on `files_errors` (a short range by time) rather
 /// than every failed record ever.
-const FAILED_SINCE_SQL: &str = "SELECT count(*) FROM files \
-     WHERE last_error IS NOT NULL AND state NOT IN ('skipped', 'duplicate') \
-     AND (state || '') = 'failed' AND updated_at >= $1";
+static FAILED_SINCE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT count(*) FROM files \
+         WHERE last_error IS NOT NULL AND state NOT IN ({}) \
+         AND (state || '') = 'failed' AND updated_at >= $1",
+        sql_list(FileState::QUIET_ERRORS)
+    )
+});
 
 const IN_FLIGHT_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size, mime, \
      attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
@@ -275,7 +287,7 @@ impl Ledger {
     /// The records whose errors are newest, newest first (skipped and
     /// duplicate records carry a reason, not an error: left out).
     pub async fn last_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
-        Ok(stmt(LAST_ERRORS_SQL)
+        Ok(stmt(LAST_ERRORS_SQL.as_str())
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
@@ -283,7 +295,7 @@ impl Ledger {
 
     /// How many records failed (last changed to `failed`) at or after `since_ms`.
     pub async fn failed_since(&self, since_ms: i64) -> Result<i64, LedgerError> {
-        Ok(stmt(FAILED_SINCE_SQL)
+        Ok(stmt(FAILED_SINCE_SQL.as_str())
             .bind(since_ms)
             .scalar_one(&self.pool)
             .await?)
@@ -430,8 +442,8 @@ mod tests {
         assert!(FAILED_SINCE_SQL.contains(HAS_ERROR));
         let (_dir, ledger) = ledger().await;
         for (what, sql) in [
-            ("last errors", LAST_ERRORS_SQL),
-            ("failed since", FAILED_SINCE_SQL),
+            ("last errors", LAST_ERRORS_SQL.as_str()),
+            ("failed since", FAILED_SINCE_SQL.as_str()),
             ("in flight", IN_FLIGHT_SQL),
         ] {
             let q = stmt(format!("EXPLAIN QUERY PLAN {sql}"));
@@ -449,9 +461,9 @@ mod tests {
             !plan.contains("TEMP B-TREE") && plan.contains("PRIMARY KEY"),
             "recent attempts:\n{plan}"
         );
-        let q = stmt(format!("EXPLAIN QUERY PLAN {LAST_ERRORS_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {}", *LAST_ERRORS_SQL));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));
-        let q = stmt(format!("EXPLAIN QUERY PLAN {FAILED_SINCE_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {}", *FAILED_SINCE_SQL));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));
         ledger.close().await;
     }

@@ -4,7 +4,7 @@
 use sqlx::FromRow;
 
 use super::engine::stmt;
-use super::state::{Event, FileState};
+use super::state::{Event, FileState, sql_list};
 use super::{Change, Ledger, LedgerError, now_ms};
 
 /// A record whose asset should exist on the platform.
@@ -33,11 +33,12 @@ impl Ledger {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "SELECT id, asset_id, state, path, url FROM files \
-             WHERE id > $1 AND asset_id IS NOT NULL AND state IN ('ready', 'indexing', 'indexed') \
+             WHERE id > $1 AND asset_id IS NOT NULL AND state IN ({}) \
              ORDER BY id LIMIT $2",
-        )
+            sql_list(FileState::ASSET_READY)
+        ))
         .bind(after_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

@@ -4,6 +4,7 @@
 //! worker thread).
 
 use super::engine::{Q, stmt};
+use super::state::{FileState, sql_list};
 use super::{Ledger, LedgerError, NewFile};
 
 /// Files per statement: 6 parameters each, well under SQLite's limit of
@@ -71,21 +72,23 @@ impl Ledger {
     /// sent as a new version), and so is one being sent (its worker checks
     /// the file itself). For each file, in order: whether it was adopted.
     pub async fn adopt_found_again(&self, files: &[NewFile]) -> Result<Vec<bool>, LedgerError> {
+        let sql = format!(
+            "UPDATE files SET device = $4, inode = $5, updated_at = $6 \
+             WHERE id = (SELECT id FROM files WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1) \
+             AND size = $2 AND mtime_ns = $3 AND state NOT IN ({})",
+            sql_list(&[FileState::Failed, FileState::Uploading])
+        );
         let mut adopted = Vec::with_capacity(files.len());
         for f in files {
-            let done = stmt(
-                "UPDATE files SET device = $4, inode = $5, updated_at = $6 \
-                 WHERE id = (SELECT id FROM files WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1) \
-                 AND size = $2 AND mtime_ns = $3 AND state NOT IN ('failed', 'uploading')",
-            )
-            .bind(f.path_bytes.as_slice())
-            .bind(to_i64(f.size))
-            .bind(f.mtime_ns)
-            .bind(to_i64(f.device))
-            .bind(to_i64(f.inode))
-            .bind(super::now_ms())
-            .execute(&self.pool)
-            .await?;
+            let done = stmt(sql.clone())
+                .bind(f.path_bytes.as_slice())
+                .bind(to_i64(f.size))
+                .bind(f.mtime_ns)
+                .bind(to_i64(f.device))
+                .bind(to_i64(f.inode))
+                .bind(super::now_ms())
+                .execute(&self.pool)
+                .await?;
             adopted.push(done.rows_affected() == 1);
         }
         Ok(adopted)
@@ -222,7 +225,7 @@ mod tests {
         )
         .await;
         assert!(by_path.contains("files_path"), "{by_path}");
-        let same_size = plan(&ledger, super::super::files::SAME_SIZE_SQL).await;
+        let same_size = plan(&ledger, &super::super::files::SAME_SIZE_SQL).await;
         assert!(same_size.contains("files_live_size"), "{same_size}");
         assert!(same_size.contains("files_unhashed_size"), "{same_size}");
         ledger.close().await;

@@ -152,6 +152,86 @@ impl FileState {
         )
     }
 
+    /// A record that is or will be an upload of its content: hashed or
+    /// about to be, and not ended without an asset.
+    pub fn is_live(self) -> bool {
+        self == FileState::Discovered || self.holds_asset()
+    }
+
+    // Groups of states as the ledger's SQL lists them (see [`sql_list`]).
+    // Each is exactly the states its rule holds for (a test checks), in the
+    // order the queries have always written it: SQLite uses a partial
+    // index only for a query whose WHERE repeats the index's word for word
+    // (migrations 0003 and 0005), so the order is part of the schema.
+
+    /// [`FileState::is_live`] (the index `files_live_size`, migration 0005).
+    pub const LIVE: &[FileState] = &[
+        FileState::Discovered,
+        FileState::Queued,
+        FileState::Uploading,
+        FileState::Processing,
+        FileState::Ready,
+        FileState::Indexing,
+        FileState::Indexed,
+    ];
+
+    /// [`FileState::holds_asset`] (the index `files_unhashed_size`,
+    /// migration 0005).
+    pub const HOLDING_ASSET: &[FileState] = &[
+        FileState::Queued,
+        FileState::Uploading,
+        FileState::Processing,
+        FileState::Ready,
+        FileState::Indexing,
+        FileState::Indexed,
+    ];
+
+    /// Holding an asset the platform has not accepted yet: waiting for a
+    /// worker or being sent.
+    pub const UNSENT: &[FileState] = &[FileState::Queued, FileState::Uploading];
+
+    /// Not [`FileState::is_terminal`]: work is still to happen.
+    pub const UNFINISHED: &[FileState] = &[
+        FileState::Discovered,
+        FileState::Queued,
+        FileState::Uploading,
+        FileState::Processing,
+        FileState::Indexing,
+    ];
+
+    /// [`FileState::is_terminal`].
+    pub const TERMINAL: &[FileState] = &[
+        FileState::Ready,
+        FileState::Indexed,
+        FileState::Duplicate,
+        FileState::Skipped,
+        FileState::Failed,
+    ];
+
+    /// Terminal, with an asset of its own.
+    pub const ENDED_WITH_ASSET: &[FileState] = &[FileState::Ready, FileState::Indexed];
+
+    /// Terminal, without an asset of its own.
+    pub const ENDED_WITHOUT_ASSET: &[FileState] =
+        &[FileState::Duplicate, FileState::Skipped, FileState::Failed];
+
+    /// The platform says its asset is ready (indexing may follow).
+    pub const ASSET_READY: &[FileState] =
+        &[FileState::Ready, FileState::Indexing, FileState::Indexed];
+
+    /// The platform is working on its asset: followed until it answers.
+    pub const AT_PLATFORM: &[FileState] = &[FileState::Processing, FileState::Indexing];
+
+    /// Not a version of its path to keep: not hashed yet, or ended without
+    /// an asset of its own or another's (not [`FileState::is_live`] or
+    /// `duplicate`, and not `discovered`).
+    pub const NOT_A_KEPT_VERSION: &[FileState] =
+        &[FileState::Failed, FileState::Skipped, FileState::Discovered];
+
+    /// States whose `last_error` is not an error to show: a skip's reason,
+    /// or a duplicate's (the index `files_errors`, migration 0003).
+    pub const QUIET_ERRORS: &[FileState] = &[FileState::Skipped, FileState::Duplicate];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FileState::Discovered => "discovered",
@@ -170,6 +250,16 @@ impl FileState {
     pub fn parse(s: &str) -> Option<FileState> {
         FileState::ALL.into_iter().find(|st| st.as_str() == s)
     }
+}
+
+/// States as an SQL list, `'queued', 'uploading'`, for `state IN (…)`: a
+/// list written from the states themselves, never by hand.
+pub fn sql_list(states: &[FileState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for FileState {
@@ -258,6 +348,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A worker can still take it or the platform still accept it.
+    fn unsent(s: FileState) -> bool {
+        s.on(E::Claim).is_ok() || s.on(E::Accepted).is_ok()
+    }
+
+    /// `ready`, or reached from it by indexing.
+    fn asset_ready(s: FileState) -> bool {
+        let indexing = S::Ready.on(E::Index).ok();
+        s == S::Ready
+            || Some(s) == indexing
+            || indexing.and_then(|i| i.on(E::Indexed).ok()) == Some(s)
+    }
+
+    /// Which states a group should hold.
+    type Rule = fn(FileState) -> bool;
+
+    /// Each SQL group is exactly the states its rule holds for, once each.
+    #[test]
+    fn sql_groups_agree_with_their_rules() {
+        let groups: [(&str, &[FileState], Rule); 11] = [
+            ("LIVE", S::LIVE, S::is_live),
+            ("HOLDING_ASSET", S::HOLDING_ASSET, S::holds_asset),
+            ("UNSENT", S::UNSENT, |s| s.holds_asset() && unsent(s)),
+            ("UNFINISHED", S::UNFINISHED, |s| !s.is_terminal()),
+            ("TERMINAL", S::TERMINAL, S::is_terminal),
+            ("ENDED_WITH_ASSET", S::ENDED_WITH_ASSET, |s| {
+                s.is_terminal() && s.holds_asset()
+            }),
+            ("ENDED_WITHOUT_ASSET", S::ENDED_WITHOUT_ASSET, |s| {
+                s.is_terminal() && !s.holds_asset()
+            }),
+            ("ASSET_READY", S::ASSET_READY, asset_ready),
+            ("AT_PLATFORM", S::AT_PLATFORM, |s| {
+                s.holds_asset() && !s.is_terminal() && !unsent(s)
+            }),
+            ("NOT_A_KEPT_VERSION", S::NOT_A_KEPT_VERSION, |s| {
+                !s.holds_asset() && s != S::Duplicate
+            }),
+            ("QUIET_ERRORS", S::QUIET_ERRORS, |s| {
+                s.is_terminal() && !s.holds_asset() && s != S::Failed
+            }),
+        ];
+        for (name, group, rule) in groups {
+            for s in FileState::ALL {
+                let n = group.iter().filter(|&&g| g == s).count();
+                assert_eq!(n, usize::from(rule(s)), "{name}: {s}");
+            }
+        }
+    }
+
+    /// The lists the partial indexes' WHERE clauses spell out, as the
+    /// queries must repeat them.
+    #[test]
+    fn sql_lists_match_the_partial_indexes() {
+        assert_eq!(sql_list(S::UNSENT), "'queued', 'uploading'");
+        let m0005 = include_str!("../../migrations/sqlite/0005_size_indexes.sql");
+        let m0003 = include_str!("../../migrations/sqlite/0003_history_indexes.sql");
+        assert!(m0005.contains(&format!("state IN\n        ({});", sql_list(S::LIVE))));
+        assert!(m0005.contains(&format!(
+            "state IN\n        ({});",
+            sql_list(S::HOLDING_ASSET)
+        )));
+        assert!(m0003.contains(&format!("state NOT IN ({});", sql_list(S::QUIET_ERRORS))));
     }
 
     #[test]

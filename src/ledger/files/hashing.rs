@@ -2,13 +2,15 @@
 //! what other records of the same size say, and recording a hash, which
 //! decides between queueing, a duplicate and a merge (dedupe).
 
+use std::sync::LazyLock;
+
 use sqlx::FromRow;
 
 use super::expect_one;
 use crate::config::Dedupe;
 use crate::ledger::engine::{Ex, Tx, stmt};
 use crate::ledger::fleet::PG_NOW;
-use crate::ledger::state::{Event, FileState};
+use crate::ledger::state::{Event, FileState, sql_list};
 use crate::ledger::{Change, Ledger, LedgerError, now_ms};
 
 /// A record waiting for its eligibility check and hash.
@@ -74,13 +76,17 @@ const WAIT_FOR_HASH_MS: i64 = 250;
 /// is being sent with its hash unknown: two existence checks, each served
 /// by a partial index whose WHERE these repeat word for word (migration
 /// 0005), so that a thousand files of one size cost no more than one.
-pub(in crate::ledger) const SAME_SIZE_SQL: &str = "SELECT \
-     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-       AND state IN ('discovered', 'queued', 'uploading', 'processing', 'ready', 'indexing', \
-       'indexed')), \
-     EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-       AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
-       'indexing', 'indexed'))";
+pub(in crate::ledger) static SAME_SIZE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT \
+         EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+           AND state IN ({live})), \
+         EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+           AND sha256 IS NULL AND state IN ({holding}))",
+        live = sql_list(FileState::LIVE),
+        holding = sql_list(FileState::HOLDING_ASSET),
+    )
+});
 
 impl Ledger {
     /// Records waiting for eligibility and hashing, oldest first.
@@ -179,8 +185,9 @@ impl Ledger {
         let mut q = stmt(format!(
             "SELECT id, path_bytes, path, size, mtime_ns FROM files \
              WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-             AND sha256 IS NULL AND state IN ('queued', 'uploading', 'processing', 'ready', \
-             'indexing', 'indexed') AND state IN ('queued', 'uploading'){visible} LIMIT 16",
+             AND sha256 IS NULL AND state IN ({holding}) AND state IN ({unsent}){visible} LIMIT 16",
+            holding = sql_list(FileState::HOLDING_ASSET),
+            unsent = sql_list(FileState::UNSENT),
         ))
         .bind(job.size)
         .bind(job.id);
@@ -194,10 +201,11 @@ impl Ledger {
     /// record still has the stat it was hashed at and no hash yet (its own
     /// upload may have recorded one meanwhile, of the same bytes).
     pub async fn set_twin_sha256(&self, twin: &HashJob, sha256: &str) -> Result<(), LedgerError> {
-        stmt(
-            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state IN ('queued', 'uploading') \
+        stmt(format!(
+            "UPDATE files SET sha256 = $2 WHERE id = $1 AND state IN ({}) \
              AND sha256 IS NULL AND size = $3 AND mtime_ns = $4",
-        )
+            sql_list(FileState::UNSENT)
+        ))
         .bind(twin.id)
         .bind(sha256)
         .bind(twin.size)
@@ -258,19 +266,10 @@ impl Ledger {
     ) -> Result<HashOutcome, LedgerError> {
         let from = FileState::Discovered;
         let mut tx = self.begin().await?;
-        let current: Option<(String, Option<i64>, Option<i64>)> =
-            stmt("SELECT state, size, mtime_ns FROM files WHERE id = $1")
-                .bind(job.id)
-                .fetch_optional(&mut tx)
-                .await?;
         // The file changed again while it was being hashed: the newer stat
         // is already recorded and the record will be hashed again.
-        match current {
-            Some((state, size, mtime))
-                if state == from.as_str()
-                    && size == Some(job.size)
-                    && mtime == Some(job.mtime_ns) => {}
-            _ => return Ok(HashOutcome::Gone),
+        if !still_as_hashed(&mut tx, job).await? {
+            return Ok(HashOutcome::Gone);
         }
         // Its twin may be the record being sent unhashed: wait for its hash.
         if same_size_on(&mut tx, job).await? == SameSize::Pending {
@@ -282,60 +281,13 @@ impl Ledger {
             tx.commit().await?;
             return Ok(HashOutcome::Wait);
         }
-
         // The same path with the same content: the same version, seen again.
-        let same_version: Option<i64> = stmt(
-            "SELECT id FROM files WHERE path_bytes = $1 AND sha256 = $2 AND id != $3 \
-             AND state NOT IN ('failed', 'skipped', 'discovered') ORDER BY id DESC LIMIT 1",
-        )
-        .bind(&job.path_bytes)
-        .bind(sha256)
-        .bind(job.id)
-        .scalar_optional(&mut tx)
-        .await?;
-        if let Some(into) = same_version {
-            stmt(
-                "UPDATE files SET size = s.size, mtime_ns = s.mtime_ns, device = s.device, \
-                 inode = s.inode, updated_at = $3 \
-                 FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = $2) AS s \
-                 WHERE files.id = $1",
-            )
-            .bind(into)
-            .bind(job.id)
-            .bind(now_ms())
-            .execute(&mut tx)
-            .await?;
-            stmt("DELETE FROM files WHERE id = $1")
-                .bind(job.id)
-                .execute(&mut tx)
-                .await?;
+        if let Some(into) = same_version(&mut tx, job, sha256).await? {
+            merge_into(&mut tx, into, job.id).await?;
             tx.commit().await?;
             return Ok(HashOutcome::Merged { into });
         }
-
-        let original: Option<(i64, Option<String>)> = match dedupe {
-            Dedupe::Content => {
-                stmt(
-                    "SELECT id, asset_id FROM files WHERE sha256 = $1 AND id != $2 AND state IN \
-                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
-                     ORDER BY id LIMIT 1",
-                )
-                .bind(sha256)
-                .bind(job.id)
-                .fetch_optional(&mut tx)
-                .await?
-            }
-            Dedupe::Path => stmt(
-                "SELECT id, asset_id FROM files WHERE path_bytes = $1 AND id != $2 AND state IN \
-                     ('queued', 'uploading', 'processing', 'ready', 'indexing', 'indexed') \
-                     ORDER BY id DESC LIMIT 1",
-            )
-            .bind(&job.path_bytes)
-            .bind(job.id)
-            .fetch_optional(&mut tx)
-            .await?,
-            Dedupe::Off => None,
-        };
+        let original = original_of(&mut tx, job, sha256, dedupe).await?;
         let (to, outcome, asset_id, dup_of) = match original {
             Some((of, asset)) => (
                 from.on(Event::Duplicate)?,
@@ -373,7 +325,7 @@ impl Ledger {
 }
 
 async fn same_size_on(ex: impl Into<Ex<'_>>, job: &HashJob) -> Result<SameSize, LedgerError> {
-    let (any, pending): (bool, bool) = stmt(SAME_SIZE_SQL)
+    let (any, pending): (bool, bool) = stmt(SAME_SIZE_SQL.as_str())
         .bind(job.size)
         .bind(job.id)
         .fetch_one(ex)
@@ -382,5 +334,95 @@ async fn same_size_on(ex: impl Into<Ex<'_>>, job: &HashJob) -> Result<SameSize, 
         (_, true) => SameSize::Pending,
         (true, false) => SameSize::Hashed,
         (false, false) => SameSize::None,
+    })
+}
+
+/// Whether the record is still `discovered` with the stat it was hashed at.
+async fn still_as_hashed(tx: &mut Tx, job: &HashJob) -> Result<bool, LedgerError> {
+    let current: Option<(String, Option<i64>, Option<i64>)> =
+        stmt("SELECT state, size, mtime_ns FROM files WHERE id = $1")
+            .bind(job.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(matches!(
+        current,
+        Some((state, size, mtime))
+            if state == FileState::Discovered.as_str()
+                && size == Some(job.size)
+                && mtime == Some(job.mtime_ns)
+    ))
+}
+
+/// Another record of this path kept with this content: the version this
+/// file is again (a touched but unchanged file, or one put back).
+async fn same_version(
+    tx: &mut Tx,
+    job: &HashJob,
+    sha256: &str,
+) -> Result<Option<i64>, LedgerError> {
+    Ok(stmt(format!(
+        "SELECT id FROM files WHERE path_bytes = $1 AND sha256 = $2 AND id != $3 \
+         AND state NOT IN ({}) ORDER BY id DESC LIMIT 1",
+        sql_list(FileState::NOT_A_KEPT_VERSION)
+    ))
+    .bind(&job.path_bytes)
+    .bind(sha256)
+    .bind(job.id)
+    .scalar_optional(&mut *tx)
+    .await?)
+}
+
+/// Record `id`'s file as the version `into`: `into` takes its stat and
+/// `id` goes.
+async fn merge_into(tx: &mut Tx, into: i64, id: i64) -> Result<(), LedgerError> {
+    stmt(
+        "UPDATE files SET size = s.size, mtime_ns = s.mtime_ns, device = s.device, \
+         inode = s.inode, updated_at = $3 \
+         FROM (SELECT size, mtime_ns, device, inode FROM files WHERE id = $2) AS s \
+         WHERE files.id = $1",
+    )
+    .bind(into)
+    .bind(id)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    stmt("DELETE FROM files WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The record this content (or, with `dedupe = "path"`, this path) is
+/// already uploaded or being uploaded by, with its asset if it has one.
+async fn original_of(
+    tx: &mut Tx,
+    job: &HashJob,
+    sha256: &str,
+    dedupe: Dedupe,
+) -> Result<Option<(i64, Option<String>)>, LedgerError> {
+    let holding = sql_list(FileState::HOLDING_ASSET);
+    Ok(match dedupe {
+        Dedupe::Content => {
+            stmt(format!(
+                "SELECT id, asset_id FROM files WHERE sha256 = $1 AND id != $2 AND state IN \
+                 ({holding}) ORDER BY id LIMIT 1"
+            ))
+            .bind(sha256)
+            .bind(job.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        Dedupe::Path => {
+            stmt(format!(
+                "SELECT id, asset_id FROM files WHERE path_bytes = $1 AND id != $2 AND state IN \
+                 ({holding}) ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(&job.path_bytes)
+            .bind(job.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        Dedupe::Off => None,
     })
 }

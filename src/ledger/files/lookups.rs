@@ -4,7 +4,7 @@
 use sqlx::FromRow;
 
 use crate::ledger::engine::stmt;
-use crate::ledger::state::FileState;
+use crate::ledger::state::{FileState, sql_list};
 use crate::ledger::{Ledger, LedgerError};
 
 /// One record, as history and status show it.
@@ -58,10 +58,10 @@ pub(in crate::ledger) const RECORD_COLUMNS: &str = "id, path, url, state, asset_
 impl Ledger {
     /// How many records are not in a terminal state.
     pub async fn unfinished(&self) -> Result<i64, LedgerError> {
-        Ok(stmt(
-            "SELECT count(*) FROM files WHERE state IN \
-             ('discovered', 'queued', 'uploading', 'processing', 'indexing')",
-        )
+        Ok(stmt(format!(
+            "SELECT count(*) FROM files WHERE state IN ({})",
+            sql_list(FileState::UNFINISHED)
+        ))
         .scalar_one(&self.pool)
         .await?)
     }
@@ -72,10 +72,10 @@ impl Ledger {
     pub async fn unfinished_among(&self, ids: &[i64]) -> Result<Vec<i64>, LedgerError> {
         let mut left = Vec::new();
         for chunk in ids.chunks(1000) {
-            let mut q = stmt(
-                "SELECT id FROM files WHERE state IN \
-                 ('discovered', 'queued', 'uploading', 'processing', 'indexing') AND id IN (",
-            );
+            let mut q = stmt(format!(
+                "SELECT id FROM files WHERE state IN ({}) AND id IN (",
+                sql_list(FileState::UNFINISHED)
+            ));
             for (i, id) in chunk.iter().enumerate() {
                 if i > 0 {
                     q.push(", ");
@@ -182,7 +182,8 @@ impl Ledger {
     pub async fn recent_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
         let mut q = stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE last_error IS NOT NULL \
-             AND state NOT IN ('skipped', 'duplicate') ORDER BY updated_at DESC LIMIT "
+             AND state NOT IN ({}) ORDER BY updated_at DESC LIMIT ",
+            sql_list(FileState::QUIET_ERRORS)
         ));
         q.push_bind(i64::from(limit));
         Ok(q.fetch_all(&self.pool).await?)
