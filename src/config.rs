@@ -18,7 +18,7 @@ use bytesize::ByteSize;
 use config::ValueKind;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Location, PgUrl};
+use crate::pg_url::PgUrl;
 
 /// The embedded defaults, the one place they are written down.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
@@ -502,15 +502,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The ledger: the PostgreSQL URL when one is set, else the file.
-    pub fn ledger_location(&self, env: &BTreeMap<String, String>) -> Location {
-        match self.ledger.url.as_deref().map(PgUrl::parse) {
-            Some(Ok(url)) => Location::Postgres(url),
-            // Refused by `validate`; a file is the safe reading otherwise.
-            _ => Location::Sqlite(self.ledger_path(env)),
-        }
     }
 
     /// The ledger file, resolved against `$STATE_DIRECTORY` when systemd sets it.

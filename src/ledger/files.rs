@@ -11,7 +11,7 @@ use super::engine::{Done, Ex, Tx, stmt};
 use super::fleet::PG_NOW;
 use super::state::{Event, FileState};
 use super::{Change, Ledger, LedgerError, now_ms};
-use crate::config::Dedupe;
+use crate::ledger::Dedupe;
 
 /// A file seen on disk.
 #[derive(Debug, Clone)]
