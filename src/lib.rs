@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: typed, layered configuration.
 //! - [`secret`]: the API key and where it comes from.
+//! - [`pg_url`]: a PostgreSQL ledger's URL, its password never shown.
+//! - [`host`]: this host's name in a fleet.
 //! - [`ledger`]: the SQLite ledger and the file state machine.
 //! - [`api`]: the TwelveLabs v1.3 client.
 //! - [`pipeline`]: discover → hash → dedupe → upload → poll.
@@ -20,9 +22,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod host;
 pub mod io_error;
 pub mod ledger;
 pub mod metrics;
+pub mod pg_url;
 pub mod pipeline;
 pub mod secret;
 pub mod telemetry;

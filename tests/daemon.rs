@@ -224,7 +224,7 @@ async fn metrics_and_healthz_are_served() {
                 };
                 let page = resp.text().await.unwrap_or_default();
                 // Every series carries the host label, first.
-                let host = format!("host=\"{}\"", tl_ingest::ledger::fleet::host_name());
+                let host = format!("host=\"{}\"", tl_ingest::host::host_name());
                 let uploaded = page
                     .lines()
                     .find_map(|l| {

@@ -7,9 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tl_ingest::config::Dedupe;
 use tl_ingest::ledger::{
-    AttemptEnd, Discovery, FileState, Ledger, LedgerError, Location, NewFile, Origin,
+    AttemptEnd, Dedupe, Discovery, FileState, Ledger, LedgerError, Location, NewFile, Origin,
 };
 
 use crate::helpers::pg;

@@ -2,9 +2,9 @@
 //! PostgreSQL pass, a fresh PostgreSQL database): discovery, hashing
 //! outcomes, claims, recovery, and what happens to duplicates.
 
-use tl_ingest::config::Dedupe;
 use tl_ingest::ledger::{
-    AttemptEnd, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile, SameSize,
+    AttemptEnd, Dedupe, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile,
+    SameSize,
 };
 
 fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {

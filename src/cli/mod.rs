@@ -242,7 +242,10 @@ impl Context {
         if self.emulator {
             Location::Sqlite(self.ledger_path())
         } else {
-            self.config.ledger_location(&self.env)
+            Location::from_settings(
+                self.config.ledger_path(&self.env),
+                self.config.ledger.url.as_deref(),
+            )
         }
     }
 

@@ -350,7 +350,7 @@ async fn gather(ctx: &Context) -> Result<Facts, CliError> {
         // A shared ledger has no lock file: the daemon of this host is the
         // newest one here that is running and beating.
         let daemon = daemon.or_else(|| {
-            let here = crate::ledger::fleet::host_name();
+            let here = crate::host::host_name();
             let after = millis(stale_after(lease));
             daemons
                 .iter()

@@ -1163,8 +1163,10 @@ impl Daemon {
 
     async fn try_reload(&mut self) -> Result<(), String> {
         let (config, _) = Config::load(&self.setup.load).map_err(|e| e.to_string())?;
-        if config.ledger_location(&self.setup.load.env)
-            != self.config.ledger_location(&self.setup.load.env)
+        let env = &self.setup.load.env;
+        let location =
+            |c: &Config| Location::from_settings(c.ledger_path(env), c.ledger.url.as_deref());
+        if location(&config) != location(&self.config)
             && matches!(self.setup.client, ClientSource::Configured)
         {
             tracing::warn!(

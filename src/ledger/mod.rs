@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod after;
+mod dedupe;
 pub mod diagnose;
 pub mod disk;
 mod engine;
@@ -39,6 +40,7 @@ use tokio::sync::broadcast;
 
 use engine::Pool;
 
+pub use dedupe::Dedupe;
 pub use error::{ErrorClass, LedgerError};
 pub use files::{
     AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile, Origin,

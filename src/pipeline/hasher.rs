@@ -277,7 +277,11 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
             sha256: Some(sha256),
             mime,
         } => {
-            let dedupe = shared.config.upload.dedupe;
+            let dedupe = match shared.config.upload.dedupe {
+                crate::config::Dedupe::Content => crate::ledger::Dedupe::Content,
+                crate::config::Dedupe::Path => crate::ledger::Dedupe::Path,
+                crate::config::Dedupe::Off => crate::ledger::Dedupe::Off,
+            };
             let outcome = ledger
                 .record_hash(job, &sha256, mime.as_deref(), dedupe)
                 .await?;

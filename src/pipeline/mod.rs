@@ -158,11 +158,7 @@ impl Pipeline {
     pub async fn recover(&self) -> Result<u64, LedgerError> {
         self.shared
             .ledger
-            .join(
-                &crate::ledger::fleet::host_name(),
-                &[],
-                self.shared.lease_ms(),
-            )
+            .join(&crate::host::host_name(), &[], self.shared.lease_ms())
             .await?;
         let n = self.shared.ledger.recover().await?;
         if n > 0 {

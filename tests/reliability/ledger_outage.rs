@@ -682,8 +682,7 @@ async fn postgres_stops_and_restarts_while_two_daemons_run_and_both_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_survives_the_server_stopping_at_once_even_with_asynchronous_commits() {
     use sqlx::Connection;
-    use tl_ingest::config::Dedupe;
-    use tl_ingest::ledger::{Discovery, FileState, NewFile, Origin};
+    use tl_ingest::ledger::{Dedupe, Discovery, FileState, NewFile, Origin};
     if crate::helpers::pg::server_url().is_none() {
         crate::helpers::pg::skipped("a_claim_survives_the_server_stopping_at_once");
         return;

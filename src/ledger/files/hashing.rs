@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use sqlx::FromRow;
 
 use super::expect_one;
-use crate::config::Dedupe;
+use crate::ledger::Dedupe;
 use crate::ledger::engine::{Ex, Tx, stmt};
 use crate::ledger::fleet::PG_NOW;
 use crate::ledger::state::{Event, FileState, sql_list};
