@@ -8,9 +8,11 @@ use std::sync::{Arc, OnceLock};
 
 use reqwest::multipart::{Form, Part};
 
+use super::body;
+use super::client::{ApiClient, encode_segment};
+use super::error::ApiError;
 use super::response::{open_error, read_json, status_error, transport};
 use super::types::{Asset, AssetPage, IndexedAsset, SHA256_STAMP, URL_STAMP};
-use super::{ApiClient, ApiError, body, encode_segment};
 
 /// Pages of `GET /assets?filename=` searched for a lost upload.
 const LOOKUP_MAX_PAGES: u64 = 20;

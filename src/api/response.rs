@@ -1,51 +1,16 @@
 //! Answers read into results: a capped body, JSON parsed or described
 //! when it cannot be, error statuses and transport failures turned into
-//! [`ApiError`]s, and the API key scrubbed from any text a server echoes.
+//! [`ApiError`]s.
 
 use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use super::error::retry_at;
-use super::{ApiClient, ApiError, types};
+use super::error::{ApiError, retry_at};
+use super::types;
 
 /// A response body larger than this is not one the API sends.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
-
-impl ApiClient {
-    /// Remove the key from an error's text: a proxy's error page may echo
-    /// the request headers back, and error text ends up in logs and the
-    /// ledger.
-    pub(super) fn scrub<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
-        result.map_err(|e| self.scrub_err(e))
-    }
-
-    fn scrub_err(&self, mut e: ApiError) -> ApiError {
-        let clean = |s: &mut String| *s = self.key.redact(s);
-        match &mut e {
-            ApiError::Status { message, code, .. } => {
-                if let Some(m) = message {
-                    clean(m);
-                }
-                if let Some(c) = code {
-                    clean(c);
-                }
-            }
-            ApiError::Malformed { detail, .. } | ApiError::Transport { detail, .. } => {
-                clean(detail)
-            }
-            ApiError::LocalRead(detail) | ApiError::SessionsBurned { last: detail, .. } => {
-                clean(detail)
-            }
-            ApiError::Storage(s) => {
-                if let Some(m) = &mut s.message {
-                    clean(m);
-                }
-            }
-        }
-        e
-    }
-}
 
 pub(super) fn transport(what: &'static str, e: &reqwest::Error, body_sent: bool) -> ApiError {
     let kind = if e.is_timeout() {
@@ -167,79 +132,7 @@ pub(super) fn open_error(path: &std::path::Path, e: &std::io::Error) -> ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    use crate::api::{Asset, ClientOptions, ErrorClass};
-    use crate::secret::ApiKey;
-
-    /// A proxy that answers with an HTML page echoing the request headers.
-    async fn echoing_proxy() -> std::net::SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let page = format!("<html><pre>{}</pre></html>", String::from_utf8_lossy(&req));
-                let resp = format!(
-                    "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-            }
-        });
-        addr
-    }
-
-    #[tokio::test]
-    async fn an_echoed_key_is_scrubbed_from_errors() {
-        let addr = echoing_proxy().await;
-        let key = ApiKey::new("tlk_SECRET_value_42").expect("key");
-        let client = ApiClient::new(
-            &ClientOptions {
-                base_url: format!("http://{addr}/v1.3"),
-                request_timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(5),
-            },
-            &key,
-        )
-        .expect("client");
-        let err = client.get_asset("abc").await.expect_err("502");
-        let text = format!("{err} {err:?}");
-        assert!(!text.contains("tlk_SECRET_value_42"), "{text}");
-        assert!(text.contains("<redacted>"), "the echo was there: {text}");
-        assert_eq!(err.class(), ErrorClass::Transient);
-    }
-
-    #[tokio::test]
-    async fn a_key_of_a_few_characters_does_not_mangle_messages() {
-        let addr = echoing_proxy().await;
-        let client = ApiClient::new(
-            &ClientOptions {
-                base_url: format!("http://{addr}/v1.3"),
-                request_timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(5),
-            },
-            &ApiKey::new("k").expect("key"),
-        )
-        .expect("client");
-        let err = client.get_asset("abc").await.expect_err("502");
-        let text = err.to_string();
-        assert!(!text.contains("<redacted>"), "{text}");
-        assert!(
-            text.contains("Bad Gateway") || text.contains("502"),
-            "{text}"
-        );
-    }
+    use crate::api::{Asset, ErrorClass};
 
     #[test]
     fn an_unusable_body_is_described_with_an_excerpt() {

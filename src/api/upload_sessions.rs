@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::body;
+use super::client::{ApiClient, encode_segment};
+use super::error::{ApiError, StorageError};
 use super::response::{open_error, read_capped, read_json, transport};
 use super::types::{self, MultipartCreated, ReportResult, SessionStatus, UploadUrl};
-use super::{ApiClient, ApiError, StorageError, body, encode_segment};
 
 /// A chunk PUT that failed.
 #[derive(Debug, thiserror::Error)]

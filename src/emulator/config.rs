@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// How to run an emulator. `Debug` leaves the API key out.
 #[derive(Clone)]
 pub struct EmulatorConfig {
-    /// Address to listen on; port 0 picks a free port (see [`Emulator::addr`]).
+    /// Address to listen on; port 0 picks a free port (see [`Emulator::addr`](crate::emulator::Emulator::addr)).
     pub listen: SocketAddr,
     /// The only API key accepted in `x-api-key`.
     pub api_key: String,
