@@ -157,7 +157,8 @@ impl ApiError {
 /// asked again after this long, so no record waits for years.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// When a 429 says to come back: `Retry-After` (seconds or an HTTP date),
+/// When a 429 says to come back: `Retry-After` (seconds or an HTTP date:
+/// IMF-fixdate, RFC 850 or asctime, as RFC 9110 has recipients accept),
 /// else `X-Ratelimit-Reset` (Unix seconds); never later than
 /// [`MAX_RETRY_AFTER`] from `now`.
 pub fn retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<SystemTime> {
@@ -182,7 +183,7 @@ fn stated_retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Opt
         if let Ok(at) = humantime::parse_rfc3339_weak(v) {
             return Some(at);
         }
-        if let Ok(at) = httpdate_parse(v) {
+        if let Ok(at) = httpdate::parse_http_date(v) {
             return Some(at);
         }
     }
@@ -196,21 +197,6 @@ fn stated_retry_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Opt
         );
     }
     None
-}
-
-/// `Retry-After` may be an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`).
-fn httpdate_parse(v: &str) -> Result<SystemTime, ()> {
-    // "Wed, 21 Oct 2015 07:28:00 GMT" -> "2015-10-21 07:28:00"
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return Err(());
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|m| m == month).ok_or(())? + 1;
-    let iso = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
-    humantime::parse_rfc3339(&iso).map_err(|_| ())
 }
 
 #[cfg(test)]
@@ -308,6 +294,44 @@ mod tests {
         assert_eq!(
             retry_at(&h, shortly_before),
             Some(humantime::parse_rfc3339("2015-10-21T07:28:00Z").expect("date"))
+        );
+    }
+
+    #[test]
+    fn retry_after_http_dates() {
+        let before = humantime::parse_rfc3339("2015-10-21T07:00:00Z").expect("date");
+        let at = humantime::parse_rfc3339("2015-10-21T07:28:00Z").expect("date");
+        let mut h = HeaderMap::new();
+        // The three forms RFC 9110 has recipients accept, spaces around trimmed.
+        for form in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "  Wed, 21 Oct 2015 07:28:00 GMT ",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            h.insert("retry-after", HeaderValue::from_static(form));
+            assert_eq!(retry_at(&h, before), Some(at), "{form:?}");
+        }
+        // A date further than the cap is capped.
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 2033 08:49:37 GMT"),
+        );
+        assert_eq!(retry_at(&h, before), Some(before + MAX_RETRY_AFTER));
+        // Not a date: the rate-limit reset is used instead, or nothing.
+        for bad in [
+            "Wed, 21 Oct 2015 07:28:00 PST",
+            "soon",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+        ] {
+            h.insert("retry-after", HeaderValue::from_static(bad));
+            assert_eq!(retry_at(&h, before), None, "{bad:?}");
+        }
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1445412480"));
+        assert_eq!(
+            retry_at(&h, before),
+            Some(at),
+            "reset after a bad Retry-After"
         );
     }
 }

@@ -28,9 +28,10 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::error::ApiError;
-use super::faults::discard_body;
+use super::gate::discard_body;
 use super::sessions::{PutRefusal, StoredChunk};
 use super::state::Shared;
+use super::upload_sessions::end_session;
 
 /// Hex characters of the chunk's sha256 used as its ETag (as long as an S3 MD5 ETag).
 const ETAG_HEX_LEN: usize = 32;
@@ -115,7 +116,7 @@ pub(crate) async fn put_chunk(
     };
     let end = shared.faults().take_session_end(stored);
     if let Some(how) = end {
-        super::multipart::end_session(&shared, &upload_id, how);
+        end_session(&shared, &upload_id, how);
     }
     debug!(index, %etag, "emulator stored a chunk");
     let mut response = StatusCode::OK.into_response();

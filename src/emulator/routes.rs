@@ -15,17 +15,18 @@ use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 use super::chunks::put_chunk;
+use super::config::Faults;
 use super::error::ApiError;
-use super::faults::api_gate;
+use super::gate::api_gate;
 use super::indexing::{get_indexed_asset, index_asset};
-use super::multipart::{
-    create_session, list_sessions, presigned_urls, report_chunks, session_status,
-};
+use super::model::{AssetView, Stats};
 use super::params::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, positive};
 use super::state::Shared;
 use super::store::Asset;
 use super::upload::create_asset;
-use super::{AssetView, Faults, Stats};
+use super::upload_sessions::{
+    create_session, list_sessions, presigned_urls, report_chunks, session_status,
+};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -221,7 +222,7 @@ fn validate_faults(faults: &Faults) -> Result<(), ApiError> {
 }
 
 async fn admin_assets(State(shared): State<Arc<Shared>>) -> Json<Vec<AssetView>> {
-    Json(super::asset_views(&shared))
+    Json(shared.asset_views())
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -1,6 +1,6 @@
 //! Multipart upload sessions: their chunk slots, the presigned-URL grants, and their life
 //! (`active` -> `completed` | `failed` | `expired`). Pure bookkeeping, done under the
-//! sessions mutex; the routes (`multipart`, `chunks`) do the file I/O around it.
+//! sessions mutex; the routes (`upload_sessions`, `chunks`) do the file I/O around it.
 //!
 //! Each chunk slot keeps the latest PUT of the chunk and, once a report accepted it, the
 //! reported one: a chunk re-PUT after its report does not change what is assembled.
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::store::new_object_id;
+use super::model::{new_object_id, rfc3339};
 
 /// How long a session accepts chunks and reports.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -616,8 +616,4 @@ fn validate_entry(session: &Session, entry: &ReportedChunk) -> Result<(), ApiErr
 /// An ETag without the quotes S3 puts around it (clients may send either form).
 pub(crate) fn bare_etag(etag: &str) -> &str {
     etag.trim().trim_matches('"')
-}
-
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
 }

@@ -1,18 +1,19 @@
-//! State shared by every connection of one emulator: configuration, current faults with
-//! their RNG, counters, the asset store, the multipart sessions and the indexed assets.
-//! Each lives behind its own short-held mutex; no lock is ever held across an `.await`,
-//! and no two are held at once.
+//! State shared by every connection of one emulator, composed of the parts below it:
+//! configuration, current faults with their RNG, counters, the asset store, the
+//! multipart sessions and the indexed assets. Each lives behind its own short-held
+//! mutex; no lock is ever held across an `.await`, and no two are held at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use super::config::{EmulatorConfig, Faults};
 use super::faults::FaultState;
-use super::indexing::IndexedAssets;
+use super::indexed_assets::IndexedAssets;
+use super::model::{AssetView, Stats};
 use super::sessions::Sessions;
 use super::store::Store;
-use super::{EmulatorConfig, Faults, Stats};
 
 /// Upload limits and timing, fixed for the life of the emulator.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,16 @@ impl Shared {
 
     pub fn indexed(&self) -> MutexGuard<'_, IndexedAssets> {
         lock(&self.indexed)
+    }
+
+    /// Every asset created and not deleted, oldest first, as tests and the admin API see it.
+    pub fn asset_views(&self) -> Vec<AssetView> {
+        let ready_delay = self.limits.ready_delay;
+        let store = self.store();
+        store
+            .oldest_first()
+            .map(|a| a.to_view(ready_delay))
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use serde_json::{Map, Value, json};
 
-use super::AssetView;
+use super::model::{AssetView, new_object_id};
 
 /// Message of a media-rejected asset. The API says the text is not part of the contract.
 pub(crate) const UNSUPPORTED_MEDIA_MESSAGE: &str =
@@ -148,7 +148,7 @@ impl Asset {
             Some(mime) if mime.starts_with("image/") => "image",
             Some(mime) if mime.starts_with("audio/") => "audio",
             Some(mime) if mime.starts_with("video/") => "video",
-            _ => super::upload::kind_from_filename(&self.new.filename).unwrap_or("video"),
+            _ => kind_from_filename(&self.new.filename).unwrap_or("video"),
         }
     }
 }
@@ -270,12 +270,22 @@ pub(crate) struct Received {
     pub outcome: Outcome,
 }
 
-/// 24 lowercase hex characters, shaped like the platform's ObjectId-style ids:
-/// 8 hex of creation time (so ids sort roughly by age) and 16 random hex.
-pub(crate) fn new_object_id() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Truncation to 32 bits is intended: that is the width of the timestamp part.
-    format!("{:08x}{:016x}", secs as u32, fastrand::u64(..))
+/// `image`, `video` or `audio` as named by a filename's extension, if it names one.
+pub(crate) fn kind_from_filename(filename: &str) -> Option<&'static str> {
+    const VIDEO: &[&str] = &[
+        "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "flv", "mpg", "mpeg", "ts", "mts",
+        "m2ts", "3gp", "3g2", "mxf", "ogv",
+    ];
+    const AUDIO: &[&str] = &[
+        "mp3", "wav", "flac", "aac", "m4a", "ogg", "oga", "opus", "aif", "aiff", "wma", "amr",
+    ];
+    const IMAGE: &[&str] = &[
+        "jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "heic", "heif", "avif",
+    ];
+    let (_, ext) = filename.rsplit_once('.')?;
+    let ext = ext.to_ascii_lowercase();
+    [(VIDEO, "video"), (AUDIO, "audio"), (IMAGE, "image")]
+        .into_iter()
+        .find(|(list, _)| list.contains(&ext.as_str()))
+        .map(|(_, kind)| kind)
 }

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::error::ApiError;
-use super::faults::{ErrorAfterBody, VanishAfterReady};
+use super::gate::{ErrorAfterBody, VanishAfterReady};
 use super::state::{Limits, Shared};
-use super::store::{NewAsset, Outcome, UNSUPPORTED_MEDIA_MESSAGE};
+use super::store::{NewAsset, Outcome, UNSUPPORTED_MEDIA_MESSAGE, kind_from_filename};
 
 /// Bytes kept from the start of the file for type detection.
 pub(crate) const HEAD_LEN: usize = 8 * 1024;
@@ -361,26 +361,6 @@ fn check_size(size: u64, class: SizeClass, limits: &Limits) -> Result<(), ApiErr
         )));
     }
     Ok(())
-}
-
-/// `image`, `video` or `audio` as named by a filename's extension, if it names one.
-pub(crate) fn kind_from_filename(filename: &str) -> Option<&'static str> {
-    const VIDEO: &[&str] = &[
-        "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "flv", "mpg", "mpeg", "ts", "mts",
-        "m2ts", "3gp", "3g2", "mxf", "ogv",
-    ];
-    const AUDIO: &[&str] = &[
-        "mp3", "wav", "flac", "aac", "m4a", "ogg", "oga", "opus", "aif", "aiff", "wma", "amr",
-    ];
-    const IMAGE: &[&str] = &[
-        "jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "heic", "heif", "avif",
-    ];
-    let (_, ext) = filename.rsplit_once('.')?;
-    let ext = ext.to_ascii_lowercase();
-    [(VIDEO, "video"), (AUDIO, "audio"), (IMAGE, "image")]
-        .into_iter()
-        .find(|(list, _)| list.contains(&ext.as_str()))
-        .map(|(_, kind)| kind)
 }
 
 /// `method=url`: the emulator never fetches the URL; the asset simply becomes ready.

@@ -125,9 +125,9 @@ pub(super) fn classify(e: &sqlx::Error) -> ErrorClass {
                 _ => ErrorClass::Other,
             }
         }
-        sqlx::Error::Io(io) => match io.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorClass::DiskFull,
-            Some(libc::EROFS) => ErrorClass::ReadOnly,
+        sqlx::Error::Io(io) => match rustix::io::Errno::from_io_error(io) {
+            Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => ErrorClass::DiskFull,
+            Some(rustix::io::Errno::ROFS) => ErrorClass::ReadOnly,
             _ => ErrorClass::ConnectionLost,
         },
         sqlx::Error::PoolTimedOut
@@ -162,10 +162,11 @@ mod tests {
 
     #[test]
     fn io_errors_are_classified_by_errno() {
-        let io = |n| sqlx::Error::Io(std::io::Error::from_raw_os_error(n));
-        assert_eq!(classify(&io(libc::ENOSPC)), ErrorClass::DiskFull);
-        assert_eq!(classify(&io(libc::EROFS)), ErrorClass::ReadOnly);
-        assert_eq!(classify(&io(libc::ECONNRESET)), ErrorClass::ConnectionLost);
+        use rustix::io::Errno;
+        let io = |n: Errno| sqlx::Error::Io(std::io::Error::from_raw_os_error(n.raw_os_error()));
+        assert_eq!(classify(&io(Errno::NOSPC)), ErrorClass::DiskFull);
+        assert_eq!(classify(&io(Errno::ROFS)), ErrorClass::ReadOnly);
+        assert_eq!(classify(&io(Errno::CONNRESET)), ErrorClass::ConnectionLost);
         assert_eq!(
             classify(&sqlx::Error::PoolTimedOut),
             ErrorClass::ConnectionLost

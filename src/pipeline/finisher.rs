@@ -207,7 +207,7 @@ pub fn move_file(path: &Path, root: Option<&Path>, dir: &Path) -> std::io::Resul
     match std::fs::rename(path, &dest) {
         Ok(()) => Ok(dest),
         // Another filesystem: copy, then remove the original.
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
             std::fs::copy(path, &dest)?;
             std::fs::remove_file(path)?;
             Ok(dest)

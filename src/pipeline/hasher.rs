@@ -53,7 +53,7 @@ pub enum Examined {
 pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -369,13 +369,14 @@ mod tests {
 
     #[test]
     fn network_mount_errors_are_tried_again_and_others_are_not() {
-        for errno in [libc::EIO, libc::ESTALE, libc::ETIMEDOUT, libc::ENOTCONN] {
-            let e = std::io::Error::from_raw_os_error(errno);
+        use rustix::io::Errno;
+        for errno in [Errno::IO, Errno::STALE, Errno::TIMEDOUT, Errno::NOTCONN] {
+            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
             assert!(crate::io_error::is_transient(&e), "{e}");
             assert!(matches!(unreadable(&e), Examined::Unavailable(_)), "{e}");
         }
-        for errno in [libc::EACCES, libc::EPERM, libc::EISDIR, libc::ELOOP] {
-            let e = std::io::Error::from_raw_os_error(errno);
+        for errno in [Errno::ACCESS, Errno::PERM, Errno::ISDIR, Errno::LOOP] {
+            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
             assert!(!crate::io_error::is_transient(&e), "{e}");
             assert!(matches!(unreadable(&e), Examined::Unreadable(_)), "{e}");
         }

@@ -1,8 +1,9 @@
-//! The multipart upload API under `/v1.3/assets/multipart-uploads`: create a session,
-//! hand out presigned chunk URLs (served by `chunks.rs`), take chunk reports, show and
-//! list sessions. The report that makes every chunk reported completes the upload: the
-//! chunk files are hashed in order from disk (never held in memory), the asset gets its
-//! size and type and starts processing, and the chunk files are deleted.
+//! The routes of multipart-upload sessions under `/v1.3/assets/multipart-uploads`
+//! (the sessions themselves are kept by `sessions.rs`): create a session, hand out
+//! presigned chunk URLs (served by `chunks.rs`), take chunk reports, show and list
+//! sessions, end one early. The report that makes every chunk reported completes the
+//! upload: the chunk files are hashed in order from disk (never held in memory), the
+//! asset gets its size and type and starts processing, and the chunk files are deleted.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,10 +19,11 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::error::ApiError;
+use super::model::{SessionEnd, rfc3339};
 use super::params::{self, json_object, optional_bool, optional_u64, required_str, required_u64};
 use super::sessions::{
     Completion, CompletionJob, INITIAL_URL_COUNT, NewSession, ReportedChunk, Session,
-    SessionStatus, UrlGrant, rfc3339,
+    SessionStatus, UrlGrant,
 };
 use super::state::Shared;
 use super::store::{NewAsset, Outcome, Received};
@@ -367,15 +369,6 @@ fn settle_asset(shared: &Shared, job: &CompletionJob, assembled: Assembled) {
         settled,
         "emulator completed a multipart upload"
     );
-}
-
-/// How a session is ended before it completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SessionEnd {
-    /// As if its 24 hours had passed: its status shows `expired`.
-    Expire,
-    /// Aborted: forgotten, as S3 forgets an aborted upload.
-    Abort,
 }
 
 /// Ends an active session now: its asset turns `failed` and its chunk files are deleted

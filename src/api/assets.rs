@@ -1,0 +1,367 @@
+//! The asset calls of [`ApiClient`]: upload a local file (`method=direct`,
+//! with its sha256 stamp) or a URL, get, list, delete, find an earlier upload
+//! by its stamp, and index an asset.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use reqwest::multipart::{Form, Part};
+
+use super::body;
+use super::client::{ApiClient, encode_segment};
+use super::error::ApiError;
+use super::response::{open_error, read_json, status_error, transport};
+use super::types::{Asset, AssetPage, IndexedAsset, SHA256_STAMP, URL_STAMP};
+
+/// Pages of `GET /assets?filename=` searched for a lost upload.
+const LOOKUP_MAX_PAGES: u64 = 20;
+
+/// A local file to send with `method=direct`.
+#[derive(Debug, Clone)]
+pub struct DirectUpload {
+    pub path: PathBuf,
+    pub filename: String,
+    /// Exactly this many bytes are sent (the size recorded when it was hashed).
+    pub size: u64,
+    pub enable_hls: bool,
+    pub enable_thumbnail: bool,
+    /// Sent as the JSON-encoded `user_metadata` field, with the sha256
+    /// stamp added.
+    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    pub stamp: Stamp,
+    /// Bytes of the file handed to the connection so far (progress, and
+    /// whether a failed request had sent everything).
+    pub sent: Arc<AtomicU64>,
+}
+
+/// Where the sha256 stamp in `user_metadata` comes from.
+#[derive(Debug, Clone)]
+pub enum Stamp {
+    /// Hashed before the upload: `user_metadata` goes ahead of the file,
+    /// in the order the official SDK sends the fields.
+    Known(String),
+    /// Hashed while the file is sent (one read instead of two):
+    /// `user_metadata` is the form's last field, after the file. The hash
+    /// is put here once the whole file was read and sent, whatever the
+    /// server answers.
+    InFlight(Arc<OnceLock<String>>),
+}
+
+impl Stamp {
+    /// Hashed during the upload, into a fresh slot.
+    pub fn in_flight() -> Stamp {
+        Stamp::InFlight(Arc::default())
+    }
+}
+
+/// A direct upload the platform accepted.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub asset: Asset,
+    /// The sha256 the asset was stamped with.
+    pub sha256: String,
+}
+
+impl ApiClient {
+    /// `POST /assets` with `method=direct`, the file streamed from disk with
+    /// a known length.
+    pub async fn create_direct(&self, up: &DirectUpload) -> Result<Created, ApiError> {
+        up.sent.store(0, Ordering::Relaxed);
+        let file = tokio::fs::File::open(&up.path)
+            .await
+            .map_err(|e| open_error(&up.path, &e))?
+            .into_std()
+            .await;
+        // The stamp goes ahead of the file when it is known, else after it.
+        let (stamped, digest_tx, ahead, after) = match &up.stamp {
+            Stamp::Known(sha256) => (
+                Arc::new(OnceLock::from(sha256.clone())),
+                None,
+                Some(stamp_metadata(&up.user_metadata, sha256)),
+                None,
+            ),
+            Stamp::InFlight(stamped) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let part = trailing_metadata(&up.user_metadata, rx, stamped.clone());
+                (stamped.clone(), Some(tx), None, Some(part))
+            }
+        };
+        // The body ends when this call returns, whatever the connection
+        // does with it then (an HTTP/2 stream the server stopped reading
+        // would otherwise keep the reader thread and the file forever).
+        let done = tokio_util::sync::CancellationToken::new();
+        let _done = done.clone().drop_guard();
+        let stream = futures_util::StreamExt::take_until(
+            body::stream(file, up.size, up.sent.clone(), digest_tx),
+            done.cancelled_owned(),
+        );
+        let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), up.size)
+            .file_name(up.filename.clone())
+            .mime_str("application/octet-stream")
+            .map_err(|e| ApiError::LocalRead(e.to_string()))?;
+        let mut form = Form::new()
+            .text("method", "direct")
+            .text("filename", up.filename.clone())
+            .text("enable_hls", up.enable_hls.to_string())
+            .text("enable_thumbnail", up.enable_thumbnail.to_string());
+        if let Some(text) = ahead {
+            form = form.text("user_metadata", text);
+        }
+        form = form.part("file", part);
+        if let Some(part) = after {
+            form = form.part("user_metadata", part);
+        }
+        let result = self
+            .http
+            .post(format!("{}/assets", self.base))
+            .multipart(form)
+            .send()
+            .await;
+        let body_sent = || up.sent.load(Ordering::Relaxed) >= up.size;
+        let resp = result.map_err(|e| transport("upload", &e, body_sent()))?;
+        let status = resp.status().as_u16();
+        let asset: Asset = self.scrub(read_json(resp).await)?;
+        match stamped.get() {
+            Some(sha256) => Ok(Created {
+                asset,
+                sha256: sha256.clone(),
+            }),
+            // Accepted before the whole form was sent: not the file. The
+            // asset has no stamp a lookup could find: remove it.
+            None => {
+                if let Some(id) = asset.id.as_deref().filter(|id| !id.is_empty())
+                    && let Err(e) = self.delete_asset(id).await
+                {
+                    tracing::warn!(asset_id = id, error = %e, "could not delete an asset made from part of a file");
+                }
+                Err(ApiError::Malformed {
+                    status,
+                    detail: "the server answered before the whole file was sent".into(),
+                })
+            }
+        }
+    }
+
+    /// `POST /assets` with `method=url`.
+    pub async fn create_url(
+        &self,
+        url: &str,
+        filename: Option<&str>,
+        enable_hls: bool,
+        enable_thumbnail: bool,
+        user_metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Asset, ApiError> {
+        let mut form = Form::new()
+            .text("method", "url")
+            .text("url", url.to_string())
+            .text("enable_hls", enable_hls.to_string())
+            .text("enable_thumbnail", enable_thumbnail.to_string())
+            .text(
+                "user_metadata",
+                serde_json::Value::Object(user_metadata.clone()).to_string(),
+            );
+        if let Some(name) = filename {
+            form = form.text("filename", name.to_string());
+        }
+        let resp = self
+            .http
+            .post(format!("{}/assets", self.base))
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| transport("create asset", &e, true))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// `GET /assets/{id}`.
+    pub async fn get_asset(&self, id: &str) -> Result<Asset, ApiError> {
+        let resp = self
+            .http
+            .get(format!("{}/assets/{}", self.base, encode_segment(id)))
+            .send()
+            .await
+            .map_err(|e| transport("get asset", &e, false))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// `DELETE /assets/{id}`; any 2xx (and 404: already gone) is success.
+    pub async fn delete_asset(&self, id: &str) -> Result<(), ApiError> {
+        let resp = self
+            .http
+            .delete(format!("{}/assets/{}", self.base, encode_segment(id)))
+            .send()
+            .await
+            .map_err(|e| transport("delete asset", &e, false))?;
+        if resp.status().is_success() || resp.status().as_u16() == 404 {
+            return Ok(());
+        }
+        self.scrub(Err(status_error(resp).await))
+    }
+
+    /// `GET /assets` with an optional filename filter (a case-insensitive
+    /// substring match on the platform).
+    pub async fn list_assets(
+        &self,
+        filename: Option<&str>,
+        page: u64,
+        page_limit: u64,
+    ) -> Result<AssetPage, ApiError> {
+        let mut query: Vec<(&str, String)> = vec![
+            ("page", page.to_string()),
+            ("page_limit", page_limit.to_string()),
+        ];
+        if let Some(name) = filename {
+            query.push(("filename", name.to_string()));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/assets", self.base))
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| transport("list assets", &e, false))?;
+        self.scrub(read_json(resp).await)
+    }
+
+    /// Find an asset this tool uploaded earlier for `filename` with this
+    /// content: the filename narrows the search, the sha256 stamp in
+    /// `user_metadata` decides.
+    pub async fn find_by_stamp(
+        &self,
+        filename: &str,
+        sha256: &str,
+    ) -> Result<Option<Asset>, ApiError> {
+        self.find_stamped(Some(filename), SHA256_STAMP, sha256)
+            .await
+    }
+
+    /// Find the asset of a URL record by its own stamp (see [`URL_STAMP`]),
+    /// narrowed by the filename it was given when there is one.
+    pub async fn find_by_url_stamp(
+        &self,
+        filename: Option<&str>,
+        stamp: &str,
+    ) -> Result<Option<Asset>, ApiError> {
+        self.find_stamped(filename, URL_STAMP, stamp).await
+    }
+
+    /// The newest asset (of `filename`) whose `user_metadata[key]` is
+    /// `value`, looking through at most [`LOOKUP_MAX_PAGES`] pages.
+    async fn find_stamped(
+        &self,
+        filename: Option<&str>,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Asset>, ApiError> {
+        let mut page = 1;
+        loop {
+            let listing = self.list_assets(filename, page, 50).await?;
+            // An entry that cannot be read is not the one looked for.
+            if let Some(found) = listing.assets().filter_map(Result::ok).find(|a| {
+                a.stamp(key).as_deref() == Some(value)
+                    && a.id.as_deref().is_some_and(|id| !id.is_empty())
+            }) {
+                return Ok(Some(found));
+            }
+            let last = listing.total_pages().is_some_and(|total| page >= total);
+            if listing.data.is_empty() || last || page >= LOOKUP_MAX_PAGES {
+                return Ok(None);
+            }
+            page += 1;
+        }
+    }
+
+    /// `POST /indexes/{index_id}/indexed-assets`.
+    pub async fn index_asset(
+        &self,
+        index_id: &str,
+        asset_id: &str,
+    ) -> Result<IndexedAsset, ApiError> {
+        let url = format!(
+            "{}/indexes/{}/indexed-assets",
+            self.base,
+            encode_segment(index_id)
+        );
+        let body = serde_json::json!({ "asset_id": asset_id });
+        self.post_json(&url, &body, "index asset").await
+    }
+
+    /// `GET /indexes/{index_id}/indexed-assets/{id}`.
+    pub async fn indexed_asset(&self, index_id: &str, id: &str) -> Result<IndexedAsset, ApiError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/indexes/{}/indexed-assets/{}",
+                self.base,
+                encode_segment(index_id),
+                encode_segment(id)
+            ))
+            .send()
+            .await
+            .map_err(|e| transport("get indexed asset", &e, false))?;
+        self.scrub(read_json(resp).await)
+    }
+}
+
+/// The name a file is given on the platform: its own name, with control
+/// characters (a newline, say) replaced, since they cannot travel in a
+/// multipart header and would make the name unsearchable.
+pub fn wire_filename(name: &std::ffi::OsStr) -> String {
+    let lossy = name.to_string_lossy();
+    let clean: String = lossy
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    if clean.is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+/// `user_metadata` with the sha256 stamp, JSON-encoded.
+fn stamp_metadata(meta: &serde_json::Map<String, serde_json::Value>, sha256: &str) -> String {
+    let mut meta = meta.clone();
+    meta.insert(SHA256_STAMP.into(), sha256.into());
+    serde_json::Value::Object(meta).to_string()
+}
+
+/// The `user_metadata` field sent after the file: its text waits for the
+/// file's digest. Its length is known up front (a sha256 is always 64 hex
+/// digits), so the request keeps a Content-Length.
+fn trailing_metadata(
+    meta: &serde_json::Map<String, serde_json::Value>,
+    digest: tokio::sync::oneshot::Receiver<String>,
+    stamped: Arc<OnceLock<String>>,
+) -> Part {
+    let meta = meta.clone();
+    let len = stamp_metadata(&meta, &"0".repeat(64)).len() as u64;
+    let text = futures_util::stream::once(async move {
+        let sha256 = digest
+            .await
+            .map_err(|_| std::io::Error::other("the file could not be read to the end"))?;
+        let text = stamp_metadata(&meta, &sha256);
+        if text.len() as u64 != len {
+            return Err(std::io::Error::other(
+                "the sha256 stamp is not 64 hex digits",
+            ));
+        }
+        let _ = stamped.set(sha256);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(text))
+    });
+    Part::stream_with_length(reqwest::Body::wrap_stream(text), len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_have_no_control_characters() {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"new\nline\t\xff.mp4");
+        assert_eq!(wire_filename(name), "new_line_\u{fffd}.mp4");
+        assert_eq!(wire_filename(std::ffi::OsStr::new("")), "upload");
+    }
+}
