@@ -222,14 +222,12 @@ async fn reload_adds_a_root_and_a_broken_config_is_rejected() {
     // Broken (and naming the second root): the reload is refused, with
     // the configuration's error, and the daemon keeps the old config.
     let good = std::fs::read_to_string(&config).expect("read");
-    std::fs::write(
-        &config,
-        format!("{}\n[upload]\nwokers = 3\n", with_second(&good)),
-    )
-    .expect("break it");
+    assert!(good.contains("[upload]\n"), "{good}");
+    let broken = with_second(&good).replace("[upload]\n", "[upload]\nwokers = 3\n");
+    std::fs::write(&config, broken).expect("break it");
     daemon.signal(Signal::HUP);
     let refused = daemon.wait_for_line("configuration not reloaded").await;
-    assert!(refused.contains("upload"), "the config's error: {refused}");
+    assert!(refused.contains("wokers"), "the config's error: {refused}");
     assert!(
         !daemon.log().contains("configuration reloaded"),
         "{}",

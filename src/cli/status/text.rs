@@ -453,15 +453,14 @@ mod tests {
             .find(|l| l.contains("HEARTBEAT"))
             .expect("header");
         let col = |line: &str, needle: &str| {
-            let at = line.find(needle).unwrap_or_else(|| panic!("{needle}: {line}"));
+            let at = line
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {line}"));
             columns(&line[..at])
         };
         let heartbeat = col(header, "HEARTBEAT");
         for (host, ago) in [("取り込み-東京", "2s ago"), ("🎬-box", "5m ago")] {
-            let row = text
-                .lines()
-                .find(|l| l.contains(host))
-                .expect("daemon row");
+            let row = text.lines().find(|l| l.contains(host)).expect("daemon row");
             assert_eq!(col(row, ago), heartbeat, "{header}\n{row}");
         }
         for name in ["家族の休日.mp4", "party-🎉.mp4"] {
