@@ -13,6 +13,7 @@
 //! - [`emulator`]: a TwelveLabs-compatible server for offline use and tests.
 //! - [`io_error`]: which file errors are worth another try.
 //! - [`metrics`]: Prometheus `/metrics` and `/healthz`.
+//! - [`fstype`]: whether a folder is on a network filesystem.
 //! - [`watch`]: folder watchers and the settle gate.
 //! - [`daemon`]: `tl-ingest run`, the service.
 //! - [`cli`]: the commands.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod emulator;
+pub mod fstype;
 pub mod host;
 pub mod io_error;
 pub mod ledger;

@@ -1,12 +1,101 @@
-//! The daemon in-process: watching, settling, restarts, moves, reloads and
-//! the rescan safety net.
+//! The daemon in-process: watching, settling, restarts, moves; and as the
+//! real binary, where what it logs is the point: reloads and the rescan
+//! safety net.
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tl_ingest::daemon::Control;
+use rustix::process::Signal;
 use tl_ingest::ledger::Ledger;
 
-use crate::helpers::{Kind, TestEnv, write_media};
+use crate::helpers::{DEADLINE, KEY, Kind, TestEnv, write_media};
+
+/// `tl-ingest run` as a child process, its log (stderr) read as it comes.
+struct Logged {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Logged {
+    fn run(env: &TestEnv, config: &Path) -> Logged {
+        let mut cmd = env.bare_cmd(KEY);
+        cmd.arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tl-ingest run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Logged { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// The first log line containing `needle`, once there is one (a
+    /// bounded poll: the log is another process's).
+    async fn wait_for_line(&mut self, needle: &str) -> String {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the daemon exited ({status}) before logging {needle:?}:\n{log}");
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "no log line with {needle:?} in time:\n{log}"
+            );
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        use rustix::process::{Pid, kill_process};
+        kill_process(Pid::from_child(&self.child), sig).expect("send signal");
+    }
+
+    /// SIGTERM, and it exits 0 in time.
+    async fn stop(mut self) {
+        self.signal(Signal::TERM);
+        let end = tokio::time::Instant::now() + DEADLINE;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let status = loop {
+            tick.tick().await;
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(tokio::time::Instant::now() < end, "no exit in time");
+        };
+        assert!(status.success(), "{status:?}\n{}", self.log());
+    }
+}
+
+impl Drop for Logged {
+    /// A test that fails leaves no daemon behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
 
 async fn ready_count(env: &TestEnv) -> usize {
     let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
@@ -119,28 +208,42 @@ async fn a_file_moved_within_the_root_after_upload_is_not_uploaded_again() {
 async fn reload_adds_a_root_and_a_broken_config_is_rejected() {
     let env = TestEnv::new().await;
     let config = env.write_daemon_config(&env.inbox_watch());
-    let mut daemon = env.start_daemon(&config);
+    let mut daemon = Logged::run(&env, &config);
+    daemon.wait_for_line("start-up scan finished").await;
     let second = env.dir.path().join("second");
     std::fs::create_dir(&second).expect("mkdir");
+    let with_second = |good: &str| {
+        format!(
+            "{good}[[watch]]\npath = {:?}\n",
+            second.display().to_string()
+        )
+    };
 
-    // Broken: the daemon keeps the old config and keeps working.
+    // Broken (and naming the second root): the reload is refused, with
+    // the configuration's error, and the daemon keeps the old config.
     let good = std::fs::read_to_string(&config).expect("read");
-    std::fs::write(&config, format!("{good}\n[upload]\nwokers = 3\n")).expect("break it");
-    daemon.controls.send(Control::Reload).await.expect("reload");
+    assert!(good.contains("[upload]\n"), "{good}");
+    let broken = with_second(&good).replace("[upload]\n", "[upload]\nwokers = 3\n");
+    std::fs::write(&config, broken).expect("break it");
+    daemon.signal(Signal::HUP);
+    let refused = daemon.wait_for_line("configuration not reloaded").await;
+    assert!(refused.contains("wokers"), "the config's error: {refused}");
+    assert!(
+        !daemon.log().contains("configuration reloaded"),
+        "{}",
+        daemon.log()
+    );
     let a = env.inbox.join("still-working.mp4");
     write_media(&a, Kind::Mp4, 5000, 6);
-    daemon.wait(&env, std::slice::from_ref(&a), "ready").await;
+    env.wait_for_state(std::slice::from_ref(&a), "ready").await;
 
-    // Fixed, with a second root: files there are picked up.
-    let with_second = format!(
-        "{good}[[watch]]\npath = {:?}\n",
-        second.display().to_string()
-    );
-    std::fs::write(&config, with_second).expect("write");
-    daemon.controls.send(Control::Reload).await.expect("reload");
+    // Fixed, with the second root: files there are picked up.
+    std::fs::write(&config, with_second(&good)).expect("write");
+    daemon.signal(Signal::HUP);
+    daemon.wait_for_line("configuration reloaded").await;
     let b = second.join("new-root.mp4");
     write_media(&b, Kind::Mp4, 6000, 7);
-    daemon.wait(&env, std::slice::from_ref(&b), "ready").await;
+    env.wait_for_state(std::slice::from_ref(&b), "ready").await;
     daemon.stop().await;
 }
 
@@ -154,13 +257,13 @@ async fn the_periodic_rescan_catches_what_the_watcher_missed() {
         env.inbox.display().to_string()
     );
     let config = env.write_daemon_config(&extra);
-    let mut daemon = env.start_daemon(&config);
-    // Let the poll watcher take its initial snapshot without the file.
-    tokio::task::yield_now().await;
+    let mut daemon = Logged::run(&env, &config);
+    // The poll watcher has its snapshot and the start-up scan is over,
+    // both without the file.
+    daemon.wait_for_line("start-up scan finished").await;
     let missed = env.inbox.join("missed.mp4");
     write_media(&missed, Kind::Mp4, 7000, 8);
-    daemon
-        .wait(&env, std::slice::from_ref(&missed), "ready")
+    env.wait_for_state(std::slice::from_ref(&missed), "ready")
         .await;
     daemon.stop().await;
 }

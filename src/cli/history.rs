@@ -1,11 +1,12 @@
 //! `tl-ingest history`: records, newest first, as a table, JSON lines or CSV.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 
+use super::text::{BOLD, ago, colour_stdout, human_size, pad, paint, shorten_middle, state_cell};
 use super::{CliError, CliResult, Context, Globals};
 use crate::ledger::query::HistoryFilter;
 use crate::ledger::{FileState, Record, now_ms, rfc3339, to_ms};
@@ -106,8 +107,9 @@ fn parse_time(s: &str) -> Option<i64> {
     Some(to_ms(local) - sign * (hours * 60 + minutes) * 60_000)
 }
 
-/// A record as JSON: the PRODUCT.md fields (written straight out, for
-/// `history`; as a value by [`record_json`]). `path` for a file, else `url`.
+/// A record as JSON, as `history --format json` shows it (README.md,
+/// "Commands"): written straight out for `history`, as a value by
+/// [`record_json`]. `path` for a file, else `url`.
 pub(crate) struct RecordJson<'a>(pub &'a Record);
 
 impl serde::Serialize for RecordJson<'_> {
@@ -138,7 +140,7 @@ impl serde::Serialize for RecordJson<'_> {
     }
 }
 
-/// The PRODUCT.md fields of a record, for JSON output.
+/// A record's fields as JSON (see [`RecordJson`]).
 pub fn record_json(r: &Record) -> serde_json::Value {
     serde_json::to_value(RecordJson(r)).unwrap_or(serde_json::Value::Null)
 }
@@ -243,79 +245,6 @@ impl Stdout {
     }
 }
 
-/// Whether to colour stdout: a terminal, and no `NO_COLOR`, no `TERM=dumb`.
-pub(crate) fn colour_stdout() -> bool {
-    std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
-}
-
-/// The ANSI SGR code for a state's colour.
-fn state_sgr(state: &str) -> &'static str {
-    match state {
-        "ready" | "indexed" => "32",                     // green
-        "failed" => "1;31",                              // bold red
-        "duplicate" => "36",                             // cyan
-        "skipped" => "2",                                // dim
-        "uploading" | "processing" | "indexing" => "34", // blue
-        _ => "33",                                       // yellow: discovered, queued
-    }
-}
-
-/// `text` padded to `width`, coloured as its state when `colour`.
-pub(crate) fn state_cell(state: &str, width: usize, colour: bool) -> String {
-    let padded = format!("{state:<width$}");
-    if colour {
-        format!("\x1b[{}m{padded}\x1b[0m", state_sgr(state))
-    } else {
-        padded
-    }
-}
-
-/// A size for people: SI units (`40.0 kB`).
-pub(crate) fn human_size(bytes: i64) -> String {
-    bytesize::ByteSize(u64::try_from(bytes).unwrap_or(0))
-        .display()
-        .si()
-        .to_string()
-}
-
-/// How long ago `then_ms` was, in one unit: `12s ago`, `3m ago`, `5h ago`,
-/// `2d ago`.
-pub(crate) fn ago(now_ms: i64, then_ms: i64) -> String {
-    format!("{} ago", span(now_ms.saturating_sub(then_ms)))
-}
-
-/// A span of time in its largest sensible unit: `12s`, `3m`, `5h`, `2d`.
-pub(crate) fn span(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..172_800 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
-
-/// `text` in at most `width` characters, cut in the middle with `…`.
-pub(crate) fn shorten_middle(text: &str, width: usize) -> String {
-    let n = text.chars().count();
-    if n <= width {
-        return text.to_string();
-    }
-    if width == 0 {
-        return String::new();
-    }
-    // The end (the file name) says more than the start: keep more of it.
-    let keep = width - 1;
-    let head = keep / 3;
-    let tail = keep - head;
-    let mut out: String = text.chars().take(head).collect();
-    out.push('…');
-    out.extend(text.chars().skip(n - tail));
-    out
-}
-
 /// The table layout: fixed widths so rows stream out as they are read,
 /// the path taking what is left of [`TABLE_WIDTH`].
 struct Table {
@@ -356,7 +285,7 @@ impl Table {
             idw = self.id
         );
         if self.colour {
-            format!("\x1b[1m{line}\x1b[0m")
+            paint(&line, BOLD)
         } else {
             line
         }
@@ -366,12 +295,15 @@ impl Table {
         let size = r.size.map(human_size).unwrap_or_else(|| "-".into());
         let shown = r.path.as_deref().or(r.url.as_deref()).unwrap_or("");
         let line = format!(
-            "{:>idw$}{GAP}{}{GAP}{:>SIZE_W$}{GAP}{:>AGE_W$}{GAP}{:<ASSET_W$}{GAP}{}",
+            "{:>idw$}{GAP}{}{GAP}{:>SIZE_W$}{GAP}{:>AGE_W$}{GAP}{}{GAP}{}",
             r.id,
             state_cell(&r.state, STATE_W, self.colour),
             size,
             ago(self.now, r.discovered_at),
-            shorten_middle(r.asset_id.as_deref().unwrap_or("-"), ASSET_W),
+            pad(
+                &shorten_middle(r.asset_id.as_deref().unwrap_or("-"), ASSET_W),
+                ASSET_W
+            ),
             shorten_middle(shown, self.path),
             idw = self.id
         );
@@ -481,21 +413,6 @@ mod tests {
     }
 
     #[test]
-    fn ages_and_shortening() {
-        assert_eq!(ago(100_000, 88_000), "12s ago");
-        assert_eq!(ago(1_000_000, 820_000), "3m ago");
-        assert_eq!(ago(3 * 86_400_000, 86_400_000), "2d ago");
-        assert_eq!(ago(0, 5000), "0s ago", "a clock that went back");
-        assert_eq!(shorten_middle("short", 10), "short");
-        let s = shorten_middle("/srv/media/inbox/2024/holiday/very-long-name.mp4", 20);
-        assert_eq!(s.chars().count(), 20);
-        assert!(
-            s.starts_with("/srv/") && s.ends_with("-name.mp4") && s.contains('…'),
-            "{s}"
-        );
-    }
-
-    #[test]
     fn json_has_the_product_fields() {
         let mut r = record(1);
         let v = record_json(&r);
@@ -566,5 +483,39 @@ mod tests {
         assert!(row.ends_with("clip.mp4"), "{row}");
         let coloured = Table::new(1, true).row(&r);
         assert!(coloured.contains("\x1b[34mprocessing\x1b[0m"), "{coloured}");
+    }
+
+    #[test]
+    fn cjk_and_emoji_file_names_keep_the_columns_in_line() {
+        use super::super::text::columns;
+        let t = Table::new(99, false);
+        let header = t.header();
+        let path_col = columns(&header[..header.find("PATH").expect("PATH")]);
+        let row_of = |path: String| {
+            t.row(&Record {
+                path: Some(path),
+                ..record(42)
+            })
+        };
+        let short = ["/in/映画.mp4", "/in/🎬🎉 party.mp4", "/in/plain.mp4"];
+        for path in short {
+            let row = row_of(path.to_string());
+            let at = row.find("/in/").expect("the path");
+            assert_eq!(columns(&row[..at]), path_col, "{header}\n{row}");
+            assert!(row.ends_with(path), "{row}");
+        }
+        let long = [
+            format!("/srv/{}家族の休日の記録.mp4", "映画/".repeat(30)),
+            format!("/srv/{}birthday-🎂🎉.mp4", "🎬/".repeat(40)),
+        ];
+        for path in long {
+            let row = row_of(path);
+            assert!(
+                columns(&row) <= TABLE_WIDTH,
+                "{} columns: {row}",
+                columns(&row)
+            );
+            assert!(row.ends_with(".mp4") && row.contains('…'), "{row}");
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The command line: one `Command` enum, one file per command.
 //!
 //! Commands return `Result<ExitCode, CliError>`; [`main`] prints the error
-//! and maps it to the exit codes of PRODUCT.md: 0 success, 1 some work
-//! failed, 2 usage or configuration error, 3 the ledger is held by another
-//! daemon.
+//! and maps it to the exit codes of README.md ("Exit codes"): 0 success,
+//! 1 some work failed, 2 usage or configuration error, 3 the ledger is held
+//! by another daemon.
 
 mod add_url;
 mod completions;
@@ -18,6 +18,7 @@ mod retry;
 mod run;
 mod show;
 mod status;
+mod text;
 mod upload;
 
 use std::collections::BTreeMap;

@@ -19,8 +19,9 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::{CliError, CliResult, Context, Globals, out};
-use crate::api::{ApiClient, ApiError, AssetStatus, ErrorClass};
+use crate::api::{ApiClient, ApiError, Asset, AssetStatus, ErrorClass};
 use crate::ledger::Ledger;
+use crate::ledger::reconcile::Claimed;
 use crate::pipeline::gate::Gate;
 
 #[derive(Debug, Args)]
@@ -56,115 +57,177 @@ pub async fn run(globals: &Globals, args: Cmd) -> CliResult {
     }
 }
 
+/// What was found so far, and whether the reader went away (`| head`).
+#[derive(Default)]
+struct Found {
+    problems: u64,
+    stopped: bool,
+}
+
+impl Found {
+    /// Count a problem and print its line; false once the reader is gone.
+    fn report(&mut self, line: &str) -> bool {
+        self.problems += 1;
+        if !out(line) {
+            self.stopped = true;
+        }
+        !self.stopped
+    }
+}
+
 async fn reconcile(
     ledger: &Ledger,
     client: &ApiClient,
     gate: &Gate,
     args: &Cmd,
 ) -> Result<u64, CliError> {
-    let failed = |e: crate::ledger::LedgerError| CliError::failed(e.to_string());
-    let mut problems = 0u64;
+    let mut found = Found::default();
+    let checked = check_records(ledger, client, gate, args.requeue, &mut found).await?;
+    if found.stopped {
+        return Ok(found.problems);
+    }
+    eprintln!("{checked} finished record(s) checked");
+    if !args.no_orphans {
+        list_orphans(ledger, client, gate, &mut found).await?;
+    }
+    Ok(found.problems)
+}
+
+fn ledger_failed(e: crate::ledger::LedgerError) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+/// Every finished record against the platform, page by page; how many
+/// were checked.
+async fn check_records(
+    ledger: &Ledger,
+    client: &ApiClient,
+    gate: &Gate,
+    requeue: bool,
+    found: &mut Found,
+) -> Result<u64, CliError> {
     let mut checked = 0u64;
     let mut after = 0;
     loop {
-        let page = ledger.claimed_assets(after, PAGE).await.map_err(failed)?;
+        let page = ledger
+            .claimed_assets(after, PAGE)
+            .await
+            .map_err(ledger_failed)?;
         let Some(last) = page.last() else {
-            break;
+            return Ok(checked);
         };
         after = last.id;
         for rec in &page {
             checked += 1;
-            let lost = match paced(gate, || client.get_asset(&rec.asset_id)).await {
-                Ok(asset) => match asset.status() {
-                    AssetStatus::Failed => Some(format!(
-                        "the platform marks asset {} failed: {}",
-                        rec.asset_id,
-                        asset
-                            .error_message()
-                            .unwrap_or_else(|| "no reason given".into())
-                    )),
-                    _ => None,
-                },
-                Err(e) if e.class() == ErrorClass::NotFound => {
-                    Some(format!("the platform no longer has asset {}", rec.asset_id))
+            let line = match check_asset(client, gate, rec).await? {
+                Check::Fine => continue,
+                Check::Unreadable(e) => {
+                    format!("unreadable  {}  asset {}: {e}", rec.display(), rec.asset_id)
                 }
-                Err(e @ ApiError::Malformed { .. }) => {
-                    problems += 1;
-                    let line =
-                        format!("unreadable  {}  asset {}: {e}", rec.display(), rec.asset_id);
-                    if !out(&line) {
-                        return Ok(problems);
+                Check::Lost(reason) => {
+                    let mut line = format!("lost     {}  {}", rec.display(), reason);
+                    if requeue {
+                        ledger
+                            .requeue_lost(rec, &reason)
+                            .await
+                            .map_err(ledger_failed)?;
+                        line.push_str("  (queued again)");
                     }
-                    continue;
+                    line
                 }
-                Err(e) => return Err(api_error(e)),
             };
-            let Some(reason) = lost else {
-                continue;
-            };
-            problems += 1;
-            let mut line = format!("lost     {}  {}", rec.display(), reason);
-            if args.requeue {
-                ledger.requeue_lost(rec, &reason).await.map_err(failed)?;
-                line.push_str("  (queued again)");
-            }
-            if !out(&line) {
-                return Ok(problems);
+            if !found.report(&line) {
+                return Ok(checked);
             }
         }
     }
-    eprintln!("{checked} finished record(s) checked");
-    if args.no_orphans {
-        return Ok(problems);
+}
+
+/// What the platform says of a record's asset.
+enum Check {
+    Fine,
+    /// Missing, or `failed` there: why.
+    Lost(String),
+    /// An answer that cannot be read.
+    Unreadable(ApiError),
+}
+
+async fn check_asset(client: &ApiClient, gate: &Gate, rec: &Claimed) -> Result<Check, CliError> {
+    match paced(gate, || client.get_asset(&rec.asset_id)).await {
+        Ok(asset) => Ok(match asset.status() {
+            AssetStatus::Failed => Check::Lost(format!(
+                "the platform marks asset {} failed: {}",
+                rec.asset_id,
+                asset
+                    .error_message()
+                    .unwrap_or_else(|| "no reason given".into())
+            )),
+            _ => Check::Fine,
+        }),
+        Err(e) if e.class() == ErrorClass::NotFound => Ok(Check::Lost(format!(
+            "the platform no longer has asset {}",
+            rec.asset_id
+        ))),
+        Err(e @ ApiError::Malformed { .. }) => Ok(Check::Unreadable(e)),
+        Err(e) => Err(api_error(e)),
     }
+}
+
+/// The platform's assets, page by page: those with our stamp that the
+/// ledger does not know are orphans.
+async fn list_orphans(
+    ledger: &Ledger,
+    client: &ApiClient,
+    gate: &Gate,
+    found: &mut Found,
+) -> Result<(), CliError> {
     let mut page_no = 1;
     loop {
         let page = paced(gate, || client.list_assets(None, page_no, 50))
             .await
             .map_err(api_error)?;
         for asset in page.assets() {
-            let asset = match asset {
-                Ok(asset) => asset,
-                Err(why) => {
-                    problems += 1;
-                    if !out(&format!("unreadable  page {page_no}: {why}")) {
-                        return Ok(problems);
-                    }
-                    continue;
-                }
-            };
-            let Some(id) = asset.id.as_deref() else {
-                continue;
-            };
-            let stamp = match (asset.sha256_stamp(), asset.url_stamp()) {
-                (Some(sha), _) => format!("sha256 {sha}"),
-                (None, Some(stamp)) => match ledger.stamped(&stamp).await.map_err(failed)? {
-                    Some((record, url)) => {
-                        format!("url stamp {stamp} (a second asset of #{record}, {url})")
-                    }
-                    None => format!("url stamp {stamp}"),
+            let line = match asset {
+                Ok(asset) => match orphan_line(ledger, &asset).await? {
+                    Some(line) => line,
+                    None => continue,
                 },
-                (None, None) => continue,
+                Err(why) => format!("unreadable  page {page_no}: {why}"),
             };
-            if ledger.knows_asset(id).await.map_err(failed)? {
-                continue;
-            }
-            problems += 1;
-            let line = format!(
-                "orphan   {id}  {}  {stamp}",
-                asset.filename.as_deref().unwrap_or("?")
-            );
-            if !out(&line) {
-                return Ok(problems);
+            if !found.report(&line) {
+                return Ok(());
             }
         }
         let last = page.total_pages().is_some_and(|total| page_no >= total);
         if page.data.is_empty() || last {
-            break;
+            return Ok(());
         }
         page_no += 1;
     }
-    Ok(problems)
+}
+
+/// The line of an asset that carries our stamp but no record claims.
+async fn orphan_line(ledger: &Ledger, asset: &Asset) -> Result<Option<String>, CliError> {
+    let Some(id) = asset.id.as_deref() else {
+        return Ok(None);
+    };
+    let stamp = match (asset.sha256_stamp(), asset.url_stamp()) {
+        (Some(sha), _) => format!("sha256 {sha}"),
+        (None, Some(stamp)) => match ledger.stamped(&stamp).await.map_err(ledger_failed)? {
+            Some((record, url)) => {
+                format!("url stamp {stamp} (a second asset of #{record}, {url})")
+            }
+            None => format!("url stamp {stamp}"),
+        },
+        (None, None) => return Ok(None),
+    };
+    if ledger.knows_asset(id).await.map_err(ledger_failed)? {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "orphan   {id}  {}  {stamp}",
+        asset.filename.as_deref().unwrap_or("?")
+    )))
 }
 
 /// One request under the pacing, waiting out 429s.

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::history::record_json;
+use super::text::human_size;
 use super::{CliError, CliResult, Context, Globals, out};
 use crate::ledger::admin::{Detail, Found, MIN_SHA_PREFIX};
 use crate::ledger::upload_sessions::{Chunk, Session, SessionLog};
@@ -174,13 +175,6 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-fn bytes(n: i64) -> String {
-    bytesize::ByteSize(u64::try_from(n).unwrap_or(0))
-        .display()
-        .si()
-        .to_string()
-}
-
 /// A time with how long ago it was.
 fn when(ms: i64) -> String {
     let ago = now_ms().saturating_sub(ms);
@@ -213,8 +207,21 @@ fn duration_ms(ms: i64) -> String {
 }
 
 fn to_text(f: &Full) -> Vec<String> {
-    let r = &f.record;
     let mut lines = Vec::new();
+    record_fields(f, &mut lines);
+    lines.push(String::new());
+    attempt_lines(f, &mut lines);
+    lines.push(String::new());
+    session_lines(f, &mut lines);
+    lines.push(String::new());
+    after_ready_lines(f, &mut lines);
+    lines
+}
+
+/// One `name  value` line per field of the record, its detail and its
+/// relations (older versions, duplicates).
+fn record_fields(f: &Full, lines: &mut Vec<String>) {
+    let r = &f.record;
     let mut field = |name: &str, value: String| lines.push(format!("{name:<17} {value}"));
     field("record", format!("#{}", r.id));
     match (&r.path, &r.url) {
@@ -228,7 +235,7 @@ fn to_text(f: &Full) -> Vec<String> {
     field(
         "size",
         r.size
-            .map_or_else(|| "-".into(), |s| format!("{} ({s} bytes)", bytes(s))),
+            .map_or_else(|| "-".into(), |s| format!("{} ({s} bytes)", human_size(s))),
     );
     field("mime", opt(r.mime.as_deref()));
     field("attempts", r.attempts.to_string());
@@ -254,27 +261,7 @@ fn to_text(f: &Full) -> Vec<String> {
     field("ready_at", opt(r.ready_at.map(when)));
     field("updated_at", when(r.updated_at));
     if let Some(d) = &f.detail {
-        field("mtime", opt(d.mtime_ns.map(|ns| rfc3339(ns / 1_000_000))));
-        field(
-            "device/inode",
-            match (d.device, d.inode) {
-                (Some(dev), Some(ino)) => format!("{dev}/{ino}"),
-                _ => "-".into(),
-            },
-        );
-        field("filename", opt(d.filename.as_deref()));
-        field("watch", opt(d.root.as_deref()));
-        field("user_metadata", opt(d.user_metadata.as_deref()));
-        field("after_upload", opt(d.after_upload.as_deref()));
-        field("on_failure", opt(d.on_failure.as_deref()));
-        field(
-            "lookup_first",
-            if d.lookup_first {
-                "yes (an earlier attempt may have reached the platform)".into()
-            } else {
-                "no".into()
-            },
-        );
+        detail_fields(d, &mut field);
     }
     if !f.older.is_empty() {
         let older: Vec<String> = f
@@ -292,34 +279,63 @@ fn to_text(f: &Full) -> Vec<String> {
             .collect();
         field("duplicated by", dups.join(", "));
     }
+}
 
-    lines.push(String::new());
+/// The fields only a file's record has: what the watcher saw, its watch.
+fn detail_fields(d: &Detail, field: &mut impl FnMut(&str, String)) {
+    field("mtime", opt(d.mtime_ns.map(|ns| rfc3339(ns / 1_000_000))));
+    field(
+        "device/inode",
+        match (d.device, d.inode) {
+            (Some(dev), Some(ino)) => format!("{dev}/{ino}"),
+            _ => "-".into(),
+        },
+    );
+    field("filename", opt(d.filename.as_deref()));
+    field("watch", opt(d.root.as_deref()));
+    field("user_metadata", opt(d.user_metadata.as_deref()));
+    field("after_upload", opt(d.after_upload.as_deref()));
+    field("on_failure", opt(d.on_failure.as_deref()));
+    field(
+        "lookup_first",
+        if d.lookup_first {
+            "yes (an earlier attempt may have reached the platform)".into()
+        } else {
+            "no".into()
+        },
+    );
+}
+
+/// Every attempt: when, how long, how it ended, what was sent.
+fn attempt_lines(f: &Full, lines: &mut Vec<String>) {
     if f.attempts.is_empty() {
         lines.push("attempts: none".into());
-    } else {
-        lines.push(format!("attempts ({}):", f.attempts.len()));
-        for (n, a) in f.attempts.iter().enumerate() {
-            let took = match a.ended_at {
-                Some(end) => duration_ms(end - a.started_at),
-                None => "running".into(),
-            };
-            lines.push(format!(
-                "  {:>2}. {}  {:>8}  {:<12}  {:<8}  {:>9} sent",
-                n + 1,
-                rfc3339(a.started_at),
-                took,
-                a.outcome.as_deref().unwrap_or("-"),
-                a.http_status
-                    .map_or_else(|| "-".into(), |s| format!("HTTP {s}")),
-                bytes(a.bytes_sent),
-            ));
-            if let Some(e) = &a.error {
-                lines.push(format!("      error: {e}"));
-            }
+        return;
+    }
+    lines.push(format!("attempts ({}):", f.attempts.len()));
+    for (n, a) in f.attempts.iter().enumerate() {
+        let took = match a.ended_at {
+            Some(end) => duration_ms(end - a.started_at),
+            None => "running".into(),
+        };
+        lines.push(format!(
+            "  {:>2}. {}  {:>8}  {:<12}  {:<8}  {:>9} sent",
+            n + 1,
+            rfc3339(a.started_at),
+            took,
+            a.outcome.as_deref().unwrap_or("-"),
+            a.http_status
+                .map_or_else(|| "-".into(), |s| format!("HTTP {s}")),
+            human_size(a.bytes_sent),
+        ));
+        if let Some(e) = &a.error {
+            lines.push(format!("      error: {e}"));
         }
     }
+}
 
-    lines.push(String::new());
+/// The multipart session in use, then every session the record had.
+fn session_lines(f: &Full, lines: &mut Vec<String>) {
     match &f.session {
         None => lines.push("multipart session: none".into()),
         Some((s, chunks)) => {
@@ -333,7 +349,7 @@ fn to_text(f: &Full) -> Vec<String> {
                 chunks.len(),
                 s.total_chunks,
                 reported,
-                bytes(s.chunk_size)
+                human_size(s.chunk_size)
             ));
             lines.push(format!("  {:<15} {}", "created_at", when(s.created_at)));
             lines.push(format!(
@@ -343,25 +359,29 @@ fn to_text(f: &Full) -> Vec<String> {
             ));
         }
     }
-    if !f.sessions.is_empty() {
-        lines.push(format!(
-            "multipart sessions: {} ({} replaced)",
-            f.sessions.len(),
-            f.sessions.iter().filter(|s| replaced(s)).count()
-        ));
-        for s in &f.sessions {
-            lines.push(format!(
-                "  {}  asset {}  {} chunks  started {}  {}",
-                s.upload_id,
-                s.asset_id,
-                s.total_chunks,
-                rfc3339(s.created_at),
-                s.outcome.as_deref().unwrap_or("in use")
-            ));
-        }
+    if f.sessions.is_empty() {
+        return;
     }
+    lines.push(format!(
+        "multipart sessions: {} ({} replaced)",
+        f.sessions.len(),
+        f.sessions.iter().filter(|s| replaced(s)).count()
+    ));
+    for s in &f.sessions {
+        lines.push(format!(
+            "  {}  asset {}  {} chunks  started {}  {}",
+            s.upload_id,
+            s.asset_id,
+            s.total_chunks,
+            rfc3339(s.created_at),
+            s.outcome.as_deref().unwrap_or("in use")
+        ));
+    }
+}
 
-    lines.push(String::new());
+/// The index the asset went to, if asked, and what became of the file.
+fn after_ready_lines(f: &Full, lines: &mut Vec<String>) {
+    let r = &f.record;
     lines.push("after ready:".into());
     let index_id = f.detail.as_ref().and_then(|d| d.index_id.as_deref());
     let indexed = f
@@ -382,10 +402,8 @@ fn to_text(f: &Full) -> Vec<String> {
         "file_action",
         r.file_action.as_deref().unwrap_or("-")
     ));
-    lines
 }
 
-/// A session that ended without its file: given up and replaced.
 fn replaced(s: &SessionLog) -> bool {
     s.outcome
         .as_deref()
