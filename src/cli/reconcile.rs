@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CliError, CliResult, Context, Globals, out};
 use crate::api::{ApiClient, ApiError, AssetStatus, ErrorClass};
 use crate::ledger::Ledger;
-use crate::pipeline::gate::Gate;
+use crate::pipeline::Gate;
 
 #[derive(Debug, Args)]
 pub struct Cmd {

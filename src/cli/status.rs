@@ -46,7 +46,7 @@ pub struct StatusArgs {
 const ATTEMPT_WINDOW: u32 = 50;
 const HOUR_MS: i64 = 3_600_000;
 
-pub(crate) use crate::pipeline::fleet::{beat_interval as heartbeat_interval, stale_after};
+pub(crate) use crate::pipeline::{heartbeat_interval, stale_after};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -29,9 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{Config, FileAction, LoadOptions, WatchConfig};
 use crate::ledger::{FileState, Ledger, LedgerError, Location, NewFile, Origin, now_ms};
-use crate::pipeline::discover::{Filter, new_file, walk_tree};
-use crate::pipeline::gate::GateState;
-use crate::pipeline::{Pipeline, Running};
+use crate::pipeline::{Filter, GateState, LedgerBackoff, Pipeline, Running, new_file, walk_tree};
 use crate::secret::{ApiKey, load_api_key};
 use crate::watch::presence::{self, Change, Identity, Presence};
 use crate::watch::settle::{Seen, Settler, since_mtime};
@@ -422,7 +420,7 @@ struct Daemon {
     feed_tx: mpsc::Sender<Feed>,
     auth_rejected_at: Option<Instant>,
     /// Consecutive passes of the settle gate the ledger failed.
-    ledger_backoff: crate::pipeline::retry::LedgerBackoff,
+    ledger_backoff: LedgerBackoff,
     /// What /healthz says; written by the status tick.
     health: Arc<Mutex<Result<(), String>>>,
     /// When the main loop last turned (Unix ms); read by /healthz.
@@ -1022,7 +1020,7 @@ impl Daemon {
                 _ => return,
             }
         };
-        let (urls, bad) = crate::pipeline::urls::parse_list(&text);
+        let (urls, bad) = crate::pipeline::parse_url_list(&text);
         for (line, reason) in bad {
             tracing::warn!(path = %path.display(), line, reason = %reason, "not a URL; skipped");
         }

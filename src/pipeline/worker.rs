@@ -382,7 +382,7 @@ async fn send_file(
             .insert(job.id, job.display(), size_u, sent.clone());
         let _guard = InFlightGuard { shared, id: job.id };
         let started = std::time::Instant::now();
-        let up = super::multipart::Upload {
+        let up = super::chunked_upload::Upload {
             job,
             path,
             filename: &filename,
@@ -391,7 +391,7 @@ async fn send_file(
             user_metadata: &user_metadata,
             sent: sent.clone(),
         };
-        let result = super::multipart::send(shared, &up).await;
+        let result = super::chunked_upload::send(shared, &up).await;
         let bytes_sent = sent.load(Ordering::Relaxed);
         let check = check_disk_off_thread(path, job).await;
         if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
