@@ -90,48 +90,7 @@ impl Daemon {
             crate::metrics::queue(depth, age as f64 / 1000.0);
         }
         match self.counts().await {
-            Ok(counts) => {
-                let by_state: Vec<(&str, i64)> = FileState::ALL
-                    .iter()
-                    .map(|s| {
-                        (
-                            s.as_str(),
-                            counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n),
-                        )
-                    })
-                    .collect();
-                crate::metrics::files_by_state(&by_state);
-                let n = |s: FileState| {
-                    counts
-                        .iter()
-                        .find(|(st, _)| *st == s)
-                        .map_or(0, |(_, n)| *n)
-                };
-                let mut text = format!(
-                    "{} uploading, {} queued, {} processing, {} ready, {} failed, {} settling",
-                    n(FileState::Uploading),
-                    n(FileState::Queued) + n(FileState::Discovered),
-                    n(FileState::Processing),
-                    n(FileState::Ready),
-                    n(FileState::Failed),
-                    self.settler.len()
-                );
-                match self.pipeline.gate().state() {
-                    GateState::AuthRejected { .. } => {
-                        text.push_str("; paused: the API key was rejected")
-                    }
-                    GateState::RateLimited { wall, .. } => text.push_str(&format!(
-                        "; rate limited until {}",
-                        humantime::format_rfc3339_seconds(wall)
-                    )),
-                    GateState::Open => {}
-                }
-                systemd::status(&text);
-                // The loop is turning and the ledger answers: tell the watchdog.
-                if systemd::watchdog_interval().is_some() {
-                    systemd::watchdog();
-                }
-            }
+            Ok(counts) => self.report(&counts),
             Err(e) => {
                 tracing::error!(error = %e, "the ledger does not answer");
                 healthy = Err(format!("the ledger does not answer: {e}"));
@@ -146,6 +105,55 @@ impl Daemon {
         if let Ok(mut h) = self.health.lock() {
             *h = healthy;
         }
+        self.retry_rejected_key();
+    }
+
+    /// Publish the records per state: the metrics, STATUS=, and (the loop
+    /// is turning and the ledger answers) the watchdog.
+    fn report(&self, counts: &[(FileState, i64)]) {
+        let by_state: Vec<(&str, i64)> = FileState::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n),
+                )
+            })
+            .collect();
+        crate::metrics::files_by_state(&by_state);
+        let n = |s: FileState| {
+            counts
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mut text = format!(
+            "{} uploading, {} queued, {} processing, {} ready, {} failed, {} settling",
+            n(FileState::Uploading),
+            n(FileState::Queued) + n(FileState::Discovered),
+            n(FileState::Processing),
+            n(FileState::Ready),
+            n(FileState::Failed),
+            self.settler.len()
+        );
+        match self.pipeline.gate().state() {
+            GateState::AuthRejected { .. } => text.push_str("; paused: the API key was rejected"),
+            GateState::RateLimited { wall, .. } => text.push_str(&format!(
+                "; rate limited until {}",
+                humantime::format_rfc3339_seconds(wall)
+            )),
+            GateState::Open => {}
+        }
+        systemd::status(&text);
+        // The loop is turning and the ledger answers: tell the watchdog.
+        if systemd::watchdog_interval().is_some() {
+            systemd::watchdog();
+        }
+    }
+
+    /// A rejected key is tried again `AUTH_RETRY` after this loop first
+    /// saw it rejected.
+    fn retry_rejected_key(&mut self) {
         match self.pipeline.gate().state() {
             GateState::AuthRejected { .. } => {
                 let since = *self.auth_rejected_at.get_or_insert_with(Instant::now);
