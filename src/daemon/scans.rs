@@ -3,11 +3,14 @@
 //! already knows as they are skip the settle gate.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Daemon;
 use crate::ledger::NewFile;
-use crate::pipeline::{new_file, walk_tree};
+use crate::pipeline::{Filter, new_file, walk_tree};
 use crate::watch::Feed;
 
 /// A scan sends what it found in batches of this many files...
@@ -66,68 +69,23 @@ impl Daemon {
         let (path, filter, recursive) =
             (root.path.clone(), root.filter.clone(), root.cfg.recursive);
         let start = start.unwrap_or_else(|| path.clone());
-        let tx = self.feed_tx.clone();
         tracing::debug!(path = %start.display(), why, "scanning");
         if start == path {
             crate::metrics::rescan(why);
         }
-        let started = Instant::now();
-        let permits = self.scan_batches.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::new();
-            let mut batch_since = Instant::now();
-            let mut files = 0usize;
-            // False when the daemon is stopping: the walk stops too.
-            let send = |batch: &mut Vec<(PathBuf, std::fs::Metadata)>| {
-                if batch.is_empty() {
-                    return true;
-                }
-                let Ok(permit) = runtime.block_on(permits.clone().acquire_owned()) else {
-                    return false;
-                };
-                let files = std::mem::take(batch);
-                tx.blocking_send(Feed::Found {
-                    watch,
-                    files,
-                    permit,
-                })
-                .is_ok()
-            };
-            let finished = walk_tree(
-                &path,
-                &start,
-                recursive,
-                &filter,
-                &mut |found| match found {
-                    Ok(file) => {
-                        if batch.is_empty() {
-                            batch_since = Instant::now();
-                        }
-                        batch.push(file);
-                        files += 1;
-                        if batch.len() >= SCAN_BATCH || batch_since.elapsed() >= SCAN_BATCH_AGE {
-                            send(&mut batch)
-                        } else {
-                            true
-                        }
-                    }
-                    Err(problem) => {
-                        tracing::warn!(error = %problem, "while scanning");
-                        true
-                    }
-                },
-            );
-            // The daemon is stopping if a send failed: nobody to tell.
-            if finished && send(&mut batch) {
-                let _ = tx.blocking_send(Feed::ScanDone {
-                    watch,
-                    why,
-                    files,
-                    started,
-                });
-            }
-        });
+        let job = ScanJob {
+            watch,
+            why,
+            root: path,
+            start,
+            recursive,
+            filter,
+            started: Instant::now(),
+            tx: self.feed_tx.clone(),
+            permits: self.scan_batches.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        tokio::task::spawn_blocking(move || job.walk());
     }
 
     /// Files a scan found: those the ledger knows as they are are passed
@@ -239,6 +197,95 @@ impl Daemon {
                 "start-up scan finished"
             );
             self.startup = None;
+        }
+    }
+}
+
+/// One scan, for a blocking thread.
+struct ScanJob {
+    watch: usize,
+    why: &'static str,
+    /// The watched folder.
+    root: PathBuf,
+    /// Where the walk starts: the root, or a new folder inside it.
+    start: PathBuf,
+    recursive: bool,
+    filter: Filter,
+    started: Instant,
+    tx: mpsc::Sender<Feed>,
+    /// See [`Daemon::scan_batches`].
+    permits: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ScanJob {
+    /// Walk, handing the candidate files to the main loop in batches (each
+    /// waits for a permit), then [`Feed::ScanDone`]; the walk stops when
+    /// the daemon does.
+    fn walk(self) {
+        let ScanJob {
+            watch,
+            why,
+            root: path,
+            start,
+            recursive,
+            filter,
+            started,
+            tx,
+            permits,
+            runtime,
+        } = self;
+        let mut batch = Vec::new();
+        let mut batch_since = Instant::now();
+        let mut files = 0usize;
+        // False when the daemon is stopping: the walk stops too.
+        let send = |batch: &mut Vec<(PathBuf, std::fs::Metadata)>| {
+            if batch.is_empty() {
+                return true;
+            }
+            let Ok(permit) = runtime.block_on(permits.clone().acquire_owned()) else {
+                return false;
+            };
+            let files = std::mem::take(batch);
+            tx.blocking_send(Feed::Found {
+                watch,
+                files,
+                permit,
+            })
+            .is_ok()
+        };
+        let finished = walk_tree(
+            &path,
+            &start,
+            recursive,
+            &filter,
+            &mut |found| match found {
+                Ok(file) => {
+                    if batch.is_empty() {
+                        batch_since = Instant::now();
+                    }
+                    batch.push(file);
+                    files += 1;
+                    if batch.len() >= SCAN_BATCH || batch_since.elapsed() >= SCAN_BATCH_AGE {
+                        send(&mut batch)
+                    } else {
+                        true
+                    }
+                }
+                Err(problem) => {
+                    tracing::warn!(error = %problem, "while scanning");
+                    true
+                }
+            },
+        );
+        // The daemon is stopping if a send failed: nobody to tell.
+        if finished && send(&mut batch) {
+            let _ = tx.blocking_send(Feed::ScanDone {
+                watch,
+                why,
+                files,
+                started,
+            });
         }
     }
 }
