@@ -421,7 +421,7 @@ async fn an_unhashed_upload_interrupted_by_a_crash_is_found_not_resent() {
     {
         let ledger = Ledger::open_at(&env.ledger).await.expect("open");
         let meta = std::fs::metadata(&clip).expect("stat");
-        let f = tl_ingest::pipeline::discover::new_file(&clip, &meta, None);
+        let f = tl_ingest::pipeline::new_file(&clip, &meta, None);
         let Discovery::New(id) = ledger.discover(&f).await.expect("discover") else {
             panic!("new");
         };
@@ -484,7 +484,7 @@ async fn a_copy_made_during_an_unhashed_upload_is_its_duplicate() {
             }
             std::fs::copy(&clip, &copy).expect("copy");
             let meta = std::fs::metadata(&copy).expect("stat");
-            let f = tl_ingest::pipeline::discover::new_file(&copy, &meta, None);
+            let f = tl_ingest::pipeline::new_file(&copy, &meta, None);
             ledger.discover(&f).await.expect("discover the copy");
         });
     };
@@ -557,7 +557,7 @@ async fn a_copy_does_not_wait_for_an_original_held_back_by_a_rate_limit() {
     use tl_ingest::api::{ApiClient, ClientOptions};
     use tl_ingest::ledger::Ledger;
     use tl_ingest::pipeline::Pipeline;
-    use tl_ingest::pipeline::discover::new_file;
+    use tl_ingest::pipeline::new_file;
 
     // Every request is refused with a one-hour 429: after the first one,
     // no upload even starts.

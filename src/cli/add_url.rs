@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{CliError, CliResult, Context, Globals, out};
-use crate::pipeline::urls::validate;
+use crate::pipeline::validate_url;
 
 #[derive(Debug, Args)]
 pub struct AddUrlArgs {
@@ -30,7 +30,7 @@ pub async fn run(globals: &Globals, args: AddUrlArgs) -> CliResult {
     let mut urls = Vec::with_capacity(args.urls.len());
     let mut bad = Vec::new();
     for u in &args.urls {
-        match validate(u) {
+        match validate_url(u) {
             Ok(url) => urls.push(url),
             Err(e) => bad.push(e),
         }

@@ -22,7 +22,7 @@ use super::{CliError, CliResult, Context, Globals, out};
 use crate::api::{ApiClient, ApiError, Asset, AssetStatus, ErrorClass};
 use crate::ledger::Ledger;
 use crate::ledger::reconcile::Claimed;
-use crate::pipeline::gate::Gate;
+use crate::pipeline::Gate;
 
 #[derive(Debug, Args)]
 pub struct Cmd {

@@ -20,9 +20,7 @@ use super::{CliError, CliResult, Context, Globals, lock_error, start_emulator};
 use crate::config::WatchConfig;
 use crate::ledger::LedgerLock;
 use crate::ledger::{Change, FileState, Ledger, LedgerError};
-use crate::pipeline::discover::{Filter, discover};
-use crate::pipeline::gate::GateState;
-use crate::pipeline::{Pipeline, Progress};
+use crate::pipeline::{Filter, GateState, Pipeline, Progress, discover};
 
 #[derive(Debug, Args)]
 pub struct UploadArgs {

@@ -65,7 +65,7 @@ impl Gate {
 
     /// On a shared ledger, pace requests and share 429 pauses with every
     /// daemon on it (through the ledger); otherwise this process alone.
-    pub fn for_fleet(mut self, ledger: &Ledger) -> Gate {
+    pub(super) fn for_fleet(mut self, ledger: &Ledger) -> Gate {
         if ledger.is_shared() {
             self.fleet = Some(ledger.clone());
         }
@@ -81,7 +81,7 @@ impl Gate {
     }
 
     /// Wait until requests may go. Returns false if `cancel` fired first.
-    pub async fn wait_open(&self, cancel: &CancellationToken) -> bool {
+    pub(super) async fn wait_open(&self, cancel: &CancellationToken) -> bool {
         if let Some(ledger) = &self.fleet {
             self.sync_fleet_pause(ledger).await;
         }
@@ -208,7 +208,7 @@ impl Gate {
     }
 
     /// Another host's 429: wait as it does, without telling the fleet again.
-    pub fn pause_locally(&self, wait: Duration) {
+    pub(super) fn pause_locally(&self, wait: Duration) {
         let wait = wait.min(MAX_RATE_LIMIT_PAUSE);
         let deadline = Instant::now() + wait;
         self.state.send_if_modified(|s| match s {
@@ -241,7 +241,7 @@ impl Gate {
     }
 
     /// A 401/403: stop sending until the key is fixed.
-    pub fn auth_rejected(&self, message: String) {
+    pub(super) fn auth_rejected(&self, message: String) {
         self.state.send_if_modified(|s| {
             if matches!(s, GateState::AuthRejected { .. }) {
                 return false;

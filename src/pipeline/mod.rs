@@ -6,19 +6,33 @@
 //! takes `discovered`, `upload.workers` workers take `queued`, the poller
 //! takes `processing`. Because the ledger is the queue, stopping at any
 //! point loses nothing: start-up recovery puts interrupted work back.
+//!
+//! The stages are private. Outside code sees [`Pipeline`] and [`Running`]
+//! (start, drain, stop), [`Progress`] (uploads in flight), the discovery
+//! helpers ([`Filter`], [`discover`], [`walk_tree`], [`new_file`]), the
+//! request [`Gate`] and its [`GateState`], the fleet heartbeat timings, URL
+//! list parsing, and [`ledger_failed`] / [`LedgerBackoff`] for callers that
+//! wait out a ledger outage the same way the stages do.
 
-pub mod discover;
-pub mod eligibility;
-pub mod finisher;
-pub mod fleet;
-pub mod gate;
-pub mod hasher;
-pub mod indexer;
-pub mod multipart;
-pub mod poller;
-pub mod retry;
-pub mod urls;
-pub mod worker;
+mod chunked_upload;
+mod discover;
+mod eligibility;
+mod finisher;
+mod fleet;
+mod gate;
+mod hasher;
+mod indexer;
+mod poller;
+mod retry;
+mod urls;
+mod worker;
+
+// The pipeline's face: what the daemon, the commands and the tests use.
+pub use discover::{Filter, Found, WalkReport, discover, new_file, walk_tree};
+pub use fleet::{beat_interval as heartbeat_interval, stale_after};
+pub use gate::{Gate, GateState};
+pub use retry::LedgerBackoff;
+pub use urls::{parse_list as parse_url_list, validate as validate_url};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,29 +47,28 @@ use crate::api::ApiClient;
 use crate::config::Config;
 use crate::ledger::{Change, FileState, Ledger, LedgerError, now_ms};
 use eligibility::Limits;
-use gate::Gate;
 use retry::RetryPolicy;
 
 /// What every stage shares.
 #[derive(Debug)]
-pub struct Shared {
-    pub ledger: Ledger,
-    pub client: ApiClient,
-    pub config: Arc<Config>,
-    pub gate: Gate,
-    pub policy: RetryPolicy,
-    pub limits: Limits,
-    pub progress: Progress,
+struct Shared {
+    ledger: Ledger,
+    client: ApiClient,
+    config: Arc<Config>,
+    gate: Gate,
+    policy: RetryPolicy,
+    limits: Limits,
+    progress: Progress,
     /// False once the platform was seen to drop a `user_metadata` sent
     /// after the file: every file is then hashed before it is sent.
-    pub stamp_after_file: std::sync::atomic::AtomicBool,
+    stamp_after_file: std::sync::atomic::AtomicBool,
     /// The records this process's workers hold (see [`fleet`]).
-    pub claims: fleet::Claims,
+    claims: fleet::Claims,
 }
 
 impl Shared {
     /// The lease on a claimed record, in ms (`ledger.lease`).
-    pub fn lease_ms(&self) -> i64 {
+    fn lease_ms(&self) -> i64 {
         i64::try_from(self.config.ledger.lease.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -245,7 +258,7 @@ pub fn ledger_failed(e: &LedgerError, what: &str) {
 /// waited out with the ledger's backoff, holding what is to be recorded in
 /// memory; any other error (a conflict, a bug) is returned at once, and so
 /// is the last error if `stop` fires.
-pub(crate) async fn until_recorded<T, F, Fut>(
+async fn until_recorded<T, F, Fut>(
     stop: &CancellationToken,
     what: &str,
     mut write: F,
@@ -270,7 +283,7 @@ where
 }
 
 /// Sleep for `d` unless `stop` fires first (then false).
-pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
@@ -280,7 +293,7 @@ pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 /// Wait until the ledger announces a record entering `state`, or until
 /// `due_ms` (Unix ms) passes; false if `stop` fired. A lagged receiver
 /// counts as a wake-up: something happened.
-pub(crate) async fn wait_for_state(
+async fn wait_for_state(
     changes: &mut broadcast::Receiver<Change>,
     stop: &CancellationToken,
     state: FileState,
@@ -290,7 +303,7 @@ pub(crate) async fn wait_for_state(
 }
 
 /// [`wait_for_state`] for any of several states.
-pub(crate) async fn wait_for_states(
+async fn wait_for_states(
     changes: &mut broadcast::Receiver<Change>,
     stop: &CancellationToken,
     states: &[FileState],

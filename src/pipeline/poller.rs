@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::api::{AssetStatus, ErrorClass};
-use crate::ledger::{FileState, PollJob};
+use crate::api::{ApiError, Asset, AssetStatus, ErrorClass};
+use crate::ledger::{FileState, LedgerError, PollJob};
 
 /// Assets asked about at once.
 const PARALLEL_POLLS: usize = 4;
@@ -82,98 +82,13 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> b
     if stop.is_cancelled() || !shared.gate.wait_open(stop).await {
         return true;
     }
-    if let Some(at) = job.uploaded_at
-        && crate::ledger::now_ms().saturating_sub(at) > PROCESSING_DEADLINE_MS
-    {
-        let msg = format!(
-            "the platform did not finish processing asset {} within {} hours",
-            job.asset_id,
-            PROCESSING_DEADLINE_MS / 3_600_000
-        );
-        if let Err(e) = shared
-            .ledger
-            .fail(job.id, FileState::Processing, &msg)
-            .await
-        {
-            super::ledger_failed(
-                &e,
-                &format!("could not record the poll result of file {}", job.id),
-            );
-            return false;
+    let result = if past_deadline(job) {
+        give_up(shared, job).await
+    } else {
+        match shared.client.get_asset(&job.asset_id).await {
+            Ok(asset) => record_status(shared, job, &asset).await,
+            Err(e) => record_poll_error(shared, job, &e).await,
         }
-        return true;
-    }
-    let ledger = &shared.ledger;
-    let shown = job
-        .path
-        .clone()
-        .or_else(|| job.url.clone())
-        .unwrap_or_default();
-    let result = match shared.client.get_asset(&job.asset_id).await {
-        Ok(asset) => match asset.status() {
-            AssetStatus::Ready => {
-                if let Some(at) = job.uploaded_at {
-                    let ms = crate::ledger::now_ms().saturating_sub(at).max(0);
-                    crate::metrics::processing_finished(ms as f64 / 1000.0);
-                }
-                ledger.mark_ready(job).await
-            }
-            AssetStatus::Failed => {
-                let why = asset
-                    .error_message()
-                    .unwrap_or_else(|| "no reason given".into());
-                ledger
-                    .fail(
-                        job.id,
-                        FileState::Processing,
-                        &format!("the platform could not process it: {why}"),
-                    )
-                    .await
-            }
-            // Still working: go to the back of the line, so that a few
-            // slow assets never keep the others from being asked about.
-            AssetStatus::Processing | AssetStatus::Other(_) => ledger.touch(job).await,
-        },
-        Err(e) => match e.class() {
-            ErrorClass::RateLimited { until } => {
-                crate::metrics::rate_limited();
-                shared.gate.rate_limited(
-                    until.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(5)),
-                );
-                // Not due again at once, even if the pause is already over
-                // (`Retry-After: 0`): no tight loop against the API.
-                ledger.touch(job).await
-            }
-            ErrorClass::Auth => {
-                shared.gate.auth_rejected(format!(
-                    "the API key was rejected by {} ({e}); uploads are paused until it is fixed",
-                    shared.client.base_url()
-                ));
-                ledger.touch(job).await
-            }
-            ErrorClass::NotFound => {
-                let failed = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
-                let msg = format!("the platform no longer has asset {} ({e})", job.asset_id);
-                if failed >= shared.policy.max_attempts {
-                    ledger
-                        .fail(
-                            job.id,
-                            FileState::Processing,
-                            &format!("gave up after {failed} attempts: {msg}"),
-                        )
-                        .await
-                } else {
-                    tracing::warn!(path = %shown, "{msg}; sending it again");
-                    ledger.asset_lost(job, &msg).await
-                }
-            }
-            ErrorClass::Transient | ErrorClass::Permanent => {
-                tracing::debug!(path = %shown, error = %e, "poll failed; will ask again");
-                ledger
-                    .note_poll_error(job, &format!("asking for the asset's status failed: {e}"))
-                    .await
-            }
-        },
     };
     if let Err(e) = result {
         super::ledger_failed(
@@ -183,4 +98,107 @@ async fn poll_one(shared: &Shared, job: &PollJob, stop: &CancellationToken) -> b
         return false;
     }
     true
+}
+
+/// Still processing `PROCESSING_DEADLINE_MS` after the upload.
+fn past_deadline(job: &PollJob) -> bool {
+    job.uploaded_at
+        .is_some_and(|at| crate::ledger::now_ms().saturating_sub(at) > PROCESSING_DEADLINE_MS)
+}
+
+/// The platform took too long: the record fails.
+async fn give_up(shared: &Shared, job: &PollJob) -> Result<(), LedgerError> {
+    let msg = format!(
+        "the platform did not finish processing asset {} within {} hours",
+        job.asset_id,
+        PROCESSING_DEADLINE_MS / 3_600_000
+    );
+    shared
+        .ledger
+        .fail(job.id, FileState::Processing, &msg)
+        .await
+}
+
+/// The platform answered with the asset: ready, failed, or still working.
+async fn record_status(shared: &Shared, job: &PollJob, asset: &Asset) -> Result<(), LedgerError> {
+    let ledger = &shared.ledger;
+    match asset.status() {
+        AssetStatus::Ready => {
+            if let Some(at) = job.uploaded_at {
+                let ms = crate::ledger::now_ms().saturating_sub(at).max(0);
+                crate::metrics::processing_finished(ms as f64 / 1000.0);
+            }
+            ledger.mark_ready(job).await
+        }
+        AssetStatus::Failed => {
+            let why = asset
+                .error_message()
+                .unwrap_or_else(|| "no reason given".into());
+            ledger
+                .fail(
+                    job.id,
+                    FileState::Processing,
+                    &format!("the platform could not process it: {why}"),
+                )
+                .await
+        }
+        // Still working: go to the back of the line, so that a few
+        // slow assets never keep the others from being asked about.
+        AssetStatus::Processing | AssetStatus::Other(_) => ledger.touch(job).await,
+    }
+}
+
+/// The question failed: pause everyone (429, a rejected key), send the
+/// file again (the asset is gone), or ask again later.
+async fn record_poll_error(
+    shared: &Shared,
+    job: &PollJob,
+    e: &ApiError,
+) -> Result<(), LedgerError> {
+    let ledger = &shared.ledger;
+    let shown = job
+        .path
+        .clone()
+        .or_else(|| job.url.clone())
+        .unwrap_or_default();
+    match e.class() {
+        ErrorClass::RateLimited { until } => {
+            crate::metrics::rate_limited();
+            shared
+                .gate
+                .rate_limited(until.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(5)));
+            // Not due again at once, even if the pause is already over
+            // (`Retry-After: 0`): no tight loop against the API.
+            ledger.touch(job).await
+        }
+        ErrorClass::Auth => {
+            shared.gate.auth_rejected(format!(
+                "the API key was rejected by {} ({e}); uploads are paused until it is fixed",
+                shared.client.base_url()
+            ));
+            ledger.touch(job).await
+        }
+        ErrorClass::NotFound => {
+            let failed = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
+            let msg = format!("the platform no longer has asset {} ({e})", job.asset_id);
+            if failed >= shared.policy.max_attempts {
+                ledger
+                    .fail(
+                        job.id,
+                        FileState::Processing,
+                        &format!("gave up after {failed} attempts: {msg}"),
+                    )
+                    .await
+            } else {
+                tracing::warn!(path = %shown, "{msg}; sending it again");
+                ledger.asset_lost(job, &msg).await
+            }
+        }
+        ErrorClass::Transient | ErrorClass::Permanent => {
+            tracing::debug!(path = %shown, error = %e, "poll failed; will ask again");
+            ledger
+                .note_poll_error(job, &format!("asking for the asset's status failed: {e}"))
+                .await
+        }
+    }
 }

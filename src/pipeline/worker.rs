@@ -8,6 +8,7 @@
 //! asset id before anything else; on failure, let the error's class decide
 //! (retry with backoff, pause everyone, or fail).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes, same_stat};
-use super::eligibility::kind_of;
+use super::eligibility::{MediaKind, kind_of};
 use crate::api::{
     ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, URL_STAMP, wire_filename,
 };
@@ -303,6 +304,9 @@ fn disk_problem(
     }
 }
 
+/// Send a file: check it is still what was hashed, hash it first if the
+/// attempt needs the hash, look for an earlier attempt's asset, then send
+/// it in one request or in chunks.
 async fn send_file(
     shared: &Shared,
     job: &UploadJob,
@@ -323,114 +327,177 @@ async fn send_file(
         ));
     };
     let filename = wire_filename(path.file_name().unwrap_or_default());
-    let size_u = u64::try_from(size).unwrap_or(0);
+    let size = u64::try_from(size).unwrap_or(0);
     let kind = kind_of(path, job.mime.as_deref());
-    let multipart = shared.limits.multipart(kind, size_u);
-
-    // The hash stage leaves the hash to the upload when no other record has
-    // this size (see `hasher`). A lookup and a multipart session need it
-    // before anything is sent.
-    let hashed;
-    let job = match &job.sha256 {
-        None if multipart
-            || job.lookup_first
-            || !shared.stamp_after_file.load(Ordering::Relaxed) =>
-        {
-            let sha256 = hash_off_thread(shared, path, job).await?;
-            // Files of this size waiting for it need not wait for the upload.
-            remember_hash(shared, job, &sha256).await;
-            hashed = UploadJob {
-                sha256: Some(sha256),
-                ..job.clone()
-            };
-            &hashed
-        }
-        _ => job,
-    };
+    let multipart = shared.limits.multipart(kind, size);
+    let job = &*hash_first(shared, job, path, multipart).await?;
 
     // A multipart upload resumes its saved session instead.
-    if job.lookup_first && !multipart {
-        if !shared.gate.wait_open(stop).await {
-            return Err(retry_now("stopped before the lookup"));
-        }
-        let sha256 = job.sha256.as_deref().unwrap_or_default();
-        match shared.client.find_by_stamp(&filename, sha256).await {
-            Ok(Some(asset)) => {
-                let id = asset.id.unwrap_or_default();
-                tracing::info!(path = %job.display(), asset_id = %id, "found on the platform; not sending again");
-                return commit_found(shared, job, &id).await;
-            }
-            Ok(None) => {}
-            Err(e) => return Err(classify(shared, job, &e, 0)),
-        }
+    if job.lookup_first
+        && !multipart
+        && let Some(id) = look_up(shared, job, &filename, stop).await?
+    {
+        return commit_found(shared, job, &id).await;
     }
 
     if !shared.gate.before_request(stop).await {
         return Err(retry_now("stopped before sending"));
     }
-    let mut user_metadata = job
+    let user_metadata = job
         .user_metadata
         .as_deref()
         .and_then(|m| serde_json::from_str::<serde_json::Map<_, _>>(m).ok())
         .unwrap_or_default();
-    let sent = Arc::new(AtomicU64::new(0));
-    if multipart {
-        let sha256 = job.sha256.clone().unwrap_or_default();
-        user_metadata.insert(SHA256_STAMP.into(), sha256.into());
-        shared
-            .progress
-            .insert(job.id, job.display(), size_u, sent.clone());
-        let _guard = InFlightGuard { shared, id: job.id };
-        let started = std::time::Instant::now();
-        let up = super::multipart::Upload {
-            job,
-            path,
-            filename: &filename,
-            kind: kind.as_str(),
-            size: size_u,
-            user_metadata: &user_metadata,
-            sent: sent.clone(),
-        };
-        let result = super::multipart::send(shared, &up).await;
-        let bytes_sent = sent.load(Ordering::Relaxed);
-        let check = check_disk_off_thread(path, job).await;
-        if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
-            if let Ok(id) = &result
-                && let Err(e) = shared.client.delete_asset(id).await
-            {
-                tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
-            }
-            let _ = shared.ledger.drop_session(job.id).await;
-            return Err(problem);
-        }
-        return match result {
-            Ok(id) => {
-                crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
-                let end = AttemptEnd {
-                    outcome: "accepted",
-                    http_status: Some(200),
-                    bytes_sent,
-                    error: None,
-                };
-                let committed = commit(shared, job, &id, &end).await;
-                if committed.is_ok()
-                    && let Err(e) = shared.ledger.drop_session(job.id).await
-                {
-                    tracing::debug!(error = %e, "could not forget a finished upload session");
-                }
-                committed
-            }
-            // The session is saved: the next attempt resumes it, no lookup needed.
-            Err(e) => Err(without_lookup(classify(shared, job, &e, bytes_sent))),
-        };
-    }
-    let up = DirectUpload {
-        path: PathBuf::from(path),
+    let file = FileToSend {
+        path,
         filename,
-        size: size_u,
+        size,
+        kind,
+        user_metadata,
+    };
+    if multipart {
+        send_chunked(shared, job, file).await
+    } else {
+        send_direct(shared, job, file).await
+    }
+}
+
+/// A file about to be sent, as the platform will see it.
+struct FileToSend<'a> {
+    path: &'a Path,
+    filename: String,
+    size: u64,
+    kind: MediaKind,
+    user_metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The job, with its hash if this attempt needs it before sending. The
+/// hash stage leaves the hash to the upload when no other record has this
+/// size (see `hasher`); a lookup and a multipart session need it before
+/// anything is sent, and so does a platform that drops a stamp sent after
+/// the file.
+async fn hash_first<'a>(
+    shared: &Shared,
+    job: &'a UploadJob,
+    path: &Path,
+    multipart: bool,
+) -> Result<Cow<'a, UploadJob>, Outcome> {
+    let needed = multipart || job.lookup_first || !shared.stamp_after_file.load(Ordering::Relaxed);
+    if job.sha256.is_some() || !needed {
+        return Ok(Cow::Borrowed(job));
+    }
+    let sha256 = hash_off_thread(shared, path, job).await?;
+    // Files of this size waiting for it need not wait for the upload.
+    remember_hash(shared, job, &sha256).await;
+    Ok(Cow::Owned(UploadJob {
+        sha256: Some(sha256),
+        ..job.clone()
+    }))
+}
+
+/// An earlier attempt may have reached the platform: the asset id if the
+/// platform has the file (its filename and sha256 stamp).
+async fn look_up(
+    shared: &Shared,
+    job: &UploadJob,
+    filename: &str,
+    stop: &CancellationToken,
+) -> Result<Option<String>, Outcome> {
+    if !shared.gate.wait_open(stop).await {
+        return Err(retry_now("stopped before the lookup"));
+    }
+    let sha256 = job.sha256.as_deref().unwrap_or_default();
+    match shared.client.find_by_stamp(filename, sha256).await {
+        Ok(Some(asset)) => {
+            let id = asset.id.unwrap_or_default();
+            tracing::info!(path = %job.display(), asset_id = %id, "found on the platform; not sending again");
+            Ok(Some(id))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(classify(shared, job, &e, 0)),
+    }
+}
+
+/// A large file in chunks (see `chunked_upload`), its sha256 stamp ahead
+/// of it; the session is kept for the next attempt unless the file changed.
+async fn send_chunked(
+    shared: &Shared,
+    job: &UploadJob,
+    file: FileToSend<'_>,
+) -> Result<(), Outcome> {
+    let FileToSend {
+        path,
+        filename,
+        size,
+        kind,
+        mut user_metadata,
+    } = file;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sha256 = job.sha256.clone().unwrap_or_default();
+    user_metadata.insert(SHA256_STAMP.into(), sha256.into());
+    shared
+        .progress
+        .insert(job.id, job.display(), size, sent.clone());
+    let _guard = InFlightGuard { shared, id: job.id };
+    let started = std::time::Instant::now();
+    let up = super::chunked_upload::Upload {
+        job,
+        path,
+        filename: &filename,
+        kind: kind.as_str(),
+        size,
+        user_metadata: &user_metadata,
+        sent: sent.clone(),
+    };
+    let result = super::chunked_upload::send(shared, &up).await;
+    let bytes_sent = sent.load(Ordering::Relaxed);
+    let check = check_disk_off_thread(path, job).await;
+    if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
+        if let Ok(id) = &result
+            && let Err(e) = shared.client.delete_asset(id).await
+        {
+            tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
+        }
+        let _ = shared.ledger.drop_session(job.id).await;
+        return Err(problem);
+    }
+    match result {
+        Ok(id) => {
+            crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
+            let end = AttemptEnd {
+                outcome: "accepted",
+                http_status: Some(200),
+                bytes_sent,
+                error: None,
+            };
+            let committed = commit(shared, job, &id, &end).await;
+            if committed.is_ok()
+                && let Err(e) = shared.ledger.drop_session(job.id).await
+            {
+                tracing::debug!(error = %e, "could not forget a finished upload session");
+            }
+            committed
+        }
+        // The session is saved: the next attempt resumes it, no lookup needed.
+        Err(e) => Err(without_lookup(classify(shared, job, &e, bytes_sent))),
+    }
+}
+
+/// A file in one request; without a hash yet, its stamp follows the file
+/// (computed while it is sent).
+async fn send_direct(
+    shared: &Shared,
+    job: &UploadJob,
+    file: FileToSend<'_>,
+) -> Result<(), Outcome> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let up = DirectUpload {
+        path: PathBuf::from(file.path),
+        filename: file.filename,
+        size: file.size,
         enable_hls: shared.config.api.enable_hls,
         enable_thumbnail: shared.config.api.enable_thumbnail,
-        user_metadata,
+        user_metadata: file.user_metadata,
         stamp: match &job.sha256 {
             Some(sha256) => Stamp::Known(sha256.clone()),
             None => Stamp::in_flight(),
@@ -448,38 +515,18 @@ async fn send_file(
 
     // Whatever the answer, a file that changed underneath is not the
     // content that was hashed.
-    let check = check_disk_off_thread(path, job).await;
+    let check = check_disk_off_thread(file.path, job).await;
     match result {
-        Ok(Created { asset, sha256 }) => {
-            if matches!(up.stamp, Stamp::InFlight(_)) {
-                check_trailing_stamp(shared, &asset, &sha256);
-            }
-            let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
-                let e = ApiError::Malformed {
-                    status: 201,
-                    detail: "the response has no asset _id".into(),
-                };
-                return Err(classify(shared, job, &e, bytes_sent));
-            };
-            if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
-                // The platform holds bytes that are not the file's: remove them.
-                if let Err(e) = shared.client.delete_asset(&id).await {
-                    tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
-                }
-                return Err(problem);
-            }
-            let end = AttemptEnd {
-                outcome: "accepted",
-                http_status: Some(201),
+        Ok(created) => {
+            let stamped_after = matches!(up.stamp, Stamp::InFlight(_));
+            let answer = Answer {
+                created,
+                stamped_after,
+                check,
                 bytes_sent,
-                error: None,
+                started,
             };
-            crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
-            let job = UploadJob {
-                sha256: Some(sha256),
-                ..job.clone()
-            };
-            commit(shared, &job, &id, &end).await
+            accept_direct(shared, job, answer).await
         }
         Err(e) => {
             if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
@@ -495,6 +542,59 @@ async fn send_file(
             Err(classify(shared, job, &e, bytes_sent))
         }
     }
+}
+
+/// The platform's answer to a direct upload, and what the attempt saw.
+struct Answer {
+    created: Created,
+    /// The stamp followed the file (no hash before sending).
+    stamped_after: bool,
+    /// The file on disk after the upload.
+    check: DiskCheck,
+    bytes_sent: u64,
+    started: std::time::Instant,
+}
+
+/// The platform took a direct upload: commit its asset, unless the answer
+/// has no asset id or the file changed while it was sent (then the asset,
+/// holding bytes that are not the file's, is deleted).
+async fn accept_direct(shared: &Shared, job: &UploadJob, answer: Answer) -> Result<(), Outcome> {
+    let Answer {
+        created: Created { asset, sha256 },
+        stamped_after,
+        check,
+        bytes_sent,
+        started,
+    } = answer;
+    if stamped_after {
+        check_trailing_stamp(shared, &asset, &sha256);
+    }
+    let Some(id) = asset.id.filter(|id| !id.is_empty()) else {
+        let e = ApiError::Malformed {
+            status: 201,
+            detail: "the response has no asset _id".into(),
+        };
+        return Err(classify(shared, job, &e, bytes_sent));
+    };
+    if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
+        // The platform holds bytes that are not the file's: remove them.
+        if let Err(e) = shared.client.delete_asset(&id).await {
+            tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
+        }
+        return Err(problem);
+    }
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        bytes_sent,
+        error: None,
+    };
+    crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
+    let job = UploadJob {
+        sha256: Some(sha256),
+        ..job.clone()
+    };
+    commit(shared, &job, &id, &end).await
 }
 
 /// The platform answers with the asset, `user_metadata` included. If the

@@ -21,7 +21,7 @@ use tl_ingest::config::{Config, LoadOptions, WatchConfig};
 use tl_ingest::emulator::{Emulator, EmulatorConfig, Faults};
 use tl_ingest::ledger::{Ledger, Location, Record};
 use tl_ingest::pipeline::Pipeline;
-use tl_ingest::pipeline::discover::{Filter, discover};
+use tl_ingest::pipeline::{Filter, discover};
 use tl_ingest::secret::ApiKey;
 
 /// How long any one test may wait for the pipeline to finish.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tl_ingest::config::WatchConfig;
 use tl_ingest::emulator::Faults;
 use tl_ingest::ledger::{FileState, Ledger};
-use tl_ingest::pipeline::discover::{Filter, discover};
+use tl_ingest::pipeline::{Filter, discover};
 
 use super::{NOBODY, assert_no_panic, figures, is_root};
 use crate::helpers::{

@@ -17,7 +17,7 @@ use tl_ingest::api::types::{Asset, AssetPage, IndexedAsset, MultipartCreated, Se
 use tl_ingest::api::{ApiClient, ApiError, ClientOptions, MAX_RETRY_AFTER, retry_at};
 use tl_ingest::config::{Config, LoadOptions};
 use tl_ingest::emulator::{Emulator, EmulatorConfig};
-use tl_ingest::pipeline::urls::{parse_list, validate};
+use tl_ingest::pipeline::{parse_url_list as parse_list, validate_url as validate};
 use tl_ingest::secret::ApiKey;
 
 use crate::helpers::{KEY, Kind, media, sha256_hex};

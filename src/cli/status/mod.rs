@@ -25,11 +25,11 @@ use clap::{Args, ValueEnum};
 use super::history::Stdout;
 use super::text::colour_stdout;
 use super::{CliError, CliResult, Context, Globals};
-use crate::ledger::{Holder, LedgerLock};
 use crate::ledger::disk::{Disk, disk_of, folder_of};
 use crate::ledger::fleet::DaemonInfo;
 use crate::ledger::query::{InFlight, RecentAttempt};
 use crate::ledger::{FileState, Location, Record, now_ms};
+use crate::ledger::{Holder, LedgerLock};
 use json::to_json;
 use text::to_text;
 use verdict::verdict;
@@ -54,7 +54,7 @@ pub struct StatusArgs {
 const ATTEMPT_WINDOW: u32 = 50;
 const HOUR_MS: i64 = 3_600_000;
 
-pub(crate) use crate::pipeline::fleet::{beat_interval as heartbeat_interval, stale_after};
+pub(crate) use crate::pipeline::{heartbeat_interval, stale_after};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

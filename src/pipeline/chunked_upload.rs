@@ -423,7 +423,6 @@ async fn put_one(
     chunk_size: u64,
     over: &AtomicBool,
 ) -> Result<(u64, String, u64), Stop> {
-    let client = &shared.client;
     let session = &live.session;
     let total = u64::try_from(session.total_chunks).unwrap_or(0);
     let offset = (idx - 1) * chunk_size;
@@ -440,7 +439,8 @@ async fn put_one(
             None => fresh_url(shared, session, idx).await?,
         };
         let counter = Arc::new(AtomicU64::new(0));
-        let result = client
+        let result = shared
+            .client
             .put_chunk(
                 &current,
                 &live.headers,
@@ -452,21 +452,7 @@ async fn put_one(
             )
             .await;
         let transient = match result {
-            Ok(etag) => {
-                shared
-                    .ledger
-                    .record_chunk(
-                        session.file_id,
-                        up.job.epoch,
-                        i64::try_from(idx).unwrap_or(i64::MAX),
-                        &etag,
-                        i64::try_from(len).unwrap_or(i64::MAX),
-                    )
-                    .await
-                    .map_err(|e| Stop::Attempt(ledger_err(e)))?;
-                up.sent.fetch_add(len, Ordering::Relaxed);
-                return Ok((idx, etag, len));
-            }
+            Ok(etag) => return record_put(shared, up, session, idx, etag, len).await,
             // Expired or already used: a fresh URL, at once.
             Err(ChunkError::Refused(e)) if e.status == 403 && !fresh_url_tried => {
                 tracing::debug!(error = %e, "upload URL refused; getting a fresh one");
@@ -474,27 +460,7 @@ async fn put_one(
                 continue;
             }
             Err(ChunkError::Refused(e)) if refused_by_store(e.status) => {
-                match session_state(shared, session).await? {
-                    Some((reason, why)) => {
-                        over.store(true, Ordering::Relaxed);
-                        tracing::info!(path = %up.job.display(), error = %e, session = %why, "the store refused a chunk of an upload session that is over");
-                        return Err(Stop::Over {
-                            reason,
-                            why,
-                            last: Some(e),
-                        });
-                    }
-                    None if tries + 1 >= CHUNK_TRIES => {
-                        over.store(true, Ordering::Relaxed);
-                        return Err(Stop::Over {
-                            reason: "refused",
-                            why: format!("the store kept refusing it ({e})"),
-                            last: Some(e),
-                        });
-                    }
-                    // Active: a fresh URL after the backoff.
-                    None => ApiError::Storage(e),
-                }
+                store_refused(shared, up, session, e, tries, over).await?
             }
             Err(ChunkError::Refused(e)) => {
                 url = Some(current);
@@ -513,6 +479,65 @@ async fn put_one(
         let wait = shared.policy.delay(tries);
         tracing::debug!(chunk = idx, error = %transient, retry_in = ?wait, "chunk upload failed; trying again");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A chunk the store took: its ETag is saved, then its bytes counted.
+async fn record_put(
+    shared: &Shared,
+    up: &Upload<'_>,
+    session: &Session,
+    idx: u64,
+    etag: String,
+    len: u64,
+) -> Result<(u64, String, u64), Stop> {
+    shared
+        .ledger
+        .record_chunk(
+            session.file_id,
+            up.job.epoch,
+            i64::try_from(idx).unwrap_or(i64::MAX),
+            &etag,
+            i64::try_from(len).unwrap_or(i64::MAX),
+        )
+        .await
+        .map_err(|e| Stop::Attempt(ledger_err(e)))?;
+    up.sent.fetch_add(len, Ordering::Relaxed);
+    Ok((idx, etag, len))
+}
+
+/// The store refused a chunk (`tries`: failed tries so far): ask the
+/// platform about the session. Over, or refused `CHUNK_TRIES` times: the
+/// session is given up, and the file's other chunks skip. Still active:
+/// the error, to try the chunk again with a fresh URL after the backoff.
+async fn store_refused(
+    shared: &Shared,
+    up: &Upload<'_>,
+    session: &Session,
+    e: StorageError,
+    tries: u32,
+    over: &AtomicBool,
+) -> Result<ApiError, Stop> {
+    match session_state(shared, session).await? {
+        Some((reason, why)) => {
+            over.store(true, Ordering::Relaxed);
+            tracing::info!(path = %up.job.display(), error = %e, session = %why, "the store refused a chunk of an upload session that is over");
+            Err(Stop::Over {
+                reason,
+                why,
+                last: Some(e),
+            })
+        }
+        None if tries + 1 >= CHUNK_TRIES => {
+            over.store(true, Ordering::Relaxed);
+            Err(Stop::Over {
+                reason: "refused",
+                why: format!("the store kept refusing it ({e})"),
+                last: Some(e),
+            })
+        }
+        // Active: a fresh URL after the backoff.
+        None => Ok(ApiError::Storage(e)),
     }
 }
 
