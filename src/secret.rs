@@ -41,7 +41,7 @@ impl ApiKey {
     /// repeat it (a server echoing headers, a config error quoting a value
     /// where the key was pasted). A key of a few characters is left alone:
     /// replacing it would take those letters out of every word ("API
-    /// <redacted>ey") and hide nothing.
+    /// `<redacted>`ey") and hide nothing.
     pub fn redact(&self, text: &str) -> String {
         let key = self.expose();
         if key.len() >= MIN_REDACTED_LEN && text.contains(key) {

@@ -31,7 +31,7 @@ pub enum Found {
     Versions(Vec<Record>),
     /// Exactly one record (by id, asset id or sha256 prefix).
     One(Box<Record>),
-    /// Several records (at most [`MAX_CANDIDATES`] + 1), by id.
+    /// Several records (at most `MAX_CANDIDATES` + 1), by id.
     Ambiguous(Vec<Record>),
 }
 

@@ -248,7 +248,7 @@ impl Ledger {
             .store(lease_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Forget daemons that stopped long ago (see [`KEEP_STOPPED_MS`]),
+    /// Forget daemons that stopped long ago (see `KEEP_STOPPED_MS`),
     /// never a running one; returns how many. Their records keep their
     /// history (the attempts name the daemon's number).
     pub async fn prune_daemons(&self) -> Result<u64, LedgerError> {
@@ -257,7 +257,7 @@ impl Ledger {
 
     /// [`Ledger::prune_daemons`] with the horizon given (Unix ms): rows
     /// stopped before it go, and stopped rows beyond the newest
-    /// [`KEEP_STOPPED`] whenever they stopped.
+    /// `KEEP_STOPPED` whenever they stopped.
     pub async fn prune_daemons_before(&self, horizon_ms: i64) -> Result<u64, LedgerError> {
         Ok(stmt(
             "DELETE FROM daemons WHERE stopped_at IS NOT NULL AND (stopped_at < $1 \
