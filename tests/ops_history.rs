@@ -214,7 +214,7 @@ async fn history_filters_by_state_time_path_and_limit() {
 async fn history_json_csv_and_table_formats() {
     let Staged { env, long } = staged().await;
 
-    // JSON: one object per line with the PRODUCT.md fields.
+    // JSON: one object per line with the fields README.md "Commands" lists.
     let objs = history_json(&env, &[]).await;
     assert_eq!(objs.len(), 5);
     for v in &objs {

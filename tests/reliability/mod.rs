@@ -1,4 +1,4 @@
-//! The reliability suite (issue 7): the promises of PRODUCT.md — nothing
+//! The reliability suite (issue 7): the promises of README.md and RELIABILITY.md — nothing
 //! lost, nothing repeated, no partial files, clear errors — under abuse.
 //!
 //! Each scenario prints one `RELIABILITY <scenario>: key=value ...` line
