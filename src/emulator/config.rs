@@ -130,4 +130,8 @@ pub struct Faults {
     /// it: 404 `NoSuchUpload`, 403 `AccessDenied`, 400 `InvalidRequest`, 5xx
     /// `InternalError`; the session itself stays `active`.
     pub chunk_error_status: u16,
+    /// Every `PATCH`, `PUT` and `DELETE /assets/{id}/user-metadata` is answered with this
+    /// status (0: off), as an API without those routes (404, 405) or a failing one (5xx)
+    /// would; the asset's `user_metadata` is left as it was.
+    pub user_metadata_status: u16,
 }
