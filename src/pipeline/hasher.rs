@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes};
-use super::eligibility::{HEAD_LEN, Limits, Verdict, judge, kind_of};
+use super::eligibility::{HEAD_LEN, Limits, Verdict, judge};
 use crate::ledger::{FileState, HashJob, HashOutcome, LedgerError, NewFile, SameSize};
 
 /// Read size for hashing: large reads keep syscalls out of the profile.
@@ -94,7 +94,7 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
         Verdict::Skip(reason) => return Examined::Skip(reason),
         Verdict::Send { mime, .. } => mime,
     };
-    if leave_hash && !limits.multipart(kind_of(path, mime.as_deref()), meta.len()) {
+    if leave_hash {
         return Examined::Send { sha256: None, mime };
     }
     let mut hasher = Sha256::new();
