@@ -26,17 +26,35 @@ pub enum ChunkError {
     Api(ApiError),
 }
 
+/// A chunk's bytes as the caller streams them.
+pub type ChunkStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static>,
+>;
+
 /// Where a chunk's bytes come from.
-#[derive(Debug)]
 pub enum ChunkBody<'a> {
     /// Read by byte range straight from the file, streamed.
     File {
         path: &'a std::path::Path,
         offset: u64,
     },
-    /// Already in memory: read once by the caller, which hashed them on the
-    /// way (see `pipeline/chunked_upload.rs`). A retry sends the same bytes.
-    Bytes(bytes::Bytes),
+    /// Streamed by the caller, which reads the file once and hashes it on
+    /// the way (see `pipeline/chunk_reader.rs`). Exactly the chunk's
+    /// length must come out of it.
+    Stream(ChunkStream),
+}
+
+impl std::fmt::Debug for ChunkBody<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkBody::File { path, offset } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("offset", offset)
+                .finish(),
+            ChunkBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl ApiClient {
@@ -191,15 +209,14 @@ impl ApiClient {
                 );
                 reqwest::Body::wrap_stream(stream)
             }
-            ChunkBody::Bytes(bytes) => {
-                if bytes.len() as u64 != len {
-                    return Err(ChunkError::Api(ApiError::LocalRead(format!(
-                        "chunk {chunk} of {total} has {} bytes, not {len}",
-                        bytes.len()
-                    ))));
-                }
-                sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                reqwest::Body::from(bytes)
+            ChunkBody::Stream(stream) => {
+                let counted = futures_util::StreamExt::inspect(stream, move |piece| {
+                    if let Ok(bytes) = piece {
+                        sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                let stream = futures_util::StreamExt::take_until(counted, done.cancelled_owned());
+                reqwest::Body::wrap_stream(stream)
             }
         };
         let host = storage_host(url);

@@ -1,19 +1,25 @@
 //! The one read of a multipart upload that is hashed while it is sent
 //! (README.md, "Large files"): a blocking thread reads the file once, start
-//! to end, feeds sha256, and hands the chunks still to be sent to the chunk
-//! PUTs as whole buffers through a bounded queue.
+//! to end, feeds sha256, and streams each chunk still to be sent into the
+//! body of that chunk's PUT, in pieces.
 //!
-//! Memory: at most [`BUFFERS`] chunk buffers exist at once (the PUTs in
-//! flight plus one read ahead), each released when its PUT ends. With the
-//! usual chunk sizes (5–8 MiB) that is 25–40 MiB whatever the file's size.
-//! Whole buffers, rather than each PUT streaming its part of one sequential
-//! read, because the parallel PUTs need their ranges at the same time: a
-//! sequential reader can only serve them from memory, and a whole buffer
-//! is also what a retried PUT sends again without reading the disk. A
-//! session whose chunks are larger than [`MAX_BUFFERED_CHUNK`] gets no
-//! buffers: its PUTs read their ranges from the file as with a known hash,
-//! and this thread only hashes, in small reads, alongside them (the page
-//! cache then usually serves the second read).
+//! Memory: the pieces read and not yet handed to a connection hold permits
+//! of one fixed budget ([`BUDGET`], 16 MiB), whatever the file, the chunk
+//! size or the number of PUTs. The parallel PUTs need their ranges at the
+//! same time and the read is sequential, so the reader runs ahead of the
+//! newest PUT by up to the budget; the older PUTs drain what they hold and
+//! free it for the next chunk. Whole-chunk buffers would need one chunk per
+//! PUT in flight plus one read ahead (5 × 8 MiB = 40 MiB, measured 36 MiB
+//! more peak RSS than range reads), which the 64 MiB target does not leave
+//! room for. A PUT tried again reads its range from the file instead (its
+//! pieces went with the failed request); that costs a second read of that
+//! one chunk, never of the hash.
+//!
+//! A session whose chunks are larger than [`MAX_STREAMED_CHUNK`] would get
+//! only one or two PUTs going from one sequential read inside the budget:
+//! its PUTs read their ranges from the file as with a known hash, and this
+//! thread only hashes, alongside them (the page cache then usually serves
+//! the second read).
 //!
 //! A resumed session is hashed from the first byte again: a hash state from
 //! before a crash is not trusted (or kept), so the chunks the platform
@@ -23,10 +29,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -34,24 +42,27 @@ use super::Shared;
 use crate::api::ApiError;
 use crate::ledger::UploadJob;
 
-/// Chunk buffers alive at once: one per PUT in flight, and one read ahead
-/// so that a PUT that ends finds its successor's bytes ready.
-const BUFFERS: usize = super::chunked_upload::PARALLEL_CHUNKS + 1;
-/// Largest chunk kept in memory (see the module head): `BUFFERS` of these
-/// is the most the buffers take.
-pub(super) const MAX_BUFFERED_CHUNK: u64 = 16 * 1024 * 1024;
-/// Read size for chunks that are only hashed.
-const HASH_READ: usize = 1024 * 1024;
+/// Bytes per read, and per piece of a chunk's body.
+const PIECE: usize = 512 * 1024;
+/// Pieces read ahead of the connections, for every PUT of the file.
+const BUDGET_PIECES: usize = 32;
+/// Bytes read ahead of the connections at most: see the module head.
+pub(super) const BUDGET: u64 = (PIECE * BUDGET_PIECES) as u64;
+/// Largest chunk streamed from the one read: half the budget, so that a
+/// PUT finishing finds the next chunk's first pieces read.
+pub(super) const MAX_STREAMED_CHUNK: u64 = BUDGET / 2;
 
-/// A chunk read for sending; its buffer counts against [`BUFFERS`] until
-/// this is dropped.
-#[derive(Debug)]
-pub(super) struct Taken {
-    pub bytes: Bytes,
+/// A chunk's body: its pieces, as the reader reads them.
+pub(super) type Pieces = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A piece read, holding its part of the budget until it is handed on.
+struct Piece {
+    bytes: Bytes,
     _permit: OwnedSemaphorePermit,
 }
 
-type Item = Result<(u64, Taken), ReadError>;
+type PieceRx = mpsc::UnboundedReceiver<std::io::Result<Piece>>;
+type PieceTx = mpsc::UnboundedSender<std::io::Result<Piece>>;
 
 /// Why the read stopped before the end.
 #[derive(Debug, Clone)]
@@ -80,21 +91,25 @@ impl ReadError {
             ApiError::LocalRead(self.detail.clone())
         }
     }
+
+    fn io(&self) -> std::io::Error {
+        std::io::Error::other(self.detail.clone())
+    }
 }
 
 #[derive(Debug)]
 struct Inbox {
-    rx: mpsc::Receiver<Item>,
-    /// Chunks received for a PUT that has not asked yet.
-    early: BTreeMap<u64, Taken>,
+    rx: mpsc::UnboundedReceiver<(u64, PieceRx)>,
+    /// Chunks begun for a PUT that has not asked yet.
+    early: BTreeMap<u64, PieceRx>,
     failed: Option<ReadError>,
 }
 
 /// One pass over the file for a session: its chunks to send, and its hash.
 #[derive(Debug)]
 pub(super) struct Feed {
-    /// The chunks handed over as buffers (empty: the PUTs read their ranges).
-    buffered: BTreeSet<u64>,
+    /// The chunks streamed from the read (empty: the PUTs read their ranges).
+    streamed: BTreeSet<u64>,
     inbox: Mutex<Inbox>,
     permits: Arc<Semaphore>,
     /// Set when the attempt drops the feed: the thread stops.
@@ -109,18 +124,19 @@ struct Reader {
     job: UploadJob,
     size: u64,
     chunk_size: u64,
-    buffered: BTreeSet<u64>,
+    streamed: BTreeSet<u64>,
     permits: Arc<Semaphore>,
     stop: Arc<AtomicBool>,
-    tx: mpsc::Sender<Item>,
+    handoff: mpsc::UnboundedSender<(u64, PieceRx)>,
     handle: tokio::runtime::Handle,
 }
 
 impl Feed {
     /// Start reading `path` (`size` bytes, the version `job` recorded) in
-    /// chunks of `chunk_size`; the chunks in `to_send` are handed over.
-    /// Once the last byte is read the hash is recorded in the ledger, so
-    /// that files of this size waiting for it need not wait for the upload.
+    /// chunks of `chunk_size`; the chunks in `to_send` are streamed to
+    /// their PUTs. Once the last byte is read the hash is recorded in the
+    /// ledger, so that files of this size waiting for it need not wait for
+    /// the upload.
     pub fn start(
         shared: &Shared,
         job: &UploadJob,
@@ -129,24 +145,24 @@ impl Feed {
         chunk_size: u64,
         to_send: BTreeSet<u64>,
     ) -> Feed {
-        let buffered = if chunk_size <= MAX_BUFFERED_CHUNK {
+        let streamed = if chunk_size <= MAX_STREAMED_CHUNK {
             to_send
         } else {
             BTreeSet::new()
         };
-        let permits = Arc::new(Semaphore::new(BUFFERS));
+        let permits = Arc::new(Semaphore::new(BUDGET_PIECES));
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel(BUFFERS);
+        let (handoff, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
         let reader = Reader {
             path: path.to_path_buf(),
             job: job.clone(),
             size,
             chunk_size: chunk_size.max(1),
-            buffered: buffered.clone(),
+            streamed: streamed.clone(),
             permits: permits.clone(),
             stop: stop.clone(),
-            tx,
+            handoff,
             handle: tokio::runtime::Handle::current(),
         };
         tokio::task::spawn_blocking(move || {
@@ -164,7 +180,7 @@ impl Feed {
             Ok(sha256)
         });
         Feed {
-            buffered,
+            streamed,
             inbox: Mutex::new(Inbox {
                 rx,
                 early: BTreeMap::new(),
@@ -176,27 +192,27 @@ impl Feed {
         }
     }
 
-    /// The bytes of chunk `idx`, read and hashed; `None` when the PUT is to
-    /// read its range itself (a chunk too large to buffer).
-    pub async fn take(&self, idx: u64) -> Result<Option<Taken>, ApiError> {
-        if !self.buffered.contains(&idx) {
+    /// The body of chunk `idx`, streamed from the read as it goes; `None`
+    /// when the PUT is to read its range itself (a chunk too large to
+    /// stream). Taken once: a retry reads the range.
+    pub async fn take(&self, idx: u64) -> Result<Option<Pieces>, ApiError> {
+        if !self.streamed.contains(&idx) {
             return Ok(None);
         }
         // The lock is let go after each chunk received, so that the PUT it
         // is for is not kept waiting for the one asking.
         loop {
             let mut inbox = self.inbox.lock().await;
-            if let Some(taken) = inbox.early.remove(&idx) {
-                return Ok(Some(taken));
+            if let Some(rx) = inbox.early.remove(&idx) {
+                return Ok(Some(pieces(rx)));
             }
             if let Some(e) = &inbox.failed {
                 return Err(e.api());
             }
             match inbox.rx.recv().await {
-                Some(Ok((i, taken))) => {
-                    inbox.early.insert(i, taken);
+                Some((i, rx)) => {
+                    inbox.early.insert(i, rx);
                 }
-                Some(Err(e)) => inbox.failed = Some(e),
                 None => {
                     inbox.failed = Some(ReadError {
                         transient: true,
@@ -215,7 +231,6 @@ impl Feed {
             let mut inbox = self.inbox.lock().await;
             inbox.early.clear();
             inbox.rx.close();
-            // Buffers already queued give their permits back.
             while inbox.rx.try_recv().is_ok() {}
         }
         self.permits.close();
@@ -235,54 +250,90 @@ impl Drop for Feed {
     fn drop(&mut self) {
         // The attempt is over (finished, failed or replaced): the thread
         // stops at its next read (after `finish` it has already ended), and
-        // a wait for a buffer ends now.
+        // a wait for budget ends now.
         self.stop.store(true, Ordering::Relaxed);
         self.permits.close();
     }
 }
 
+/// A chunk's pieces as a request body; each piece gives its budget back
+/// as it is handed to the connection.
+fn pieces(rx: PieceRx) -> Pieces {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item.map(|piece| piece.bytes), rx))
+    }))
+}
+
 impl Reader {
-    /// Read and hash every byte; hand the buffered chunks over. Once
-    /// nobody takes chunks any more (the feed finished), go on hashing.
+    /// Read and hash every byte; stream the chunks to send. Once nobody
+    /// takes chunks any more (the feed finished), go on hashing.
     fn read(self) -> Result<String, ReadError> {
         let mut file = std::fs::File::open(&self.path).map_err(|e| ReadError::of(&e))?;
         let mut hasher = Sha256::new();
-        let mut scratch = Vec::new();
+        let mut scratch = Vec::with_capacity(PIECE);
         let mut handing = true;
         let total = self.size.div_ceil(self.chunk_size);
         for idx in 1..=total {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(stopped());
-            }
             let start = (idx - 1) * self.chunk_size;
             let len = self.size.saturating_sub(start).min(self.chunk_size);
-            if !(handing && self.buffered.contains(&idx)) {
-                self.hash_only(&mut file, len, &mut hasher, &mut scratch)?;
-                continue;
-            }
-            let permit = match self.handle.block_on(self.permits.clone().acquire_owned()) {
-                Ok(p) => p,
-                // Closed: the feed finished (hash the rest) or was dropped.
-                Err(_) => {
+            let mut to: Option<PieceTx> = None;
+            if handing && self.streamed.contains(&idx) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                if self.handoff.send((idx, rx)).is_ok() {
+                    to = Some(tx);
+                } else {
                     handing = false;
-                    self.hash_only(&mut file, len, &mut hasher, &mut scratch)?;
-                    continue;
                 }
-            };
-            let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
-            let read = (&mut file).take(len).read_to_end(&mut buf);
-            if let Err(e) = read.and_then(|n| full(n as u64, len)) {
-                let e = ReadError::of(&e);
-                let _ = self.tx.blocking_send(Err(e.clone()));
-                return Err(e);
             }
-            hasher.update(&buf);
-            let taken = Taken {
-                bytes: Bytes::from(buf),
-                _permit: permit,
-            };
-            if self.tx.blocking_send(Ok((idx, taken))).is_err() {
-                handing = false;
+            let mut left = len;
+            while left > 0 {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Err(stopped());
+                }
+                // Budget only for pieces someone may still take.
+                let permit = match to.as_ref().filter(|tx| !tx.is_closed()) {
+                    Some(_) => match self.handle.block_on(self.permits.clone().acquire_owned()) {
+                        Ok(p) => Some(p),
+                        // Closed: the feed finished (hash the rest) or was
+                        // dropped (the stop flag ends the loop).
+                        Err(_) => {
+                            handing = false;
+                            to = None;
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let want = left.min(PIECE as u64);
+                // A piece to send gets its own buffer; one only hashed
+                // reuses the scratch buffer.
+                let mut buf = match permit {
+                    Some(_) => Vec::with_capacity(PIECE),
+                    None => std::mem::take(&mut scratch),
+                };
+                buf.clear();
+                let read = (&mut file).take(want).read_to_end(&mut buf);
+                if let Err(e) = read.and_then(|n| full(n as u64, want)) {
+                    let e = ReadError::of(&e);
+                    if let Some(tx) = &to {
+                        let _ = tx.send(Err(e.io()));
+                    }
+                    return Err(e);
+                }
+                hasher.update(&buf);
+                left -= want;
+                match (&to, permit) {
+                    // A PUT that failed dropped its body: the rest of its
+                    // chunk is read for the hash only.
+                    (Some(tx), Some(permit)) => {
+                        let _ = tx.send(Ok(Piece {
+                            bytes: Bytes::from(buf),
+                            _permit: permit,
+                        }));
+                    }
+                    _ => scratch = buf,
+                }
             }
         }
         if self.stop.load(Ordering::Relaxed) {
@@ -305,33 +356,6 @@ impl Reader {
             });
         }
         Ok(hex::encode(hasher.finalize()))
-    }
-
-    /// Hash `len` bytes without keeping them.
-    fn hash_only(
-        &self,
-        file: &mut std::fs::File,
-        len: u64,
-        hasher: &mut Sha256,
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), ReadError> {
-        let mut left = len;
-        while left > 0 {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(stopped());
-            }
-            scratch.clear();
-            let want = left.min(HASH_READ as u64);
-            let read = (&mut *file).take(want).read_to_end(scratch);
-            if let Err(e) = read.and_then(|n| full(n as u64, want)) {
-                let e = ReadError::of(&e);
-                let _ = self.tx.blocking_send(Err(e.clone()));
-                return Err(e);
-            }
-            hasher.update(&scratch[..]);
-            left -= want;
-        }
-        Ok(())
     }
 }
 

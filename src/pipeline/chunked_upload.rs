@@ -512,9 +512,9 @@ async fn put_one(
     if over.load(Ordering::Relaxed) {
         return Err(Stop::Skipped);
     }
-    // Read once, by the feed, when the file is hashed while it is sent; the
-    // buffer is kept for this chunk's retries.
-    let taken = match feed {
+    // Streamed from the one read when the file is hashed while it is
+    // sent; a retry reads the range from the file.
+    let mut pieces = match feed {
         Some(feed) => feed.take(idx).await.map_err(Stop::Attempt)?,
         None => None,
     };
@@ -535,8 +535,8 @@ async fn put_one(
             .put_chunk(
                 &current,
                 &live.headers,
-                match &taken {
-                    Some(t) => ChunkBody::Bytes(t.bytes.clone()),
+                match pieces.take() {
+                    Some(stream) => ChunkBody::Stream(stream),
                     None => ChunkBody::File {
                         path: up.path,
                         offset,
