@@ -754,3 +754,73 @@ async fn a_failing_stamp_update_leaves_the_upload_ready() {
     assert_eq!(stamp, None, "{assets:?}");
     assert_eq!(env.emulator.stats().user_metadata_updates, 0);
 }
+
+/// Killed after the platform completed the session but before the stamp
+/// was added and the asset id committed: the next run finds the session
+/// completed, adds the stamp, and commits that asset (RELIABILITY.md,
+/// "Multipart sessions").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_completed_session_and_its_stamp_the_next_run_stamps_it() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            // Every answer comes late: the completing report's too, so the
+            // client is still waiting for it when it is killed.
+            answer_delay_ms: 1500,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("late.mp4");
+    let sha = sparse_mp4(&file, 12u64 << 20);
+    let mut child = env
+        .cmd(KEY)
+        .env("TL_INGEST__UPLOAD__MULTIPART_THRESHOLD", "10MB")
+        .arg("upload")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let emulator = &env.emulator;
+    wait_until(crate::helpers::DEADLINE, "the session completed", || {
+        let done = emulator.stats().multipart_completed;
+        async move { done >= 1 }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    let stamp_of = |a: &tl_ingest::emulator::AssetView| {
+        a.user_metadata
+            .as_ref()
+            .and_then(|m| m.get("tl_ingest_sha256"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(stamp_of(&assets[0]), None, "killed before the stamp");
+    {
+        let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+        let rec = record_of(&ledger, &file).await;
+        assert_eq!(rec.asset_id, None, "killed before the commit");
+        ledger.close().await;
+    }
+
+    env.emulator.set_faults(Faults::default());
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 1, "no second session: {stats:?}");
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    assert_eq!(stamp_of(&assets[0]).as_deref(), Some(sha.as_str()));
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.asset_id.as_deref(), Some(assets[0].id.as_str()));
+    assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    ledger.close().await;
+}
