@@ -123,9 +123,11 @@ async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
     let total = size.div_ceil(1 << 20);
 
     let (session, recorded) = kill_midway(&env, &file, 8).await;
-    // Killed while it was sent unhashed (one read, README.md "Large
-    // files"): the session has no stamp, the ledger no hash.
-    assert_eq!(chunks_then_hash(&env.ledger, &file).await.1, None);
+    // Sent unhashed (one read, README.md "Large files"): whether the killed
+    // run had read to the end and recorded the hash depends on timing; the
+    // resume without it is `chunk_reader`'s
+    // `a_resumed_session_streams_the_missing_chunks_and_hashes_from_the_first_byte`.
+    let hashed_before_kill = chunks_then_hash(&env.ledger, &file).await.1.is_some();
     // PUTs the killed run had on the wire may still complete on the server.
     let emulator = &env.emulator;
     crate::helpers::wait_until(
@@ -171,6 +173,10 @@ async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
         assets[0].user_metadata,
         Some(serde_json::json!({ "tl_ingest_sha256": sha })),
         "{assets:?}"
+    );
+    eprintln!(
+        "RELIABILITY multipart.resume_one_read: chunks={total} recorded_before_kill={recorded} \
+         hash_recorded_before_kill={hashed_before_kill} sent_after={resent}"
     );
 }
 
@@ -536,8 +542,8 @@ async fn a_session_aborted_mid_upload_is_replaced_and_the_file_is_ready_once() {
     a_session_ended_mid_upload_is_replaced(faults, "the platform no longer has it").await;
 }
 
-/// The record of `path` in a ledger another process is writing: its sha256
-/// and how many chunks it has recorded, in that order of reading.
+/// The record of `path` in a ledger another process is writing: how many
+/// chunks it has recorded, then its sha256.
 async fn chunks_then_hash(ledger: &Location, path: &Path) -> (usize, Option<String>) {
     let chunks = recorded_chunks(ledger, path).await.1;
     let Ok(ledger) = Ledger::open_existing_at(ledger).await else {
@@ -579,20 +585,15 @@ async fn bytes_read_by(mut child: std::process::Child) -> (std::process::ExitSta
 }
 
 /// README.md, "Large files": a file no other record shares a size with is
-/// sent in chunks while it is hashed, in one read: chunks are stored before
-/// its hash is known, the process reads the file's bytes once, the asset
-/// assembled from the chunks has the file's sha256, the ledger records it,
-/// and the stamp is added to the asset once its session completed.
+/// sent in chunks while it is hashed, in one read: its session is created
+/// without the stamp (the hash is not known yet: hashing first would have
+/// put it there, and added none afterwards), the process reads the file's
+/// bytes once, the asset assembled from the chunks has the file's sha256,
+/// the ledger records it, and the stamp is added to the asset once its
+/// session completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_is_sent_while_it_is_hashed_in_one_read_then_stamped() {
-    let env = TestEnv::with(
-        chunked_env_config(),
-        Faults {
-            latency_ms: 100,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let env = TestEnv::with(chunked_env_config(), Faults::default()).await;
     let file = env.inbox.join("one-read.mp4");
     let size = 40u64 << 20;
     let sha = sparse_mp4(&file, size);
@@ -605,22 +606,6 @@ async fn a_large_file_is_sent_while_it_is_hashed_in_one_read_then_stamped() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let (lp, fp) = (env.ledger.clone(), file.clone());
-    wait_until(crate::helpers::DEADLINE, "a chunk recorded", || {
-        let (lp, fp) = (lp.clone(), fp.clone());
-        async move { recorded_chunks(&lp, &fp).await.1 >= 1 }
-    })
-    .await;
-    // The chunk count is read before the hash: a hash read as missing was
-    // missing when the chunks were already stored. Hashing first would
-    // have recorded it before the session was even created.
-    let (stored, hash_then) = chunks_then_hash(&env.ledger, &file).await;
-    assert!(stored >= 1);
-    assert_eq!(
-        hash_then, None,
-        "chunks were sent before the file was hashed"
-    );
-
     let (status, read) = bytes_read_by(child).await;
     assert!(status.success(), "{status}");
     eprintln!("RELIABILITY multipart.one_read: size={size} bytes_read={read}");
@@ -641,7 +626,10 @@ async fn a_large_file_is_sent_while_it_is_hashed_in_one_read_then_stamped() {
     let stats = env.emulator.stats();
     assert_eq!(stats.multipart_sessions, 1, "{stats:?}");
     assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1), "{stats:?}");
-    assert_eq!(stats.user_metadata_updates, 1, "{stats:?}");
+    assert_eq!(
+        stats.user_metadata_updates, 1,
+        "the session went without the stamp, added afterwards: {stats:?}"
+    );
     let assets = env.emulator.assets();
     assert_eq!(assets.len(), 1);
     assert_eq!(assets[0].sha256.as_deref(), Some(sha.as_str()));
@@ -766,7 +754,7 @@ async fn killed_between_the_completed_session_and_its_stamp_the_next_run_stamps_
         Faults {
             // Every answer comes late: the completing report's too, so the
             // client is still waiting for it when it is killed.
-            answer_delay_ms: 1500,
+            answer_delay_ms: 2000,
             ..Faults::default()
         },
     )

@@ -38,9 +38,8 @@ use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::Shared;
 use crate::api::ApiError;
-use crate::ledger::UploadJob;
+use crate::ledger::{Ledger, UploadJob};
 
 /// Bytes per read, and per piece of a chunk's body.
 const PIECE: usize = 512 * 1024;
@@ -138,7 +137,7 @@ impl Feed {
     /// ledger, so that files of this size waiting for it need not wait for
     /// the upload.
     pub fn start(
-        shared: &Shared,
+        ledger: &Ledger,
         job: &UploadJob,
         path: &Path,
         size: u64,
@@ -168,7 +167,7 @@ impl Feed {
         tokio::task::spawn_blocking(move || {
             let _ = done_tx.send(reader.read());
         });
-        let (ledger, job) = (shared.ledger.clone(), job.clone());
+        let (ledger, job) = (ledger.clone(), job.clone());
         let digest = tokio::spawn(async move {
             let sha256 = done_rx.await.map_err(|_| ReadError {
                 transient: true,
@@ -375,5 +374,132 @@ fn stopped() -> ReadError {
     ReadError {
         transient: true,
         detail: "the upload stopped".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A file of `size` bytes that are not all alike, the job that
+    /// recorded it, and a ledger to record hashes in (no such record: the
+    /// write changes nothing).
+    async fn fixture(size: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>, UploadJob, Ledger) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.mp4");
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let found = super::super::discover::new_file(&path, &meta, None);
+        let job = UploadJob {
+            id: 1,
+            attempt_id: 0,
+            path_bytes: Some(found.path_bytes.clone()),
+            path: Some(found.path.clone()),
+            url: None,
+            size: i64::try_from(found.size).ok(),
+            mtime_ns: Some(found.mtime_ns),
+            device: i64::try_from(found.device).ok(),
+            inode: i64::try_from(found.inode).ok(),
+            sha256: None,
+            mime: None,
+            user_metadata: None,
+            attempts: 0,
+            lookup_first: false,
+            filename: None,
+            epoch: 1,
+            stamp: None,
+        };
+        let ledger = Ledger::open(&dir.path().join("ledger.db"))
+            .await
+            .expect("ledger");
+        (dir, path, bytes, job, ledger)
+    }
+
+    async fn collect(mut pieces: Pieces) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(piece) = pieces.next().await {
+            out.extend_from_slice(&piece.expect("piece"));
+        }
+        out
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resumed_session_streams_the_missing_chunks_and_hashes_from_the_first_byte() {
+        let chunk = 300 * 1024;
+        let (_dir, path, bytes, job, ledger) = fixture(chunk * 9 + 1234).await;
+        let size = bytes.len() as u64;
+        // Chunks 1, 2, 5 and 6 are on the platform already.
+        let to_send: BTreeSet<u64> = [3, 4, 7, 8, 9, 10].into();
+        let feed = Feed::start(&ledger, &job, &path, size, chunk as u64, to_send.clone());
+        assert!(feed.take(5).await.expect("take").is_none(), "not to send");
+        for idx in to_send {
+            let pieces = feed.take(idx).await.expect("take").expect("streamed");
+            let start = (idx as usize - 1) * chunk;
+            let end = (start + chunk).min(bytes.len());
+            assert_eq!(collect(pieces).await, &bytes[start..end], "chunk {idx}");
+        }
+        assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_nobody_takes_are_only_hashed_once_the_feed_finishes() {
+        // More than the budget: the reader waits for takers until `finish`.
+        let chunk = 1024 * 1024;
+        let (_dir, path, bytes, job, ledger) = fixture(chunk * 20 + 5).await;
+        let to_send: BTreeSet<u64> = (1..=21).collect();
+        let feed = Feed::start(
+            &ledger,
+            &job,
+            &path,
+            bytes.len() as u64,
+            chunk as u64,
+            to_send,
+        );
+        let first = feed.take(1).await.expect("take").expect("streamed");
+        assert_eq!(collect(first).await, &bytes[..chunk]);
+        assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_larger_than_half_the_budget_are_read_by_their_puts() {
+        let chunk = MAX_STREAMED_CHUNK + 1;
+        let (_dir, path, bytes, job, ledger) =
+            fixture(usize::try_from(chunk).expect("small") + 10).await;
+        let feed = Feed::start(
+            &ledger,
+            &job,
+            &path,
+            bytes.len() as u64,
+            chunk,
+            [1, 2].into(),
+        );
+        assert!(feed.take(1).await.expect("take").is_none());
+        assert!(feed.take(2).await.expect("take").is_none());
+        assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_shorter_than_recorded_fails_the_chunk_and_has_no_hash() {
+        let chunk = 64 * 1024;
+        let (_dir, path, bytes, job, ledger) = fixture(chunk * 3).await;
+        // Recorded as longer than it is.
+        let size = bytes.len() as u64 + 10;
+        let feed = Feed::start(&ledger, &job, &path, size, chunk as u64, [4].into());
+        let mut last = feed.take(4).await.expect("take").expect("streamed");
+        let failed = loop {
+            match last.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the short chunk ended without an error"),
+            }
+        };
+        assert!(failed.to_string().contains("shorter"), "{failed}");
+        assert!(feed.finish().await.is_err(), "no hash of a short file");
     }
 }

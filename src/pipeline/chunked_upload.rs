@@ -202,7 +202,14 @@ fn feed_for(shared: &Shared, up: &Upload<'_>, live: &Live) -> Feed {
     let to_send = (1..=total)
         .filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
         .collect();
-    Feed::start(shared, up.job, up.path, up.size, chunk_size, to_send)
+    Feed::start(
+        &shared.ledger,
+        up.job,
+        up.path,
+        up.size,
+        chunk_size,
+        to_send,
+    )
 }
 
 /// The saved session, if any, as the platform sees it now.
