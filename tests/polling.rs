@@ -204,3 +204,78 @@ async fn an_asset_that_fails_in_a_batch_fails_its_file_only() {
         "{lists} list requests for 6 assets"
     );
 }
+
+/// A poll round's `ready` answers are recorded in one transaction; a
+/// record that left `processing` meanwhile (failed, retried, forgotten) is
+/// left as it is, and the others still move.
+#[tokio::test]
+async fn a_rounds_ready_answers_move_only_the_records_still_processing() {
+    use tl_ingest::ledger::{AttemptEnd, Dedupe, Discovery, NewFile};
+
+    let env = TestEnv::new().await;
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger opens");
+    ledger.join("host", &[], 60_000).await.expect("join");
+    for i in 0..3u64 {
+        let path = format!("/in/clip{i}.mp4");
+        let new = NewFile {
+            path_bytes: path.as_bytes().to_vec(),
+            path,
+            size: 1_000 + i,
+            mtime_ns: 1,
+            device: 7,
+            inode: i,
+            user_metadata: None,
+            origin: None,
+        };
+        let found = ledger.discover(&new).await.expect("discover");
+        assert!(matches!(found, Discovery::New(_)), "{found:?}");
+    }
+    for job in ledger.to_hash(10).await.expect("to_hash") {
+        let sha = format!("{:064x}", job.id);
+        ledger
+            .record_hash(&job, &sha, Some("video/mp4"), Dedupe::Content)
+            .await
+            .expect("hash");
+    }
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        ..AttemptEnd::default()
+    };
+    while let Some(job) = ledger.claim(60_000).await.expect("claim") {
+        let asset = format!("asset-{}", job.id);
+        ledger.accept(&job, &asset, &end).await.expect("accept");
+    }
+    let jobs = ledger.processing(10, i64::MAX).await.expect("processing");
+    assert_eq!(jobs.len(), 3, "{}", dump(&ledger).await);
+    // One fails meanwhile (as `give_up` or another daemon would).
+    ledger
+        .fail(jobs[1].id, FileState::Processing, "given up")
+        .await
+        .expect("fail");
+
+    let mut changes = ledger.subscribe();
+    let all: Vec<_> = jobs.iter().collect();
+    let moved = ledger.mark_ready_all(&all).await.expect("one transaction");
+    let moved: Vec<i64> = moved.iter().map(|j| j.id).collect();
+    assert_eq!(moved, [jobs[0].id, jobs[2].id]);
+    for (job, want) in jobs.iter().zip(["ready", "failed", "ready"]) {
+        let rec = ledger.record(job.id).await.expect("read").expect("there");
+        assert_eq!(rec.state, want, "{}", dump(&ledger).await);
+    }
+    // Each record that moved is announced, once.
+    let mut announced = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        announced.push((change.id, change.state));
+    }
+    assert_eq!(
+        announced,
+        [
+            (jobs[0].id, FileState::Ready),
+            (jobs[2].id, FileState::Ready)
+        ]
+    );
+    // Nothing left to touch or mark: both are no-ops.
+    ledger.touch_all(&all).await.expect("touch");
+    assert!(ledger.mark_ready_all(&all).await.expect("again").is_empty());
+}
