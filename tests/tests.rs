@@ -17,6 +17,7 @@ mod ops_history;
 mod ops_reconcile;
 mod ops_records;
 mod pipeline;
+mod polling;
 mod reliability;
 mod service;
 mod watch_folders;
