@@ -413,6 +413,22 @@ mod tests {
             sql_list(S::HOLDING_ASSET)
         )));
         assert!(m0003.contains(&format!("state NOT IN ({});", sql_list(S::QUIET_ERRORS))));
+        // 0009 rebuilds 0005's indexes on (size, fingerprint) and adds one.
+        for engine in [
+            include_str!("../../migrations/sqlite/0009_fingerprints.sql"),
+            include_str!("../../migrations/postgres/0009_fingerprints.sql"),
+        ] {
+            assert!(engine.contains(&format!("state IN\n        ({});", sql_list(S::LIVE))));
+            assert_eq!(
+                engine
+                    .matches(&format!(
+                        "state IN\n        ({});",
+                        sql_list(S::HOLDING_ASSET)
+                    ))
+                    .count(),
+                2
+            );
+        }
     }
 
     #[test]
