@@ -5,6 +5,7 @@
 
 mod cli;
 mod daemon;
+mod fingerprint;
 mod fleet;
 mod fleet_ledger;
 mod helpers;

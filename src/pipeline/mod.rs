@@ -23,6 +23,7 @@ mod gate;
 mod hasher;
 mod indexer;
 mod poller;
+mod read_count;
 mod retry;
 mod urls;
 mod worker;
@@ -31,6 +32,8 @@ mod worker;
 pub use discover::{Filter, Found, WalkReport, discover, new_file, walk_tree};
 pub use fleet::{beat_interval as heartbeat_interval, stale_after};
 pub use gate::{Gate, GateState};
+#[doc(hidden)]
+pub use read_count::ReadCounts;
 pub use retry::LedgerBackoff;
 pub use urls::{parse_list as parse_url_list, validate as validate_url};
 
@@ -64,6 +67,8 @@ struct Shared {
     stamp_after_file: std::sync::atomic::AtomicBool,
     /// The records this process's workers hold (see [`fleet`]).
     claims: fleet::Claims,
+    /// Bytes of file content read (a test hook, see [`read_count`]).
+    reads: Arc<read_count::ContentReads>,
 }
 
 impl Shared {
@@ -137,6 +142,7 @@ impl Pipeline {
             limits: Limits::from_config(&config.upload),
             progress: Progress::default(),
             stamp_after_file: std::sync::atomic::AtomicBool::new(true),
+            reads: Arc::default(),
             ledger,
             client,
             config,
@@ -164,6 +170,12 @@ impl Pipeline {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Bytes of file content this pipeline has read so far (a test hook).
+    #[doc(hidden)]
+    pub fn content_reads(&self) -> ReadCounts {
+        self.shared.reads.snapshot()
     }
 
     /// Join the ledger's daemons and put back what a previous run left in
