@@ -5,6 +5,7 @@
 
 mod cli;
 mod daemon;
+mod fingerprint;
 mod fleet;
 mod fleet_ledger;
 mod helpers;
@@ -17,6 +18,7 @@ mod ops_history;
 mod ops_reconcile;
 mod ops_records;
 mod pipeline;
+mod polling;
 mod reliability;
 mod service;
 mod watch_folders;

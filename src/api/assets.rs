@@ -1,8 +1,9 @@
 //! The asset calls of [`ApiClient`]: upload a local file (`method=direct`,
-//! with its sha256 stamp) or a URL, get, list, delete, stamp an asset
-//! afterwards (`PATCH …/user-metadata`), find an earlier upload by its
-//! stamp, and index an asset.
+//! with its sha256 stamp) or a URL, get, list (by filename or by ids),
+//! delete, stamp an asset afterwards (`PATCH …/user-metadata`), find an
+//! earlier upload by its stamp, and index an asset.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,6 +18,9 @@ use super::types::{Asset, AssetPage, IndexedAsset, SHA256_STAMP, URL_STAMP};
 
 /// Pages of `GET /assets?filename=` searched for a lost upload.
 const LOOKUP_MAX_PAGES: u64 = 20;
+
+/// The most assets one `GET /assets` answers for: its `page_limit` maximum.
+pub const MAX_LIST_IDS: usize = 50;
 
 /// A local file to send with `method=direct`.
 #[derive(Debug, Clone)]
@@ -259,6 +263,58 @@ impl ApiClient {
         self.scrub(read_json(resp).await)
     }
 
+    /// `GET /assets` filtered by `asset_ids`: what the platform says of up
+    /// to [`MAX_LIST_IDS`] assets in one request, by id. The ids go as
+    /// repeated `asset_ids=ID` pairs, as the official Python SDK sends them
+    /// (its query encoder repeats the key of a list, without brackets), with
+    /// `page_limit` at the maximum so that one page holds them all.
+    ///
+    /// Only readable entries with one of the ids asked for come back. An id
+    /// missing from the answer (a lagging index, an entry this version
+    /// cannot read) says nothing about its asset: ask for that one alone.
+    /// Ids past the first [`MAX_LIST_IDS`] are not asked about, so they are
+    /// missing too.
+    pub async fn assets_by_ids(&self, ids: &[&str]) -> Result<HashMap<String, Asset>, ApiError> {
+        debug_assert!(ids.len() <= MAX_LIST_IDS, "{} ids in one list", ids.len());
+        let asked: HashSet<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !id.is_empty())
+            .take(MAX_LIST_IDS)
+            .collect();
+        // Without ids the filter would list every asset of the account.
+        if asked.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let limit = MAX_LIST_IDS.to_string();
+        let mut query: Vec<(&str, &str)> = Vec::with_capacity(asked.len() + 1);
+        query.push(("page_limit", &limit));
+        // In the caller's order: the request is the same for the same ids.
+        let mut sent = HashSet::new();
+        for id in ids.iter().copied().filter(|id| asked.contains(id)) {
+            if sent.insert(id) {
+                query.push(("asset_ids", id));
+            }
+        }
+        let resp = self
+            .http
+            .get(format!("{}/assets", self.base))
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| transport("list assets", &e, false))?;
+        let page: AssetPage = self.scrub(read_json(resp).await)?;
+        let mut found = HashMap::new();
+        for asset in page.assets().filter_map(Result::ok) {
+            if let Some(id) = asset.id.clone()
+                && asked.contains(id.as_str())
+            {
+                found.entry(id).or_insert(asset);
+            }
+        }
+        Ok(found)
+    }
+
     /// Find an asset this tool uploaded earlier for `filename` with this
     /// content: the filename narrows the search, the sha256 stamp in
     /// `user_metadata` decides.
@@ -391,6 +447,84 @@ fn trailing_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers every request with `body` (200, JSON) and
+    /// hands over the request target of each.
+    async fn recording_server(
+        body: &'static str,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req);
+                let target = head.split_whitespace().nth(1).unwrap_or_default();
+                let _ = tx.send(target.to_string());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    fn client_of(addr: std::net::SocketAddr) -> ApiClient {
+        ApiClient::new(
+            &crate::api::ClientOptions {
+                base_url: format!("http://{addr}/v1.3"),
+                request_timeout: std::time::Duration::from_secs(10),
+                connect_timeout: std::time::Duration::from_secs(5),
+            },
+            &crate::secret::ApiKey::new("k-123456").expect("key"),
+        )
+        .expect("client")
+    }
+
+    /// The ids go as the official Python SDK sends them: `asset_ids`
+    /// repeated, no brackets (its `core/query_encoder.py`); the answer is
+    /// read by id, keeping only the ids asked for.
+    #[tokio::test]
+    async fn assets_are_listed_by_ids_as_the_sdk_sends_them() {
+        let (addr, mut targets) = recording_server(
+            r#"{"data":[{"_id":"b","status":"ready"},{"_id":"zz","status":"ready"},{"_id":"a","status":"processing"},{"_id":"c","filename":7}],"page_info":{}}"#,
+        )
+        .await;
+        let client = client_of(addr);
+        let found = client
+            .assets_by_ids(&["a", "b", "a", "c"])
+            .await
+            .expect("answer");
+        assert_eq!(
+            targets.recv().await.expect("a request"),
+            "/v1.3/assets?page_limit=50&asset_ids=a&asset_ids=b&asset_ids=c"
+        );
+        let mut ids: Vec<&str> = found.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        // "zz" was not asked for; "c" cannot be read: both absent.
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(found["b"].status(), crate::api::AssetStatus::Ready);
+
+        // No ids: no request (an empty filter would list every asset).
+        assert!(client.assets_by_ids(&[]).await.expect("nothing").is_empty());
+        assert!(targets.try_recv().is_err());
+    }
 
     #[test]
     fn wire_names_have_no_control_characters() {

@@ -16,7 +16,7 @@ mod response;
 pub mod types;
 mod upload_sessions;
 
-pub use assets::{Created, DirectUpload, Stamp, wire_filename};
+pub use assets::{Created, DirectUpload, MAX_LIST_IDS, Stamp, wire_filename};
 pub use client::{ApiClient, ClientOptions, NO_CA_CERTIFICATES, check_tls_roots};
 pub use error::{ApiError, ErrorClass, MAX_RETRY_AFTER, StorageError, retry_at};
 pub use types::{

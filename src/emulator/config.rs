@@ -115,11 +115,15 @@ pub struct Faults {
     /// value the API has never documented.
     pub unknown_status: f64,
     /// Share of uploaded assets that are gone (404) once the platform has reported them
-    /// `ready` to a `GET /assets/{id}`.
+    /// `ready` (to a `GET /assets/{id}`, or in a `GET /assets` page).
     pub vanish_after_ready: f64,
     /// Share of asset answers (`GET /assets/{id}`, or the first entry of a `GET /assets`
     /// page) whose `filename` is a number: valid JSON, but not an asset a client can read.
     pub unreadable_asset: f64,
+    /// Share of `GET /assets` answers filtered by `asset_ids` that leave out the first
+    /// asset of the page, as a lagging search index would: the asset is there, and
+    /// `GET /assets/{id}` says so.
+    pub list_omits_asset: f64,
     /// The first multipart session to have this many chunks stored expires at once, as
     /// if its 24 hours had passed: its chunk PUTs in flight and after answer 404
     /// `NoSuchUpload`, its status shows `expired`. Fires once, then reads 0 (0: never).

@@ -95,6 +95,7 @@ impl FaultState {
             unknown_status: chance(rng, f.unknown_status),
             // Drawn last, so the older lies' seeded sequences stay as they were.
             unreadable_asset: chance(rng, f.unreadable_asset),
+            omit_listed: chance(rng, f.list_omits_asset),
         };
         FaultPlan {
             latency: Duration::from_millis(f.latency_ms),
@@ -146,4 +147,5 @@ pub(crate) struct Lies {
     pub html_200: bool,
     pub unknown_status: bool,
     pub unreadable_asset: bool,
+    pub omit_listed: bool,
 }

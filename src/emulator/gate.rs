@@ -5,8 +5,8 @@
 //! delay (the asset is made, the client still waits). The 500 after the whole body was read and
 //! the asset that vanishes once ready are only passed on here and applied by the routes.
 //! Last come the lies told about an answer the route gave: an HTML page instead of it
-//! (`200 OK`), a `201` without `_id`, an undocumented asset status, JSON cut off
-//! half-way.
+//! (`200 OK`), a `201` without `_id`, an undocumented asset status, an asset left out
+//! of a list by ids, JSON cut off half-way.
 //!
 //! Chunk PUTs to the presigned URLs (`/_s3/...`) go through the same gate without the
 //! key check (the URL's signature is checked by the route) and are not counted as API
@@ -139,6 +139,14 @@ fn count_request(shared: &Shared, method: &Method, path: &str) {
             .create_request_times
             .push(std::time::SystemTime::now());
     }
+    match asset_read(method, path) {
+        Some(AssetRead::List) => stats.list_requests += 1,
+        Some(AssetRead::One(id)) => {
+            stats.asset_get_requests += 1;
+            *stats.asset_gets_by_id.entry(id.to_owned()).or_default() += 1;
+        }
+        None => {}
+    }
 }
 
 /// Applies the plan; returns the response and the name of the fault injected, if any.
@@ -168,11 +176,30 @@ async fn gate(
         .extensions_mut()
         .insert(VanishAfterReady(plan.vanish_after_ready));
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let by_ids = lists_by_ids(request.uri().query());
     let response = next.run(request).await;
     if !plan.answer_delay.is_zero() {
         tokio::time::sleep(plan.answer_delay).await;
     }
-    tell_lies(shared, plan.lies, &method, &path, response).await
+    let lies = Lies {
+        // Only a list by ids has an asset to leave out that the client asked for.
+        omit_listed: plan.lies.omit_listed && by_ids,
+        ..plan.lies
+    };
+    tell_lies(shared, lies, &method, &path, response).await
+}
+
+/// Whether a query filters by `asset_ids` (in the SDK's form or with brackets).
+fn lists_by_ids(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            matches!(
+                key,
+                "asset_ids" | "asset_ids[]" | "asset_ids%5B%5D" | "asset_ids%5b%5d"
+            )
+        })
+    })
 }
 
 /// Applies the lies drawn for this request to the answer the route gave; returns the
@@ -200,8 +227,11 @@ async fn tell_lies(
         lies.unknown_status && is_asset_read(method, path) && response.status() == StatusCode::OK;
     let unreadable =
         lies.unreadable_asset && is_asset_read(method, path) && response.status() == StatusCode::OK;
+    let omit = lies.omit_listed
+        && asset_read(method, path) == Some(AssetRead::List)
+        && response.status() == StatusCode::OK;
     let cut = lies.malformed_json && is_json(response.headers());
-    if !drop_id && !odd_status && !unreadable && !cut {
+    if !drop_id && !odd_status && !unreadable && !omit && !cut {
         return (response, None);
     }
     let (mut parts, body) = response.into_parts();
@@ -210,9 +240,13 @@ async fn tell_lies(
     };
     let mut bytes = bytes.to_vec();
     let mut fault = None;
-    if (drop_id || odd_status || unreadable)
+    if (drop_id || odd_status || unreadable || omit)
         && let Ok(mut value) = serde_json::from_slice::<Value>(&bytes)
     {
+        if omit && let Some(id) = omit_first(&mut value) {
+            *shared.stats().omitted_from_lists.entry(id).or_default() += 1;
+            fault = Some("list_omits_asset");
+        }
         if unreadable {
             make_unreadable(&mut value);
             shared.stats().injected_unreadable_assets += 1;
@@ -223,7 +257,7 @@ async fn tell_lies(
             }
             shared.stats().injected_missing_ids += 1;
             fault = Some("missing_id");
-        } else {
+        } else if odd_status {
             set_unknown_status(&mut value);
             shared.stats().injected_unknown_status += 1;
             fault = Some("unknown_status");
@@ -241,16 +275,51 @@ async fn tell_lies(
 
 /// `GET /v1.3/assets` or `GET /v1.3/assets/{id}`.
 fn is_asset_read(method: &Method, path: &str) -> bool {
+    asset_read(method, path).is_some()
+}
+
+/// Which asset read a request is.
+#[derive(Debug, PartialEq, Eq)]
+enum AssetRead<'a> {
+    /// `GET /v1.3/assets`.
+    List,
+    /// `GET /v1.3/assets/{id}`.
+    One(&'a str),
+}
+
+fn asset_read<'a>(method: &Method, path: &'a str) -> Option<AssetRead<'a>> {
     if method != Method::GET {
-        return false;
+        return None;
     }
-    match path.strip_prefix("/v1.3/assets") {
-        Some("") => true,
-        Some(rest) => rest
+    match path.strip_prefix("/v1.3/assets")? {
+        "" => Some(AssetRead::List),
+        rest => rest
             .strip_prefix('/')
-            .is_some_and(|id| !id.is_empty() && !id.contains('/') && id != "multipart-uploads"),
-        None => false,
+            .filter(|id| !id.is_empty() && !id.contains('/') && *id != "multipart-uploads")
+            .map(AssetRead::One),
     }
+}
+
+/// Leaves the first asset out of a list page (and out of its count); returns its id.
+fn omit_first(value: &mut Value) -> Option<String> {
+    let assets = value.get_mut("data")?.as_array_mut()?;
+    if assets.is_empty() {
+        return None;
+    }
+    let gone = assets.remove(0);
+    if let Some(total) = value
+        .get_mut("page_info")
+        .and_then(|info| info.get_mut("total_results"))
+        && let Some(n) = total.as_u64()
+    {
+        *total = Value::from(n.saturating_sub(1));
+    }
+    Some(
+        gone.get("_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+    )
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

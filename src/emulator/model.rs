@@ -37,6 +37,15 @@ pub struct Stats {
     pub requests_while_rate_limited: u64,
     /// All API (`/v1.3`) requests; admin requests and chunk PUTs are not counted.
     pub requests: u64,
+    /// `GET /assets` requests (lists, by filename or by `asset_ids`), whatever their
+    /// outcome.
+    pub list_requests: u64,
+    /// `GET /assets/{id}` requests, whatever their outcome.
+    pub asset_get_requests: u64,
+    /// `GET /assets/{id}` requests per asset id.
+    pub asset_gets_by_id: BTreeMap<String, u64>,
+    /// Assets left out of a list answer by the `list_omits_asset` fault, with how often.
+    pub omitted_from_lists: BTreeMap<String, u64>,
     /// Multipart sessions created.
     pub multipart_sessions: u64,
     /// Multipart sessions completed (every chunk reported and assembled).

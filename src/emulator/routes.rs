@@ -165,16 +165,28 @@ async fn list_assets(
     let Query(pairs) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let query = ListQuery::parse(&pairs)?;
     let skip = (query.page - 1).saturating_mul(query.page_limit);
-    let (data, total) = {
-        let store = shared.store();
+    let ready_delay = shared.limits.ready_delay;
+    let (data, total, vanished) = {
+        let mut store = shared.store();
         let matching = || store.newest_first().filter(|a| query.matches(a));
-        let data: Vec<Value> = matching()
+        let page: Vec<&Asset> = matching()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
             .take(usize::try_from(query.page_limit).unwrap_or(usize::MAX))
-            .map(|a| a.to_detail_json(shared.limits.ready_delay))
             .collect();
-        (data, matching().count() as u64)
+        let data: Vec<Value> = page.iter().map(|a| a.to_detail_json(ready_delay)).collect();
+        let ready: Vec<String> = page
+            .iter()
+            .filter(|a| a.status(ready_delay) == "ready")
+            .map(|a| a.id.clone())
+            .collect();
+        let total = matching().count() as u64;
+        // Reported ready in this page: from now on the platform has lost those marked so.
+        let vanished = ready.iter().filter(|id| store.vanish(id)).count() as u64;
+        (data, total, vanished)
     };
+    if vanished > 0 {
+        shared.stats().vanished_assets += vanished;
+    }
     Ok(Json(json!({
         "data": data,
         "page_info": {
@@ -219,6 +231,7 @@ fn validate_faults(faults: &Faults) -> Result<(), ApiError> {
         ("unknown_status", faults.unknown_status),
         ("vanish_after_ready", faults.vanish_after_ready),
         ("unreadable_asset", faults.unreadable_asset),
+        ("list_omits_asset", faults.list_omits_asset),
     ];
     match shares.iter().find(|(_, p)| !(0.0..=1.0).contains(p)) {
         Some((name, p)) => Err(ApiError::invalid(format!(

@@ -355,6 +355,94 @@ async fn list_by_asset_ids() {
         emu.stats().uploads_by_sha256[&sha256_hex(&mp4_bytes(100))],
         3
     );
+    // The official Python SDK repeats the key without brackets.
+    let sdk_form = format!(
+        "/assets?page_limit=50&asset_ids={}&asset_ids={}",
+        a["_id"].as_str().expect("emulator test setup"),
+        c["_id"].as_str().expect("emulator test setup")
+    );
+    let body: Value = get(&client, &emu, &sdk_form)
+        .await
+        .json()
+        .await
+        .expect("emulator test setup");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(body["page_info"]["total_results"], 2);
+    let stats = emu.stats();
+    assert_eq!((stats.list_requests, stats.asset_get_requests), (2, 0));
+    get(
+        &client,
+        &emu,
+        &format!("/assets/{}", a["_id"].as_str().unwrap()),
+    )
+    .await;
+    let stats = emu.stats();
+    assert_eq!((stats.list_requests, stats.asset_get_requests), (2, 1));
+    assert_eq!(stats.asset_gets_by_id[a["_id"].as_str().unwrap()], 1);
+}
+
+#[tokio::test]
+async fn a_list_by_ids_leaves_an_asset_out_and_a_listed_ready_asset_vanishes() {
+    let emu = start_with(|c| c.ready_delay = Duration::from_millis(1)).await;
+    let client = client();
+    let a = upload_ok(&client, &emu, mp4_bytes(100), "a.mp4").await;
+    let b = upload_ok(&client, &emu, mp4_bytes(200), "b.mp4").await;
+    let (a, b) = (a["_id"].as_str().unwrap(), b["_id"].as_str().unwrap());
+    emu.set_faults(Faults {
+        list_omits_asset: 1.0,
+        ..Faults::default()
+    });
+    let by_ids = format!("/assets?asset_ids={a}&asset_ids={b}");
+    let body: Value = get(&client, &emu, &by_ids).await.json().await.unwrap();
+    // Newest first: b is left out, a is there.
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["data"][0]["_id"], a);
+    assert_eq!(body["page_info"]["total_results"], 1);
+    assert_eq!(emu.stats().omitted_from_lists[b], 1);
+    // A list that is not by ids is told no such lie.
+    let all: Value = get(&client, &emu, "/assets").await.json().await.unwrap();
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(2), "{all}");
+    // The asset left out is there when asked about alone.
+    assert_eq!(
+        get(&client, &emu, &format!("/assets/{b}")).await.status(),
+        StatusCode::OK
+    );
+
+    // Reported ready in a list is reported ready: a vanishing asset is gone after it.
+    emu.set_faults(Faults {
+        vanish_after_ready: 1.0,
+        ..Faults::default()
+    });
+    let c = upload_ok(&client, &emu, mp4_bytes(300), "c.mp4").await;
+    let c = c["_id"].as_str().unwrap().to_owned();
+    emu.set_faults(Faults::default());
+    assert_eq!(wait_settled_in_list(&client, &emu, &c).await, "ready");
+    assert_eq!(
+        get(&client, &emu, &format!("/assets/{c}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(emu.stats().vanished_assets, 1);
+}
+
+/// Lists `id` alone until it is no longer `processing`; its status then.
+async fn wait_settled_in_list(client: &Client, emu: &Emulator, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = get(client, emu, &format!("/assets?asset_ids[]={id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let status = body["data"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if status != "processing" {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "asset {id} still processing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -164,7 +164,8 @@ impl FileState {
     // index only for a query whose WHERE repeats the index's word for word
     // (migrations 0003 and 0005), so the order is part of the schema.
 
-    /// [`FileState::is_live`] (the index `files_live_size`, migration 0005).
+    /// [`FileState::is_live`] (the index `files_live_size`, migrations 0005
+    /// and 0009).
     pub const LIVE: &[FileState] = &[
         FileState::Discovered,
         FileState::Queued,
@@ -175,8 +176,8 @@ impl FileState {
         FileState::Indexed,
     ];
 
-    /// [`FileState::holds_asset`] (the index `files_unhashed_size`,
-    /// migration 0005).
+    /// [`FileState::holds_asset`] (the indexes `files_unhashed_size`,
+    /// migrations 0005 and 0009, and `files_unprinted_size`, 0009).
     pub const HOLDING_ASSET: &[FileState] = &[
         FileState::Queued,
         FileState::Uploading,
@@ -413,6 +414,22 @@ mod tests {
             sql_list(S::HOLDING_ASSET)
         )));
         assert!(m0003.contains(&format!("state NOT IN ({});", sql_list(S::QUIET_ERRORS))));
+        // 0009 rebuilds 0005's indexes on (size, fingerprint) and adds one.
+        for engine in [
+            include_str!("../../migrations/sqlite/0009_fingerprints.sql"),
+            include_str!("../../migrations/postgres/0009_fingerprints.sql"),
+        ] {
+            assert!(engine.contains(&format!("state IN\n        ({});", sql_list(S::LIVE))));
+            assert_eq!(
+                engine
+                    .matches(&format!(
+                        "state IN\n        ({});",
+                        sql_list(S::HOLDING_ASSET)
+                    ))
+                    .count(),
+                2
+            );
+        }
     }
 
     #[test]

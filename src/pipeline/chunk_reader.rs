@@ -38,6 +38,7 @@ use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::read_count::ContentReads;
 use crate::api::ApiError;
 use crate::ledger::{Ledger, UploadJob};
 
@@ -128,6 +129,8 @@ struct Reader {
     stop: Arc<AtomicBool>,
     handoff: mpsc::UnboundedSender<(u64, PieceRx)>,
     handle: tokio::runtime::Handle,
+    /// Where to count the bytes read when the PUTs read them again.
+    second_read: Option<Arc<ContentReads>>,
 }
 
 impl Feed {
@@ -137,17 +140,19 @@ impl Feed {
     /// ledger, so that files of this size waiting for it need not wait for
     /// the upload.
     pub fn start(
-        ledger: &Ledger,
+        (ledger, reads): (&Ledger, &Arc<ContentReads>),
         job: &UploadJob,
         path: &Path,
         size: u64,
         chunk_size: u64,
         to_send: BTreeSet<u64>,
     ) -> Feed {
-        let streamed = if chunk_size <= MAX_STREAMED_CHUNK {
-            to_send
+        // Chunks too large to stream are read again by their PUTs: this
+        // read is then a second one, counted as such (see `read_count`).
+        let (streamed, second_read) = if chunk_size <= MAX_STREAMED_CHUNK {
+            (to_send, None)
         } else {
-            BTreeSet::new()
+            (BTreeSet::new(), Some(reads.clone()))
         };
         let permits = Arc::new(Semaphore::new(BUDGET_PIECES));
         let stop = Arc::new(AtomicBool::new(false));
@@ -163,6 +168,7 @@ impl Feed {
             stop: stop.clone(),
             handoff,
             handle: tokio::runtime::Handle::current(),
+            second_read,
         };
         tokio::task::spawn_blocking(move || {
             let _ = done_tx.send(reader.read());
@@ -321,6 +327,9 @@ impl Reader {
                     return Err(e);
                 }
                 hasher.update(&buf);
+                if let Some(reads) = &self.second_read {
+                    reads.examined(want);
+                }
                 left -= want;
                 match (&to, permit) {
                     // A PUT that failed dropped its body: the rest of its
@@ -436,7 +445,14 @@ mod tests {
         let size = bytes.len() as u64;
         // Chunks 1, 2, 5 and 6 are on the platform already.
         let to_send: BTreeSet<u64> = [3, 4, 7, 8, 9, 10].into();
-        let feed = Feed::start(&ledger, &job, &path, size, chunk as u64, to_send.clone());
+        let feed = Feed::start(
+            (&ledger, &Arc::default()),
+            &job,
+            &path,
+            size,
+            chunk as u64,
+            to_send.clone(),
+        );
         assert!(feed.take(5).await.expect("take").is_none(), "not to send");
         for idx in to_send {
             let pieces = feed.take(idx).await.expect("take").expect("streamed");
@@ -454,7 +470,7 @@ mod tests {
         let (_dir, path, bytes, job, ledger) = fixture(chunk * 20 + 5).await;
         let to_send: BTreeSet<u64> = (1..=21).collect();
         let feed = Feed::start(
-            &ledger,
+            (&ledger, &Arc::default()),
             &job,
             &path,
             bytes.len() as u64,
@@ -471,8 +487,9 @@ mod tests {
         let chunk = MAX_STREAMED_CHUNK + 1;
         let (_dir, path, bytes, job, ledger) =
             fixture(usize::try_from(chunk).expect("small") + 10).await;
+        let reads = Arc::new(ContentReads::default());
         let feed = Feed::start(
-            &ledger,
+            (&ledger, &reads),
             &job,
             &path,
             bytes.len() as u64,
@@ -482,6 +499,8 @@ mod tests {
         assert!(feed.take(1).await.expect("take").is_none());
         assert!(feed.take(2).await.expect("take").is_none());
         assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
+        // The PUTs read it again: this read is counted as a second one.
+        assert_eq!(reads.snapshot().examined, bytes.len() as u64);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +509,14 @@ mod tests {
         let (_dir, path, bytes, job, ledger) = fixture(chunk * 3).await;
         // Recorded as longer than it is.
         let size = bytes.len() as u64 + 10;
-        let feed = Feed::start(&ledger, &job, &path, size, chunk as u64, [4].into());
+        let feed = Feed::start(
+            (&ledger, &Arc::default()),
+            &job,
+            &path,
+            size,
+            chunk as u64,
+            [4].into(),
+        );
         let mut last = feed.take(4).await.expect("take").expect("streamed");
         let failed = loop {
             match last.next().await {

@@ -203,7 +203,7 @@ fn feed_for(shared: &Shared, up: &Upload<'_>, live: &Live) -> Feed {
         .filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
         .collect();
     Feed::start(
-        &shared.ledger,
+        (&shared.ledger, &shared.reads),
         up.job,
         up.path,
         up.size,

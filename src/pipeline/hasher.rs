@@ -2,15 +2,18 @@
 //! hashed (sha256, streamed, on a blocking thread), and then queued,
 //! deduplicated or skipped by the ledger.
 //!
-//! A duplicate has the same size as its original. So when no other record
-//! has a file's size, the file is queued unhashed and hashed in the same
-//! read as its upload, which halves the reading and hashing. Until that
-//! hash is known, another file of the same size waits for it (see
-//! [`SameSize`]). Multipart uploads are always hashed first: their session
-//! carries the stamp before a byte is sent.
+//! A duplicate has the same size and the same fingerprint as its original
+//! (sha256 over 64 KiB from the start, the middle and the end; see
+//! [`fingerprint`]), which costs a few reads. So when no other record has a
+//! file's size and fingerprint, the file is queued unhashed and hashed in
+//! the same read as its upload, which halves the reading and hashing. Until
+//! that hash is known, another file of the same size and fingerprint waits
+//! for it (see [`SameSize`]). Only the full sha256 makes a duplicate.
+//! Multipart uploads too: their stamp is added to the asset once their
+//! session completes (see `chunk_reader`).
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,12 +24,16 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::discover::{new_file, path_from_bytes};
 use super::eligibility::{HEAD_LEN, Limits, Verdict, judge};
+use super::read_count::ContentReads;
 use crate::ledger::{FileState, HashJob, HashOutcome, LedgerError, NewFile, SameSize};
 
 /// Read size for hashing: large reads keep syscalls out of the profile.
 const HASH_BUFFER: usize = 1024 * 1024;
 /// Records taken from the ledger per round.
 const BATCH: u32 = 64;
+/// Bytes taken from each of a file's start, middle and end for its
+/// fingerprint.
+pub const FINGERPRINT_REGION: u64 = 64 * 1024;
 
 /// What looking at a file found.
 #[derive(Debug)]
@@ -65,49 +72,120 @@ pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Met
     Ok((file, meta))
 }
 
+/// A file judged eligible, still open, its fingerprint taken: what its
+/// full hash, if it needs one now, continues from.
+#[derive(Debug)]
+pub struct Looked {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    found: NewFile,
+    /// The first bytes, already read: the file's position is after them.
+    head: Vec<u8>,
+    mime: Option<String>,
+    fingerprint: String,
+}
+
 /// Judge and hash one file (blocking). With `leave_hash`, an eligible file
 /// that will go up in one request is not hashed.
-pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) -> Examined {
-    let (mut file, meta) = match open_regular(path) {
+pub fn examine(
+    path: &Path,
+    job: &HashJob,
+    limits: &Limits,
+    leave_hash: bool,
+    reads: &ContentReads,
+) -> Examined {
+    match look(path, job, limits, reads) {
+        Ok(looked) => finish(path, job, looked, leave_hash, reads),
+        Err(examined) => examined,
+    }
+}
+
+/// Judge one file and take its fingerprint (blocking): a few reads. An
+/// eligible file comes back open; anything else as what was found.
+pub fn look(
+    path: &Path,
+    job: &HashJob,
+    limits: &Limits,
+    reads: &ContentReads,
+) -> Result<Looked, Examined> {
+    let (file, meta) = match open_regular(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(path, job),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(vanished(path, job)),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            return Examined::Skip("not a regular file".into());
+            return Err(Examined::Skip("not a regular file".into()));
         }
-        Err(e) => return unreadable(&e),
+        Err(e) => return Err(unreadable(&e)),
     };
     let found = new_file(path, &meta, None);
     if !same_size_and_mtime(&found, job) {
-        return Examined::Changed(Box::new(found));
+        return Err(Examined::Changed(Box::new(found)));
     }
     let mut head = vec![0u8; HEAD_LEN.min(usize::try_from(meta.len()).unwrap_or(HEAD_LEN))];
-    if let Err(e) = file.read_exact(&mut head) {
-        // Shorter than it was a moment ago: truncated, not unreadable.
-        if e.kind() == std::io::ErrorKind::UnexpectedEof
-            && let Ok(now) = std::fs::metadata(path)
-        {
-            return Examined::Changed(Box::new(new_file(path, &now, None)));
-        }
-        return unreadable(&e);
+    if let Err(e) = (&file).read_exact(&mut head) {
+        return Err(short_read(path, &e));
     }
+    reads.examined(head.len() as u64);
     let mime = match judge(path, meta.len(), &head, limits) {
-        Verdict::Skip(reason) => return Examined::Skip(reason),
+        Verdict::Skip(reason) => return Err(Examined::Skip(reason)),
         Verdict::Send { mime, .. } => mime,
     };
+    let fingerprint = match fingerprint(&file, meta.len(), &head) {
+        Ok((fingerprint, read)) => {
+            reads.examined(read);
+            fingerprint
+        }
+        Err(e) => return Err(short_read(path, &e)),
+    };
+    Ok(Looked {
+        file,
+        meta,
+        found,
+        head,
+        mime,
+        fingerprint,
+    })
+}
+
+/// Hash a looked-at file in full (blocking), unless `leave_hash` leaves it
+/// to its upload.
+pub fn finish(
+    path: &Path,
+    job: &HashJob,
+    looked: Looked,
+    leave_hash: bool,
+    reads: &ContentReads,
+) -> Examined {
+    let Looked {
+        mut file,
+        meta,
+        found,
+        head,
+        mime,
+        fingerprint,
+    } = looked;
     if leave_hash {
         return Examined::Send { sha256: None, mime };
     }
-    let mut hasher = Sha256::new();
-    hasher.update(&head);
-    let mut buf = vec![0u8; HASH_BUFFER];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return unreadable(&e),
+    // A fingerprint of the whole file is its sha256: nothing more to read.
+    let sha256 = if meta.len() <= 3 * FINGERPRINT_REGION {
+        fingerprint
+    } else {
+        let mut hasher = Sha256::new();
+        hasher.update(&head);
+        let mut buf = vec![0u8; HASH_BUFFER];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reads.examined(n as u64);
+                    hasher.update(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return unreadable(&e),
+            }
         }
-    }
+        hex::encode(hasher.finalize())
+    };
     // Written to while we read it: the hash is of nothing that will last.
     match std::fs::metadata(path) {
         Ok(after) => {
@@ -120,9 +198,61 @@ pub fn examine(path: &Path, job: &HashJob, limits: &Limits, leave_hash: bool) ->
         Err(e) => return Examined::Unreadable(e.to_string()),
     }
     Examined::Send {
-        sha256: Some(hex::encode(hasher.finalize())),
+        sha256: Some(sha256),
         mime,
     }
+}
+
+/// The fingerprint of a file of `len` bytes that starts with `head`, and
+/// the bytes read for it beyond `head`: sha256 (hex) over
+/// [`FINGERPRINT_REGION`] bytes from its start, its middle and its end, or
+/// over the whole file when it is at most three regions long (it is then
+/// the file's sha256). Reads by offset: the file's position does not move.
+pub fn fingerprint(file: &std::fs::File, len: u64, head: &[u8]) -> std::io::Result<(String, u64)> {
+    let region = FINGERPRINT_REGION;
+    let regions = if len <= 3 * region {
+        vec![(0, len)]
+    } else {
+        vec![
+            (0, region),
+            ((len - region) / 2, region),
+            (len - region, region),
+        ]
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUFFER.min(usize::try_from(region).unwrap_or(HASH_BUFFER))];
+    let mut read = 0u64;
+    for (start, n) in regions {
+        let end = start + n;
+        let mut at = start;
+        // What the head already holds is not read again.
+        let in_head = (head.len() as u64).min(end);
+        if at < in_head {
+            hasher.update(&head[at as usize..in_head as usize]);
+            at = in_head;
+        }
+        while at < end {
+            let want = usize::try_from(end - at)
+                .unwrap_or(buf.len())
+                .min(buf.len());
+            file.read_exact_at(&mut buf[..want], at)?;
+            hasher.update(&buf[..want]);
+            read += want as u64;
+            at += want as u64;
+        }
+    }
+    Ok((hex::encode(hasher.finalize()), read))
+}
+
+/// A read that failed: a file shorter than it was a moment ago was
+/// truncated, not unreadable.
+fn short_read(path: &Path, e: &std::io::Error) -> Examined {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof
+        && let Ok(now) = std::fs::metadata(path)
+    {
+        return Examined::Changed(Box::new(new_file(path, &now, None)));
+    }
+    unreadable(e)
 }
 
 /// A file not found: gone, or away with its folder (waited for).
@@ -229,6 +359,16 @@ async fn hash_one(shared: &Shared, job: HashJob) -> bool {
 
 async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerError> {
     let ledger = &shared.ledger;
+    // Eligibility and the fingerprint first (a few reads): the records of
+    // this size are compared by it.
+    let looked = match look_off_thread(shared, job).await {
+        Ok(looked) => looked,
+        Err(examined) => return record(shared, job, examined).await,
+    };
+    let job = &HashJob {
+        fingerprint: Some(looked.fingerprint.clone()),
+        ..job.clone()
+    };
     let leave_hash = match ledger.same_size(job).await? {
         SameSize::Pending => {
             // Its twin's upload may take long to start or end (a retry
@@ -251,7 +391,7 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
         SameSize::None => true,
         SameSize::Hashed => false,
     };
-    let mut examined = examine_off_thread(shared, job, leave_hash).await;
+    let mut examined = finish_off_thread(shared, job, looked, leave_hash).await;
     if let Examined::Send { sha256: None, mime } = &examined {
         match ledger.queue_unhashed(job, mime.as_deref()).await? {
             HashOutcome::NeedsHash => examined = examine_off_thread(shared, job, false).await,
@@ -259,6 +399,12 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
             _ => return Ok(()),
         }
     }
+    record(shared, job, examined).await
+}
+
+/// Record what examining a file found.
+async fn record(shared: &Shared, job: &HashJob, examined: Examined) -> Result<(), LedgerError> {
+    let ledger = &shared.ledger;
     // Another host found it: this host's view of the share may be what is
     // wrong. Try again later, any host (bounded by max_attempts).
     if ledger.found_elsewhere(job.origin_host.as_deref()) {
@@ -320,9 +466,38 @@ async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerErr
 /// [`examine`] on a blocking thread.
 async fn examine_off_thread(shared: &Shared, job: &HashJob, leave_hash: bool) -> Examined {
     let path = path_from_bytes(&job.path_bytes);
-    let limits = shared.limits;
+    let (limits, reads) = (shared.limits, shared.reads.clone());
     let job = job.clone();
-    tokio::task::spawn_blocking(move || examine(&path, &job, &limits, leave_hash))
+    tokio::task::spawn_blocking(move || examine(&path, &job, &limits, leave_hash, &reads))
+        .await
+        .unwrap_or_else(|e| Examined::Unreadable(format!("the hashing task failed: {e}")))
+}
+
+/// [`look`] on a blocking thread.
+async fn look_off_thread(shared: &Shared, job: &HashJob) -> Result<Looked, Examined> {
+    let path = path_from_bytes(&job.path_bytes);
+    let (limits, reads) = (shared.limits, shared.reads.clone());
+    let job = job.clone();
+    tokio::task::spawn_blocking(move || look(&path, &job, &limits, &reads))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Examined::Unreadable(format!(
+                "the hashing task failed: {e}"
+            )))
+        })
+}
+
+/// [`finish`] on a blocking thread.
+async fn finish_off_thread(
+    shared: &Shared,
+    job: &HashJob,
+    looked: Looked,
+    leave_hash: bool,
+) -> Examined {
+    let path = path_from_bytes(&job.path_bytes);
+    let reads = shared.reads.clone();
+    let job = job.clone();
+    tokio::task::spawn_blocking(move || finish(&path, &job, looked, leave_hash, &reads))
         .await
         .unwrap_or_else(|e| Examined::Unreadable(format!("the hashing task failed: {e}")))
 }
@@ -367,6 +542,88 @@ mod tests {
         );
     }
 
+    /// The fingerprint of bytes written to a file, as [`look`] takes it
+    /// (after reading the head).
+    fn fingerprint_of(bytes: &[u8]) -> (String, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, bytes).expect("write");
+        let file = std::fs::File::open(&p).expect("open");
+        let head = &bytes[..HEAD_LEN.min(bytes.len())];
+        fingerprint(&file, bytes.len() as u64, head).expect("fingerprint")
+    }
+
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_small_file_is_its_sha256() {
+        let region = usize::try_from(FINGERPRINT_REGION).expect("small");
+        for len in [1, HEAD_LEN, HEAD_LEN + 1, region, 3 * region] {
+            let data = patterned(len);
+            let (print, read) = fingerprint_of(&data);
+            assert_eq!(print, hex::encode(Sha256::digest(&data)), "{len}");
+            assert_eq!(
+                read,
+                (len - HEAD_LEN.min(len)) as u64,
+                "the head is not read again"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_of_an_empty_file_is_the_empty_sha256() {
+        assert_eq!(
+            fingerprint_of(b""),
+            (
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+                0
+            )
+        );
+    }
+
+    /// Over three regions long: the start, the middle and the end count,
+    /// and nothing else (a collision the full hash then tells apart).
+    #[test]
+    fn the_fingerprint_of_a_large_file_covers_its_start_middle_and_end() {
+        let region = usize::try_from(FINGERPRINT_REGION).expect("small");
+        let len = 5 * region + 12_345;
+        let data = patterned(len);
+        let (print, read) = fingerprint_of(&data);
+        let mid = (len - region) / 2;
+        let regions = [
+            &data[..region],
+            &data[mid..mid + region],
+            &data[len - region..],
+        ];
+        assert_eq!(print, hex::encode(Sha256::digest(regions.concat())));
+        assert_eq!(
+            read,
+            (3 * region - HEAD_LEN) as u64,
+            "three regions read, the head once"
+        );
+        let flipped = |at: usize| {
+            let mut d = data.clone();
+            d[at] ^= 0xff;
+            fingerprint_of(&d).0
+        };
+        for inside in [
+            0,
+            HEAD_LEN + 1,
+            region - 1,
+            mid,
+            mid + region - 1,
+            len - region,
+            len - 1,
+        ] {
+            assert_ne!(flipped(inside), print, "a byte at {inside} counts");
+        }
+        for outside in [region, mid - 1, mid + region, len - region - 1] {
+            assert_eq!(flipped(outside), print, "a byte at {outside} does not");
+        }
+    }
+
     #[test]
     fn network_mount_errors_are_tried_again_and_others_are_not() {
         use rustix::io::Errno;
@@ -401,6 +658,7 @@ mod tests {
             attempts: 0,
             origin_host: None,
             device: i64::try_from(meta.dev()).ok(),
+            fingerprint: None,
         };
         let limits = Limits {
             max_direct: 1 << 30,
@@ -410,11 +668,11 @@ mod tests {
         };
         std::fs::remove_file(&path).expect("rm");
         assert!(matches!(
-            examine(&path, &job, &limits, false),
+            examine(&path, &job, &limits, false, &ContentReads::default()),
             Examined::Vanished
         ));
         std::fs::remove_dir(&sub).expect("rmdir");
-        match examine(&path, &job, &limits, false) {
+        match examine(&path, &job, &limits, false, &ContentReads::default()) {
             Examined::Unavailable(why) => assert!(why.contains("is gone"), "{why}"),
             other => panic!("{other:?}"),
         }

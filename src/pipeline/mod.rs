@@ -24,6 +24,7 @@ mod gate;
 mod hasher;
 mod indexer;
 mod poller;
+mod read_count;
 mod retry;
 mod urls;
 mod worker;
@@ -32,6 +33,8 @@ mod worker;
 pub use discover::{Filter, Found, WalkReport, discover, new_file, walk_tree};
 pub use fleet::{beat_interval as heartbeat_interval, stale_after};
 pub use gate::{Gate, GateState};
+#[doc(hidden)]
+pub use read_count::ReadCounts;
 pub use retry::LedgerBackoff;
 pub use urls::{parse_list as parse_url_list, validate as validate_url};
 
@@ -69,6 +72,8 @@ struct Shared {
     stamp_after_session: std::sync::atomic::AtomicBool,
     /// The records this process's workers hold (see [`fleet`]).
     claims: fleet::Claims,
+    /// Bytes of file content read (a test hook, see [`read_count`]).
+    reads: Arc<read_count::ContentReads>,
 }
 
 impl Shared {
@@ -143,6 +148,7 @@ impl Pipeline {
             progress: Progress::default(),
             stamp_after_file: std::sync::atomic::AtomicBool::new(true),
             stamp_after_session: std::sync::atomic::AtomicBool::new(true),
+            reads: Arc::default(),
             ledger,
             client,
             config,
@@ -170,6 +176,12 @@ impl Pipeline {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Bytes of file content this pipeline has read so far (a test hook).
+    #[doc(hidden)]
+    pub fn content_reads(&self) -> ReadCounts {
+        self.shared.reads.snapshot()
     }
 
     /// Join the ledger's daemons and put back what a previous run left in

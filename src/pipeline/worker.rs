@@ -231,7 +231,12 @@ async fn hash_off_thread(shared: &Shared, path: &Path, job: &UploadJob) -> Resul
     })
     .await;
     match hashed {
-        Ok((Ok(sha256), DiskCheck::Same)) => Ok(sha256),
+        Ok((Ok(sha256), DiskCheck::Same)) => {
+            shared
+                .reads
+                .examined(u64::try_from(job.size.unwrap_or(0)).unwrap_or(0));
+            Ok(sha256)
+        }
         Ok((Err(e), DiskCheck::Same)) => Err(Outcome::Finish(
             Event::Fail,
             unsent("unreadable", &format!("cannot read the file: {e}")),
@@ -373,11 +378,12 @@ struct FileToSend<'a> {
 
 /// The job, with its hash if this attempt needs it before sending. The
 /// hash stage leaves the hash to the upload when no other record has this
-/// size (see `hasher`). A direct upload needs it first for a lookup, and on
-/// a platform that drops a stamp sent after the file. A multipart upload
-/// never looks up (its saved session says what the platform has) and gets
-/// its stamp after the session completes, so it needs the hash first only
-/// on a platform that refused to add a stamp afterwards.
+/// size and fingerprint (see `hasher`). A direct upload needs it first for
+/// a lookup, and on a platform that drops a stamp sent after the file. A
+/// multipart upload never looks up (its saved session says what the
+/// platform has) and gets its stamp after the session completes, so it
+/// needs the hash first only on a platform that refused to add a stamp
+/// afterwards.
 async fn hash_first<'a>(
     shared: &Shared,
     job: &'a UploadJob,
@@ -462,6 +468,7 @@ async fn send_chunked(
     };
     let result = super::chunked_upload::send(shared, &up).await;
     let bytes_sent = sent.load(Ordering::Relaxed);
+    shared.reads.sent(bytes_sent);
     let check = check_disk_off_thread(path, job).await;
     if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
         if let Ok(done) = &result {
@@ -611,6 +618,7 @@ async fn send_direct(
     tracing::debug!(path = %job.display(), attempt = job.attempts + 1, "uploading");
     let result = shared.client.create_direct(&up).await;
     let bytes_sent = sent.load(Ordering::Relaxed);
+    shared.reads.sent(bytes_sent);
 
     // Whatever the answer, a file that changed underneath is not the
     // content that was hashed.

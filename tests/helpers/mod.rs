@@ -20,8 +20,8 @@ use tl_ingest::api::{ApiClient, ClientOptions};
 use tl_ingest::config::{Config, LoadOptions, WatchConfig};
 use tl_ingest::emulator::{Emulator, EmulatorConfig, Faults};
 use tl_ingest::ledger::{Ledger, Location, Record};
-use tl_ingest::pipeline::Pipeline;
 use tl_ingest::pipeline::{Filter, discover};
+use tl_ingest::pipeline::{Pipeline, ReadCounts};
 use tl_ingest::secret::ApiKey;
 
 /// How long any one test may wait for the pipeline to finish.
@@ -256,6 +256,20 @@ impl TestEnv {
         before: F,
         deadline: Duration,
     ) -> Ledger {
+        self.run_pipeline_counting(config, paths, before, deadline)
+            .await
+            .0
+    }
+
+    /// [`TestEnv::run_pipeline_within`], with the bytes of file content
+    /// the pipeline read (its test hook).
+    pub async fn run_pipeline_counting<F: FnOnce(&Ledger)>(
+        &self,
+        config: Config,
+        paths: &[PathBuf],
+        before: F,
+        deadline: Duration,
+    ) -> (Ledger, ReadCounts) {
         let ledger = Ledger::open_at(&self.ledger).await.expect("ledger opens");
         before(&ledger);
         let client = ApiClient::new(
@@ -288,7 +302,7 @@ impl TestEnv {
             panic!("pipeline did not finish within {deadline:?}; ledger:\n{dump}");
         }
         running.shutdown(Duration::ZERO).await;
-        ledger
+        (ledger, pipeline.content_reads())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The hash stage's statements: which `discovered` records to examine,
-//! what other records of the same size say, and recording a hash, which
-//! decides between queueing, a duplicate and a merge (dedupe).
+//! what other records of the same size (and fingerprint) say, and recording
+//! a hash, which decides between queueing, a duplicate and a merge (dedupe).
 
 use std::sync::LazyLock;
 
@@ -31,6 +31,12 @@ pub struct HashJob {
     /// folder now on another device went with an unmounted filesystem.
     #[sqlx(default)]
     pub device: Option<i64>,
+    /// The content's fingerprint (see `pipeline/hasher.rs`), once the hash
+    /// stage has taken it: records of the same size are then compared by
+    /// it. `None` (not taken) compares by size alone, as if every record of
+    /// that size matched.
+    #[sqlx(default)]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +63,12 @@ pub enum HashOutcome {
     NeedsHash,
 }
 
-/// What other records of the same size say about hashing a new one.
+/// What other records of the same size say about hashing a new one. With
+/// the new one's fingerprint known, only records whose fingerprint matches
+/// count, and so do records holding an asset without a fingerprint (from
+/// before migration 0009); a `discovered` record not yet fingerprinted does
+/// not: it compares itself with this one when it is examined (the writes
+/// that record either are serialised, see `ledger/engine.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSize {
     /// None: the content cannot be a duplicate, so the hash can be
@@ -74,8 +85,9 @@ const WAIT_FOR_HASH_MS: i64 = 250;
 
 /// Whether other live records have a file's size, and whether one of them
 /// is being sent with its hash unknown: two existence checks, each served
-/// by a partial index whose WHERE these repeat word for word (migration
-/// 0005), so that a thousand files of one size cost no more than one.
+/// by a partial index whose WHERE these repeat word for word (migrations
+/// 0005 and 0009), so that a thousand files of one size cost no more than
+/// one. For a record whose fingerprint is not known.
 pub(in crate::ledger) static SAME_SIZE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT \
@@ -83,6 +95,27 @@ pub(in crate::ledger) static SAME_SIZE_SQL: LazyLock<String> = LazyLock::new(|| 
            AND state IN ({live})), \
          EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
            AND sha256 IS NULL AND state IN ({holding}))",
+        live = sql_list(FileState::LIVE),
+        holding = sql_list(FileState::HOLDING_ASSET),
+    )
+});
+
+/// [`SAME_SIZE_SQL`] for a record whose fingerprint ($3) is known: the
+/// same two questions, about the records of its size whose fingerprint is
+/// $3 or unknown. Each question is two probes, one of `(size, fingerprint)`
+/// and one of the unknown fingerprints (migration 0009), so that a thousand
+/// files of one size and different content cost no more than one.
+pub(in crate::ledger) static SAME_PRINT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT \
+         EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
+           AND path_bytes IS NOT NULL AND state IN ({live})) \
+         OR EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+           AND fingerprint IS NULL AND state IN ({holding})), \
+         EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
+           AND path_bytes IS NOT NULL AND sha256 IS NULL AND state IN ({holding})) \
+         OR EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+           AND fingerprint IS NULL AND sha256 IS NULL AND state IN ({holding}))",
         live = sql_list(FileState::LIVE),
         holding = sql_list(FileState::HOLDING_ASSET),
     )
@@ -180,17 +213,26 @@ impl Ledger {
     /// twin waiting for as long as that upload takes to start and finish (a
     /// retry schedule, a rate limit that holds a claimed record).
     pub async fn unhashed_twins(&self, job: &HashJob) -> Result<Vec<HashJob>, LedgerError> {
+        // Only twins whose fingerprint matches or is unknown.
+        let print = match &job.fingerprint {
+            Some(_) => " AND (fingerprint = $3 OR fingerprint IS NULL)",
+            None => "",
+        };
         // Only twins this host can read (a shared ledger).
-        let visible = self.visible_to_me("$3");
+        let visible = self.visible_to_me(if print.is_empty() { "$3" } else { "$4" });
         let mut q = stmt(format!(
-            "SELECT id, path_bytes, path, size, mtime_ns FROM files \
+            "SELECT id, path_bytes, path, size, mtime_ns, fingerprint FROM files \
              WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-             AND sha256 IS NULL AND state IN ({holding}) AND state IN ({unsent}){visible} LIMIT 16",
+             AND sha256 IS NULL AND state IN ({holding}) AND state IN ({unsent}){print}{visible} \
+             LIMIT 16",
             holding = sql_list(FileState::HOLDING_ASSET),
             unsent = sql_list(FileState::UNSENT),
         ))
         .bind(job.size)
         .bind(job.id);
+        if let Some(print) = &job.fingerprint {
+            q = q.bind(print.clone());
+        }
         if !visible.is_empty() {
             q = q.bind(self.me_host());
         }
@@ -216,8 +258,9 @@ impl Ledger {
     }
 
     /// Queue an eligible `discovered` record with its hash left to the
-    /// upload, if still no other record has its size (else `NeedsHash`,
-    /// or `Wait`).
+    /// upload, if still no other record has its size (and, with the job's
+    /// fingerprint known, a matching or unknown fingerprint; else
+    /// `NeedsHash`, or `Wait`). The fingerprint is recorded with it.
     pub async fn queue_unhashed(
         &self,
         job: &HashJob,
@@ -233,7 +276,7 @@ impl Ledger {
         }
         let done = stmt(
             "UPDATE files SET state = $3, sha256 = NULL, mime = $4, duplicate_of = NULL, \
-             next_attempt_at = 0, updated_at = $5 \
+             next_attempt_at = 0, updated_at = $5, fingerprint = $8 \
              WHERE id = $1 AND state = $2 AND size = $6 AND mtime_ns = $7",
         )
         .bind(job.id)
@@ -243,6 +286,7 @@ impl Ledger {
         .bind(now_ms())
         .bind(job.size)
         .bind(job.mtime_ns)
+        .bind(&job.fingerprint)
         .execute(&mut tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -254,9 +298,10 @@ impl Ledger {
         Ok(HashOutcome::QueuedUnhashed)
     }
 
-    /// Store the hash of a `discovered` record and decide: queue it, or
-    /// make it a duplicate, or merge it into the record that already has
-    /// this path and content.
+    /// Store the hash (and the fingerprint) of a `discovered` record and
+    /// decide: queue it, or make it a duplicate, or merge it into the record
+    /// that already has this path and content. Only the full hash decides
+    /// a duplicate; the fingerprint only decides whether to wait.
     pub async fn record_hash(
         &self,
         job: &HashJob,
@@ -299,7 +344,8 @@ impl Ledger {
         };
         let done = stmt(
             "UPDATE files SET state = $3, sha256 = $4, mime = $5, duplicate_of = $6, \
-             asset_id = $7, next_attempt_at = 0, updated_at = $8 WHERE id = $1 AND state = $2",
+             asset_id = $7, next_attempt_at = 0, updated_at = $8, fingerprint = $9 \
+             WHERE id = $1 AND state = $2",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -309,6 +355,7 @@ impl Ledger {
         .bind(dup_of)
         .bind(&asset_id)
         .bind(now_ms())
+        .bind(&job.fingerprint)
         .execute(&mut tx)
         .await?;
         expect_one(done, job.id, from)?;
@@ -325,11 +372,23 @@ impl Ledger {
 }
 
 async fn same_size_on(ex: impl Into<Ex<'_>>, job: &HashJob) -> Result<SameSize, LedgerError> {
-    let (any, pending): (bool, bool) = stmt(SAME_SIZE_SQL.as_str())
-        .bind(job.size)
-        .bind(job.id)
-        .fetch_one(ex)
-        .await?;
+    let (any, pending): (bool, bool) = match &job.fingerprint {
+        Some(print) => {
+            stmt(SAME_PRINT_SQL.as_str())
+                .bind(job.size)
+                .bind(job.id)
+                .bind(print.clone())
+                .fetch_one(ex)
+                .await?
+        }
+        None => {
+            stmt(SAME_SIZE_SQL.as_str())
+                .bind(job.size)
+                .bind(job.id)
+                .fetch_one(ex)
+                .await?
+        }
+    };
     Ok(match (any, pending) {
         (_, true) => SameSize::Pending,
         (true, false) => SameSize::Hashed,
@@ -425,4 +484,39 @@ async fn original_of(
         }
         Dedupe::Off => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn plan(ledger: &Ledger, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> = stmt(format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind(1i64)
+            .bind(2i64)
+            .bind("f")
+            .fetch_all(&ledger.pool)
+            .await
+            .expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Each of the fingerprint questions is an index probe: many files of
+    /// one size and different content must not make each question a pass
+    /// over every record of that size.
+    #[tokio::test]
+    async fn same_size_and_fingerprint_questions_probe_the_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        let plan = plan(&ledger, &SAME_PRINT_SQL).await;
+        for probe in [
+            "files_live_size (size=? AND fingerprint=?)",
+            "files_unhashed_size (size=? AND fingerprint=?)",
+            "files_unprinted_size (size=?)",
+        ] {
+            assert!(plan.contains(probe), "{probe}:\n{plan}");
+        }
+        assert!(!plan.contains("SCAN files"), "{plan}");
+        ledger.close().await;
+    }
 }

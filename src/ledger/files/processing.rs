@@ -1,5 +1,6 @@
 //! Records whose asset the platform is processing: which to ask about,
-//! and what its answer does (ready, still processing, lost).
+//! and what its answer does (ready, still processing, lost), one record at
+//! a time or a poll round's records in one transaction.
 
 use sqlx::FromRow;
 
@@ -17,6 +18,8 @@ pub struct PollJob {
     pub path: Option<String>,
     pub url: Option<String>,
     pub attempts: i64,
+    /// When the asset was accepted or last asked about (Unix ms).
+    pub updated_at: i64,
 }
 
 impl Ledger {
@@ -24,7 +27,7 @@ impl Ledger {
     /// asked about at or before `cutoff` (Unix ms), least recently first.
     pub async fn processing(&self, limit: u32, cutoff: i64) -> Result<Vec<PollJob>, LedgerError> {
         Ok(stmt(format!(
-            "SELECT id, asset_id, uploaded_at, path, url, attempts FROM files \
+            "SELECT id, asset_id, uploaded_at, path, url, attempts, updated_at FROM files \
              WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $2{} \
              ORDER BY updated_at, id LIMIT $1",
             self.followed_by_me()
@@ -72,6 +75,73 @@ impl Ledger {
             asset_id: Some(job.asset_id.clone()),
             detail: None,
         });
+        Ok(())
+    }
+
+    /// The platform says ready for each of these (one poll round's answer):
+    /// `processing` → `ready`, all in one transaction. A record that is no
+    /// longer `processing` (retried or forgotten meanwhile) is left as it
+    /// is. Returns the records that moved.
+    pub async fn mark_ready_all<'a>(
+        &self,
+        jobs: &[&'a PollJob],
+    ) -> Result<Vec<&'a PollJob>, LedgerError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let from = FileState::Processing;
+        let to = from.on(Event::Ready)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let mut moved = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let done = stmt(
+                "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, last_error = NULL \
+                 WHERE id = $1 AND state = $2",
+            )
+            .bind(job.id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                moved.push(*job);
+            }
+        }
+        tx.commit().await?;
+        for job in &moved {
+            self.announce(Change {
+                id: job.id,
+                path: job
+                    .path
+                    .clone()
+                    .or_else(|| job.url.clone())
+                    .unwrap_or_default(),
+                state: to,
+                asset_id: Some(job.asset_id.clone()),
+                detail: None,
+            });
+        }
+        Ok(moved)
+    }
+
+    /// Each still processing (one poll round's answer): move them to the
+    /// back of the polling order, in one transaction.
+    pub async fn touch_all(&self, jobs: &[&PollJob]) -> Result<(), LedgerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for job in jobs {
+            stmt("UPDATE files SET updated_at = $2 WHERE id = $1 AND state = 'processing'")
+                .bind(job.id)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
