@@ -274,80 +274,100 @@ impl Reader {
     /// Read and hash every byte; stream the chunks to send. Once nobody
     /// takes chunks any more (the feed finished), go on hashing.
     fn read(self) -> Result<String, ReadError> {
-        let mut file = std::fs::File::open(&self.path).map_err(|e| ReadError::of(&e))?;
-        let mut hasher = Sha256::new();
-        let mut scratch = Vec::with_capacity(PIECE);
-        let mut handing = true;
+        let mut pass = Pass {
+            file: std::fs::File::open(&self.path).map_err(|e| ReadError::of(&e))?,
+            hasher: Sha256::new(),
+            scratch: Vec::with_capacity(PIECE),
+            handing: true,
+        };
         let total = self.size.div_ceil(self.chunk_size);
         for idx in 1..=total {
-            let start = (idx - 1) * self.chunk_size;
-            let len = self.size.saturating_sub(start).min(self.chunk_size);
-            let mut to: Option<PieceTx> = None;
-            if handing && self.streamed.contains(&idx) {
-                let (tx, rx) = mpsc::unbounded_channel();
-                if self.handoff.send((idx, rx)).is_ok() {
-                    to = Some(tx);
-                } else {
-                    handing = false;
-                }
-            }
-            let mut left = len;
-            while left > 0 {
-                if self.stop.load(Ordering::Relaxed) {
-                    return Err(stopped());
-                }
-                // Budget only for pieces someone may still take.
-                let permit = match to.as_ref().filter(|tx| !tx.is_closed()) {
-                    Some(_) => match self.handle.block_on(self.permits.clone().acquire_owned()) {
-                        Ok(p) => Some(p),
-                        // Closed: the feed finished (hash the rest) or was
-                        // dropped (the stop flag ends the loop).
-                        Err(_) => {
-                            handing = false;
-                            to = None;
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                let want = left.min(PIECE as u64);
-                // A piece to send gets its own buffer; one only hashed
-                // reuses the scratch buffer.
-                let mut buf = match permit {
-                    Some(_) => Vec::with_capacity(PIECE),
-                    None => std::mem::take(&mut scratch),
-                };
-                buf.clear();
-                let read = (&mut file).take(want).read_to_end(&mut buf);
-                if let Err(e) = read.and_then(|n| full(n as u64, want)) {
-                    let e = ReadError::of(&e);
-                    if let Some(tx) = &to {
-                        let _ = tx.send(Err(e.io()));
-                    }
-                    return Err(e);
-                }
-                hasher.update(&buf);
-                if let Some(reads) = &self.second_read {
-                    reads.examined(want);
-                }
-                left -= want;
-                match (&to, permit) {
-                    // A PUT that failed dropped its body: the rest of its
-                    // chunk is read for the hash only.
-                    (Some(tx), Some(permit)) => {
-                        let _ = tx.send(Ok(Piece {
-                            bytes: Bytes::from(buf),
-                            _permit: permit,
-                        }));
-                    }
-                    _ => scratch = buf,
-                }
-            }
+            self.chunk(&mut pass, idx)?;
         }
         if self.stop.load(Ordering::Relaxed) {
             return Err(stopped());
         }
-        // Written to while it was read: the hash is of nothing that lasts.
+        self.unchanged()?;
+        Ok(hex::encode(pass.hasher.finalize()))
+    }
+
+    /// Read chunk `idx`, streaming it to its PUT if it is to be sent.
+    fn chunk(&self, pass: &mut Pass, idx: u64) -> Result<(), ReadError> {
+        let start = (idx - 1) * self.chunk_size;
+        let len = self.size.saturating_sub(start).min(self.chunk_size);
+        let mut to: Option<PieceTx> = None;
+        if pass.handing && self.streamed.contains(&idx) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            if self.handoff.send((idx, rx)).is_ok() {
+                to = Some(tx);
+            } else {
+                pass.handing = false;
+            }
+        }
+        let mut left = len;
+        while left > 0 {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(stopped());
+            }
+            let want = left.min(PIECE as u64);
+            self.piece(pass, &mut to, want)?;
+            left -= want;
+        }
+        Ok(())
+    }
+
+    /// Read and hash the next `want` bytes; hand them on through `to`
+    /// unless nobody takes them any more.
+    fn piece(&self, pass: &mut Pass, to: &mut Option<PieceTx>, want: u64) -> Result<(), ReadError> {
+        // Budget only for pieces someone may still take.
+        let permit = match to.as_ref().filter(|tx| !tx.is_closed()) {
+            Some(_) => match self.handle.block_on(self.permits.clone().acquire_owned()) {
+                Ok(p) => Some(p),
+                // Closed: the feed finished (hash the rest) or was dropped
+                // (the stop flag ends the read).
+                Err(_) => {
+                    pass.handing = false;
+                    *to = None;
+                    None
+                }
+            },
+            None => None,
+        };
+        // A piece to send gets its own buffer; one only hashed reuses the
+        // scratch buffer.
+        let mut buf = match permit {
+            Some(_) => Vec::with_capacity(PIECE),
+            None => std::mem::take(&mut pass.scratch),
+        };
+        buf.clear();
+        let read = (&mut pass.file).take(want).read_to_end(&mut buf);
+        if let Err(e) = read.and_then(|n| full(n as u64, want)) {
+            let e = ReadError::of(&e);
+            if let Some(tx) = to.as_ref() {
+                let _ = tx.send(Err(e.io()));
+            }
+            return Err(e);
+        }
+        pass.hasher.update(&buf);
+        if let Some(reads) = &self.second_read {
+            reads.examined(want);
+        }
+        match (to.as_ref(), permit) {
+            // A PUT that failed dropped its body: the rest of its chunk is
+            // read for the hash only.
+            (Some(tx), Some(permit)) => {
+                let _ = tx.send(Ok(Piece {
+                    bytes: Bytes::from(buf),
+                    _permit: permit,
+                }));
+            }
+            _ => pass.scratch = buf,
+        }
+        Ok(())
+    }
+
+    /// Written to while it was read: the hash is of nothing that lasts.
+    fn unchanged(&self) -> Result<(), ReadError> {
         let same = std::fs::metadata(&self.path).is_ok_and(|meta| {
             let now = super::discover::new_file(&self.path, &meta, None);
             super::discover::same_stat(
@@ -357,14 +377,25 @@ impl Reader {
                 self.job.inode.unwrap_or(-1),
             )
         });
-        if !same {
-            return Err(ReadError {
+        if same {
+            Ok(())
+        } else {
+            Err(ReadError {
                 transient: true,
                 detail: "the file changed while it was read".into(),
-            });
+            })
         }
-        Ok(hex::encode(hasher.finalize()))
     }
+}
+
+/// The state of the one read.
+struct Pass {
+    file: std::fs::File,
+    hasher: Sha256,
+    /// The buffer of pieces that are only hashed.
+    scratch: Vec<u8>,
+    /// False once nobody takes chunks any more.
+    handing: bool,
 }
 
 /// A short read: the file is shorter than it was when examined.

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use futures_util::StreamExt;
 
 use super::Shared;
-use super::chunk_reader::Feed;
+use super::chunk_reader::{Feed, Pieces};
 use crate::api::{ApiError, ChunkBody, ChunkError, ErrorClass, StorageError};
 use crate::ledger::upload_sessions::{Chunk, Session};
 use crate::ledger::{UploadJob, now_ms};
@@ -542,13 +542,7 @@ async fn put_one(
             .put_chunk(
                 &current,
                 &live.headers,
-                match pieces.take() {
-                    Some(stream) => ChunkBody::Stream(stream),
-                    None => ChunkBody::File {
-                        path: up.path,
-                        offset,
-                    },
-                },
+                chunk_body(&mut pieces, up.path, offset),
                 (idx, total),
                 len,
                 counter,
@@ -582,6 +576,15 @@ async fn put_one(
         let wait = shared.policy.delay(tries);
         tracing::debug!(chunk = idx, error = %transient, retry_in = ?wait, "chunk upload failed; trying again");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A chunk's body: streamed from the one read the first time, its range
+/// read from the file after that (and always when the hash is known).
+fn chunk_body<'a>(pieces: &mut Option<Pieces>, path: &'a Path, offset: u64) -> ChunkBody<'a> {
+    match pieces.take() {
+        Some(stream) => ChunkBody::Stream(stream),
+        None => ChunkBody::File { path, offset },
     }
 }
 

@@ -479,52 +479,65 @@ async fn send_chunked(
     }
     match result {
         Ok(done) => {
-            let id = done.asset_id;
-            let sha256 = match done.sha256.or_else(|| job.sha256.clone()) {
-                Some(sha256) => Some(sha256),
-                // A session completed by an earlier attempt that was cut off
-                // before the hash was recorded: hashed now, for the stamp.
-                None => match hash_off_thread(shared, path, job).await {
-                    Ok(sha256) => Some(sha256),
-                    Err(problem @ Outcome::Changed(..)) => {
-                        drop_changed(shared, &id).await;
-                        let _ = shared.ledger.drop_session(job.id).await;
-                        return Err(problem);
-                    }
-                    // The platform has the whole file: the upload stands.
-                    Err(_) => {
-                        tracing::warn!(path = %job.display(), asset_id = %id, "could not hash the file after its upload; its asset goes without the sha256 stamp");
-                        None
-                    }
-                },
-            };
-            if done.needs_stamp
-                && let Some(sha256) = &sha256
-            {
-                add_stamp(shared, job, &id, sha256).await;
-            }
-            let job = &UploadJob {
-                sha256,
-                ..job.clone()
-            };
-            crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
-            let end = AttemptEnd {
-                outcome: "accepted",
-                http_status: Some(200),
-                bytes_sent,
-                error: None,
-            };
-            let committed = commit(shared, job, &id, &end).await;
-            if committed.is_ok()
-                && let Err(e) = shared.ledger.drop_session(job.id).await
-            {
-                tracing::debug!(error = %e, "could not forget a finished upload session");
-            }
-            committed
+            let sent = (bytes_sent, started);
+            accept_chunked(shared, job, path, done, sent).await
         }
         // The session is saved: the next attempt resumes it, no lookup needed.
         Err(e) => Err(without_lookup(classify(shared, job, &e, bytes_sent))),
     }
+}
+
+/// The platform has every chunk: stamp the asset if its session went
+/// without the stamp, then commit it and forget the session.
+async fn accept_chunked(
+    shared: &Shared,
+    job: &UploadJob,
+    path: &Path,
+    done: super::chunked_upload::Sent,
+    (bytes_sent, started): (u64, std::time::Instant),
+) -> Result<(), Outcome> {
+    let id = done.asset_id;
+    let sha256 = match done.sha256.or_else(|| job.sha256.clone()) {
+        Some(sha256) => Some(sha256),
+        // A session completed by an earlier attempt that was cut off
+        // before the hash was recorded: hashed now, for the stamp.
+        None => match hash_off_thread(shared, path, job).await {
+            Ok(sha256) => Some(sha256),
+            Err(problem @ Outcome::Changed(..)) => {
+                drop_changed(shared, &id).await;
+                let _ = shared.ledger.drop_session(job.id).await;
+                return Err(problem);
+            }
+            // The platform has the whole file: the upload stands.
+            Err(_) => {
+                tracing::warn!(path = %job.display(), asset_id = %id, "could not hash the file after its upload; its asset goes without the sha256 stamp");
+                None
+            }
+        },
+    };
+    if done.needs_stamp
+        && let Some(sha256) = &sha256
+    {
+        add_stamp(shared, job, &id, sha256).await;
+    }
+    let job = &UploadJob {
+        sha256,
+        ..job.clone()
+    };
+    crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(200),
+        bytes_sent,
+        error: None,
+    };
+    let committed = commit(shared, job, &id, &end).await;
+    if committed.is_ok()
+        && let Err(e) = shared.ledger.drop_session(job.id).await
+    {
+        tracing::debug!(error = %e, "could not forget a finished upload session");
+    }
+    committed
 }
 
 /// The platform holds bytes that are not the file's: remove them.
