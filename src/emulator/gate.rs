@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::faults::{FaultPlan, Lies};
 use super::server::ConnHandle;
 use super::state::Shared;
+use super::throttle::throttle_request;
 
 /// The requests-per-minute figure the 429 headers advertise (Free / Tier 1 upload RPM).
 const ADVERTISED_RATE_LIMIT: u64 = 60;
@@ -146,7 +147,7 @@ async fn gate(
     shared: &Shared,
     plan: FaultPlan,
     check_key: bool,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> (Response, Option<&'static str>) {
     if !plan.latency.is_zero() {
@@ -155,6 +156,8 @@ async fn gate(
     if let Some((response, fault)) = early_answer(shared, &plan, check_key, &request) {
         return (answer_early(shared, request, response), fault);
     }
+    let slow = shared.faults().faults().slow_bytes_per_sec;
+    let mut request = throttle_request(request, slow);
     if let Some(share) = plan.reset_mid_body
         && has_body(&request)
     {
