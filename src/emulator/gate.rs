@@ -1,12 +1,13 @@
 //! The gatekeeping every `/v1.3` request goes through, applying the faults drawn by
 //! `faults.rs`, in this order:
 //! added latency, API-key check (401), rate limit (429), error before the body (500),
-//! connection reset part-way through the body; after the route has answered, the answer
-//! delay (the asset is made, the client still waits). The 500 after the whole body was read and
-//! the asset that vanishes once ready are only passed on here and applied by the routes.
-//! Last come the lies told about an answer the route gave: an HTML page instead of it
-//! (`200 OK`), a `201` without `_id`, an undocumented asset status, JSON cut off
-//! half-way.
+//! the slow link (`slow_bytes_per_sec`: the body is paced from here on, see
+//! `throttle.rs`), connection reset part-way through the body; after the route has
+//! answered, the answer delay (the asset is made, the client still waits). The 500
+//! after the whole body was read and the asset that vanishes once ready are only passed
+//! on here and applied by the routes. Last come the lies told about an answer the route
+//! gave: an HTML page instead of it (`200 OK`), a `201` without `_id`, an undocumented
+//! asset status, JSON cut off half-way.
 //!
 //! Chunk PUTs to the presigned URLs (`/_s3/...`) go through the same gate without the
 //! key check (the URL's signature is checked by the route) and are not counted as API
