@@ -134,4 +134,8 @@ pub struct Faults {
     /// it: 404 `NoSuchUpload`, 403 `AccessDenied`, 400 `InvalidRequest`, 5xx
     /// `InternalError`; the session itself stays `active`.
     pub chunk_error_status: u16,
+    /// Every request body (uploads, chunk PUTs) is read at most this many bytes a
+    /// second, each request on its own, as a remote API behind a network link reads it
+    /// (0: as fast as it comes). See `throttle.rs`.
+    pub slow_bytes_per_sec: u64,
 }

@@ -18,7 +18,8 @@
 //!   RNG), `store` (assets), `sessions` (multipart sessions), `indexed_assets`;
 //! - `state`, which composes them into the state every connection shares;
 //! - the serving: `server` (connections), `gate` (key check and fault injection), the
-//!   routes (`routes`, `upload`, `upload_sessions`, `chunks`, `indexing`).
+//!   routes (`routes`, `upload`, `upload_sessions`, `chunks`, `indexing`); `throttle`
+//!   paces request bodies for the slow link of `Faults::slow_bytes_per_sec`.
 
 mod chunks;
 mod config;
@@ -34,6 +35,7 @@ mod server;
 mod sessions;
 mod state;
 mod store;
+mod throttle;
 mod upload;
 mod upload_sessions;
 
