@@ -87,6 +87,10 @@ pub struct EmulatorArgs {
     /// Share (0-1) of uploaded assets that are gone (404) once reported ready.
     #[arg(long, default_value_t = 0.0)]
     pub vanish_after_ready: f64,
+    /// Read every request body (uploads, chunk PUTs) at most this many bytes a second,
+    /// each request on its own, like a remote API behind a network link (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub slow_bytes_per_sec: u64,
 }
 
 pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
@@ -138,6 +142,7 @@ pub async fn run(globals: &Globals, args: EmulatorArgs) -> CliResult {
             html_200: args.html_200,
             unknown_status: args.unknown_status,
             vanish_after_ready: args.vanish_after_ready,
+            slow_bytes_per_sec: args.slow_bytes_per_sec,
             ..Faults::default()
         },
         upload_headers: args.upload_headers.into_iter().collect(),

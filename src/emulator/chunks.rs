@@ -83,7 +83,8 @@ pub(crate) async fn put_chunk(
             return refuse(&shared, refused(refusal, content_length));
         }
     };
-    let chunk = match receive(request.into_body(), ticket.path, content_length).await {
+    let first_byte = || note_first_byte(&shared, &upload_id);
+    let chunk = match receive(request.into_body(), ticket.path, content_length, first_byte).await {
         Ok(chunk) => chunk,
         // The session ended under the PUT (its folder removed, say).
         Err(_) if !shared.sessions().accepting(&upload_id) => {
@@ -192,9 +193,29 @@ fn refused(refusal: PutRefusal, content_length: u64) -> ApiError {
     }
 }
 
-/// Streams the body to `path`, hashing it. The file is deleted unless the whole body
-/// arrived (also when this future is dropped because the client went away).
-async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk, Box<Response>> {
+/// Records when the first body byte of a chunk of this upload arrived (the first only).
+fn note_first_byte(shared: &Shared, upload_id: &str) {
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut stats = shared.stats();
+    if !stats.first_chunk_byte_ms_by_upload.contains_key(upload_id) {
+        stats
+            .first_chunk_byte_ms_by_upload
+            .insert(upload_id.to_owned(), now_ms);
+    }
+}
+
+/// Streams the body to `path`, hashing it; `first_byte` is called when its first bytes
+/// arrive. The file is deleted unless the whole body arrived (also when this future is
+/// dropped because the client went away).
+async fn receive(
+    body: Body,
+    path: PathBuf,
+    expected: u64,
+    first_byte: impl FnOnce(),
+) -> Result<StoredChunk, Box<Response>> {
+    let mut first_byte = Some(first_byte);
     let mut guard = PartFile { path, keep: false };
     let mut file = tokio::fs::File::create(&guard.path)
         .await
@@ -209,6 +230,11 @@ async fn receive(body: Body, path: PathBuf, expected: u64) -> Result<StoredChunk
                 ApiError::invalid("The body ended early.").into_store_response(),
             ));
         };
+        if !bytes.is_empty()
+            && let Some(note) = first_byte.take()
+        {
+            note();
+        }
         len += bytes.len() as u64;
         if len > expected {
             break;

@@ -138,4 +138,8 @@ pub struct Faults {
     /// status (0: off), as an API without those routes (404, 405) or a failing one (5xx)
     /// would; the asset's `user_metadata` is left as it was.
     pub user_metadata_status: u16,
+    /// Every request body (uploads, chunk PUTs) is read at most this many bytes a
+    /// second, each request on its own, as a remote API behind a network link reads it
+    /// (0: as fast as it comes). See `throttle.rs`.
+    pub slow_bytes_per_sec: u64,
 }

@@ -1,12 +1,13 @@
 //! The gatekeeping every `/v1.3` request goes through, applying the faults drawn by
 //! `faults.rs`, in this order:
 //! added latency, API-key check (401), rate limit (429), error before the body (500),
-//! connection reset part-way through the body; after the route has answered, the answer
-//! delay (the asset is made, the client still waits). The 500 after the whole body was read and
-//! the asset that vanishes once ready are only passed on here and applied by the routes.
-//! Last come the lies told about an answer the route gave: an HTML page instead of it
-//! (`200 OK`), a `201` without `_id`, an undocumented asset status, an asset left out
-//! of a list by ids, JSON cut off half-way.
+//! the slow link (`slow_bytes_per_sec`: the body is paced from here on, see
+//! `throttle.rs`), connection reset part-way through the body; after the route has
+//! answered, the answer delay (the asset is made, the client still waits). The 500
+//! after the whole body was read and the asset that vanishes once ready are only passed
+//! on here and applied by the routes. Last come the lies told about an answer the route
+//! gave: an HTML page instead of it (`200 OK`), a `201` without `_id`, an undocumented
+//! asset status, an asset left out of a list by ids, JSON cut off half-way.
 //!
 //! Chunk PUTs to the presigned URLs (`/_s3/...`) go through the same gate without the
 //! key check (the URL's signature is checked by the route) and are not counted as API
@@ -28,6 +29,7 @@ use super::error::ApiError;
 use super::faults::{FaultPlan, Lies};
 use super::server::ConnHandle;
 use super::state::Shared;
+use super::throttle::throttle_request;
 
 /// The requests-per-minute figure the 429 headers advertise (Free / Tier 1 upload RPM).
 const ADVERTISED_RATE_LIMIT: u64 = 60;
@@ -154,7 +156,7 @@ async fn gate(
     shared: &Shared,
     plan: FaultPlan,
     check_key: bool,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> (Response, Option<&'static str>) {
     if !plan.latency.is_zero() {
@@ -163,6 +165,8 @@ async fn gate(
     if let Some((response, fault)) = early_answer(shared, &plan, check_key, &request) {
         return (answer_early(shared, request, response), fault);
     }
+    let slow = shared.faults().faults().slow_bytes_per_sec;
+    let mut request = throttle_request(request, slow);
     if let Some(share) = plan.reset_mid_body
         && has_body(&request)
     {

@@ -19,7 +19,8 @@
 //! - `state`, which composes them into the state every connection shares;
 //! - the serving: `server` (connections), `gate` (key check and fault injection), the
 //!   routes (`routes`, `upload`, `upload_sessions`, `user_metadata`, `chunks`,
-//!   `indexing`).
+//!   `indexing`); `throttle` paces request bodies for the slow link of
+//!   `Faults::slow_bytes_per_sec`.
 
 mod chunks;
 mod config;
@@ -35,6 +36,7 @@ mod server;
 mod sessions;
 mod state;
 mod store;
+mod throttle;
 mod upload;
 mod upload_sessions;
 mod user_metadata;

@@ -54,6 +54,9 @@ pub struct Stats {
     pub chunk_puts: u64,
     /// Stored chunk PUTs per upload id.
     pub chunk_puts_by_upload: BTreeMap<String, u64>,
+    /// When the first body byte of a chunk PUT reached the store, per upload id, in Unix
+    /// milliseconds (the benchmarks' time from a claim to the first chunk byte).
+    pub first_chunk_byte_ms_by_upload: BTreeMap<String, u64>,
     /// Chunk PUTs refused, by the store's code (`SignatureDoesNotMatch`, `NoSuchUpload`,
     /// `AccessDenied`, …).
     pub chunk_put_refusals: BTreeMap<String, u64>,
