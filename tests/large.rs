@@ -123,6 +123,11 @@ async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
     let total = size.div_ceil(1 << 20);
 
     let (session, recorded) = kill_midway(&env, &file, 8).await;
+    // Sent unhashed (one read, README.md "Large files"): whether the killed
+    // run had read to the end and recorded the hash depends on timing; the
+    // resume without it is `chunk_reader`'s
+    // `a_resumed_session_streams_the_missing_chunks_and_hashes_from_the_first_byte`.
+    let hashed_before_kill = chunks_then_hash(&env.ledger, &file).await.1.is_some();
     // PUTs the killed run had on the wire may still complete on the server.
     let emulator = &env.emulator;
     crate::helpers::wait_until(
@@ -154,6 +159,25 @@ async fn sigkill_half_way_resumes_the_same_session_without_resending_chunks() {
     );
     assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1));
     assert!(stats.chunk_puts_by_upload.contains_key(&session));
+    // Hashed from the first byte again on resume: the chunks the platform
+    // already had were read for the hash only. The hash and the stamp are
+    // the file's.
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    ledger.close().await;
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    assert_eq!(
+        assets[0].user_metadata,
+        Some(serde_json::json!({ "tl_ingest_sha256": sha })),
+        "{assets:?}"
+    );
+    eprintln!(
+        "RELIABILITY multipart.resume_one_read: chunks={total} recorded_before_kill={recorded} \
+         hash_recorded_before_kill={hashed_before_kill} sent_after={resent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,4 +540,275 @@ async fn a_session_aborted_mid_upload_is_replaced_and_the_file_is_ready_once() {
         ..Faults::default()
     };
     a_session_ended_mid_upload_is_replaced(faults, "the platform no longer has it").await;
+}
+
+/// The record of `path` in a ledger another process is writing: how many
+/// chunks it has recorded, then its sha256.
+async fn chunks_then_hash(ledger: &Location, path: &Path) -> (usize, Option<String>) {
+    let chunks = recorded_chunks(ledger, path).await.1;
+    let Ok(ledger) = Ledger::open_existing_at(ledger).await else {
+        return (chunks, None);
+    };
+    let abs = std::path::absolute(path).expect("absolute");
+    use std::os::unix::ffi::OsStrExt;
+    let sha = ledger
+        .latest_for_path(abs.as_os_str().as_bytes())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.sha256);
+    ledger.close().await;
+    (chunks, sha)
+}
+
+/// Wait for `child` to exit without reaping it, read what it read (`rchar`
+/// of /proc/PID/io: every byte its read calls returned, page cache or not),
+/// then reap it.
+async fn bytes_read_by(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    tokio::task::spawn_blocking(move || {
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::waitid(
+            rustix::process::WaitId::Pid(pid),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
+        )
+        .expect("waitid");
+        let io = std::fs::read_to_string(format!("/proc/{}/io", child.id())).expect("/proc/PID/io");
+        let rchar = io
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no rchar in {io}"));
+        (child.wait().expect("reap"), rchar)
+    })
+    .await
+    .expect("join")
+}
+
+/// README.md, "Large files": a file no other record shares a size with is
+/// sent in chunks while it is hashed, in one read: its session is created
+/// without the stamp (the hash is not known yet: hashing first would have
+/// put it there, and added none afterwards), the process reads the file's
+/// bytes once, the asset assembled from the chunks has the file's sha256,
+/// the ledger records it, and the stamp is added to the asset once its
+/// session completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_is_sent_while_it_is_hashed_in_one_read_then_stamped() {
+    let env = TestEnv::with(chunked_env_config(), Faults::default()).await;
+    let file = env.inbox.join("one-read.mp4");
+    let size = 40u64 << 20;
+    let sha = sparse_mp4(&file, size);
+    let child = env
+        .cmd(KEY)
+        .env("TL_INGEST__UPLOAD__MULTIPART_THRESHOLD", "10MB")
+        .arg("upload")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let (status, read) = bytes_read_by(child).await;
+    assert!(status.success(), "{status}");
+    eprintln!("RELIABILITY multipart.one_read: size={size} bytes_read={read}");
+    assert!(
+        read < size + size / 8,
+        "the file was read once: {read} bytes read for a file of {size}"
+    );
+
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(
+        rec.sha256.as_deref(),
+        Some(sha.as_str()),
+        "the ledger has the hash"
+    );
+    ledger.close().await;
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 1, "{stats:?}");
+    assert_eq!(stats.uploads_by_sha256.get(&sha), Some(&1), "{stats:?}");
+    assert_eq!(
+        stats.user_metadata_updates, 1,
+        "the session went without the stamp, added afterwards: {stats:?}"
+    );
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1);
+    assert_eq!(assets[0].sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(
+        assets[0].user_metadata,
+        Some(serde_json::json!({ "tl_ingest_sha256": sha })),
+        "the stamp was added after the session completed"
+    );
+}
+
+/// A PATCH the platform refuses (no such route): the upload still ends
+/// ready, unstamped, and one warning says what `reconcile` then cannot
+/// match; the next large file is hashed first, its stamp in its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stamp_update_leaves_the_upload_ready_and_later_files_hashed_first() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            user_metadata_status: 405,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let a = env.inbox.join("a.mp4");
+    let b = env.inbox.join("b.mp4");
+    let sha_a = sparse_mp4(&a, 12u64 << 20);
+    let sha_b = sparse_mp4(&b, 13u64 << 20);
+    let out = env
+        .upload_bin_with(
+            &[&a, &b],
+            &[
+                "TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB",
+                "TL_INGEST__UPLOAD__WORKERS=1",
+            ],
+        )
+        .await;
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.matches("refused to add the sha256 stamp").count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(log.contains("`reconcile` cannot list"), "{log}");
+
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    for (file, sha) in [(&a, &sha_a), (&b, &sha_b)] {
+        let rec = record_of(&ledger, file).await;
+        assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+        assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    }
+    ledger.close().await;
+    let stats = env.emulator.stats();
+    assert_eq!(stats.user_metadata_updates, 0, "{stats:?}");
+    // One worker: the first file went unstamped, the second was hashed
+    // first and carried its stamp in its session.
+    let stamps: Vec<Option<String>> = env
+        .emulator
+        .assets()
+        .iter()
+        .map(|asset| {
+            asset
+                .user_metadata
+                .as_ref()
+                .and_then(|m| m.get("tl_ingest_sha256"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(stamps.len(), 2, "{stamps:?}");
+    assert_eq!(stamps[0], None, "{stamps:?}");
+    let second = env.emulator.assets()[1].sha256.clone();
+    assert_eq!(stamps[1], second, "{stamps:?}");
+}
+
+/// A PATCH that keeps failing (5xx): tried a few times, then the upload
+/// stands, unstamped, with a warning naming the asset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stamp_update_leaves_the_upload_ready() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            user_metadata_status: 503,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("c.mp4");
+    let sha = sparse_mp4(&file, 12u64 << 20);
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("could not add the sha256 stamp to the asset"),
+        "{log}"
+    );
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    ledger.close().await;
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1);
+    let stamp = assets[0]
+        .user_metadata
+        .as_ref()
+        .and_then(|m| m.get("tl_ingest_sha256"));
+    assert_eq!(stamp, None, "{assets:?}");
+    assert_eq!(env.emulator.stats().user_metadata_updates, 0);
+}
+
+/// Killed after the platform completed the session but before the stamp
+/// was added and the asset id committed: the next run finds the session
+/// completed, adds the stamp, and commits that asset (RELIABILITY.md,
+/// "Multipart sessions").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_completed_session_and_its_stamp_the_next_run_stamps_it() {
+    let env = TestEnv::with(
+        chunked_env_config(),
+        Faults {
+            // Every answer comes late: the completing report's too, so the
+            // client is still waiting for it when it is killed.
+            answer_delay_ms: 2000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let file = env.inbox.join("late.mp4");
+    let sha = sparse_mp4(&file, 12u64 << 20);
+    let mut child = env
+        .cmd(KEY)
+        .env("TL_INGEST__UPLOAD__MULTIPART_THRESHOLD", "10MB")
+        .arg("upload")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let emulator = &env.emulator;
+    wait_until(crate::helpers::DEADLINE, "the session completed", || {
+        let done = emulator.stats().multipart_completed;
+        async move { done >= 1 }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    let stamp_of = |a: &tl_ingest::emulator::AssetView| {
+        a.user_metadata
+            .as_ref()
+            .and_then(|m| m.get("tl_ingest_sha256"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(stamp_of(&assets[0]), None, "killed before the stamp");
+    {
+        let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+        let rec = record_of(&ledger, &file).await;
+        assert_eq!(rec.asset_id, None, "killed before the commit");
+        ledger.close().await;
+    }
+
+    env.emulator.set_faults(Faults::default());
+    let out = env
+        .upload_bin_with(&[&file], &["TL_INGEST__UPLOAD__MULTIPART_THRESHOLD=10MB"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.multipart_sessions, 1, "no second session: {stats:?}");
+    let assets = env.emulator.assets();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    assert_eq!(stamp_of(&assets[0]).as_deref(), Some(sha.as_str()));
+    let ledger = Ledger::open_existing_at(&env.ledger).await.expect("ledger");
+    let rec = record_of(&ledger, &file).await;
+    assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
+    assert_eq!(rec.asset_id.as_deref(), Some(assets[0].id.as_str()));
+    assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
+    ledger.close().await;
 }

@@ -1,6 +1,7 @@
 //! The asset calls of [`ApiClient`]: upload a local file (`method=direct`,
 //! with its sha256 stamp) or a URL, get, list (by filename or by ids),
-//! delete, find an earlier upload by its stamp, and index an asset.
+//! delete, stamp an asset afterwards (`PATCH …/user-metadata`), find an
+//! earlier upload by its stamp, and index an asset.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -201,6 +202,40 @@ impl ApiClient {
             return Ok(());
         }
         self.scrub(Err(status_error(resp).await))
+    }
+
+    /// `PATCH /assets/{id}/user-metadata`: merge `changes` into the asset's
+    /// `user_metadata` (a `null` value deletes a key). Any 2xx is success;
+    /// the answer's body, if any, is not read (the API defines none).
+    pub async fn update_user_metadata(
+        &self,
+        id: &str,
+        changes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ApiError> {
+        let body = serde_json::json!({ "user_metadata": changes });
+        let resp = self
+            .http
+            .patch(format!(
+                "{}/assets/{}/user-metadata",
+                self.base,
+                encode_segment(id)
+            ))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport("update user_metadata", &e, true))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        self.scrub(Err(status_error(resp).await))
+    }
+
+    /// Add this tool's sha256 stamp to an asset made without it (a
+    /// multipart upload hashed while it was sent).
+    pub async fn add_sha256_stamp(&self, id: &str, sha256: &str) -> Result<(), ApiError> {
+        let mut changes = serde_json::Map::new();
+        changes.insert(SHA256_STAMP.into(), sha256.into());
+        self.update_user_metadata(id, &changes).await
     }
 
     /// `GET /assets` with an optional filename filter (a case-insensitive

@@ -23,4 +23,4 @@ pub use types::{
     Asset, AssetPage, AssetStatus, IndexedAsset, MultipartCreated, ReportResult, SHA256_STAMP,
     SessionStatus, URL_STAMP, UploadUrl,
 };
-pub use upload_sessions::ChunkError;
+pub use upload_sessions::{ChunkBody, ChunkError, ChunkStream};

@@ -26,6 +26,37 @@ pub enum ChunkError {
     Api(ApiError),
 }
 
+/// A chunk's bytes as the caller streams them.
+pub type ChunkStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static>,
+>;
+
+/// Where a chunk's bytes come from.
+pub enum ChunkBody<'a> {
+    /// Read by byte range straight from the file, streamed.
+    File {
+        path: &'a std::path::Path,
+        offset: u64,
+    },
+    /// Streamed by the caller, which reads the file once and hashes it on
+    /// the way (see `pipeline/chunk_reader.rs`). Exactly the chunk's
+    /// length must come out of it.
+    Stream(ChunkStream),
+}
+
+impl std::fmt::Debug for ChunkBody<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkBody::File { path, offset } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("offset", offset)
+                .finish(),
+            ChunkBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
 impl ApiClient {
     /// `POST /assets/multipart-uploads`: a session for a large file.
     pub async fn create_multipart(
@@ -154,46 +185,46 @@ impl ApiClient {
         Ok(st.status)
     }
 
-    /// PUT chunk `chunk` of `total`, read straight from `path` at `offset`,
-    /// to its presigned URL; returns the ETag (quotes removed). Errors name
-    /// the chunk and the store's host, never the URL's query string.
-    #[allow(clippy::too_many_arguments, reason = "one chunk's coordinates")]
+    /// PUT chunk `chunk` of `total` (`len` bytes, from `body`) to its
+    /// presigned URL; returns the ETag (quotes removed). Errors name the
+    /// chunk and the store's host, never the URL's query string.
     pub async fn put_chunk(
         &self,
         url: &str,
         headers: &std::collections::BTreeMap<String, String>,
-        path: &std::path::Path,
+        body: ChunkBody<'_>,
         (chunk, total): (u64, u64),
-        offset: u64,
         len: u64,
         sent: Arc<AtomicU64>,
     ) -> Result<String, ChunkError> {
-        let open = move |path: std::path::PathBuf| -> std::io::Result<std::fs::File> {
-            use std::io::{Seek, SeekFrom};
-            let mut file = std::fs::File::open(path)?;
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
-        };
-        let file = tokio::task::spawn_blocking({
-            let path = path.to_path_buf();
-            move || open(path)
-        })
-        .await
-        .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?
-        .map_err(|e| ChunkError::Api(open_error(path, &e)))?;
-        // As in `create_direct`: the body ends when this call returns.
+        // As in `create_direct`: a streamed body ends when this call returns.
         let done = tokio_util::sync::CancellationToken::new();
         let _done = done.clone().drop_guard();
-        let stream = futures_util::StreamExt::take_until(
-            body::stream(file, len, sent, None),
-            done.cancelled_owned(),
-        );
+        let body = match body {
+            ChunkBody::File { path, offset } => {
+                let file = open_at(path, offset).await?;
+                let stream = futures_util::StreamExt::take_until(
+                    body::stream(file, len, sent, None),
+                    done.cancelled_owned(),
+                );
+                reqwest::Body::wrap_stream(stream)
+            }
+            ChunkBody::Stream(stream) => {
+                let counted = futures_util::StreamExt::inspect(stream, move |piece| {
+                    if let Ok(bytes) = piece {
+                        sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                let stream = futures_util::StreamExt::take_until(counted, done.cancelled_owned());
+                reqwest::Body::wrap_stream(stream)
+            }
+        };
         let host = storage_host(url);
         let mut req = self
             .storage
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -233,6 +264,23 @@ impl ApiClient {
             detail: format!("chunk {chunk} of {total}: {host} answered without an ETag"),
         }))
     }
+}
+
+/// `path`, opened (on a blocking thread) and positioned at `offset`.
+async fn open_at(path: &std::path::Path, offset: u64) -> Result<std::fs::File, ChunkError> {
+    let open = move |path: std::path::PathBuf| -> std::io::Result<std::fs::File> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(file)
+    };
+    tokio::task::spawn_blocking({
+        let path = path.to_path_buf();
+        move || open(path)
+    })
+    .await
+    .map_err(|e| ChunkError::Api(ApiError::LocalRead(e.to_string())))?
+    .map_err(|e| ChunkError::Api(open_error(path, &e)))
 }
 
 /// `host[:port]` of a presigned URL: what error text may say of it.

@@ -134,6 +134,10 @@ pub struct Faults {
     /// it: 404 `NoSuchUpload`, 403 `AccessDenied`, 400 `InvalidRequest`, 5xx
     /// `InternalError`; the session itself stays `active`.
     pub chunk_error_status: u16,
+    /// Every `PATCH`, `PUT` and `DELETE /assets/{id}/user-metadata` is answered with this
+    /// status (0: off), as an API without those routes (404, 405) or a failing one (5xx)
+    /// would; the asset's `user_metadata` is left as it was.
+    pub user_metadata_status: u16,
     /// Every request body (uploads, chunk PUTs) is read at most this many bytes a
     /// second, each request on its own, as a remote API behind a network link reads it
     /// (0: as fast as it comes). See `throttle.rs`.

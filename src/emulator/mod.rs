@@ -1,9 +1,9 @@
 //! An in-process, TwelveLabs-compatible API server for tests, demos and benchmarks.
 //!
 //! It speaks the `/v1.3/assets` subset of the API (upload by `direct` file or `url`,
-//! retrieve, list, delete), multipart uploads (`/v1.3/assets/multipart-uploads`, with
-//! S3-like presigned chunk URLs served at `/_s3/{upload_id}/{chunk_index}?sig=...`) and
-//! indexing (`/v1.3/indexes/{index_id}/indexed-assets`). It turns assets `ready` (or
+//! retrieve, list, delete, change `user_metadata`), multipart uploads
+//! (`/v1.3/assets/multipart-uploads`, with S3-like presigned chunk URLs served at
+//! `/_s3/{upload_id}/{chunk_index}?sig=...`) and indexing (`/v1.3/indexes/{index_id}/indexed-assets`). It turns assets `ready` (or
 //! `failed`, for content that is not media) after a configurable delay, and injects
 //! faults on request: latency, 429s, 500s before or after the body, and TCP resets
 //! part-way through an upload or a chunk PUT. Uploads are streamed and hashed as they
@@ -18,8 +18,9 @@
 //!   RNG), `store` (assets), `sessions` (multipart sessions), `indexed_assets`;
 //! - `state`, which composes them into the state every connection shares;
 //! - the serving: `server` (connections), `gate` (key check and fault injection), the
-//!   routes (`routes`, `upload`, `upload_sessions`, `chunks`, `indexing`); `throttle`
-//!   paces request bodies for the slow link of `Faults::slow_bytes_per_sec`.
+//!   routes (`routes`, `upload`, `upload_sessions`, `user_metadata`, `chunks`,
+//!   `indexing`); `throttle` paces request bodies for the slow link of
+//!   `Faults::slow_bytes_per_sec`.
 
 mod chunks;
 mod config;
@@ -38,6 +39,7 @@ mod store;
 mod throttle;
 mod upload;
 mod upload_sessions;
+mod user_metadata;
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,9 @@ pub struct Stats {
     /// Chunk PUTs refused, by the store's code (`SignatureDoesNotMatch`, `NoSuchUpload`,
     /// `AccessDenied`, …).
     pub chunk_put_refusals: BTreeMap<String, u64>,
+    /// `user_metadata` changes applied (`PATCH`, `PUT` or `DELETE
+    /// /assets/{id}/user-metadata` answered 204).
+    pub user_metadata_updates: u64,
     /// Assets accepted for indexing (202).
     pub indexed_assets: u64,
     /// API requests and chunk PUTs being handled right now. A client killed

@@ -1,6 +1,6 @@
 //! The emulator's HTTP routes: the asset API under `/v1.3` (retrieve, list, delete; the
-//! upload lives in `upload.rs`, multipart uploads in `multipart.rs`, indexing in
-//! `indexing.rs`), the presigned chunk URLs under `/_s3` (`chunks.rs`), the `/_emulator`
+//! upload lives in `upload.rs`, multipart uploads in `upload_sessions.rs`, `user_metadata`
+//! changes in `user_metadata.rs`, indexing in `indexing.rs`), the presigned chunk URLs under `/_s3` (`chunks.rs`), the `/_emulator`
 //! admin routes (no auth, no faults) and JSON answers for unknown routes and methods.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use serde_json::{Value, json};
 
 use super::chunks::put_chunk;
@@ -27,11 +27,18 @@ use super::upload::create_asset;
 use super::upload_sessions::{
     create_session, list_sessions, presigned_urls, report_chunks, session_status,
 };
+use super::user_metadata::{delete_user_metadata, patch_user_metadata, put_user_metadata};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1.3/assets", get(list_assets).post(create_asset))
         .route("/v1.3/assets/{id}", get(get_asset).delete(delete_asset))
+        .route(
+            "/v1.3/assets/{id}/user-metadata",
+            patch(patch_user_metadata)
+                .put(put_user_metadata)
+                .delete(delete_user_metadata),
+        )
         .route(
             "/v1.3/assets/multipart-uploads",
             get(list_sessions).post(create_session),

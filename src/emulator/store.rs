@@ -223,6 +223,18 @@ impl Store {
         asset
     }
 
+    /// Replaces an asset's `user_metadata` (`None`: it has none). False if there is no
+    /// such asset.
+    pub fn set_user_metadata(&mut self, id: &str, meta: Option<Value>) -> bool {
+        match self.get_mut(id) {
+            Some(asset) => {
+                asset.new.user_metadata = meta;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Asset> {
         self.seq_by_id.get(id).and_then(|seq| self.by_seq.get(seq))
     }

@@ -488,6 +488,118 @@ async fn user_metadata_round_trips_and_is_validated() {
     assert_eq!(emu.assets().len(), 1);
 }
 
+/// `method` on `/assets/{id}/user-metadata` with `body` (none for DELETE).
+async fn change_metadata(
+    client: &Client,
+    emu: &Emulator,
+    method: reqwest::Method,
+    id: &str,
+    body: Option<Value>,
+) -> Response {
+    let mut request = client
+        .request(
+            method,
+            format!("{}/assets/{id}/user-metadata", emu.base_url()),
+        )
+        .header("x-api-key", KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.expect("emulator test setup")
+}
+
+#[tokio::test]
+async fn user_metadata_is_merged_replaced_and_cleared_after_upload() {
+    use reqwest::Method;
+    let emu = start().await;
+    let client = client();
+    let meta = json!({"keep": "k", "drop": 1, "change": true});
+    let form = direct_form(mp4_bytes(200), "m.mp4").text("user_metadata", meta.to_string());
+    let response = post_form(&client, &emu, form).await.expect("upload");
+    let asset: Value = response.json().await.expect("asset");
+    let id = asset["_id"].as_str().expect("id").to_owned();
+    let stored = |emu: &Emulator| emu.assets()[0].user_metadata.clone();
+
+    // PATCH merges: a new key is added, a null deletes, "" and [] change nothing.
+    let patch = json!({"user_metadata": {
+        "drop": null, "change": false, "added": "a", "tags": ["x", "y"], "keep": "", "empty": []
+    }});
+    let r = change_metadata(&client, &emu, Method::PATCH, &id, Some(patch)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.text().await.expect("body"), "");
+    let merged = json!({"keep": "k", "change": false, "added": "a", "tags": ["x", "y"]});
+    assert_eq!(stored(&emu), Some(merged.clone()));
+    let detail: Value = get(&client, &emu, &format!("/assets/{id}"))
+        .await
+        .json()
+        .await
+        .expect("detail");
+    assert_eq!(detail["user_metadata"], merged);
+
+    // PUT replaces the whole object.
+    let put = json!({"user_metadata": {"only": 2}});
+    let r = change_metadata(&client, &emu, Method::PUT, &id, Some(put)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(stored(&emu), Some(json!({"only": 2})));
+
+    // DELETE clears it: the field is then left out, as for an asset that never had one.
+    let r = change_metadata(&client, &emu, Method::DELETE, &id, None).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(stored(&emu), None);
+    let detail: Value = get(&client, &emu, &format!("/assets/{id}"))
+        .await
+        .json()
+        .await
+        .expect("detail");
+    assert!(detail.get("user_metadata").is_none(), "{detail}");
+    assert_eq!(emu.stats().user_metadata_updates, 3);
+
+    // An unknown asset is 404; bodies that are not {"user_metadata": {...}} are 400.
+    let r = change_metadata(
+        &client,
+        &emu,
+        Method::PATCH,
+        "000000000000000000000000",
+        Some(json!({"user_metadata": {"a": "b"}})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "resource_not_exist");
+    for (bad, code) in [
+        (json!({"a": "b"}), "parameter_not_provided"),
+        (json!({"user_metadata": "text"}), "parameter_invalid"),
+        (
+            json!({"user_metadata": {"n": {"nested": 1}}}),
+            "parameter_invalid",
+        ),
+        (json!({"user_metadata": {"n": [1, 2]}}), "parameter_invalid"),
+        (json!([1]), "parameter_invalid"),
+    ] {
+        let r = change_metadata(&client, &emu, Method::PATCH, &id, Some(bad.clone())).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(r).await, code, "{bad}");
+    }
+    assert_eq!(emu.stats().user_metadata_updates, 3);
+
+    // The fault answers every change with its status and leaves the object alone.
+    for (status, code) in [
+        (404, "resource_not_exist"),
+        (405, "method_not_allowed"),
+        (503, "internal_error"),
+    ] {
+        emu.set_faults(Faults {
+            user_metadata_status: status,
+            ..Faults::default()
+        });
+        let patch = json!({"user_metadata": {"a": "b"}});
+        let r = change_metadata(&client, &emu, Method::PATCH, &id, Some(patch)).await;
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(error_code(r).await, code);
+    }
+    assert_eq!(stored(&emu), None);
+    assert_eq!(emu.stats().user_metadata_updates, 3);
+}
+
 #[tokio::test]
 async fn url_upload_takes_name_from_url() {
     let emu = start().await;

@@ -11,6 +11,12 @@
 //! and streamed, a few at once: memory does not depend on file or chunk
 //! size.
 //!
+//! A file whose hash is not known yet is sent in one read (README.md,
+//! "Large files"): its session is created without the sha256 stamp, and
+//! `chunk_reader` reads the file once, start to end, hashing it and handing
+//! the chunks to the PUTs. The worker adds the stamp to the asset once the
+//! session completes.
+//!
 //! Storage failures are about the session, not the file (RELIABILITY.md,
 //! "Multipart sessions"): a chunk the store refuses (404 `NoSuchUpload`, a
 //! 403 that a fresh URL does not cure, another 4xx) makes the worker ask the
@@ -28,12 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use futures_util::StreamExt;
 
 use super::Shared;
-use crate::api::{ApiError, ChunkError, ErrorClass, StorageError};
+use super::chunk_reader::{Feed, Pieces};
+use crate::api::{ApiError, ChunkBody, ChunkError, ErrorClass, StorageError};
 use crate::ledger::upload_sessions::{Chunk, Session};
 use crate::ledger::{UploadJob, now_ms};
 
 /// Chunks in flight at once, per file.
-const PARALLEL_CHUNKS: usize = 4;
+pub(super) const PARALLEL_CHUNKS: usize = 4;
 /// Chunks per report and per presigned-URL request (the API's maximum).
 const BATCH: u64 = 50;
 /// Tries per chunk within one session: transient failures, and refusals by
@@ -52,8 +59,21 @@ pub struct Upload<'a> {
     pub filename: &'a str,
     pub kind: &'static str,
     pub size: u64,
+    /// Sent with a new session: the sha256 stamp is in it when the hash is
+    /// known (`job.sha256`); otherwise the file is hashed while it is sent.
     pub user_metadata: &'a serde_json::Map<String, serde_json::Value>,
     pub sent: Arc<AtomicU64>,
+}
+
+/// A file the platform has every chunk of.
+#[derive(Debug)]
+pub struct Sent {
+    pub asset_id: String,
+    /// The file's sha256 when it was hashed while it was sent.
+    pub sha256: Option<String>,
+    /// The asset may lack the sha256 stamp: its session was created
+    /// without it, or by an earlier attempt (which may not have had it).
+    pub needs_stamp: bool,
 }
 
 /// A session being sent.
@@ -96,23 +116,42 @@ enum Resumed {
     Over(Session, &'static str, String),
 }
 
-/// Send (or finish sending) the file; returns the asset id once the
-/// platform has every chunk.
-pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<String, ApiError> {
+/// Send (or finish sending) the file, hashing it on the way when its hash
+/// is not known; returns once the platform has every chunk.
+pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<Sent, ApiError> {
+    let one_pass = up.job.sha256.is_none();
     let mut given_up = 0u32;
+    // A session made by an earlier attempt may lack the stamp.
+    let mut resumed = true;
     let mut live = match resume(shared, up).await? {
-        Resumed::Completed(asset_id) => return Ok(asset_id),
+        Resumed::Completed(asset_id) => {
+            return Ok(Sent {
+                asset_id,
+                sha256: None,
+                needs_stamp: true,
+            });
+        }
         Resumed::Live(live) => *live,
         Resumed::Over(session, reason, why) => {
             given_up += 1;
             give_up(shared, up, &session, reason, &why).await?;
+            resumed = false;
             start(shared, up).await?
         }
-        Resumed::None => start(shared, up).await?,
+        Resumed::None => {
+            resumed = false;
+            start(shared, up).await?
+        }
     };
     loop {
-        match run(shared, up, &mut live).await {
+        // Hashed from the first byte for each session, resumed or new.
+        let feed = one_pass.then(|| feed_for(shared, up, &live));
+        match run(shared, up, &mut live, feed.as_ref()).await {
             Ok(()) => {
+                let sha256 = match feed {
+                    Some(feed) => Some(feed.finish().await?),
+                    None => None,
+                };
                 let s = &live.session;
                 if let Err(e) = shared
                     .ledger
@@ -121,7 +160,11 @@ pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<String, ApiError> 
                 {
                     tracing::debug!(error = %e, "could not log the completed upload session");
                 }
-                return Ok(live.session.asset_id);
+                return Ok(Sent {
+                    asset_id: live.session.asset_id,
+                    sha256,
+                    needs_stamp: resumed || one_pass,
+                });
             }
             Err(Stop::Attempt(e)) => return Err(e),
             // Only chunks skip; the batch reports what stopped it.
@@ -141,10 +184,32 @@ pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<String, ApiError> 
                         last: last.map_or(why, |e| e.to_string()),
                     });
                 }
+                resumed = false;
                 live = start(shared, up).await?;
             }
         }
     }
+}
+
+/// The one read of the file for this session: every chunk the platform
+/// does not have yet is handed to its PUT (the others are read for the
+/// hash only).
+fn feed_for(shared: &Shared, up: &Upload<'_>, live: &Live) -> Feed {
+    let chunk_size = u64::try_from(live.session.chunk_size).unwrap_or(u64::MAX);
+    let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
+    // Exactly the chunks `send_batch` PUTs: a chunk handed over that no PUT
+    // takes would hold its buffer until the feed ends.
+    let to_send = (1..=total)
+        .filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
+        .collect();
+    Feed::start(
+        (&shared.ledger, &shared.reads),
+        up.job,
+        up.path,
+        up.size,
+        chunk_size,
+        to_send,
+    )
 }
 
 /// The saved session, if any, as the platform sees it now.
@@ -277,7 +342,12 @@ async fn start(shared: &Shared, up: &Upload<'_>) -> Result<Live, ApiError> {
 
 /// Send every chunk the platform does not have and report it, batch by
 /// batch.
-async fn run(shared: &Shared, up: &Upload<'_>, live: &mut Live) -> Result<(), Stop> {
+async fn run(
+    shared: &Shared,
+    up: &Upload<'_>,
+    live: &mut Live,
+    feed: Option<&Feed>,
+) -> Result<(), Stop> {
     let chunk_size = u64::try_from(live.session.chunk_size).unwrap_or(u64::MAX);
     let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
     // Progress counts what the platform already has.
@@ -298,7 +368,7 @@ async fn run(shared: &Shared, up: &Upload<'_>, live: &mut Live) -> Result<(), St
         if batch.is_empty() {
             continue;
         }
-        let proofs = send_batch(shared, up, live, &batch, chunk_size).await?;
+        let proofs = send_batch(shared, up, live, &batch, chunk_size, feed).await?;
         let result = match shared
             .client
             .report_chunks(&live.session.upload_id, &proofs)
@@ -350,6 +420,7 @@ async fn send_batch(
     live: &mut Live,
     batch: &[u64],
     chunk_size: u64,
+    feed: Option<&Feed>,
 ) -> Result<Vec<(u64, String, u64)>, Stop> {
     let to_put: Vec<u64> = batch
         .iter()
@@ -376,7 +447,12 @@ async fn send_batch(
     let results: Vec<Result<(u64, String, u64), Stop>> = futures_util::stream::iter(to_put)
         .map(|idx| {
             let url = live_ref.urls.get(&idx).cloned();
-            put_one(shared, up, live_ref, url, idx, chunk_size, &over)
+            let chunk = ToPut {
+                idx,
+                chunk_size,
+                feed,
+            };
+            put_one(shared, up, live_ref, url, chunk, &over)
         })
         .buffer_unordered(PARALLEL_CHUNKS)
         .collect()
@@ -410,6 +486,15 @@ async fn send_batch(
         .collect())
 }
 
+/// A chunk to PUT: its index (1-based), the session's chunk size, and the
+/// feed its bytes come from when the file is hashed while it is sent.
+#[derive(Clone, Copy)]
+struct ToPut<'a> {
+    idx: u64,
+    chunk_size: u64,
+    feed: Option<&'a Feed>,
+}
+
 /// PUT one chunk and record its ETag at once. A 403 gets a fresh URL at
 /// once; other refusals by the store ask the platform about the session
 /// (see the module head); transient failures are tried again after the
@@ -419,14 +504,27 @@ async fn put_one(
     up: &Upload<'_>,
     live: &Live,
     url: Option<String>,
-    idx: u64,
-    chunk_size: u64,
+    chunk: ToPut<'_>,
     over: &AtomicBool,
 ) -> Result<(u64, String, u64), Stop> {
+    let ToPut {
+        idx,
+        chunk_size,
+        feed,
+    } = chunk;
     let session = &live.session;
     let total = u64::try_from(session.total_chunks).unwrap_or(0);
     let offset = (idx - 1) * chunk_size;
     let len = chunk_len(up.size, chunk_size, idx);
+    if over.load(Ordering::Relaxed) {
+        return Err(Stop::Skipped);
+    }
+    // Streamed from the one read when the file is hashed while it is
+    // sent; a retry reads the range from the file.
+    let mut pieces = match feed {
+        Some(feed) => feed.take(idx).await.map_err(Stop::Attempt)?,
+        None => None,
+    };
     let mut url = url;
     let mut fresh_url_tried = false;
     let mut tries = 0u32;
@@ -444,9 +542,8 @@ async fn put_one(
             .put_chunk(
                 &current,
                 &live.headers,
-                up.path,
+                chunk_body(&mut pieces, up.path, offset),
                 (idx, total),
-                offset,
                 len,
                 counter,
             )
@@ -479,6 +576,15 @@ async fn put_one(
         let wait = shared.policy.delay(tries);
         tracing::debug!(chunk = idx, error = %transient, retry_in = ?wait, "chunk upload failed; trying again");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A chunk's body: streamed from the one read the first time, its range
+/// read from the file after that (and always when the hash is known).
+fn chunk_body<'a>(pieces: &mut Option<Pieces>, path: &'a Path, offset: u64) -> ChunkBody<'a> {
+    match pieces.take() {
+        Some(stream) => ChunkBody::Stream(stream),
+        None => ChunkBody::File { path, offset },
     }
 }
 

@@ -9,8 +9,8 @@
 //! the same read as its upload, which halves the reading and hashing. Until
 //! that hash is known, another file of the same size and fingerprint waits
 //! for it (see [`SameSize`]). Only the full sha256 makes a duplicate.
-//! Multipart uploads are always hashed first: their session carries the
-//! stamp before a byte is sent.
+//! Multipart uploads too: their stamp is added to the asset once their
+//! session completes (see `chunk_reader`).
 
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::discover::{new_file, path_from_bytes};
-use super::eligibility::{HEAD_LEN, Limits, Verdict, judge, kind_of};
+use super::eligibility::{HEAD_LEN, Limits, Verdict, judge};
 use super::read_count::ContentReads;
 use crate::ledger::{FileState, HashJob, HashOutcome, LedgerError, NewFile, SameSize};
 
@@ -95,7 +95,7 @@ pub fn examine(
     reads: &ContentReads,
 ) -> Examined {
     match look(path, job, limits, reads) {
-        Ok(looked) => finish(path, job, limits, looked, leave_hash, reads),
+        Ok(looked) => finish(path, job, looked, leave_hash, reads),
         Err(examined) => examined,
     }
 }
@@ -151,7 +151,6 @@ pub fn look(
 pub fn finish(
     path: &Path,
     job: &HashJob,
-    limits: &Limits,
     looked: Looked,
     leave_hash: bool,
     reads: &ContentReads,
@@ -164,7 +163,7 @@ pub fn finish(
         mime,
         fingerprint,
     } = looked;
-    if leave_hash && !limits.multipart(kind_of(path, mime.as_deref()), meta.len()) {
+    if leave_hash {
         return Examined::Send { sha256: None, mime };
     }
     // A fingerprint of the whole file is its sha256: nothing more to read.
@@ -496,9 +495,9 @@ async fn finish_off_thread(
     leave_hash: bool,
 ) -> Examined {
     let path = path_from_bytes(&job.path_bytes);
-    let (limits, reads) = (shared.limits, shared.reads.clone());
+    let reads = shared.reads.clone();
     let job = job.clone();
-    tokio::task::spawn_blocking(move || finish(&path, &job, &limits, looked, leave_hash, &reads))
+    tokio::task::spawn_blocking(move || finish(&path, &job, looked, leave_hash, &reads))
         .await
         .unwrap_or_else(|e| Examined::Unreadable(format!("the hashing task failed: {e}")))
 }

@@ -14,6 +14,7 @@
 //! list parsing, and [`ledger_failed`] / [`LedgerBackoff`] for callers that
 //! wait out a ledger outage the same way the stages do.
 
+mod chunk_reader;
 mod chunked_upload;
 mod discover;
 mod eligibility;
@@ -65,6 +66,10 @@ struct Shared {
     /// False once the platform was seen to drop a `user_metadata` sent
     /// after the file: every file is then hashed before it is sent.
     stamp_after_file: std::sync::atomic::AtomicBool,
+    /// False once the platform refused to add the stamp to an asset after
+    /// its upload (`PATCH …/user-metadata`): multipart uploads are then
+    /// hashed before they are sent, the stamp in their session.
+    stamp_after_session: std::sync::atomic::AtomicBool,
     /// The records this process's workers hold (see [`fleet`]).
     claims: fleet::Claims,
     /// Bytes of file content read (a test hook, see [`read_count`]).
@@ -142,6 +147,7 @@ impl Pipeline {
             limits: Limits::from_config(&config.upload),
             progress: Progress::default(),
             stamp_after_file: std::sync::atomic::AtomicBool::new(true),
+            stamp_after_session: std::sync::atomic::AtomicBool::new(true),
             reads: Arc::default(),
             ledger,
             client,

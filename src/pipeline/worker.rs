@@ -378,16 +378,23 @@ struct FileToSend<'a> {
 
 /// The job, with its hash if this attempt needs it before sending. The
 /// hash stage leaves the hash to the upload when no other record has this
-/// size and fingerprint (see `hasher`); a lookup and a multipart session need it before
-/// anything is sent, and so does a platform that drops a stamp sent after
-/// the file.
+/// size and fingerprint (see `hasher`). A direct upload needs it first for
+/// a lookup, and on a platform that drops a stamp sent after the file. A
+/// multipart upload never looks up (its saved session says what the
+/// platform has) and gets its stamp after the session completes, so it
+/// needs the hash first only on a platform that refused to add a stamp
+/// afterwards.
 async fn hash_first<'a>(
     shared: &Shared,
     job: &'a UploadJob,
     path: &Path,
     multipart: bool,
 ) -> Result<Cow<'a, UploadJob>, Outcome> {
-    let needed = multipart || job.lookup_first || !shared.stamp_after_file.load(Ordering::Relaxed);
+    let needed = if multipart {
+        !shared.stamp_after_session.load(Ordering::Relaxed)
+    } else {
+        job.lookup_first || !shared.stamp_after_file.load(Ordering::Relaxed)
+    };
     if job.sha256.is_some() || !needed {
         return Ok(Cow::Borrowed(job));
     }
@@ -423,8 +430,12 @@ async fn look_up(
     }
 }
 
-/// A large file in chunks (see `chunked_upload`), its sha256 stamp ahead
-/// of it; the session is kept for the next attempt unless the file changed.
+/// A large file in chunks (see `chunked_upload`). With its hash known, the
+/// sha256 stamp goes in the session; without, the file is hashed while it
+/// is sent (one read) and the stamp is added to the asset once the session
+/// completes, before the asset id is committed (so that an attempt cut off
+/// in between finds the completed session and adds it then). The session
+/// is kept for the next attempt unless the file changed.
 async fn send_chunked(
     shared: &Shared,
     job: &UploadJob,
@@ -438,8 +449,9 @@ async fn send_chunked(
         mut user_metadata,
     } = file;
     let sent = Arc::new(AtomicU64::new(0));
-    let sha256 = job.sha256.clone().unwrap_or_default();
-    user_metadata.insert(SHA256_STAMP.into(), sha256.into());
+    if let Some(sha256) = &job.sha256 {
+        user_metadata.insert(SHA256_STAMP.into(), sha256.clone().into());
+    }
     shared
         .progress
         .insert(job.id, job.display(), size, sent.clone());
@@ -459,33 +471,134 @@ async fn send_chunked(
     shared.reads.sent(bytes_sent);
     let check = check_disk_off_thread(path, job).await;
     if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
-        if let Ok(id) = &result
-            && let Err(e) = shared.client.delete_asset(id).await
-        {
-            tracing::warn!(asset_id = %id, error = %e, "could not delete the asset of a changed file");
+        if let Ok(done) = &result {
+            drop_changed(shared, &done.asset_id).await;
         }
         let _ = shared.ledger.drop_session(job.id).await;
         return Err(problem);
     }
     match result {
-        Ok(id) => {
-            crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
-            let end = AttemptEnd {
-                outcome: "accepted",
-                http_status: Some(200),
-                bytes_sent,
-                error: None,
-            };
-            let committed = commit(shared, job, &id, &end).await;
-            if committed.is_ok()
-                && let Err(e) = shared.ledger.drop_session(job.id).await
-            {
-                tracing::debug!(error = %e, "could not forget a finished upload session");
-            }
-            committed
+        Ok(done) => {
+            let sent = (bytes_sent, started);
+            accept_chunked(shared, job, path, done, sent).await
         }
         // The session is saved: the next attempt resumes it, no lookup needed.
         Err(e) => Err(without_lookup(classify(shared, job, &e, bytes_sent))),
+    }
+}
+
+/// The platform has every chunk: stamp the asset if its session went
+/// without the stamp, then commit it and forget the session.
+async fn accept_chunked(
+    shared: &Shared,
+    job: &UploadJob,
+    path: &Path,
+    done: super::chunked_upload::Sent,
+    (bytes_sent, started): (u64, std::time::Instant),
+) -> Result<(), Outcome> {
+    let id = done.asset_id;
+    let sha256 = match done.sha256.or_else(|| job.sha256.clone()) {
+        Some(sha256) => Some(sha256),
+        // A session completed by an earlier attempt that was cut off
+        // before the hash was recorded: hashed now, for the stamp.
+        None => match hash_off_thread(shared, path, job).await {
+            Ok(sha256) => Some(sha256),
+            Err(problem @ Outcome::Changed(..)) => {
+                drop_changed(shared, &id).await;
+                let _ = shared.ledger.drop_session(job.id).await;
+                return Err(problem);
+            }
+            // The platform has the whole file: the upload stands.
+            Err(_) => {
+                tracing::warn!(path = %job.display(), asset_id = %id, "could not hash the file after its upload; its asset goes without the sha256 stamp");
+                None
+            }
+        },
+    };
+    if done.needs_stamp
+        && let Some(sha256) = &sha256
+    {
+        add_stamp(shared, job, &id, sha256).await;
+    }
+    let job = &UploadJob {
+        sha256,
+        ..job.clone()
+    };
+    crate::metrics::upload_finished(bytes_sent, started.elapsed().as_secs_f64());
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(200),
+        bytes_sent,
+        error: None,
+    };
+    let committed = commit(shared, job, &id, &end).await;
+    if committed.is_ok()
+        && let Err(e) = shared.ledger.drop_session(job.id).await
+    {
+        tracing::debug!(error = %e, "could not forget a finished upload session");
+    }
+    committed
+}
+
+/// The platform holds bytes that are not the file's: remove them.
+async fn drop_changed(shared: &Shared, asset_id: &str) {
+    if let Err(e) = shared.client.delete_asset(asset_id).await {
+        tracing::warn!(%asset_id, error = %e, "could not delete the asset of a changed file");
+    }
+}
+
+/// Tries of the stamp's `PATCH` that fail for a reason that may pass.
+const STAMP_TRIES: u32 = 3;
+
+/// Add the sha256 stamp to a multipart asset whose session went without
+/// it. The upload stands whatever the answer: without the stamp only
+/// `reconcile` loses something (README.md, "Large files"). A platform that
+/// refuses the call (no such route, not allowed) is told once per process,
+/// and from then on multipart uploads are hashed first, their stamp in the
+/// session.
+async fn add_stamp(shared: &Shared, job: &UploadJob, asset_id: &str, sha256: &str) {
+    let mut tries = 0u32;
+    let e = loop {
+        let e = match shared.client.add_sha256_stamp(asset_id, sha256).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        tries += 1;
+        let wait = match e.class() {
+            ErrorClass::Transient => shared.policy.delay(tries),
+            ErrorClass::RateLimited { until } => until
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or_else(|| shared.policy.delay(tries))
+                .min(crate::api::MAX_RETRY_AFTER),
+            _ => break e,
+        };
+        if tries >= STAMP_TRIES {
+            break e;
+        }
+        tracing::debug!(%asset_id, error = %e, retry_in = ?wait, "could not add the sha256 stamp; trying again");
+        tokio::time::sleep(wait).await;
+    };
+    let refused = matches!(
+        e.class(),
+        ErrorClass::Permanent | ErrorClass::NotFound | ErrorClass::Auth
+    );
+    if refused && shared.stamp_after_session.swap(false, Ordering::Relaxed) {
+        tracing::warn!(
+            %asset_id,
+            error = %e,
+            "the platform refused to add the sha256 stamp to an asset after its upload; \
+             the upload stands, but `reconcile` cannot list such an asset as an orphan \
+             if its record is lost. Large files are hashed before they are sent from now on, \
+             the stamp in their upload session"
+        );
+    } else {
+        tracing::warn!(
+            path = %job.display(),
+            %asset_id,
+            error = %e,
+            "could not add the sha256 stamp to the asset; the upload stands, but `reconcile` \
+             cannot list this asset as an orphan if its record is lost"
+        );
     }
 }
 
