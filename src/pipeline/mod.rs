@@ -69,6 +69,36 @@ struct Shared {
 }
 
 impl Shared {
+    /// The states whose announcement wakes the indexer: `ready`, when a
+    /// watch indexes its files; none otherwise, so that 100 000 files
+    /// turning `ready` do not make 100 000 searches of the `ready` records
+    /// for nothing (a record left from an earlier configuration is still
+    /// found within [`SAFETY_NET`]).
+    fn index_wake(&self) -> &'static [FileState] {
+        if self.config.watch.iter().any(|w| w.index_id.is_some()) {
+            &[FileState::Ready]
+        } else {
+            &[]
+        }
+    }
+
+    /// The states whose announcement wakes the finisher: a file's last
+    /// states, when a watch moves or deletes files; none otherwise (as
+    /// [`Shared::index_wake`]).
+    fn finish_wake(&self) -> &'static [FileState] {
+        let keep = crate::config::FileAction::default();
+        let acts = self
+            .config
+            .watch
+            .iter()
+            .any(|w| w.after_upload != keep || w.on_failure != keep);
+        if acts {
+            &[FileState::Ready, FileState::Indexed, FileState::Failed]
+        } else {
+            &[]
+        }
+    }
+
     /// The lease on a claimed record, in ms (`ledger.lease`).
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.config.ledger.lease.as_millis()).unwrap_or(i64::MAX)
