@@ -120,31 +120,42 @@ async fn wait_until_done(
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The ledger is asked again only when something may have finished: a
+    // record left the unfinished states, changes were lost (lagged), or
+    // the tick came round (records another process changed or removed).
+    let mut recheck = true;
     loop {
         if let GateState::AuthRejected { message } = gate.borrow_and_update().clone() {
             display.finish();
             return Waited::AuthRejected(message);
         }
-        let unfinished = if ledger.is_shared() {
-            ledger.unfinished_among(&ids).await.map(|left| {
-                ids = left;
-                i64::try_from(ids.len()).unwrap_or(i64::MAX)
-            })
-        } else {
-            ledger.unfinished().await
-        };
-        match unfinished {
-            Ok(0) => {
-                // Changes committed before the count was read are already
-                // in the channel: print them, or a file's line is lost.
-                while let Ok(c) = changes.try_recv() {
-                    display.change(&c);
+        if recheck {
+            recheck = false;
+            let finished = if ledger.is_shared() {
+                ledger.unfinished_among(&ids).await.map(|left| {
+                    ids = left;
+                    ids.is_empty()
+                })
+            } else {
+                ledger.any_unfinished().await.map(|any| !any)
+            };
+            match finished {
+                Ok(true) => {
+                    // Changes committed before the ledger was read are
+                    // already in the channel: print them, or a file's line
+                    // is lost.
+                    while let Ok(c) = changes.try_recv() {
+                        display.change(&c);
+                    }
+                    display.finish();
+                    return Waited::Done;
                 }
-                display.finish();
-                return Waited::Done;
+                Ok(false) => {}
+                Err(e) => {
+                    crate::pipeline::ledger_failed(&e, "cannot read the ledger");
+                    recheck = true;
+                }
             }
-            Ok(_) => {}
-            Err(e) => crate::pipeline::ledger_failed(&e, "cannot read the ledger"),
         }
         tokio::select! {
             _ = &mut ctrl_c => {
@@ -152,16 +163,23 @@ async fn wait_until_done(
                 return Waited::Interrupted;
             }
             _ = gate.changed() => {}
-            _ = tick.tick() => display.refresh(),
+            _ = tick.tick() => {
+                display.refresh();
+                recheck = true;
+            }
             change = changes.recv() => {
                 match change {
-                    Ok(c) => display.change(&c),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(c) => {
+                        recheck |= c.state.is_terminal();
+                        display.change(&c);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => recheck = true,
                     Err(broadcast::error::RecvError::Closed) => return Waited::Done,
                 }
                 // Print everything that is already waiting before asking
                 // the ledger again.
                 while let Ok(c) = changes.try_recv() {
+                    recheck |= c.state.is_terminal();
                     display.change(&c);
                 }
             }
@@ -268,15 +286,13 @@ fn short_name(path: &str) -> String {
 /// any of them failed.
 async fn summarize(ledger: &Ledger, paths: &[PathBuf]) -> CliResult {
     let mut counts: BTreeMap<FileState, usize> = BTreeMap::new();
-    for p in paths {
-        match ledger.latest_for_path(p.as_os_str().as_bytes()).await {
-            Ok(Some(rec)) => {
-                let state = rec.state().map_err(|e| CliError::failed(e.to_string()))?;
-                *counts.entry(state).or_default() += 1;
-            }
-            Ok(None) => {}
-            Err(e) => return Err(CliError::failed(e.to_string())),
-        }
+    let path_bytes: Vec<&[u8]> = paths.iter().map(|p| p.as_os_str().as_bytes()).collect();
+    let states = ledger
+        .newest_states(&path_bytes)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    for state in states.into_iter().flatten() {
+        *counts.entry(state).or_default() += 1;
     }
     let total: usize = counts.values().sum();
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();

@@ -27,6 +27,11 @@ use super::health::Health;
 pub(super) struct Pool {
     db: Db,
     health: Arc<Health>,
+    /// SQLite: this process's writing transactions, one at a time. Without
+    /// it the pool's connections queue for SQLite's write lock in its busy
+    /// handler, which polls with sleeps: a sleep and a retry per transaction
+    /// that meets another, and wake-ups for nothing.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +53,8 @@ enum Db {
 pub(super) struct Tx {
     /// `None` once committed, rolled back or closed.
     conn: Option<Conn>,
+    /// SQLite: [`Pool::writer`], held until the transaction has ended.
+    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     health: Arc<Health>,
     /// A statement changed rows: a commit proves the ledger writable.
     wrote: bool,
@@ -63,6 +70,9 @@ pub(super) enum Conn {
 const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock(1953262439, 1)";
 const SHARED_WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1953262439, 1)";
 
+/// SQLite's busy timeout (set where the ledger connects).
+pub(super) const BUSY_WAIT: Duration = Duration::from_secs(10);
+
 /// How long closing a broken connection may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +81,7 @@ impl Pool {
         Pool {
             db: Db::Sqlite(pool),
             health: Arc::default(),
+            writer: Arc::default(),
         }
     }
 
@@ -78,6 +89,7 @@ impl Pool {
         Pool {
             db: Db::Postgres(pool),
             health: Arc::default(),
+            writer: Arc::default(),
         }
     }
 
@@ -115,8 +127,13 @@ impl Pool {
 
     async fn start(&self, pg_lock: &'static str) -> Result<Tx, sqlx::Error> {
         self.health.fault()?;
+        let mut writer = None;
         let conn = match &self.db {
             Db::Sqlite(p) => {
+                // Waited for as long as SQLite's busy handler would wait;
+                // past that (a transaction of this process that does not
+                // end), SQLite's own lock decides, as without it.
+                writer = self.writer_turn().await;
                 let mut c = p.acquire().await?;
                 if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await {
                     // Not in a transaction; but a connection that could not
@@ -140,6 +157,7 @@ impl Pool {
         };
         let mut tx = Tx {
             conn: Some(conn),
+            writer,
             health: self.health.clone(),
             wrote: false,
         };
@@ -152,6 +170,18 @@ impl Pool {
             return Err(e);
         }
         Ok(tx)
+    }
+
+    /// SQLite: this process's turn to write (see [`Pool::writer`]), waited
+    /// for at most [`BUSY_WAIT`]. PostgreSQL: none (its own locks order
+    /// writers).
+    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.db {
+            Db::Sqlite(_) => tokio::time::timeout(BUSY_WAIT, self.writer.clone().lock_owned())
+                .await
+                .ok(),
+            Db::Postgres(_) => None,
+        }
     }
 
     pub(super) async fn close(&self) {
@@ -242,10 +272,13 @@ impl Drop for Tx {
         let Some(conn) = self.conn.take() else {
             return;
         };
+        // The next writer waits for the rollback.
+        let writer = self.writer.take();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
                     let _ = conn.roll_back().await;
+                    drop(writer);
                 });
             }
             // No runtime to roll back on: closing rolls back too.
@@ -479,6 +512,9 @@ impl Q {
                     p.health.saw(&e);
                     return Err(e);
                 }
+                // A write of its own waits for this process's writing
+                // transaction like another one (see `Pool::writer`).
+                let _writer = p.writer_turn().await;
                 let rows = on_engine!(self, Ex::Pool(p), query_with, execute, |r| r
                     .rows_affected())?;
                 if rows > 0 {

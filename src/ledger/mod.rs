@@ -195,7 +195,7 @@ impl Ledger {
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(engine::BUSY_WAIT)
             .foreign_keys(true)
             // A long export is not a slow statement worth a warning on
             // stderr; real slowness shows in the benchmarks.

@@ -16,6 +16,29 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The start of a statement over a batch of files on disk: the CTE
+/// `disk(i, path_bytes, size, mtime_ns, device, inode)`, `i` counting from
+/// `base`, left open for the query after it (which starts with `)`).
+fn disk_values(base: usize, files: &[NewFile]) -> Q {
+    let mut q: Q = stmt("WITH disk(i, path_bytes, size, mtime_ns, device, inode) AS (VALUES ");
+    for (i, f) in files.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" })
+            .push_bind(i64::try_from(base + i).unwrap_or(i64::MAX))
+            .push(", ")
+            .push_bind(f.path_bytes.as_slice())
+            .push(", ")
+            .push_bind(to_i64(f.size))
+            .push(", ")
+            .push_bind(f.mtime_ns)
+            .push(", ")
+            .push_bind(to_i64(f.device))
+            .push(", ")
+            .push_bind(to_i64(f.inode))
+            .push(")");
+    }
+    q
+}
+
 impl Ledger {
     /// For each file, whether some record of its path has the same size,
     /// mtime, device and inode: the batch form of [`Ledger::is_current`]
@@ -25,23 +48,7 @@ impl Ledger {
         let mut current = vec![false; files.len()];
         for (chunk_no, chunk) in files.chunks(PER_QUERY).enumerate() {
             let base = chunk_no * PER_QUERY;
-            let mut q: Q =
-                stmt("WITH disk(i, path_bytes, size, mtime_ns, device, inode) AS (VALUES ");
-            for (i, f) in chunk.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" })
-                    .push_bind(i64::try_from(base + i).unwrap_or(i64::MAX))
-                    .push(", ")
-                    .push_bind(f.path_bytes.as_slice())
-                    .push(", ")
-                    .push_bind(to_i64(f.size))
-                    .push(", ")
-                    .push_bind(f.mtime_ns)
-                    .push(", ")
-                    .push_bind(to_i64(f.device))
-                    .push(", ")
-                    .push_bind(to_i64(f.inode))
-                    .push(")");
-            }
+            let mut q = disk_values(base, chunk);
             // `files_path (path_bytes, id)` serves each lookup.
             q.push(
                 ") SELECT disk.i FROM disk WHERE EXISTS (SELECT 1 FROM files \
@@ -61,6 +68,77 @@ impl Ledger {
             }
         }
         Ok(current)
+    }
+
+    /// For each file, the newest record of its path and that record's
+    /// state when it has the same size, mtime, inode (and device, on one
+    /// host): what [`Ledger::discover`] answers as
+    /// [`Discovery::Known`](super::Discovery::Known) without writing, read
+    /// for a whole batch in one query per [`PER_QUERY`] files. In the order
+    /// of `files`.
+    pub async fn known_among(
+        &self,
+        files: &[NewFile],
+    ) -> Result<Vec<Option<(i64, FileState)>>, LedgerError> {
+        let mut known = vec![None; files.len()];
+        for (chunk_no, chunk) in files.chunks(PER_QUERY).enumerate() {
+            let base = chunk_no * PER_QUERY;
+            let mut q = disk_values(base, chunk);
+            // `files_path (path_bytes, id)` serves each lookup.
+            q.push(
+                ") SELECT disk.i, f.id, f.state FROM disk JOIN files f ON f.id = \
+                 (SELECT id FROM files WHERE files.path_bytes = disk.path_bytes \
+                 ORDER BY id DESC LIMIT 1) \
+                 WHERE f.size = disk.size AND f.mtime_ns = disk.mtime_ns AND f.inode = disk.inode",
+            );
+            if !self.stat_ignores_device() {
+                q.push(" AND f.device = disk.device");
+            }
+            let rows: Vec<(i64, i64, String)> = q.fetch_all(&self.pool).await?;
+            for (i, id, state) in rows {
+                let state = FileState::parse(&state)
+                    .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| known.get_mut(i)) {
+                    *slot = Some((id, state));
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// The state of the newest record of each path (`None`: no record), in
+    /// the order of `paths`, in one query per [`PER_QUERY`] paths: what
+    /// `upload` sums up at the end of a run.
+    pub async fn newest_states(
+        &self,
+        paths: &[&[u8]],
+    ) -> Result<Vec<Option<FileState>>, LedgerError> {
+        let mut states = vec![None; paths.len()];
+        for (chunk_no, chunk) in paths.chunks(PER_QUERY).enumerate() {
+            let base = chunk_no * PER_QUERY;
+            let mut q: Q = stmt("WITH disk(i, path_bytes) AS (VALUES ");
+            for (i, p) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" })
+                    .push_bind(i64::try_from(base + i).unwrap_or(i64::MAX))
+                    .push(", ")
+                    .push_bind(*p)
+                    .push(")");
+            }
+            q.push(
+                ") SELECT disk.i, f.state FROM disk JOIN files f ON f.id = \
+                 (SELECT id FROM files WHERE files.path_bytes = disk.path_bytes \
+                 ORDER BY id DESC LIMIT 1)",
+            );
+            let rows: Vec<(i64, String)> = q.fetch_all(&self.pool).await?;
+            for (i, state) in rows {
+                let state = FileState::parse(&state)
+                    .ok_or_else(|| LedgerError::Corrupt(format!("unknown state {state:?}")))?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| states.get_mut(i)) {
+                    *slot = Some(state);
+                }
+            }
+        }
+        Ok(states)
     }
 
     /// Files found again once their watched folder came back, re-created
@@ -196,6 +274,93 @@ mod tests {
         let current = ledger.current_among(&files).await.expect("query");
         let found: Vec<usize> = (0..files.len()).filter(|&i| current[i]).collect();
         assert_eq!(found, known);
+        ledger.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_discovered_as_one_file_at_a_time_would_be() {
+        use crate::ledger::Discovery;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        let Discovery::New(known) = ledger
+            .discover(&file("/in/known.mp4", 10, 1, 1))
+            .await
+            .expect("discover")
+        else {
+            panic!("new")
+        };
+        let Discovery::New(changing) = ledger
+            .discover(&file("/in/changing.mp4", 10, 1, 2))
+            .await
+            .expect("discover")
+        else {
+            panic!("new")
+        };
+        let batch = [
+            file("/in/known.mp4", 10, 1, 1),
+            file("/in/changing.mp4", 11, 2, 2),
+            file("/in/new.mp4", 10, 1, 3),
+            // Named twice: the second meets the record the first made.
+            file("/in/new.mp4", 10, 1, 3),
+            // And a new version of it in the same batch follows it.
+            file("/in/new.mp4", 12, 2, 3),
+        ];
+        assert_eq!(
+            ledger.known_among(&batch).await.expect("known"),
+            [Some((known, FileState::Discovered)), None, None, None, None]
+        );
+        let mut changes = ledger.subscribe();
+        let found = ledger.discover_many(&batch).await.expect("discover");
+        assert_eq!(found.len(), batch.len());
+        assert_eq!(
+            found[0],
+            Discovery::Known {
+                id: known,
+                state: FileState::Discovered
+            }
+        );
+        assert_eq!(found[1], Discovery::Changed(changing));
+        let Discovery::New(new) = found[2] else {
+            panic!("{:?}", found[2])
+        };
+        assert_eq!(
+            found[3],
+            Discovery::Known {
+                id: new,
+                state: FileState::Discovered
+            }
+        );
+        assert_eq!(found[4], Discovery::Changed(new));
+        // Announced once committed, in order.
+        let announced: Vec<i64> = std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(announced, [changing, new, new]);
+        // Every one is now known as it is.
+        let again = ledger
+            .known_among(&[
+                file("/in/changing.mp4", 11, 2, 2),
+                file("/in/new.mp4", 12, 2, 3),
+            ])
+            .await
+            .expect("known");
+        assert_eq!(
+            again,
+            [
+                Some((changing, FileState::Discovered)),
+                Some((new, FileState::Discovered))
+            ]
+        );
+        let paths: [&[u8]; 3] = [b"/in/new.mp4", b"/in/none.mp4", b"/in/known.mp4"];
+        assert_eq!(
+            ledger.newest_states(&paths).await.expect("states"),
+            [
+                Some(FileState::Discovered),
+                None,
+                Some(FileState::Discovered)
+            ]
+        );
+        assert!(ledger.discover_many(&[]).await.expect("empty").is_empty());
         ledger.close().await;
     }
 

@@ -125,6 +125,9 @@ pub fn same_stat(a: &NewFile, size: i64, mtime_ns: i64, inode: i64) -> bool {
         && i64::try_from(a.inode).ok() == Some(inode)
 }
 
+/// Files recorded together at most (one read, one transaction).
+const BATCH: usize = 512;
+
 /// What a walk found, for the command's summary.
 #[derive(Debug, Default, Clone)]
 pub struct WalkReport {
@@ -155,44 +158,61 @@ pub async fn discover(
     let filter = filter.clone();
     let walker = tokio::task::spawn_blocking(move || walk(&roots, &filter, &tx));
     let mut report = WalkReport::default();
+    // A full disk or a lost connection is waited out (the ledger says so
+    // once), not a failed run.
+    let never = tokio_util::sync::CancellationToken::new();
+    let mut batch: Vec<(PathBuf, NewFile)> = Vec::with_capacity(BATCH);
     while let Some(item) = rx.recv().await {
-        let (path, meta) = match item {
-            Ok(found) => found,
-            Err(problem) => {
-                tracing::warn!(error = %problem, "skipping while walking");
-                report.problems.push(problem);
-                continue;
+        // Whatever the walk has found meanwhile goes in the same batch:
+        // one read for the files the ledger knows, one transaction for
+        // the rest (see `Ledger::discover_many`).
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match item {
+                Ok((path, meta)) => {
+                    let found = new_file(&path, &meta, user_metadata);
+                    batch.push((path, found));
+                }
+                Err(problem) => {
+                    tracing::warn!(error = %problem, "skipping while walking");
+                    report.problems.push(problem);
+                }
             }
-        };
-        let found = new_file(&path, &meta, user_metadata);
-        // A full disk or a lost connection is waited out (the ledger says
-        // so once), not a failed run.
-        let never = tokio_util::sync::CancellationToken::new();
-        let discovery = super::until_recorded(
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let files: Vec<NewFile> = batch.iter().map(|(_, f)| f.clone()).collect();
+        let discoveries = super::until_recorded(
             &never,
-            "cannot record the file; waiting for the ledger",
-            || ledger.discover(&found),
+            "cannot record the files; waiting for the ledger",
+            || ledger.discover_many(&files),
         )
         .await?;
-        if let Discovery::Known {
-            id,
-            state: FileState::Failed,
-        } = discovery
-            && let Some(before) = requeue_failed_before
-            && super::until_recorded(
-                &never,
-                "cannot requeue the file; waiting for the ledger",
-                || ledger.requeue_failed_before(id, before),
-            )
-            .await?
-        {
-            report.requeued += 1;
+        for ((path, _), discovery) in batch.drain(..).zip(discoveries) {
+            if let Discovery::Known {
+                id,
+                state: FileState::Failed,
+            } = discovery
+                && let Some(before) = requeue_failed_before
+                && super::until_recorded(
+                    &never,
+                    "cannot requeue the file; waiting for the ledger",
+                    || ledger.requeue_failed_before(id, before),
+                )
+                .await?
+            {
+                report.requeued += 1;
+            }
+            let id = match discovery {
+                Discovery::New(id) | Discovery::Changed(id) | Discovery::Known { id, .. } => id,
+            };
+            report.paths.push(path);
+            report.ids.push(id);
         }
-        let id = match discovery {
-            Discovery::New(id) | Discovery::Changed(id) | Discovery::Known { id, .. } => id,
-        };
-        report.paths.push(path);
-        report.ids.push(id);
     }
     if let Err(e) = walker.await {
         report

@@ -102,8 +102,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         // waiting to be due.
         later.retain(|id, _| jobs.iter().any(|j| j.id == *id));
         let due = later.values().map(|(_, at)| *at).min();
-        let finished = [FileState::Ready, FileState::Indexed, FileState::Failed];
-        if !super::wait_for_states(&mut changes, &stop, &finished, due).await {
+        if !super::wait_for_states(&mut changes, &stop, shared.finish_wake(), due).await {
             return;
         }
     }

@@ -41,7 +41,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
         };
         if to_submit.is_empty() && in_progress.is_empty() {
-            if !super::wait_for_state(&mut changes, stop, FileState::Ready, None).await {
+            let wake = shared.index_wake();
+            if !super::wait_for_states(&mut changes, stop, wake, None).await {
                 return;
             }
             continue;

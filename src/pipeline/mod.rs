@@ -74,9 +74,41 @@ struct Shared {
     claims: fleet::Claims,
     /// Bytes of file content read (a test hook, see [`read_count`]).
     reads: Arc<read_count::ContentReads>,
+    /// Rung once for each record that enters `queued` (see [`ring_on_queued`]).
+    queued: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// The states whose announcement wakes the indexer: `ready`, when a
+    /// watch indexes its files; none otherwise, so that 100 000 files
+    /// turning `ready` do not make 100 000 searches of the `ready` records
+    /// for nothing (a record left from an earlier configuration is still
+    /// found within [`SAFETY_NET`]).
+    fn index_wake(&self) -> &'static [FileState] {
+        if self.config.watch.iter().any(|w| w.index_id.is_some()) {
+            &[FileState::Ready]
+        } else {
+            &[]
+        }
+    }
+
+    /// The states whose announcement wakes the finisher: a file's last
+    /// states, when a watch moves or deletes files; none otherwise (as
+    /// [`Shared::index_wake`]).
+    fn finish_wake(&self) -> &'static [FileState] {
+        let keep = crate::config::FileAction::default();
+        let acts = self
+            .config
+            .watch
+            .iter()
+            .any(|w| w.after_upload != keep || w.on_failure != keep);
+        if acts {
+            &[FileState::Ready, FileState::Indexed, FileState::Failed]
+        } else {
+            &[]
+        }
+    }
+
     /// The lease on a claimed record, in ms (`ledger.lease`).
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.config.ledger.lease.as_millis()).unwrap_or(i64::MAX)
@@ -143,6 +175,7 @@ impl Pipeline {
         let shared = Shared {
             gate: Gate::new(config.upload.requests_per_minute).for_fleet(&ledger),
             claims: fleet::Claims::default(),
+            queued: tokio::sync::Notify::new(),
             policy: RetryPolicy::from_config(&config.upload),
             limits: Limits::from_config(&config.upload),
             progress: Progress::default(),
@@ -207,6 +240,12 @@ impl Pipeline {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         tracker.spawn(hasher::run(self.shared.clone(), stop.clone()));
+        // Subscribed before any worker runs: no queued record goes unrung.
+        tracker.spawn(ring_on_queued(
+            self.shared.clone(),
+            self.shared.ledger.subscribe(),
+            stop.clone(),
+        ));
         for _ in 0..self.shared.config.upload.workers {
             tracker.spawn(worker::run(
                 self.shared.clone(),
@@ -305,6 +344,49 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Wake one idle worker for each record that enters `queued`, rather than
+/// every worker for every record: each woken worker makes a claim, and one
+/// that finds nothing (another worker took the record) is a transaction and
+/// a query spent for nothing, per worker and per file. A worker that is
+/// busy claims again as soon as it is done, so a record queued while every
+/// worker is busy leaves only one wake-up waiting (`Notify` keeps one).
+/// Lost changes (a lagged receiver) wake every worker.
+async fn ring_on_queued(
+    shared: Arc<Shared>,
+    mut changes: broadcast::Receiver<Change>,
+    stop: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            _ = stop.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match change {
+            Ok(c) if c.state == FileState::Queued => shared.queued.notify_one(),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                shared.queued.notify_waiters();
+                shared.queued.notify_one();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Wait until [`ring_on_queued`] wakes this worker, or until `due_ms`
+/// (Unix ms) passes; false if `stop` fired.
+async fn wait_for_queued(shared: &Shared, stop: &CancellationToken, due_ms: Option<i64>) -> bool {
+    let timer = match due_ms {
+        Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+        None => SAFETY_NET,
+    };
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(timer.min(SAFETY_NET)) => true,
+        _ = shared.queued.notified() => true,
     }
 }
 

@@ -22,17 +22,13 @@ use super::eligibility::{MediaKind, kind_of};
 use crate::api::{
     ApiError, Created, DirectUpload, ErrorClass, SHA256_STAMP, Stamp, URL_STAMP, wire_filename,
 };
-use crate::ledger::{
-    AttemptEnd, Event, FileState, LOOKUP_DELAY_MS, NewFile, UploadJob, now_ms, to_ms,
-};
+use crate::ledger::{AttemptEnd, Event, LOOKUP_DELAY_MS, NewFile, UploadJob, now_ms, to_ms};
 
 /// Run one worker until `stop` (no new claims) or `abort` (drop the
 /// attempt in flight, leaving its record queued for a lookup).
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
-    let mut changes = shared.ledger.subscribe();
     let mut backoff = super::retry::LedgerBackoff::default();
     loop {
-        while changes.try_recv().is_ok() {}
         if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
             return;
         }
@@ -74,7 +70,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
             Ok(Some(at)) => Some(at),
             _ => None,
         };
-        if !super::wait_for_state(&mut changes, &stop, FileState::Queued, due).await {
+        if !super::wait_for_queued(&shared, &stop, due).await {
             return;
         }
     }
