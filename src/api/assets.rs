@@ -253,10 +253,18 @@ impl ApiClient {
         if let Some(name) = filename {
             query.push(("filename", name.to_string()));
         }
+        self.asset_page(&query).await
+    }
+
+    /// One `GET /assets` with this query.
+    async fn asset_page<V: serde::Serialize>(
+        &self,
+        query: &[(&str, V)],
+    ) -> Result<AssetPage, ApiError> {
         let resp = self
             .http
             .get(format!("{}/assets", self.base))
-            .query(&query)
+            .query(query)
             .send()
             .await
             .map_err(|e| transport("list assets", &e, false))?;
@@ -296,14 +304,7 @@ impl ApiClient {
                 query.push(("asset_ids", id));
             }
         }
-        let resp = self
-            .http
-            .get(format!("{}/assets", self.base))
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| transport("list assets", &e, false))?;
-        let page: AssetPage = self.scrub(read_json(resp).await)?;
+        let page = self.asset_page(&query).await?;
         let mut found = HashMap::new();
         for asset in page.assets().filter_map(Result::ok) {
             if let Some(id) = asset.id.clone()

@@ -22,6 +22,27 @@ pub struct PollJob {
     pub updated_at: i64,
 }
 
+/// `processing` → `ready` for one record, if it is still `processing`.
+const MARK_READY: &str = "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, \
+     last_error = NULL WHERE id = $1 AND state = $2";
+
+impl PollJob {
+    /// The change a record makes on entering `to`, for the ledger's subscribers.
+    fn change(&self, to: FileState) -> Change {
+        Change {
+            id: self.id,
+            path: self
+                .path
+                .clone()
+                .or_else(|| self.url.clone())
+                .unwrap_or_default(),
+            state: to,
+            asset_id: Some(self.asset_id.clone()),
+            detail: None,
+        }
+    }
+}
+
 impl Ledger {
     /// Records whose asset is processing and that were accepted or last
     /// asked about at or before `cutoff` (Unix ms), least recently first.
@@ -53,28 +74,15 @@ impl Ledger {
         let from = FileState::Processing;
         let to = from.on(Event::Ready)?;
         let now = now_ms();
-        let done = stmt(
-            "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, last_error = NULL \
-             WHERE id = $1 AND state = $2",
-        )
-        .bind(job.id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let done = stmt(MARK_READY)
+            .bind(job.id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         expect_one(done, job.id, from)?;
-        self.announce(Change {
-            id: job.id,
-            path: job
-                .path
-                .clone()
-                .or_else(|| job.url.clone())
-                .unwrap_or_default(),
-            state: to,
-            asset_id: Some(job.asset_id.clone()),
-            detail: None,
-        });
+        self.announce(job.change(to));
         Ok(())
     }
 
@@ -95,33 +103,20 @@ impl Ledger {
         let mut tx = self.begin().await?;
         let mut moved = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let done = stmt(
-                "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, last_error = NULL \
-                 WHERE id = $1 AND state = $2",
-            )
-            .bind(job.id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
+            let done = stmt(MARK_READY)
+                .bind(job.id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
             if done.rows_affected() == 1 {
                 moved.push(*job);
             }
         }
         tx.commit().await?;
         for job in &moved {
-            self.announce(Change {
-                id: job.id,
-                path: job
-                    .path
-                    .clone()
-                    .or_else(|| job.url.clone())
-                    .unwrap_or_default(),
-                state: to,
-                asset_id: Some(job.asset_id.clone()),
-                detail: None,
-            });
+            self.announce(job.change(to));
         }
         Ok(moved)
     }
