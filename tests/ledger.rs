@@ -393,6 +393,57 @@ async fn a_unique_size_is_queued_unhashed_and_a_twin_waits_for_its_hash() {
     );
 }
 
+/// The hash stage queues a round of fingerprinted records in one
+/// transaction, in order: each only if no other record could hold the same
+/// content, so of two twins found together only the first goes unhashed,
+/// and a record changed since it was examined is left alone.
+#[tokio::test]
+async fn a_round_of_records_is_queued_together_but_twins_are_not() {
+    let (_d, ledger) = open().await;
+    let mut jobs = Vec::new();
+    for (name, mtime) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+        let Discovery::New(id) = ledger
+            .discover(&file(&format!("/in/{name}.mp4"), 10, mtime))
+            .await
+            .expect("discover")
+        else {
+            panic!("new");
+        };
+        jobs.push(hash_job(&ledger, id).await);
+    }
+    // a and b look alike, c is other content; d changed after it was looked at.
+    let prints = ["p1", "p1", "p2", "p3"];
+    for (job, print) in jobs.iter_mut().zip(prints) {
+        job.fingerprint = Some(print.into());
+    }
+    ledger
+        .discover(&file("/in/d.mp4", 10, 5))
+        .await
+        .expect("rediscover");
+    let round: Vec<_> = jobs.iter().map(|j| (j, Some("video/mp4"))).collect();
+    let queued = ledger.queue_unhashed_many(&round).await.expect("queue");
+    assert_eq!(queued, [true, false, true, false]);
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(state(&ledger, ids[0]).await, FileState::Queued);
+    assert_eq!(state(&ledger, ids[1]).await, FileState::Discovered);
+    assert_eq!(state(&ledger, ids[2]).await, FileState::Queued);
+    // The twin left behind goes the single way: it waits for a's hash.
+    assert_eq!(
+        ledger.same_size(&jobs[1]).await.expect("q"),
+        SameSize::Pending
+    );
+    // Records without a fingerprint are never queued this way.
+    let unprinted = HashJob {
+        fingerprint: None,
+        ..jobs[1].clone()
+    };
+    let queued = ledger
+        .queue_unhashed_many(&[(&unprinted, None)])
+        .await
+        .expect("queue");
+    assert_eq!(queued, [false]);
+}
+
 /// A record that changes while it waits is examined again at once.
 #[tokio::test]
 async fn a_changed_file_is_not_kept_waiting() {

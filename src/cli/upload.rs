@@ -103,6 +103,19 @@ enum Waited {
     AuthRejected(String),
 }
 
+/// The least time between two questions to the ledger about what is left.
+const RECHECK_GAP: Duration = Duration::from_millis(20);
+
+/// How long a failed question to the ledger waits to be asked again.
+const LEDGER_RETRY: Duration = Duration::from_secs(1);
+
+/// Until `due`, or not at all.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
+
 /// Follow the ledger until nothing is unfinished, printing each file as it
 /// finishes. Stops early on Ctrl-C or a rejected key.
 /// On a shared ledger, only this run's records count (`ids`): the other
@@ -124,13 +137,18 @@ async fn wait_until_done(
     // record left the unfinished states, changes were lost (lagged), or
     // the tick came round (records another process changed or removed).
     let mut recheck = true;
+    // Not more often than this: with thousands of small files finishing
+    // every second, once per file would be a query per file.
+    let mut checked_at: Option<tokio::time::Instant> = None;
     loop {
         if let GateState::AuthRejected { message } = gate.borrow_and_update().clone() {
             display.finish();
             return Waited::AuthRejected(message);
         }
-        if recheck {
+        let due = checked_at.map(|at| at + RECHECK_GAP);
+        if recheck && due.is_none_or(|due| due <= tokio::time::Instant::now()) {
             recheck = false;
+            checked_at = Some(tokio::time::Instant::now());
             let finished = if ledger.is_shared() {
                 ledger.unfinished_among(&ids).await.map(|left| {
                     ids = left;
@@ -154,6 +172,8 @@ async fn wait_until_done(
                 Err(e) => {
                     crate::pipeline::ledger_failed(&e, "cannot read the ledger");
                     recheck = true;
+                    // Asked again in a second, not at once.
+                    checked_at = Some(tokio::time::Instant::now() + LEDGER_RETRY);
                 }
             }
         }
@@ -163,6 +183,7 @@ async fn wait_until_done(
                 return Waited::Interrupted;
             }
             _ = gate.changed() => {}
+            _ = sleep_until_due(checked_at.map(|at| at + RECHECK_GAP)), if recheck => {}
             _ = tick.tick() => {
                 display.refresh();
                 recheck = true;

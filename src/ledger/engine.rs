@@ -31,8 +31,19 @@ pub(super) struct Pool {
     /// it the pool's connections queue for SQLite's write lock in its busy
     /// handler, which polls with sleeps: a sleep and a retry per transaction
     /// that meets another, and wake-ups for nothing.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    ///
+    /// It holds the connection the last transaction committed on, for the
+    /// next one: a connection whose cache another connection's write made
+    /// stale reads every page it needs again, and its prepared statements
+    /// are its own. So the writes go on one connection, the reads on the
+    /// pool's others. Not with a pool of one connection, whose reads would
+    /// then wait for a connection that never comes back.
+    writer: Arc<tokio::sync::Mutex<WriterSlot>>,
+    keep_writer: bool,
 }
+
+/// See [`Pool::writer`].
+type WriterSlot = Option<PoolConnection<Sqlite>>;
 
 #[derive(Clone, Debug)]
 enum Db {
@@ -54,7 +65,9 @@ pub(super) struct Tx {
     /// `None` once committed, rolled back or closed.
     conn: Option<Conn>,
     /// SQLite: [`Pool::writer`], held until the transaction has ended.
-    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    writer: Option<tokio::sync::OwnedMutexGuard<WriterSlot>>,
+    /// [`Pool::keep_writer`].
+    keep_writer: bool,
     health: Arc<Health>,
     /// A statement changed rows: a commit proves the ledger writable.
     wrote: bool,
@@ -79,6 +92,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Pool {
     pub(super) fn sqlite(pool: SqlitePool) -> Pool {
         Pool {
+            keep_writer: pool.options().get_max_connections() > 1,
             db: Db::Sqlite(pool),
             health: Arc::default(),
             writer: Arc::default(),
@@ -90,6 +104,7 @@ impl Pool {
             db: Db::Postgres(pool),
             health: Arc::default(),
             writer: Arc::default(),
+            keep_writer: false,
         }
     }
 
@@ -134,7 +149,11 @@ impl Pool {
                 // past that (a transaction of this process that does not
                 // end), SQLite's own lock decides, as without it.
                 writer = self.writer_turn().await;
-                let mut c = p.acquire().await?;
+                let kept = writer.as_mut().and_then(|slot| slot.take());
+                let mut c = match kept {
+                    Some(c) => c,
+                    None => p.acquire().await?,
+                };
                 if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await {
                     // Not in a transaction; but a connection that could not
                     // even begin is not trusted either, unless it was only
@@ -158,6 +177,7 @@ impl Pool {
         let mut tx = Tx {
             conn: Some(conn),
             writer,
+            keep_writer: self.keep_writer,
             health: self.health.clone(),
             wrote: false,
         };
@@ -175,7 +195,7 @@ impl Pool {
     /// SQLite: this process's turn to write (see [`Pool::writer`]), waited
     /// for at most [`BUSY_WAIT`]. PostgreSQL: none (its own locks order
     /// writers).
-    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<WriterSlot>> {
         match self.db {
             Db::Sqlite(_) => tokio::time::timeout(BUSY_WAIT, self.writer.clone().lock_owned())
                 .await
@@ -186,7 +206,14 @@ impl Pool {
 
     pub(super) async fn close(&self) {
         match &self.db {
-            Db::Sqlite(p) => p.close().await,
+            Db::Sqlite(p) => {
+                // The pool's close waits for every connection to come back,
+                // the writer's too.
+                if let Ok(mut slot) = tokio::time::timeout(BUSY_WAIT, self.writer.lock()).await {
+                    slot.take();
+                }
+                p.close().await
+            }
             Db::Postgres(p) => p.close().await,
         }
     }
@@ -212,10 +239,10 @@ impl Conn {
         }
     }
 
-    /// Roll back, then back to the pool; closed if the rollback fails.
-    async fn roll_back(mut self) -> Result<(), sqlx::Error> {
+    /// Roll back; closed if the rollback fails.
+    async fn roll_back(mut self) -> Result<Conn, sqlx::Error> {
         match self.run("ROLLBACK").await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(self),
             Err(e) => {
                 self.close().await;
                 Err(e)
@@ -244,6 +271,7 @@ impl Tx {
                 if self.wrote {
                     self.health.wrote();
                 }
+                self.keep(conn);
                 Ok(())
             }
             Err(e) => {
@@ -257,9 +285,20 @@ impl Tx {
     }
 
     pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        match self.conn.take() {
-            Some(conn) => conn.roll_back().await,
-            None => Ok(()),
+        if let Some(conn) = self.conn.take() {
+            let conn = conn.roll_back().await?;
+            self.keep(conn);
+        }
+        Ok(())
+    }
+
+    /// A connection out of a transaction that ended cleanly: SQLite's is
+    /// kept for the next writer (see [`Pool::writer`]), any other goes back
+    /// to the pool.
+    fn keep(&mut self, conn: Conn) {
+        if let (Some(slot), Conn::Sqlite(c), true) = (self.writer.as_mut(), conn, self.keep_writer)
+        {
+            **slot = Some(c);
         }
     }
 }
@@ -691,6 +730,62 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(rows, vec![2]);
+    }
+
+    /// The writes go on one connection, kept between transactions (a temp
+    /// table, which only its connection sees, shows it), while reads use
+    /// the others; a connection whose commit failed is not kept; and
+    /// closing the pool does not wait for the kept one.
+    #[tokio::test]
+    async fn writes_keep_their_connection_and_reads_use_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let raw = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("pool");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&raw)
+            .await
+            .expect("create");
+        let pool = Pool::sqlite(raw);
+        let mut tx = pool.begin().await.expect("begin");
+        stmt("CREATE TEMP TABLE mine (x INTEGER)")
+            .execute(&mut tx)
+            .await
+            .expect("temp table");
+        tx.commit().await.expect("commit");
+        for x in 0..3i64 {
+            let mut tx = pool.begin().await.expect("begin");
+            stmt("INSERT INTO mine VALUES ($1)")
+                .bind(x)
+                .execute(&mut tx)
+                .await
+                .expect("the same connection");
+            tx.commit().await.expect("commit");
+            let n: i64 = stmt("SELECT count(*) FROM t")
+                .scalar_one(&pool)
+                .await
+                .expect("a read on the other connection");
+            assert_eq!(n, 0);
+        }
+        let mut tx = pool.begin().await.expect("begin");
+        commit_after_engine_rolled_back(&mut tx).await;
+        assert!(tx.commit().await.is_err());
+        let mut tx = pool.begin().await.expect("begin");
+        let gone = stmt("INSERT INTO mine VALUES (9)").execute(&mut tx).await;
+        assert!(
+            gone.is_err(),
+            "a connection whose commit failed is not kept"
+        );
+        tx.rollback().await.expect("rollback");
+        tokio::time::timeout(Duration::from_secs(10), pool.close())
+            .await
+            .expect("the pool closes");
     }
 
     #[tokio::test]

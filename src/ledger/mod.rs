@@ -206,6 +206,9 @@ impl Ledger {
         let pool = (|| {
             SqlitePoolOptions::new()
                 .max_connections(4)
+                // A ping before each use is a round trip to the connection's
+                // thread for a file that cannot drop the line.
+                .test_before_acquire(false)
                 .connect_with(options.clone())
         })
         .retry(linear_backoff(Duration::from_millis(50), 5))

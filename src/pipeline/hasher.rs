@@ -319,17 +319,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
             continue;
         }
-        // Stop between files when told to (a hash already running finishes
-        // on its thread; its result is simply not recorded).
-        let recorded = futures_util::stream::iter(jobs)
-            .take_until(stop.cancelled())
-            .map(|job| {
-                let shared = shared.clone();
-                async move { hash_one(&shared, job).await }
-            })
-            .buffer_unordered(parallel)
-            .fold(true, |all, ok| async move { all && ok })
-            .await;
+        let recorded = hash_batch(&shared, jobs, parallel, &stop).await;
         if stop.is_cancelled() {
             return;
         }
@@ -343,32 +333,80 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Examine one record and record the outcome; false if the ledger failed.
-async fn hash_one(shared: &Shared, job: HashJob) -> bool {
-    match hash_and_record(shared, &job).await {
-        Ok(()) => true,
-        Err(e) => {
-            super::ledger_failed(
-                &e,
-                &format!("could not record the hash result of {}", job.path),
-            );
-            false
-        }
+/// Examine a round of records and record the outcomes; false if the
+/// ledger failed. Eligibility and the fingerprint come first (a few reads
+/// each, `parallel` files at a time); the files that no other record could
+/// be a copy of, nearly all of them, are then queued in one transaction
+/// (rather than three for each), and the others go one by one. Stops
+/// between files when told to (a read already running finishes on its
+/// thread; its result is simply not recorded).
+async fn hash_batch(
+    shared: &Shared,
+    jobs: Vec<HashJob>,
+    parallel: usize,
+    stop: &CancellationToken,
+) -> bool {
+    let looked: Vec<(HashJob, Result<Looked, Examined>)> = futures_util::stream::iter(jobs)
+        .take_until(stop.cancelled())
+        .map(|job| async move {
+            match look_off_thread(shared, &job).await {
+                Ok(looked) => {
+                    let job = HashJob {
+                        fingerprint: Some(looked.fingerprint.clone()),
+                        ..job
+                    };
+                    (job, Ok(looked))
+                }
+                Err(examined) => (job, Err(examined)),
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    if stop.is_cancelled() {
+        return true;
     }
+    let eligible: Vec<(&HashJob, Option<&str>)> = looked
+        .iter()
+        .filter_map(|(job, l)| l.as_ref().ok().map(|l| (job, l.mime.as_deref())))
+        .collect();
+    let mut queued = match shared.ledger.queue_unhashed_many(&eligible).await {
+        Ok(queued) => queued.into_iter(),
+        Err(e) => {
+            super::ledger_failed(&e, "could not record the hash stage's results");
+            return false;
+        }
+    };
+    let rest: Vec<_> = looked
+        .into_iter()
+        .filter(|(_, l)| match l {
+            // One answer for each eligible file, in order.
+            Ok(_) => queued.next() != Some(true),
+            Err(_) => true,
+        })
+        .collect();
+    futures_util::stream::iter(rest)
+        .take_until(stop.cancelled())
+        .map(|(job, looked)| async move {
+            let done = match looked {
+                Ok(looked) => decide(shared, &job, looked).await,
+                Err(examined) => record(shared, &job, examined).await,
+            };
+            done.map_err(|e| {
+                let what = format!("could not record the hash result of {}", job.path);
+                super::ledger_failed(&e, &what);
+            })
+            .is_ok()
+        })
+        .buffer_unordered(parallel)
+        .fold(true, |all, ok| async move { all && ok })
+        .await
 }
 
-async fn hash_and_record(shared: &Shared, job: &HashJob) -> Result<(), LedgerError> {
+/// Hash a looked-at file now, or queue it unhashed, or keep it waiting,
+/// as the other records of its size and fingerprint say.
+async fn decide(shared: &Shared, job: &HashJob, looked: Looked) -> Result<(), LedgerError> {
     let ledger = &shared.ledger;
-    // Eligibility and the fingerprint first (a few reads): the records of
-    // this size are compared by it.
-    let looked = match look_off_thread(shared, job).await {
-        Ok(looked) => looked,
-        Err(examined) => return record(shared, job, examined).await,
-    };
-    let job = &HashJob {
-        fingerprint: Some(looked.fingerprint.clone()),
-        ..job.clone()
-    };
     let leave_hash = match ledger.same_size(job).await? {
         SameSize::Pending => {
             // Its twin's upload may take long to start or end (a retry

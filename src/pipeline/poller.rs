@@ -71,13 +71,22 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Ok(oldest) => oldest.map(|at| at.saturating_add(interval)),
                 Err(_) => Some(now + 1000),
             };
-            if !super::wait_for_state(&mut changes, &stop, FileState::Processing, next).await {
+            // A record accepted from now on is due an interval from now,
+            // after the oldest: only the first, when none is processing,
+            // is worth waking for (not every upload, which would cost two
+            // queries each).
+            let wake_on: &[FileState] = match next {
+                Some(_) => &[],
+                None => &[FileState::Processing],
+            };
+            if !super::wait_for_states(&mut changes, &stop, wake_on, next).await {
                 return;
             }
             continue;
         }
         if let Some(at) = gather_until(&jobs, now, interval, gather) {
-            if !super::wait_for_state(&mut changes, &stop, FileState::Processing, Some(at)).await {
+            // Records accepted meanwhile fall due after `at`: not worth waking for.
+            if !super::wait_for_states(&mut changes, &stop, &[], Some(at)).await {
                 return;
             }
             continue;

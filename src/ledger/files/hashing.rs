@@ -105,21 +105,46 @@ pub(in crate::ledger) static SAME_SIZE_SQL: LazyLock<String> = LazyLock::new(|| 
 /// $3 or unknown. Each question is two probes, one of `(size, fingerprint)`
 /// and one of the unknown fingerprints (migration 0009), so that a thousand
 /// files of one size and different content cost no more than one.
-pub(in crate::ledger) static SAME_PRINT_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(in crate::ledger) static SAME_PRINT_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {}, {}", print_any(), print_pending()));
+
+/// Queue a record unhashed ([`Ledger::queue_unhashed`]) in one statement,
+/// only if [`SAME_PRINT_SQL`]'s first question says no: $1 size, $2 id, $3
+/// fingerprint (as there), $4 from, $5 to, $6 mime, $7 now, $8 mtime_ns.
+static QUEUE_IF_ALONE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT \
-         EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
+        "UPDATE files SET state = $5, sha256 = NULL, mime = $6, duplicate_of = NULL, \
+         next_attempt_at = 0, updated_at = $7, fingerprint = $3 \
+         WHERE id = $2 AND state = $4 AND size = $1 AND mtime_ns = $8 AND NOT ({})",
+        print_any()
+    )
+});
+
+/// Does a live record of size $1 (not $2) have fingerprint $3, or hold an
+/// asset without a fingerprint? ([`SameSize::Hashed`] or more.)
+fn print_any() -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
            AND path_bytes IS NOT NULL AND state IN ({live})) \
          OR EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-           AND fingerprint IS NULL AND state IN ({holding})), \
-         EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
-           AND path_bytes IS NOT NULL AND sha256 IS NULL AND state IN ({holding})) \
-         OR EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
-           AND fingerprint IS NULL AND sha256 IS NULL AND state IN ({holding}))",
+           AND fingerprint IS NULL AND state IN ({holding}))",
         live = sql_list(FileState::LIVE),
         holding = sql_list(FileState::HOLDING_ASSET),
     )
-});
+}
+
+/// Is such a record holding an asset with its hash unknown?
+/// ([`SameSize::Pending`]; implies [`print_any`], as every state that
+/// holds an asset is live.)
+fn print_pending() -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM files WHERE size = $1 AND fingerprint = $3 AND id != $2 \
+           AND path_bytes IS NOT NULL AND sha256 IS NULL AND state IN ({holding})) \
+         OR EXISTS (SELECT 1 FROM files WHERE size = $1 AND id != $2 AND path_bytes IS NOT NULL \
+           AND fingerprint IS NULL AND sha256 IS NULL AND state IN ({holding}))",
+        holding = sql_list(FileState::HOLDING_ASSET),
+    )
+}
 
 impl Ledger {
     /// Records waiting for eligibility and hashing, oldest first.
@@ -296,6 +321,50 @@ impl Ledger {
         tx.commit().await?;
         self.changed(job.id, job.path.clone(), to, None);
         Ok(HashOutcome::QueuedUnhashed)
+    }
+
+    /// [`Ledger::queue_unhashed`] for many fingerprinted records (with their
+    /// mime types) in one transaction, for those that no other record could
+    /// be a copy of: for each, whether it was queued. One that was not goes
+    /// the single way (it may need its hash first, a wait, or have changed).
+    /// In order: a later one sees the earlier ones queued (twins found
+    /// together are not both sent unhashed).
+    pub async fn queue_unhashed_many(
+        &self,
+        jobs: &[(&HashJob, Option<&str>)],
+    ) -> Result<Vec<bool>, LedgerError> {
+        let from = FileState::Discovered;
+        let to = from.on(Event::Hashed)?;
+        let mut queued = Vec::with_capacity(jobs.len());
+        if jobs.iter().all(|(job, _)| job.fingerprint.is_none()) {
+            queued.resize(jobs.len(), false);
+            return Ok(queued);
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for (job, mime) in jobs {
+            let Some(print) = &job.fingerprint else {
+                queued.push(false);
+                continue;
+            };
+            let done = stmt(QUEUE_IF_ALONE_SQL.as_str())
+                .bind(job.size)
+                .bind(job.id)
+                .bind(print.as_str())
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(*mime)
+                .bind(now)
+                .bind(job.mtime_ns)
+                .execute(&mut tx)
+                .await?;
+            queued.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        for ((job, _), _) in jobs.iter().zip(&queued).filter(|(_, q)| **q) {
+            self.changed(job.id, job.path.clone(), to, None);
+        }
+        Ok(queued)
     }
 
     /// Store the hash (and the fingerprint) of a `discovered` record and
@@ -512,6 +581,29 @@ mod tests {
         for probe in [
             "files_live_size (size=? AND fingerprint=?)",
             "files_unhashed_size (size=? AND fingerprint=?)",
+            "files_unprinted_size (size=?)",
+        ] {
+            assert!(plan.contains(probe), "{probe}:\n{plan}");
+        }
+        assert!(!plan.contains("SCAN files"), "{plan}");
+        // The hash stage's batched queueing asks the first question inside
+        // its UPDATE: the same probes.
+        let rows: Vec<(i64, i64, i64, String)> =
+            stmt(format!("EXPLAIN QUERY PLAN {}", *QUEUE_IF_ALONE_SQL))
+                .bind(1i64)
+                .bind(2i64)
+                .bind("f")
+                .bind("discovered")
+                .bind("queued")
+                .bind("video/mp4")
+                .bind(3i64)
+                .bind(4i64)
+                .fetch_all(&ledger.pool)
+                .await
+                .expect("explain");
+        let plan = rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n");
+        for probe in [
+            "files_live_size (size=? AND fingerprint=?)",
             "files_unprinted_size (size=?)",
         ] {
             assert!(plan.contains(probe), "{probe}:\n{plan}");
