@@ -660,12 +660,17 @@ mod tests {
     }
 
     async fn one_connection_pool(dir: &tempfile::TempDir) -> SqlitePool {
+        pool_of(dir, 1).await
+    }
+
+    /// A pool of `connections` on a new file with one table, `t`.
+    async fn pool_of(dir: &tempfile::TempDir, connections: u32) -> SqlitePool {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.path().join("t.db"))
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
         let p = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
+            .max_connections(connections)
             .connect_with(options)
             .await
             .expect("pool");
@@ -739,20 +744,7 @@ mod tests {
     #[tokio::test]
     async fn writes_keep_their_connection_and_reads_use_the_others() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(dir.path().join("t.db"))
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-        let raw = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .expect("pool");
-        sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(&raw)
-            .await
-            .expect("create");
-        let pool = Pool::sqlite(raw);
+        let pool = Pool::sqlite(pool_of(&dir, 2).await);
         let mut tx = pool.begin().await.expect("begin");
         stmt("CREATE TEMP TABLE mine (x INTEGER)")
             .execute(&mut tx)
@@ -767,11 +759,11 @@ mod tests {
                 .await
                 .expect("the same connection");
             tx.commit().await.expect("commit");
-            let n: i64 = stmt("SELECT count(*) FROM t")
+            let n: i64 = stmt("SELECT count(*) FROM sqlite_temp_master WHERE name = 'mine'")
                 .scalar_one(&pool)
                 .await
-                .expect("a read on the other connection");
-            assert_eq!(n, 0);
+                .expect("a read");
+            assert_eq!(n, 0, "the read was not on the writer's connection");
         }
         let mut tx = pool.begin().await.expect("begin");
         commit_after_engine_rolled_back(&mut tx).await;
