@@ -225,6 +225,26 @@ async fn holds(ledger: &Ledger, pid: i64, held: impl Fn(i64) -> bool) -> bool {
     .is_ok()
 }
 
+/// Whether every daemon in `pids` has joined the ledger and runs, within
+/// the deadline.
+async fn all_joined(ledger: &Ledger, pids: &[i64]) -> bool {
+    tokio::time::timeout(DEADLINE, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Ok(ds) = ledger.daemons(0).await
+                && pids
+                    .iter()
+                    .all(|p| ds.iter().any(|d| d.pid == *p && d.stopped_at.is_none()))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// SIGTERM and wait (a clean stop leaves the daemon's row `stopped`).
 async fn terminate(mut child: Child) {
     let pid = rustix::process::Pid::from_child(&child);
@@ -264,13 +284,21 @@ async fn three_daemons_share_a_folder_and_upload_each_file_once() {
         ..Faults::default()
     })
     .await;
-    let files = fleet.write_files(200, 3_000, 0xf1ee7);
     let names = ["a", "b", "c"];
     let daemons: Vec<Child> = names
         .iter()
         .map(|n| fleet.spawn(n, &fleet.config(n, "workers = 2")))
         .collect();
     let ledger = fleet.ledger().await;
+    // The files arrive once all three run: a daemon slow to start (a
+    // loaded CI machine) would otherwise find the work already taken.
+    let pids: Vec<i64> = daemons.iter().map(|d| i64::from(d.id())).collect();
+    assert!(
+        all_joined(&ledger, &pids).await,
+        "not every daemon joined the ledger:\n{}",
+        names.map(|n| fleet.log(n)).join("\n")
+    );
+    let files = fleet.write_files(200, 3_000, 0xf1ee7);
     fleet.wait_all_ready(&ledger, files.len(), &names).await;
     for d in daemons {
         terminate(d).await;
