@@ -3,8 +3,8 @@
 //! outcomes, claims, recovery, and what happens to duplicates.
 
 use tl_ingest::ledger::{
-    AttemptEnd, Dedupe, Discovery, FileState, HashJob, HashOutcome, Ledger, LedgerError, NewFile,
-    SameSize,
+    AttemptEnd, ClaimBatch, Dedupe, Discovery, FileState, HashJob, HashOutcome, Ledger,
+    LedgerError, NewFile, SameSize, UploadJob,
 };
 
 fn file(path: &str, size: u64, mtime_ns: i64) -> NewFile {
@@ -654,5 +654,89 @@ async fn path_globs_match_alike_on_both_engines() {
         let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(found, want, "--path {glob:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_small_files_together_from_a_deep_queue_and_gives_back_the_unstarted() {
+    let (_d, ledger) = open().await;
+    let (large, _) = add(&ledger, &file("/in/large.mp4", 5_000_000, 1), "large").await;
+    let mut small = Vec::new();
+    for i in 0..12 {
+        let (id, out) = add(
+            &ledger,
+            &file(&format!("/in/s{i:02}.mp4"), 100, 1),
+            &format!("s{i}"),
+        )
+        .await;
+        assert_eq!(out, HashOutcome::Queued);
+        small.push(id);
+    }
+    let batch = ClaimBatch {
+        max: 4,
+        small_bytes: 1000,
+        deep: 4,
+    };
+    let claim = || async { ledger.claim_batch(30_000, batch).await.expect("claim") };
+    let ids = |jobs: &[UploadJob]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+
+    // A large file at the head is claimed alone.
+    assert_eq!(ids(&claim().await), vec![large]);
+    // Small files go four at a time while at least four more are due...
+    let first = claim().await;
+    assert_eq!(ids(&first), small[0..4]);
+    assert_eq!(ids(&claim().await), small[4..8]);
+    // ...and one at a time once fewer are left, for the other workers.
+    for id in &small[8..12] {
+        assert_eq!(ids(&claim().await), vec![*id]);
+    }
+    assert!(claim().await.is_empty());
+
+    // Each has its own attempt, open.
+    let mut attempt_ids: Vec<i64> = first.iter().map(|j| j.attempt_id).collect();
+    attempt_ids.dedup();
+    assert_eq!(attempt_ids.len(), 4, "{first:?}");
+    for job in &first {
+        let attempts = ledger.attempts(job.id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].id, job.attempt_id);
+        assert!(attempts[0].ended_at.is_none());
+    }
+
+    // The first was sent; the rest are given back unstarted, except one
+    // claimed again meanwhile (a stale hold gives back nothing).
+    ledger
+        .accept(&first[0], "asset-0", &AttemptEnd::default())
+        .await
+        .expect("accept");
+    ledger.unclaim(&first[1..3]).await.expect("unclaim");
+    let reclaimed = ledger.claim(30_000).await.expect("claim").expect("due");
+    assert_eq!(reclaimed.id, first[1].id, "given back, due at once");
+    ledger
+        .unclaim(&[first[1].clone(), first[3].clone()])
+        .await
+        .expect("unclaim stale");
+    assert_eq!(state(&ledger, first[0].id).await, FileState::Processing);
+    assert_eq!(
+        state(&ledger, first[1].id).await,
+        FileState::Uploading,
+        "the newer claim stands"
+    );
+    assert_eq!(state(&ledger, first[2].id).await, FileState::Queued);
+    assert_eq!(state(&ledger, first[3].id).await, FileState::Queued);
+    for job in &first[2..4] {
+        assert!(
+            ledger.attempts(job.id).await.expect("attempts").is_empty(),
+            "an unstarted attempt leaves no row"
+        );
+    }
+    assert_eq!(
+        ledger.attempts(first[1].id).await.expect("attempts").len(),
+        1
+    );
+    for expected in &first[2..4] {
+        let again = ledger.claim(30_000).await.expect("claim").expect("due");
+        assert_eq!(again.id, expected.id);
+        assert!(!again.lookup_first, "nothing was sent: no lookup first");
     }
 }

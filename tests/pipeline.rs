@@ -736,3 +736,79 @@ async fn answers_without_user_metadata_get_one_warning_not_an_error_per_file() {
     assert!(stderr.contains("hashing every file before"), "{stderr}");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
+
+/// A worker claims small files several at a time; a stop with some of them
+/// not yet started gives those back to the queue as they were: no attempt
+/// left behind, nothing marked to be looked up (none of their bytes went
+/// out), nothing left `uploading`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tl_ingest::api::{ApiClient, ClientOptions};
+    use tl_ingest::ledger::Ledger;
+    use tl_ingest::pipeline::{Filter, Pipeline, discover};
+
+    // Slow answers: the stop comes while the first file of a batch is sent.
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    })
+    .await;
+    let paths: Vec<PathBuf> = (0..40)
+        .map(|i| {
+            let p = env.inbox.join(format!("s{i:02}.mp4"));
+            write_media(&p, Kind::Mp4, 2_000 + i * 7, 300 + i as u64);
+            p
+        })
+        .collect();
+    let mut config = env.config();
+    config.upload.workers = 1;
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
+    let client = ApiClient::new(
+        &ClientOptions {
+            base_url: env.emulator.base_url(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        },
+        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
+    )
+    .expect("client");
+    let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(config));
+    let running = pipeline.start();
+    let filter =
+        Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");
+    discover(&ledger, &paths, &filter, None, None)
+        .await
+        .expect("discover");
+    let uploading = || async {
+        ledger
+            .counts()
+            .await
+            .expect("counts")
+            .iter()
+            .find(|(s, _)| *s == FileState::Uploading)
+            .map_or(0, |(_, n)| *n)
+    };
+    crate::helpers::wait_until(
+        crate::helpers::DEADLINE,
+        "one worker holding a batch",
+        || async { uploading().await > 1 },
+    )
+    .await;
+    running.shutdown(Duration::from_secs(30)).await;
+
+    assert_eq!(uploading().await, 0, "{}", dump(&ledger).await);
+    let mut given_back = 0;
+    while let Some(job) = ledger.claim(30_000).await.expect("claim") {
+        let attempts = ledger.attempts(job.id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1, "only the new claim's: {attempts:?}");
+        assert!(!job.lookup_first, "{} was never sent", job.display());
+        given_back += 1;
+    }
+    assert!(given_back > 0, "the batch had files not yet started");
+    assert!(
+        env.emulator.stats().assets_created < 40,
+        "the stop came before the end"
+    );
+}

@@ -14,6 +14,7 @@ mod dedupe;
 pub mod diagnose;
 pub mod disk;
 mod engine;
+mod entries;
 mod error;
 mod files;
 pub mod fleet;
@@ -41,10 +42,11 @@ use tokio::sync::broadcast;
 use engine::Pool;
 
 pub use dedupe::Dedupe;
+pub use entries::Entries;
 pub use error::{ErrorClass, LedgerError};
 pub use files::{
-    AttemptEnd, AttemptRow, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile, Origin,
-    PollJob, Record, SameSize, UploadJob,
+    AttemptEnd, AttemptRow, ClaimBatch, Discovery, HashJob, HashOutcome, LOOKUP_DELAY_MS, NewFile,
+    Origin, PollJob, Record, SameSize, UploadJob,
 };
 pub use health::{Health, Outage};
 pub use location::{Location, PgUrl};
@@ -82,6 +84,8 @@ pub struct Ledger {
     /// Receivers: pipeline stages (wake-ups), the CLI's progress output,
     /// tests. A lagging receiver loses old changes, never blocks a writer.
     changes: broadcast::Sender<Change>,
+    /// Records entering each state, for stages that wait on one state.
+    entered: Arc<entries::Counters>,
 }
 
 impl Ledger {
@@ -181,6 +185,7 @@ impl Ledger {
             me: Arc::default(),
             lease_ms: Arc::default(),
             changes,
+            entered: entries::Counters::new(),
         })
     }
 
@@ -231,6 +236,7 @@ impl Ledger {
             me: Arc::default(),
             lease_ms: Arc::default(),
             changes,
+            entered: entries::Counters::new(),
         })
     }
 
@@ -254,6 +260,12 @@ impl Ledger {
         self.changes.subscribe()
     }
 
+    /// Follow records entering `states` from now on, without being woken
+    /// by any other change.
+    pub fn entries(&self, states: &[FileState]) -> Entries {
+        self.entered.follow(states)
+    }
+
     /// Log and broadcast a committed change: the one place every state
     /// change of every record is logged, with the same fields.
     fn announce(&self, change: Change) {
@@ -275,6 +287,7 @@ impl Ledger {
                 "state changed"
             ),
         }
+        self.entered.bump(change.state);
         // No receiver is fine: nobody is following.
         let _ = self.changes.send(change);
     }

@@ -28,13 +28,13 @@ use crate::watch::presence::went_with_its_folder;
 const BATCH: u32 = 100;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut changes = shared.ledger.subscribe();
+    let mut wake = shared.ledger.entries(shared.finish_wake());
     // Records whose action must wait: tries so far, and when to try again
     // (Unix ms). In memory: a restart simply tries again.
     let mut later: HashMap<i64, (u32, i64)> = HashMap::new();
     let mut backoff = super::retry::LedgerBackoff::default();
     loop {
-        while changes.try_recv().is_ok() {}
+        wake.take();
         // A ledger that fails is waited out, not taken for nothing to do.
         let jobs = match shared.ledger.pending_actions(BATCH).await {
             Ok(jobs) => {
@@ -102,7 +102,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         // waiting to be due.
         later.retain(|id, _| jobs.iter().any(|j| j.id == *id));
         let due = later.values().map(|(_, at)| *at).min();
-        if !super::wait_for_states(&mut changes, &stop, shared.finish_wake(), due).await {
+        if !super::wait_for_entries(Some(&mut wake), &stop, due).await {
             return;
         }
     }

@@ -294,12 +294,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// The stage's loop: runs until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut changes = shared.ledger.subscribe();
+    let mut discovered = shared.ledger.entries(&[FileState::Discovered]);
     let parallel = shared.config.upload.workers.max(1);
     let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         // Changes from before this round are covered by the query below.
-        while changes.try_recv().is_ok() {}
+        discovered.take();
         let jobs = match shared.ledger.to_hash(BATCH).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -313,7 +313,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         if jobs.is_empty() {
             // Records waiting for a twin's hash are due soon.
             let due = shared.ledger.next_hash_due().await.ok().flatten();
-            let woke = super::wait_for_state(&mut changes, &stop, FileState::Discovered, due).await;
+            let woke = super::wait_for_entries(Some(&mut discovered), &stop, due).await;
             if !woke {
                 return;
             }

@@ -18,10 +18,10 @@ const BATCH: u32 = 100;
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let stop = &stop;
     let interval = shared.config.api.poll_interval;
-    let mut changes = shared.ledger.subscribe();
+    let mut wake = shared.ledger.entries(shared.index_wake());
     let mut backoff = super::retry::LedgerBackoff::default();
     loop {
-        while changes.try_recv().is_ok() {}
+        wake.take();
         let queues = async {
             let to_submit = shared.ledger.to_index(BATCH).await?;
             Ok::<_, crate::ledger::LedgerError>((to_submit, shared.ledger.indexing(BATCH).await?))
@@ -41,8 +41,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
         };
         if to_submit.is_empty() && in_progress.is_empty() {
-            let wake = shared.index_wake();
-            if !super::wait_for_states(&mut changes, stop, wake, None).await {
+            if !super::wait_for_entries(Some(&mut wake), stop, None).await {
                 return;
             }
             continue;

@@ -43,13 +43,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::ApiClient;
 use crate::config::Config;
-use crate::ledger::{Change, FileState, Ledger, LedgerError, now_ms};
+use crate::ledger::{ClaimBatch, Entries, FileState, Ledger, LedgerError, now_ms};
 use eligibility::Limits;
 use retry::RetryPolicy;
 
@@ -113,7 +112,26 @@ impl Shared {
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.config.ledger.lease.as_millis()).unwrap_or(i64::MAX)
     }
+
+    /// What one claim may take: up to [`CLAIM_BATCH`] files of at most
+    /// [`SMALL_FILE`] bytes while the queue holds that many for every
+    /// worker (a short queue is shared out one file at a time).
+    fn claim_batch(&self) -> ClaimBatch {
+        ClaimBatch {
+            max: CLAIM_BATCH,
+            small_bytes: SMALL_FILE,
+            deep: CLAIM_BATCH.saturating_mul(self.config.upload.workers.max(1)),
+        }
+    }
 }
+
+/// Small files a worker claims at once: a claim is a transaction, and over
+/// many small files it was a third of the ledger's statements.
+const CLAIM_BATCH: usize = 8;
+
+/// A file this small is sent in well under a second on any link, so the
+/// files after it in a worker's batch wait little.
+const SMALL_FILE: i64 = 1024 * 1024;
 
 /// Uploads in flight, for progress bars: file, total, bytes sent so far.
 #[derive(Debug, Default, Clone)]
@@ -243,7 +261,7 @@ impl Pipeline {
         // Subscribed before any worker runs: no queued record goes unrung.
         tracker.spawn(ring_on_queued(
             self.shared.clone(),
-            self.shared.ledger.subscribe(),
+            self.shared.ledger.entries(&[FileState::Queued]),
             stop.clone(),
         ));
         for _ in 0..self.shared.config.upload.workers {
@@ -353,25 +371,15 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 /// a query spent for nothing, per worker and per file. A worker that is
 /// busy claims again as soon as it is done, so a record queued while every
 /// worker is busy leaves only one wake-up waiting (`Notify` keeps one).
-/// Lost changes (a lagged receiver) wake every worker.
-async fn ring_on_queued(
-    shared: Arc<Shared>,
-    mut changes: broadcast::Receiver<Change>,
-    stop: CancellationToken,
-) {
+async fn ring_on_queued(shared: Arc<Shared>, mut queued: Entries, stop: CancellationToken) {
+    let workers = u64::try_from(shared.config.upload.workers.max(1)).unwrap_or(u64::MAX);
     loop {
-        let change = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            change = changes.recv() => change,
-        };
-        match change {
-            Ok(c) if c.state == FileState::Queued => shared.queued.notify_one(),
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                shared.queued.notify_waiters();
-                shared.queued.notify_one();
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+            () = queued.entered() => {}
+        }
+        for _ in 0..queued.take().min(workers) {
+            shared.queued.notify_one();
         }
     }
 }
@@ -390,23 +398,12 @@ async fn wait_for_queued(shared: &Shared, stop: &CancellationToken, due_ms: Opti
     }
 }
 
-/// Wait until the ledger announces a record entering `state`, or until
-/// `due_ms` (Unix ms) passes; false if `stop` fired. A lagged receiver
-/// counts as a wake-up: something happened.
-async fn wait_for_state(
-    changes: &mut broadcast::Receiver<Change>,
+/// Wait until a record enters one of the states `entries` follows (when
+/// given; entries since its last `take` end the wait at once), or until
+/// `due_ms` (Unix ms) passes; false if `stop` fired.
+async fn wait_for_entries(
+    entries: Option<&mut Entries>,
     stop: &CancellationToken,
-    state: FileState,
-    due_ms: Option<i64>,
-) -> bool {
-    wait_for_states(changes, stop, &[state], due_ms).await
-}
-
-/// [`wait_for_state`] for any of several states.
-async fn wait_for_states(
-    changes: &mut broadcast::Receiver<Change>,
-    stop: &CancellationToken,
-    states: &[FileState],
     due_ms: Option<i64>,
 ) -> bool {
     let timer = match due_ms {
@@ -416,19 +413,15 @@ async fn wait_for_states(
         None => SAFETY_NET,
     };
     let wake = async {
-        loop {
-            match changes.recv().await {
-                Ok(c) if states.contains(&c.state) => return true,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                Err(broadcast::error::RecvError::Closed) => return false,
-            }
+        match entries {
+            Some(entries) => entries.entered().await,
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(timer.min(SAFETY_NET)) => true,
-        open = wake => open,
+        () = wake => true,
     }
 }
 

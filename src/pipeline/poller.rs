@@ -43,11 +43,11 @@ static LIST_REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = i64::try_from(shared.config.api.poll_interval.as_millis()).unwrap_or(i64::MAX);
     let gather = (interval / GATHER_DIVISOR).min(MAX_GATHER_MS);
-    let mut changes = shared.ledger.subscribe();
+    let mut processing = shared.ledger.entries(&[FileState::Processing]);
     let mut backoff = super::retry::LedgerBackoff::default();
     loop {
         // Changes from before this query are covered by it.
-        while changes.try_recv().is_ok() {}
+        processing.take();
         // Each asset is asked about one interval after it was accepted, and
         // again one interval after each answer: nothing is ready the instant
         // it is uploaded, and a round shared by all would ask some too soon.
@@ -75,18 +75,15 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             // after the oldest: only the first, when none is processing,
             // is worth waking for (not every upload, which would cost two
             // queries each).
-            let wake_on: &[FileState] = match next {
-                Some(_) => &[],
-                None => &[FileState::Processing],
-            };
-            if !super::wait_for_states(&mut changes, &stop, wake_on, next).await {
+            let wake_on = next.is_none().then_some(&mut processing);
+            if !super::wait_for_entries(wake_on, &stop, next).await {
                 return;
             }
             continue;
         }
         if let Some(at) = gather_until(&jobs, now, interval, gather) {
             // Records accepted meanwhile fall due after `at`: not worth waking for.
-            if !super::wait_for_states(&mut changes, &stop, &[], Some(at)).await {
+            if !super::wait_for_entries(None, &stop, Some(at)).await {
                 return;
             }
             continue;

@@ -32,32 +32,19 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
         if stop.is_cancelled() || !shared.gate.wait_open(&stop).await {
             return;
         }
-        match shared.ledger.claim(shared.lease_ms()).await {
-            Ok(Some(job)) => {
+        match shared
+            .ledger
+            .claim_batch(shared.lease_ms(), shared.claim_batch())
+            .await
+        {
+            Ok(jobs) if !jobs.is_empty() => {
                 backoff.ok();
-                // Cancelled when this daemon no longer holds the record: its
-                // lease ran out and another daemon took it over, or the
-                // heartbeat cannot renew it (see pipeline/fleet.rs).
-                let lost = shared.claims.hold(job.id, job.epoch);
-                tokio::select! {
-                    biased;
-                    _ = abort.cancelled() => {
-                        interrupted(&shared, &job).await;
-                        return;
-                    }
-                    _ = lost.cancelled() => {
-                        tracing::warn!(
-                            file_id = job.id,
-                            path = %job.display(),
-                            "stopped sending: this daemon no longer holds the record (another daemon took it over, or its lease could not be renewed); whoever sends it next looks it up first"
-                        );
-                    }
-                    _ = attempt(&shared, &job, &stop) => {}
+                if !work_through(&shared, jobs, &stop, &abort).await {
+                    return;
                 }
-                shared.claims.release(job.id, job.epoch);
                 continue;
             }
-            Ok(None) => backoff.ok(),
+            Ok(_) => backoff.ok(),
             Err(e) => {
                 super::ledger_failed(&e, "cannot claim from the ledger; retrying");
                 if !super::pause(&stop, backoff.failed()).await {
@@ -74,6 +61,66 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Cancellati
             return;
         }
     }
+}
+
+/// Send the claimed records one after another; false if the worker was
+/// aborted. What a stop or an abort leaves unstarted goes back to the queue.
+async fn work_through(
+    shared: &Shared,
+    jobs: Vec<UploadJob>,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> bool {
+    // Each is cancelled when this daemon no longer holds its record: its
+    // lease ran out and another daemon took it over, or the heartbeat
+    // cannot renew it (see pipeline/fleet.rs). All are held (and renewed)
+    // from the claim on.
+    let held: Vec<(UploadJob, CancellationToken)> = jobs
+        .into_iter()
+        .map(|job| {
+            let lost = shared.claims.hold(job.id, job.epoch);
+            (job, lost)
+        })
+        .collect();
+    let mut left = held.into_iter();
+    let mut aborted = false;
+    for (job, lost) in left.by_ref() {
+        let started = !lost.is_cancelled();
+        if started {
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => {
+                    interrupted(shared, &job).await;
+                    aborted = true;
+                }
+                _ = lost.cancelled() => {
+                    tracing::warn!(
+                        file_id = job.id,
+                        path = %job.display(),
+                        "stopped sending: this daemon no longer holds the record (another daemon took it over, or its lease could not be renewed); whoever sends it next looks it up first"
+                    );
+                }
+                _ = attempt(shared, &job, stop) => {}
+            }
+        }
+        shared.claims.release(job.id, job.epoch);
+        if aborted || stop.is_cancelled() {
+            break;
+        }
+    }
+    let unstarted: Vec<UploadJob> = left
+        .map(|(job, lost)| {
+            shared.claims.release(job.id, job.epoch);
+            (job, lost)
+        })
+        .filter(|(_, lost)| !lost.is_cancelled())
+        .map(|(job, _)| job)
+        .collect();
+    if let Err(e) = shared.ledger.unclaim(&unstarted).await {
+        // Left `uploading`: the next start's recovery requeues them.
+        tracing::warn!(records = unstarted.len(), error = %e, "could not give back unstarted uploads");
+    }
+    !aborted
 }
 
 /// The attempt was cut off by shutdown: back to the queue, to be looked up

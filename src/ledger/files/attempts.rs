@@ -51,14 +51,22 @@ impl Ledger {
         let to = from.on(Event::Accepted)?;
         let now = now_ms();
         let mut tx = self.begin().await?;
-        // Fenced in the statement itself (see `still_mine`, which says why
-        // when it matches nothing): one statement fewer for every upload.
+        // One statement for the record and its duplicates, which point at
+        // the asset as soon as it exists. The record's part is fenced in
+        // the statement itself (see `still_mine`, which says why when it
+        // matches nothing): over many small files every statement of an
+        // upload counts (BENCHMARKS.md, S1).
         let owner = self.me_id().filter(|_| self.pool.is_postgres());
-        let done = stmt(
-            "UPDATE files SET state = $3, asset_id = $4, attempts = attempts + 1, \
-             last_error = NULL, lookup_first = FALSE, uploaded_at = $5, updated_at = $5, \
-             sha256 = coalesce(sha256, $6) WHERE id = $1 AND state = $2 AND epoch = $7 \
-             AND ($8 IS NULL OR claimed_by = $8)",
+        let updated: Vec<(i64,)> = stmt(
+            "UPDATE files SET asset_id = $4, updated_at = $5, \
+             state = CASE WHEN id = $1 THEN $3 ELSE state END, \
+             attempts = CASE WHEN id = $1 THEN attempts + 1 ELSE attempts END, \
+             last_error = CASE WHEN id = $1 THEN NULL ELSE last_error END, \
+             lookup_first = CASE WHEN id = $1 THEN FALSE ELSE lookup_first END, \
+             uploaded_at = CASE WHEN id = $1 THEN $5 ELSE uploaded_at END, \
+             sha256 = CASE WHEN id = $1 THEN coalesce(sha256, $6) ELSE sha256 END \
+             WHERE (id = $1 AND state = $2 AND epoch = $7 AND ($8 IS NULL OR claimed_by = $8)) \
+             OR duplicate_of = $1 RETURNING id",
         )
         .bind(job.id)
         .bind(from.as_str())
@@ -68,20 +76,17 @@ impl Ledger {
         .bind(&job.sha256)
         .bind(job.epoch)
         .bind(owner)
-        .execute(&mut tx)
+        .fetch_all(&mut tx)
         .await?;
-        if done.rows_affected() != 1 {
+        if !updated.contains(&(job.id,)) {
+            // The transaction is dropped: the duplicates are left as they were.
             self.still_mine(&mut tx, job).await?;
+            return Err(LedgerError::Conflict {
+                id: job.id,
+                expected: from.as_str(),
+            });
         }
-        expect_one(done, job.id, from)?;
         end_attempt_tx(&mut tx, job.attempt_id, end).await?;
-        // Duplicates point at the asset as soon as it exists.
-        stmt("UPDATE files SET asset_id = $2, updated_at = $3 WHERE duplicate_of = $1")
-            .bind(job.id)
-            .bind(asset_id)
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
         // Test-only: the disk fills between the 201 and this commit (see
         // ledger/health.rs; nothing happens unless its variable is set).
         self.pool.health().fault_point("ledger-full-on-accept");

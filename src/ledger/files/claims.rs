@@ -5,7 +5,7 @@
 use sqlx::FromRow;
 
 use super::new_stamp;
-use crate::ledger::engine::{Tx, stmt};
+use crate::ledger::engine::{Q, Tx, stmt};
 use crate::ledger::fleet::PG_NOW;
 use crate::ledger::state::{Event, FileState};
 use crate::ledger::{Ledger, LedgerError, now_ms};
@@ -53,33 +53,124 @@ impl UploadJob {
 /// made before that would send the file twice.
 pub const LOOKUP_DELAY_MS: i64 = 3000;
 
+/// How many small files one claim may take at once
+/// ([`Ledger::claim_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimBatch {
+    /// The most records one claim takes (1: no batching).
+    pub max: usize,
+    /// Only files of at most this many bytes are taken together.
+    pub small_bytes: i64,
+    /// Extra records are taken only while at least this many more are due,
+    /// so that a short queue is spread over every worker.
+    pub deep: usize,
+}
+
+impl ClaimBatch {
+    pub const ONE: ClaimBatch = ClaimBatch {
+        max: 1,
+        small_bytes: 0,
+        deep: 0,
+    };
+}
+
 impl Ledger {
     /// Claim the oldest due `queued` record for an upload attempt, for
     /// this daemon (`claimed_by`), with a lease of `lease_ms` on a shared
     /// ledger, where a daemon claims only files it can see.
     pub async fn claim(&self, lease_ms: i64) -> Result<Option<UploadJob>, LedgerError> {
+        Ok(self
+            .claim_batch(lease_ms, ClaimBatch::ONE)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// [`Ledger::claim`], and when that record is a small file and the
+    /// queue is deep, more small files due after it, up to `batch.max`, in
+    /// the same transaction: over many small files the claim's statements
+    /// and commit are most of the ledger's work for each (BENCHMARKS.md,
+    /// S1). Each record gets its own attempt and epoch; the worker sends
+    /// them one after another and gives back what it did not start
+    /// ([`Ledger::unclaim`]).
+    pub async fn claim_batch(
+        &self,
+        lease_ms: i64,
+        batch: ClaimBatch,
+    ) -> Result<Vec<UploadJob>, LedgerError> {
         let from = FileState::Queued;
         let to = from.on(Event::Claim)?;
         let now = now_ms();
-        let pg = self.pool.is_postgres();
-        // PostgreSQL: claims run side by side, each skipping rows another
-        // has locked; the lease is on the database clock.
-        let (lock, lease) = if pg {
-            (" FOR UPDATE SKIP LOCKED", format!("{PG_NOW} + $5"))
-        } else {
-            ("", "NULL".to_owned())
-        };
         let mut tx = self.pool.begin_claim().await?;
+        let head: Option<UploadJob> = self
+            .claim_query(to, lease_ms, now, "1", "")
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(head) = head else {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        };
+        let small = |j: &UploadJob| {
+            j.url.is_none()
+                && j.path_bytes.is_some()
+                && j.size.unwrap_or(i64::MAX) <= batch.small_bytes
+        };
+        let mut jobs = vec![head];
+        if batch.max > 1 && small(&jobs[0]) {
+            // Only while `deep` more are due after these: the count stops
+            // there, so it costs the same on a queue of any length.
+            let only = format!(
+                " AND path_bytes IS NOT NULL AND size <= {} \
+                 AND (SELECT count(*) FROM (SELECT 1 FROM files WHERE state = $1 \
+                   AND next_attempt_at <= $3 LIMIT {deep}) AS due) >= {deep}",
+                batch.small_bytes,
+                deep = batch.deep,
+            );
+            let mut more: Vec<UploadJob> = self
+                .claim_query(to, lease_ms, now, &(batch.max - 1).to_string(), &only)
+                .fetch_all(&mut tx)
+                .await?;
+            more.sort_by_key(|j| j.id);
+            jobs.extend(more);
+        }
+        self.open_attempts(&mut tx, &mut jobs, now).await?;
+        tx.commit().await?;
+        for job in &jobs {
+            self.changed(job.id, job.display(), to, None);
+        }
+        Ok(jobs)
+    }
+
+    /// The claiming statement: up to `limit` due records matching `only`
+    /// (a condition on `files`, or empty), oldest due first.
+    fn claim_query(&self, to: FileState, lease_ms: i64, now: i64, limit: &str, only: &str) -> Q {
         let visible = self.visible_to_me("$6");
+        let pick = format!(
+            "SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible}{only} \
+             ORDER BY next_attempt_at, id LIMIT {limit}"
+        );
+        // PostgreSQL: claims run side by side, each skipping rows another
+        // has locked; the lease is on the database clock. The pick is made
+        // once, before the update (as a subquery under `IN` it may be
+        // scanned again for each row, each time skipping the rows just
+        // locked, and take the whole queue).
+        let (with, picked, lease) = if self.pool.is_postgres() {
+            (
+                format!("WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "),
+                "SELECT id FROM picked".to_owned(),
+                format!("{PG_NOW} + $5"),
+            )
+        } else {
+            (String::new(), pick, "NULL".to_owned())
+        };
         let mut q = stmt(format!(
-            "UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, lease_until = {lease}, \
-             epoch = epoch + 1 \
-             WHERE id = (SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible} \
-               ORDER BY next_attempt_at, id LIMIT 1{lock}) AND state = $1 \
+            "{with}UPDATE files SET state = $2, updated_at = $3, claimed_by = $4, \
+             lease_until = {lease}, epoch = epoch + 1 \
+             WHERE id IN ({picked}) AND state = $1 \
              RETURNING id, path_bytes, path, url, size, mtime_ns, device, inode, sha256, mime, \
              user_metadata, attempts, lookup_first, filename, epoch, stamp",
         ))
-        .bind(from.as_str())
+        .bind(FileState::Queued.as_str())
         .bind(to.as_str())
         .bind(now)
         .bind(self.me_id())
@@ -88,22 +179,81 @@ impl Ledger {
         if !visible.is_empty() {
             q = q.bind(self.me_host());
         }
-        let job: Option<UploadJob> = q.fetch_optional(&mut tx).await?;
-        let Some(mut job) = job else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        job.attempt_id = stmt(
-            "INSERT INTO attempts (file_id, started_at, daemon_id) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(job.id)
+        q
+    }
+
+    /// One attempt row for each claimed record, in one statement.
+    async fn open_attempts(
+        &self,
+        tx: &mut Tx,
+        jobs: &mut [UploadJob],
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        let rows: Vec<String> = (0..jobs.len())
+            .map(|i| format!("(${}, $1, $2)", i + 3))
+            .collect();
+        let mut q = stmt(format!(
+            "INSERT INTO attempts (file_id, started_at, daemon_id) VALUES {} \
+             RETURNING id, file_id",
+            rows.join(", ")
+        ))
         .bind(now)
-        .bind(self.me_id())
-        .scalar_one(&mut tx)
-        .await?;
+        .bind(self.me_id());
+        for job in jobs.iter() {
+            q = q.bind(job.id);
+        }
+        let opened: Vec<(i64, i64)> = q.fetch_all(&mut *tx).await?;
+        for job in jobs.iter_mut() {
+            job.attempt_id = opened
+                .iter()
+                .find(|(_, file)| *file == job.id)
+                .map(|(id, _)| *id)
+                .ok_or(LedgerError::Conflict {
+                    id: job.id,
+                    expected: "an attempt opened with its claim",
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Give back claimed records whose upload never started (a worker
+    /// stopped with part of a batch in hand): `uploading` → `queued`, due
+    /// now, their unused attempts removed. Not looked up first: nothing of
+    /// theirs was sent. A record claimed again since is left alone.
+    pub async fn unclaim(&self, jobs: &[UploadJob]) -> Result<(), LedgerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let from = FileState::Uploading;
+        let to = from.on(Event::Retry)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let mut back = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let done = stmt(
+                "UPDATE files SET state = $3, updated_at = $4, claimed_by = NULL, \
+                 lease_until = NULL, epoch = epoch + 1 WHERE id = $1 AND state = $2 AND epoch = $5",
+            )
+            .bind(job.id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .bind(job.epoch)
+            .execute(&mut tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                stmt("DELETE FROM attempts WHERE id = $1 AND ended_at IS NULL")
+                    .bind(job.attempt_id)
+                    .execute(&mut tx)
+                    .await?;
+                back.push(job);
+            }
+        }
         tx.commit().await?;
-        self.changed(job.id, job.display(), to, None);
-        Ok(Some(job))
+        for job in back {
+            self.changed(job.id, job.display(), to, None);
+        }
+        Ok(())
     }
 
     /// When the next `queued` record becomes due (Unix ms), if any is queued.

@@ -19,7 +19,7 @@ mod lookups;
 mod processing;
 
 pub use attempts::AttemptEnd;
-pub use claims::{LOOKUP_DELAY_MS, UploadJob};
+pub use claims::{ClaimBatch, LOOKUP_DELAY_MS, UploadJob};
 pub use discovery::{Discovery, NewFile, Origin};
 pub(in crate::ledger) use endings::release_duplicates_tx;
 #[cfg(test)]
