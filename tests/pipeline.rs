@@ -554,7 +554,6 @@ async fn each_asset_is_asked_about_one_poll_interval_after_its_upload() {
 async fn a_copy_does_not_wait_for_an_original_held_back_by_a_rate_limit() {
     use std::sync::Arc;
     use std::time::Duration;
-    use tl_ingest::api::{ApiClient, ClientOptions};
     use tl_ingest::ledger::Ledger;
     use tl_ingest::pipeline::Pipeline;
     use tl_ingest::pipeline::new_file;
@@ -575,16 +574,7 @@ async fn a_copy_does_not_wait_for_an_original_held_back_by_a_rate_limit() {
     std::fs::copy(&orig, &copy).expect("copy");
 
     let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
-    let client = ApiClient::new(
-        &ClientOptions {
-            base_url: env.emulator.base_url(),
-            request_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-        },
-        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
-    )
-    .expect("client");
-    let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(env.config()));
+    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(env.config()));
     let mut changes = ledger.subscribe();
     let running = pipeline.start();
     let stat = |p: &std::path::Path| new_file(p, &std::fs::metadata(p).expect("stat"), None);
@@ -745,7 +735,6 @@ async fn answers_without_user_metadata_get_one_warning_not_an_error_per_file() {
 async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
     use std::sync::Arc;
     use std::time::Duration;
-    use tl_ingest::api::{ApiClient, ClientOptions};
     use tl_ingest::ledger::Ledger;
     use tl_ingest::pipeline::{Filter, Pipeline, discover};
 
@@ -765,16 +754,7 @@ async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
     let mut config = env.config();
     config.upload.workers = 1;
     let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
-    let client = ApiClient::new(
-        &ClientOptions {
-            base_url: env.emulator.base_url(),
-            request_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-        },
-        &tl_ingest::secret::ApiKey::new(crate::helpers::KEY).expect("key"),
-    )
-    .expect("client");
-    let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(config));
+    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(config));
     let running = pipeline.start();
     let filter =
         Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");

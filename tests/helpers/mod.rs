@@ -232,6 +232,19 @@ impl TestEnv {
     }
 
     /// Run the pipeline in-process over `paths` until nothing is unfinished.
+    /// A client of this fixture's emulator, with the test key.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(
+            &ClientOptions {
+                base_url: self.emulator.base_url(),
+                request_timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(5),
+            },
+            &ApiKey::new(KEY).expect("key"),
+        )
+        .expect("client")
+    }
+
     pub async fn run_pipeline(&self, config: Config, paths: &[PathBuf]) -> Ledger {
         self.run_pipeline_with(config, paths, |_| ()).await
     }
@@ -272,16 +285,7 @@ impl TestEnv {
     ) -> (Ledger, ReadCounts) {
         let ledger = Ledger::open_at(&self.ledger).await.expect("ledger opens");
         before(&ledger);
-        let client = ApiClient::new(
-            &ClientOptions {
-                base_url: self.emulator.base_url(),
-                request_timeout: Duration::from_secs(60),
-                connect_timeout: Duration::from_secs(5),
-            },
-            &ApiKey::new(KEY).expect("key"),
-        )
-        .expect("client");
-        let pipeline = Pipeline::new(ledger.clone(), client, Arc::new(config));
+        let pipeline = Pipeline::new(ledger.clone(), self.client(), Arc::new(config));
         pipeline.recover().await.expect("recover");
         let mut changes = ledger.subscribe();
         let started = tl_ingest::ledger::now_ms();
