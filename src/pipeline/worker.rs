@@ -85,8 +85,8 @@ async fn work_through(
     let mut left = held.into_iter();
     let mut aborted = false;
     for (job, lost) in left.by_ref() {
-        let started = !lost.is_cancelled();
-        if started {
+        // A record taken over before its turn is no longer ours to send.
+        if !lost.is_cancelled() {
             tokio::select! {
                 biased;
                 _ = abort.cancelled() => {
@@ -108,14 +108,13 @@ async fn work_through(
             break;
         }
     }
-    let unstarted: Vec<UploadJob> = left
-        .map(|(job, lost)| {
-            shared.claims.release(job.id, job.epoch);
-            (job, lost)
-        })
-        .filter(|(_, lost)| !lost.is_cancelled())
-        .map(|(job, _)| job)
-        .collect();
+    let mut unstarted = Vec::new();
+    for (job, lost) in left {
+        shared.claims.release(job.id, job.epoch);
+        if !lost.is_cancelled() {
+            unstarted.push(job);
+        }
+    }
     if let Err(e) = shared.ledger.unclaim(&unstarted).await {
         // Left `uploading`: the next start's recovery requeues them.
         tracing::warn!(records = unstarted.len(), error = %e, "could not give back unstarted uploads");

@@ -115,8 +115,9 @@ impl Ledger {
                 && j.path_bytes.is_some()
                 && j.size.unwrap_or(i64::MAX) <= batch.small_bytes
         };
+        let batched = batch.max > 1 && small(&head);
         let mut jobs = vec![head];
-        if batch.max > 1 && small(&jobs[0]) {
+        if batched {
             // Only while `deep` more are due after these: the count stops
             // there, so it costs the same on a queue of any length.
             let only = format!(
