@@ -60,6 +60,7 @@ async fn lost_assets_are_reported_and_requeued_and_orphans_listed() {
             enable_thumbnail: false,
             user_metadata: serde_json::Map::new(),
             stamp: Stamp::in_flight(),
+            content: None,
             sent: Arc::new(AtomicU64::new(0)),
         })
         .await
@@ -128,6 +129,7 @@ async fn an_unreadable_asset_is_reported_and_the_check_goes_on() {
             enable_thumbnail: false,
             user_metadata: serde_json::Map::new(),
             stamp: Stamp::in_flight(),
+            content: None,
             sent: Arc::new(AtomicU64::new(0)),
         })
         .await

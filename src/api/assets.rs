@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
+use sha2::Digest;
 
 use super::body;
 use super::client::{ApiClient, encode_segment};
@@ -35,6 +37,10 @@ pub struct DirectUpload {
     /// stamp added.
     pub user_metadata: serde_json::Map<String, serde_json::Value>,
     pub stamp: Stamp,
+    /// The file's `size` bytes, when the caller has read them already (a
+    /// small file: its check, read and hash are one blocking task); else
+    /// `path` is streamed.
+    pub content: Option<bytes::Bytes>,
     /// Bytes of the file handed to the connection so far (progress, and
     /// whether a failed request had sent everything).
     pub sent: Arc<AtomicU64>,
@@ -73,11 +79,16 @@ impl ApiClient {
     /// a known length.
     pub async fn create_direct(&self, up: &DirectUpload) -> Result<Created, ApiError> {
         up.sent.store(0, Ordering::Relaxed);
-        let file = tokio::fs::File::open(&up.path)
-            .await
-            .map_err(|e| open_error(&up.path, &e))?
-            .into_std()
-            .await;
+        let file = match &up.content {
+            Some(_) => None,
+            None => Some(
+                tokio::fs::File::open(&up.path)
+                    .await
+                    .map_err(|e| open_error(&up.path, &e))?
+                    .into_std()
+                    .await,
+            ),
+        };
         // The stamp goes ahead of the file when it is known, else after it.
         let (stamped, digest_tx, ahead, after) = match &up.stamp {
             Stamp::Known(sha256) => (
@@ -97,10 +108,17 @@ impl ApiClient {
         // would otherwise keep the reader thread and the file forever).
         let done = tokio_util::sync::CancellationToken::new();
         let _done = done.clone().drop_guard();
-        let stream = futures_util::StreamExt::take_until(
-            body::stream(file, up.size, up.sent.clone(), digest_tx),
-            done.cancelled_owned(),
-        );
+        let stream = match (file, &up.content) {
+            (Some(file), _) => body::stream(file, up.size, up.sent.clone(), digest_tx).boxed(),
+            (None, content) => {
+                let bytes = content.clone().unwrap_or_default();
+                if let Some(tx) = digest_tx {
+                    let _ = tx.send(hex::encode(sha2::Sha256::digest(&bytes)));
+                }
+                body::once(bytes, up.sent.clone()).boxed()
+            }
+        };
+        let stream = stream.take_until(done.cancelled_owned());
         let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), up.size)
             .file_name(up.filename.clone())
             .mime_str("application/octet-stream")

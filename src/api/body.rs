@@ -38,6 +38,18 @@ pub(crate) fn stream(
     })
 }
 
+/// Bytes already read, as a body of one chunk: counted in `sent` when the
+/// connection takes them.
+pub(crate) fn once(
+    bytes: Bytes,
+    sent: Arc<AtomicU64>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::once(async move {
+        sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    })
+}
+
 /// The reader thread: stops early when the request is dropped.
 fn read_into(
     mut file: std::fs::File,

@@ -263,6 +263,48 @@ async fn check_disk_off_thread(path: &Path, job: &UploadJob) -> DiskCheck {
         .unwrap_or_else(|e| DiskCheck::Unreadable(e.to_string()))
 }
 
+/// The largest file read whole before it is sent: one blocking task checks,
+/// reads and hashes it, where a streamed file costs four hand-offs between
+/// threads (BENCHMARKS.md, S1). The same as the stream's read size, so the
+/// memory an upload holds is no more than streaming's.
+const WHOLE_READ: u64 = 256 * 1024;
+
+/// A small file's bytes and their sha256.
+struct WholeFile {
+    bytes: bytes::Bytes,
+    sha256: String,
+}
+
+/// [`check_disk`], then, if the file is the recorded version, its `size`
+/// bytes and their hash. A read that fails or comes up short gives no
+/// bytes: the streamed upload then meets the same problem and reports it.
+async fn read_whole_off_thread(
+    path: &Path,
+    job: &UploadJob,
+    size: u64,
+) -> (DiskCheck, Option<WholeFile>) {
+    use sha2::Digest;
+    use std::io::Read;
+    let (p, j) = (path.to_path_buf(), job.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let check = check_disk(&p, &j);
+        if !matches!(check, DiskCheck::Same) {
+            return (check, None);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let whole = std::fs::File::open(&p)
+            .and_then(|f| f.take(size).read_to_end(&mut bytes))
+            .is_ok_and(|n| n as u64 == size);
+        let read = whole.then(|| WholeFile {
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            bytes: bytes.into(),
+        });
+        (check, read)
+    })
+    .await;
+    read.unwrap_or_else(|e| (DiskCheck::Unreadable(e.to_string()), None))
+}
+
 /// sha256 of the file on a blocking thread, for an attempt that needs it
 /// before sending; the file must still be the version discovery recorded.
 async fn hash_off_thread(shared: &Shared, path: &Path, job: &UploadJob) -> Result<String, Outcome> {
@@ -360,11 +402,17 @@ async fn send_file(
     path: &Path,
     stop: &CancellationToken,
 ) -> Result<(), Outcome> {
-    let before = check_disk_off_thread(path, job).await;
+    let size = job.size.and_then(|s| u64::try_from(s).ok());
+    let kind = kind_of(path, job.mime.as_deref());
+    let multipart = size.is_some_and(|s| shared.limits.multipart(kind, s));
+    let (before, read) = match size.filter(|&s| !multipart && s <= WHOLE_READ) {
+        Some(s) => read_whole_off_thread(path, job, s).await,
+        None => (check_disk_off_thread(path, job).await, None),
+    };
     if let Some(problem) = disk_problem(shared, job, before, "before upload", 0) {
         return Err(problem);
     }
-    let Some(size) = job.size else {
+    let Some(size) = size else {
         return Err(Outcome::Changed(
             unsent(
                 "changed",
@@ -374,10 +422,8 @@ async fn send_file(
         ));
     };
     let filename = wire_filename(path.file_name().unwrap_or_default());
-    let size = u64::try_from(size).unwrap_or(0);
-    let kind = kind_of(path, job.mime.as_deref());
-    let multipart = shared.limits.multipart(kind, size);
-    let job = &*hash_first(shared, job, path, multipart).await?;
+    let hashed_now = read.is_some() && job.sha256.is_none();
+    let job = &*hash_first(shared, job, path, multipart, read.as_ref()).await?;
 
     // A multipart upload resumes its saved session instead.
     if job.lookup_first
@@ -397,6 +443,8 @@ async fn send_file(
         .unwrap_or_default();
     let file = FileToSend {
         path,
+        content: read.map(|r| r.bytes),
+        hashed_now,
         filename,
         size,
         kind,
@@ -412,6 +460,10 @@ async fn send_file(
 /// A file about to be sent, as the platform will see it.
 struct FileToSend<'a> {
     path: &'a Path,
+    /// Its bytes, if it was small enough to be read before sending.
+    content: Option<bytes::Bytes>,
+    /// Its hash comes from this attempt's read (the ledger may not have it).
+    hashed_now: bool,
     filename: String,
     size: u64,
     kind: MediaKind,
@@ -431,16 +483,28 @@ async fn hash_first<'a>(
     job: &'a UploadJob,
     path: &Path,
     multipart: bool,
+    read: Option<&WholeFile>,
 ) -> Result<Cow<'a, UploadJob>, Outcome> {
     let needed = if multipart {
         !shared.stamp_after_session.load(Ordering::Relaxed)
     } else {
         job.lookup_first || !shared.stamp_after_file.load(Ordering::Relaxed)
     };
-    if job.sha256.is_some() || !needed {
+    if job.sha256.is_some() {
         return Ok(Cow::Borrowed(job));
     }
-    let sha256 = hash_off_thread(shared, path, job).await?;
+    // A file read whole has its hash already: its stamp goes ahead of it.
+    let sha256 = match read {
+        Some(read) => read.sha256.clone(),
+        None if !needed => return Ok(Cow::Borrowed(job)),
+        None => hash_off_thread(shared, path, job).await?,
+    };
+    if !needed {
+        return Ok(Cow::Owned(UploadJob {
+            sha256: Some(sha256),
+            ..job.clone()
+        }));
+    }
     // Files of this size waiting for it need not wait for the upload.
     remember_hash(shared, job, &sha256).await;
     Ok(Cow::Owned(UploadJob {
@@ -489,6 +553,7 @@ async fn send_chunked(
         size,
         kind,
         mut user_metadata,
+        ..
     } = file;
     let sent = Arc::new(AtomicU64::new(0));
     if let Some(sha256) = &job.sha256 {
@@ -659,6 +724,7 @@ async fn send_direct(
         enable_hls: shared.config.api.enable_hls,
         enable_thumbnail: shared.config.api.enable_thumbnail,
         user_metadata: file.user_metadata,
+        content: file.content,
         stamp: match &job.sha256 {
             Some(sha256) => Stamp::Known(sha256.clone()),
             None => Stamp::in_flight(),
@@ -694,11 +760,14 @@ async fn send_direct(
             if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
                 return Err(problem);
             }
-            // The whole file went out, so its hash is known: keep it for a
+            // The whole file was read, so its hash is known: keep it for a
             // lookup or a later attempt.
-            if let (None, Stamp::InFlight(stamped)) = (&job.sha256, &up.stamp)
-                && let Some(sha256) = stamped.get()
-            {
+            let known = match (&job.sha256, &up.stamp) {
+                (None, Stamp::InFlight(stamped)) => stamped.get(),
+                (Some(sha256), _) if file.hashed_now => Some(sha256),
+                _ => None,
+            };
+            if let Some(sha256) = known {
                 remember_hash(shared, job, sha256).await;
             }
             Err(classify(shared, job, &e, bytes_sent))
