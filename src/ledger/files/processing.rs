@@ -22,6 +22,11 @@ pub struct PollJob {
     pub updated_at: i64,
 }
 
+/// `processing` → `ready` for a round's records still `processing`
+/// (`$1`..`$3` as [`MARK_READY`]'s `$2`..`$4`; their ids follow).
+const MARK_READY_ALL: &str = "UPDATE files SET state = $2, ready_at = $3, updated_at = $3, \
+     last_error = NULL WHERE state = $1";
+
 /// `processing` → `ready` for one record, if it is still `processing`.
 const MARK_READY: &str = "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, \
      last_error = NULL WHERE id = $1 AND state = $2";
@@ -87,7 +92,7 @@ impl Ledger {
     }
 
     /// The platform says ready for each of these (one poll round's answer):
-    /// `processing` → `ready`, all in one transaction. A record that is no
+    /// `processing` → `ready`, all in one statement. A record that is no
     /// longer `processing` (retried or forgotten meanwhile) is left as it
     /// is. Returns the records that moved.
     pub async fn mark_ready_all<'a>(
@@ -100,20 +105,24 @@ impl Ledger {
         let from = FileState::Processing;
         let to = from.on(Event::Ready)?;
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        let mut moved = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let done = stmt(MARK_READY)
-                .bind(job.id)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(now)
-                .execute(&mut tx)
-                .await?;
-            if done.rows_affected() == 1 {
-                moved.push(*job);
+        // One statement for the round: each statement is a round trip to
+        // the connection's thread (BENCHMARKS.md, S1).
+        let mut q = stmt(format!("{MARK_READY_ALL} AND id IN ("));
+        q = q.bind(from.as_str()).bind(to.as_str()).bind(now);
+        for (i, job) in jobs.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
             }
+            q.push_bind(job.id);
         }
+        q.push(") RETURNING id");
+        let mut tx = self.begin().await?;
+        let ids: Vec<i64> = q.scalar_all(&mut tx).await?;
+        let moved: Vec<&PollJob> = jobs
+            .iter()
+            .copied()
+            .filter(|j| ids.contains(&j.id))
+            .collect();
         tx.commit().await?;
         for job in &moved {
             self.announce(job.change(to));
@@ -122,20 +131,22 @@ impl Ledger {
     }
 
     /// Each still processing (one poll round's answer): move them to the
-    /// back of the polling order, in one transaction.
+    /// back of the polling order, in one statement.
     pub async fn touch_all(&self, jobs: &[&PollJob]) -> Result<(), LedgerError> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        for job in jobs {
-            stmt("UPDATE files SET updated_at = $2 WHERE id = $1 AND state = 'processing'")
-                .bind(job.id)
-                .bind(now)
-                .execute(&mut tx)
-                .await?;
+        let mut q = stmt("UPDATE files SET updated_at = $1 WHERE state = 'processing' AND id IN (");
+        q = q.bind(now_ms());
+        for (i, job) in jobs.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push_bind(job.id);
         }
+        q.push(")");
+        let mut tx = self.begin().await?;
+        q.execute(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
