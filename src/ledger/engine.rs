@@ -71,6 +71,16 @@ pub(super) struct Tx {
     health: Arc<Health>,
     /// A statement changed rows: a commit proves the ledger writable.
     wrote: bool,
+    /// SQLite: `BEGIN IMMEDIATE` not sent yet. It goes ahead of the first
+    /// statement that returns rows, in the same round trip to the
+    /// connection's thread (sqlx-sqlite runs the statements of one query
+    /// in turn; sqlx has deprecated that, issue 3108: should it go, every
+    /// transaction fails in the tests and `BEGIN` goes on its own again).
+    /// Every round trip costs two thread switches, and over many small
+    /// files those are most of the client's CPU (BENCHMARKS.md, S1).
+    /// Nothing runs on the connection in between, so the lock is taken as
+    /// early as far as any statement can tell.
+    begin_pending: bool,
 }
 
 pub(super) enum Conn {
@@ -150,19 +160,10 @@ impl Pool {
                 // end), SQLite's own lock decides, as without it.
                 writer = self.writer_turn().await;
                 let kept = writer.as_mut().and_then(|slot| slot.take());
-                let mut c = match kept {
+                let c = match kept {
                     Some(c) => c,
                     None => p.acquire().await?,
                 };
-                if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await {
-                    // Not in a transaction; but a connection that could not
-                    // even begin is not trusted either, unless it was only
-                    // waiting for another writer.
-                    if super::error::classify(&e) != super::error::ErrorClass::Busy {
-                        Conn::Sqlite(c).close().await;
-                    }
-                    return Err(e);
-                }
                 Conn::Sqlite(c)
             }
             Db::Postgres(p) => {
@@ -174,12 +175,14 @@ impl Pool {
                 Conn::Postgres(c)
             }
         };
+        let begin_pending = matches!(conn, Conn::Sqlite(_));
         let mut tx = Tx {
             conn: Some(conn),
             writer,
             keep_writer: self.keep_writer,
             health: self.health.clone(),
             wrote: false,
+            begin_pending,
         };
         if let Some(Conn::Postgres(c)) = tx.conn.as_mut()
             && let Err(e) = sqlx::query(pg_lock).execute(&mut **c).await
@@ -258,10 +261,33 @@ impl Tx {
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
+    /// The connection for the next statement, and whether `BEGIN
+    /// IMMEDIATE` must go ahead of it (see [`Tx::begin_pending`]).
+    fn conn_for_statement(&mut self) -> Result<(&mut Conn, bool), sqlx::Error> {
+        let begin = std::mem::take(&mut self.begin_pending);
+        Ok((self.conn()?, begin))
+    }
+
+    /// Send a pending `BEGIN IMMEDIATE` on its own.
+    async fn begin_now(&mut self) -> Result<(), sqlx::Error> {
+        if let (Conn::Sqlite(c), true) = self.conn_for_statement()?
+            && let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut **c).await
+        {
+            self.health.saw(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let Some(mut conn) = self.conn.take() else {
             return Err(sqlx::Error::PoolClosed);
         };
+        if self.begin_pending {
+            // Nothing ran: nothing to commit.
+            self.keep(conn);
+            return Ok(());
+        }
         let done = match self.health.fault() {
             Ok(()) => conn.run("COMMIT").await,
             Err(e) => Err(e),
@@ -286,6 +312,10 @@ impl Tx {
 
     pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
         if let Some(conn) = self.conn.take() {
+            if self.begin_pending {
+                self.keep(conn);
+                return Ok(());
+            }
             let conn = conn.roll_back().await?;
             self.keep(conn);
         }
@@ -311,6 +341,10 @@ impl Drop for Tx {
         let Some(conn) = self.conn.take() else {
             return;
         };
+        if self.begin_pending {
+            self.keep(conn);
+            return;
+        }
         // The next writer waits for the rollback.
         let writer = self.writer.take();
         match tokio::runtime::Handle::try_current() {
@@ -469,12 +503,18 @@ macro_rules! on_engine {
                 db: Db::Postgres(p),
                 ..
             }) => sqlx::$build(sql, $q.pg_args()?).$call(p).await.map($map),
-            Ex::Tx(t) => match t.conn()? {
-                Conn::Sqlite(c) => sqlx::$build(sql, $q.sqlite_args()?)
-                    .$call(&mut **c)
-                    .await
-                    .map($map),
-                Conn::Postgres(c) => sqlx::$build(sql, $q.pg_args()?)
+            Ex::Tx(t) => match t.conn_for_statement()? {
+                (Conn::Sqlite(c), begin) => {
+                    let sql = match begin {
+                        true => sqlx::AssertSqlSafe(format!("BEGIN IMMEDIATE; {}", sql.0)),
+                        false => sql,
+                    };
+                    sqlx::$build(sql, $q.sqlite_args()?)
+                        .$call(&mut **c)
+                        .await
+                        .map($map)
+                }
+                (Conn::Postgres(c), _) => sqlx::$build(sql, $q.pg_args()?)
                     .$call(&mut **c)
                     .await
                     .map($map),
@@ -562,6 +602,9 @@ impl Q {
                 rows
             }
             Ex::Tx(t) => {
+                // Not merged into `BEGIN`'s round trip: sqlx-sqlite counts a
+                // `BEGIN`'s "changes" as the connection's previous write's.
+                t.begin_now().await?;
                 let rows = on_engine!(self, Ex::Tx(&mut *t), query_with, execute, |r| r
                     .rows_affected())?;
                 t.wrote |= rows > 0;
@@ -735,6 +778,80 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(rows, vec![2]);
+    }
+
+    /// SQLite's `BEGIN IMMEDIATE` rides with a transaction's first
+    /// statement that returns rows (or goes ahead of a first write on its
+    /// own): either way the write lock is held from that statement on, a
+    /// write's count of changed rows is its own, and a transaction that ran
+    /// nothing ends without a `COMMIT` or `ROLLBACK` (which would fail).
+    #[tokio::test]
+    async fn the_deferred_begin_takes_the_lock_with_the_first_statement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::sqlite(pool_of(&dir, 2).await);
+        let other = pool_of_same(&dir).await;
+        let locked = || async {
+            // Without waiting: `BEGIN IMMEDIATE` fails while a writer holds the lock.
+            let mut c = other.acquire().await.expect("conn");
+            sqlx::query("PRAGMA busy_timeout = 0")
+                .execute(&mut *c)
+                .await
+                .expect("pragma");
+            let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await;
+            if begun.is_ok() {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut *c)
+                    .await
+                    .expect("rollback");
+            }
+            begun.is_err()
+        };
+        for first_returns_rows in [true, false] {
+            let mut tx = pool.begin().await.expect("begin");
+            assert!(!locked().await, "nothing ran yet");
+            if first_returns_rows {
+                let n: i64 = stmt("SELECT count(*) FROM t")
+                    .scalar_one(&mut tx)
+                    .await
+                    .expect("count");
+                assert_eq!(n, 0);
+            } else {
+                // The connection's previous write changed a row; this one none.
+                let done = stmt("UPDATE t SET x = 0 WHERE x < 0")
+                    .execute(&mut tx)
+                    .await
+                    .expect("update");
+                assert_eq!(done.rows_affected(), 0);
+            }
+            assert!(locked().await, "the first statement took the lock");
+            stmt("INSERT INTO t VALUES (1)")
+                .execute(&mut tx)
+                .await
+                .expect("insert");
+            tx.commit().await.expect("commit");
+            assert!(!locked().await, "the commit let it go");
+        }
+        let idle = pool.begin().await.expect("begin");
+        idle.commit()
+            .await
+            .expect("a transaction that ran nothing commits");
+        let idle = pool.begin().await.expect("begin");
+        idle.rollback().await.expect("and rolls back");
+        let rows: Vec<i64> = stmt("SELECT x FROM t")
+            .scalar_all(&pool)
+            .await
+            .expect("read");
+        assert_eq!(rows, vec![1, 1]);
+    }
+
+    /// Another pool on [`pool_of`]'s file.
+    async fn pool_of_same(dir: &tempfile::TempDir) -> SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("t.db"));
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("pool")
     }
 
     /// The writes go on one connection, kept between transactions (a temp
