@@ -500,6 +500,14 @@ async fn taking_back_its_own_claim_fences_off_the_first_worker(location: &Locati
         matches!(late, Err(LedgerError::Conflict { .. })),
         "{late:?}"
     );
+    // Nothing of the refused writes stays: no attempt ends "accepted".
+    let attempts = a.attempts(id).await.expect("attempts");
+    assert!(
+        attempts
+            .iter()
+            .all(|x| x.outcome.as_deref() != Some("accepted")),
+        "{attempts:?}"
+    );
     let session = tl_ingest::ledger::upload_sessions::Session {
         file_id: id,
         upload_id: "up-2".into(),

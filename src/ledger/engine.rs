@@ -548,6 +548,42 @@ impl Q {
         self
     }
 
+    /// This statement, then `next`, in one query (`next`'s placeholders
+    /// numbered on after this one's). For SQLite only, where it is one
+    /// round trip to the connection's thread instead of two (see
+    /// [`Tx::begin_pending`] for what that relies on); PostgreSQL takes one
+    /// statement per query with arguments.
+    pub(super) fn then(mut self, next: Q) -> Q {
+        let offset = self.args.len();
+        let sql = self.sql.to_mut();
+        sql.push_str("; ");
+        let mut rest = next.sql.as_ref();
+        while let Some(at) = rest.find('$') {
+            sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => sql.push_str(&(n + offset).to_string()),
+                Err(_) => sql.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        sql.push_str(rest);
+        self.args.extend(next.args);
+        self
+    }
+
+    /// [`Q::fetch_all`] of a write in `tx` (`… RETURNING`): rows back
+    /// mean it changed rows, which its commit then shows.
+    pub(super) async fn fetch_all_written<T: Row>(
+        self,
+        tx: &mut Tx,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        let rows: Vec<T> = self.fetch_all(&mut *tx).await?;
+        tx.wrote |= !rows.is_empty();
+        Ok(rows)
+    }
+
     #[cfg(test)]
     fn sql(&self) -> &str {
         &self.sql
@@ -665,6 +701,23 @@ impl Q {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn then_numbers_the_next_statement_after_this_ones_arguments() {
+        let q = stmt("UPDATE a SET x = $2 WHERE id = $1")
+            .bind(1)
+            .bind("x")
+            .then(
+                stmt("UPDATE b SET y = $1, z = $1 WHERE w = $2 AND v = '$'")
+                    .bind(7)
+                    .bind(8),
+            );
+        assert_eq!(
+            q.sql(),
+            "UPDATE a SET x = $2 WHERE id = $1; UPDATE b SET y = $3, z = $3 WHERE w = $4 AND v = '$'"
+        );
+        assert_eq!(q.args.len(), 4);
+    }
 
     #[test]
     fn push_bind_numbers_placeholders_after_bound_ones() {
