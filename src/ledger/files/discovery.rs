@@ -73,6 +73,25 @@ struct IndexedStatRow {
 const NEWEST_STAT_SQL: &str = "SELECT id, state, size, mtime_ns, device, inode FROM files \
      WHERE path_bytes = $1 ORDER BY id DESC LIMIT 1";
 
+/// What discovering a file comes to in its transaction.
+enum Step {
+    Done(Discovery, Announce),
+    /// A new record, to be inserted (with the batch's others).
+    Insert,
+}
+
+/// The stat a file's record has once discovery wrote it, `discovered`.
+fn stat_row(id: i64, f: &NewFile) -> StatRow {
+    StatRow {
+        id,
+        state: FileState::Discovered.as_str().to_owned(),
+        size: Some(to_i64(f.size)),
+        mtime_ns: Some(f.mtime_ns),
+        device: Some(to_i64(f.device)),
+        inode: Some(to_i64(f.inode)),
+    }
+}
+
 /// What a committed discovery announces.
 enum Announce {
     Nothing,
@@ -100,7 +119,14 @@ impl Ledger {
             .bind(&f.path_bytes)
             .fetch_optional(&mut tx)
             .await?;
-        let (found, announce) = self.discover_tx(&mut tx, f, newest).await?;
+        let (found, announce) = match self.discover_tx(&mut tx, f, newest).await? {
+            Step::Done(found, announce) => (found, announce),
+            Step::Insert => {
+                let id = self.insert_new(&mut tx, &[f]).await?[0];
+                let path = f.path.clone();
+                (Discovery::New(id), Announce::New { id, path })
+            }
+        };
         tx.commit().await?;
         self.announce_discovery(announce);
         Ok(found)
@@ -122,33 +148,47 @@ impl Ledger {
             let mut tx = self.begin().await?;
             let mut newest = self.newest_stats_tx(&mut tx, files, &rest).await?;
             let mut announces = Vec::new();
+            // New records wait to be written together (one statement);
+            // a path seen again in the batch must first meet its record.
+            let mut new: Vec<usize> = Vec::new();
             for &i in &rest {
                 let f = &files[i];
+                if new.iter().any(|&n| files[n].path_bytes == f.path_bytes) {
+                    let written = self
+                        .write_new(&mut tx, files, &mut new, &mut newest)
+                        .await?;
+                    for (n, id) in written {
+                        found[n] = Some(Discovery::New(id));
+                        let path = files[n].path.clone();
+                        announces.push(Announce::New { id, path });
+                    }
+                }
                 let row = newest.remove(&f.path_bytes);
-                let (d, announce) = self.discover_tx(&mut tx, f, row.clone()).await?;
-                // A path named twice in one batch meets its own new record.
-                let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
-                let after = match &d {
-                    Discovery::New(id) => Some((*id, FileState::Discovered)),
-                    Discovery::Changed(id) => Some((*id, FileState::Discovered)),
-                    Discovery::Known { .. } => None,
+                let (d, announce) = match self.discover_tx(&mut tx, f, row.clone()).await? {
+                    Step::Done(d, announce) => (d, announce),
+                    Step::Insert => {
+                        new.push(i);
+                        continue;
+                    }
                 };
-                let row = match after {
-                    Some((id, state)) => Some(StatRow {
-                        id,
-                        state: state.as_str().to_owned(),
-                        size: Some(size),
-                        mtime_ns: Some(f.mtime_ns),
-                        device: Some(dev),
-                        inode: Some(ino),
-                    }),
-                    None => row,
+                // A file changed in place keeps its record, now `discovered`.
+                let row = match &d {
+                    Discovery::Changed(id) => Some(stat_row(*id, f)),
+                    _ => row,
                 };
                 if let Some(row) = row {
                     newest.insert(f.path_bytes.clone(), row);
                 }
                 announces.push(announce);
                 found[i] = Some(d);
+            }
+            let written = self
+                .write_new(&mut tx, files, &mut new, &mut newest)
+                .await?;
+            for (n, id) in written {
+                found[n] = Some(Discovery::New(id));
+                let path = files[n].path.clone();
+                announces.push(Announce::New { id, path });
             }
             tx.commit().await?;
             for a in announces {
@@ -208,7 +248,7 @@ impl Ledger {
         tx: &mut Tx,
         f: &NewFile,
         newest: Option<StatRow>,
-    ) -> Result<(Discovery, Announce), LedgerError> {
+    ) -> Result<Step, LedgerError> {
         let now = now_ms();
         let (size, dev, ino) = (to_i64(f.size), to_i64(f.device), to_i64(f.inode));
         if let Some(StatRow {
@@ -227,7 +267,10 @@ impl Ledger {
                 && (self.stat_ignores_device() || old_dev == Some(dev))
                 && old_ino == Some(ino);
             if same {
-                return Ok((Discovery::Known { id, state }, Announce::Nothing));
+                return Ok(Step::Done(
+                    Discovery::Known { id, state },
+                    Announce::Nothing,
+                ));
             }
             match state {
                 // Not sent yet: this record simply follows the file.
@@ -256,45 +299,105 @@ impl Ledger {
                         to,
                         released,
                     };
-                    return Ok((Discovery::Changed(id), announce));
+                    return Ok(Step::Done(Discovery::Changed(id), announce));
                 }
                 // The worker sending it notices the change when it is done.
                 FileState::Uploading => {
-                    return Ok((Discovery::Known { id, state }, Announce::Nothing));
+                    return Ok(Step::Done(
+                        Discovery::Known { id, state },
+                        Announce::Nothing,
+                    ));
                 }
                 _ => {}
             }
         }
-        let origin = f.origin.clone().unwrap_or_default();
+        Ok(Step::Insert)
+    }
+
+    /// Write the records of `files[new]` (emptied) in one statement per
+    /// [`PER_QUERY`] / 16 of them, and put them in `newest`: their ids, in
+    /// the order of `new`.
+    async fn write_new(
+        &self,
+        tx: &mut Tx,
+        files: &[NewFile],
+        new: &mut Vec<usize>,
+        newest: &mut HashMap<Vec<u8>, StatRow>,
+    ) -> Result<Vec<(usize, i64)>, LedgerError> {
+        let mut written = Vec::with_capacity(new.len());
+        for chunk in new.chunks(PER_QUERY / 16) {
+            let rows: Vec<&NewFile> = chunk.iter().map(|&i| &files[i]).collect();
+            let ids = self.insert_new(tx, &rows).await?;
+            for (&i, id) in chunk.iter().zip(ids) {
+                newest.insert(files[i].path_bytes.clone(), stat_row(id, &files[i]));
+                written.push((i, id));
+            }
+        }
+        new.clear();
+        Ok(written)
+    }
+
+    /// Insert a `discovered` record for each of `new` (paths all
+    /// different) in one statement: each statement is a round trip to the
+    /// connection (BENCHMARKS.md, S1). Their ids, in order.
+    async fn insert_new(&self, tx: &mut Tx, new: &[&NewFile]) -> Result<Vec<i64>, LedgerError> {
+        let now = now_ms();
+        // SQLite: ids above every id ever given (migration 0008 keeps the
+        // high-water mark; `new_id`); one record reads it in its INSERT.
+        let first_id = match (self.pool.is_postgres(), new.len()) {
+            (true, _) | (false, 0 | 1) => None,
+            (false, _) => Some(
+                stmt("SELECT high + 1 FROM id_high_water WHERE name = 'files'")
+                    .scalar_one::<i64>(&mut *tx)
+                    .await?,
+            ),
+        };
         let (id_col, id_val) = self.new_id();
-        let id: i64 = stmt(format!(
+        let mut q = stmt(format!(
             "INSERT INTO files ({id_col}path_bytes, path, size, mtime_ns, device, inode, \
              user_metadata, state, discovered_at, updated_at, root, index_id, after_upload, \
-             on_failure, origin_host) \
-             VALUES ({id_val}$1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14) \
-             RETURNING id",
-        ))
-        .bind(&f.path_bytes)
-        .bind(&f.path)
-        .bind(size)
-        .bind(f.mtime_ns)
-        .bind(dev)
-        .bind(ino)
-        .bind(&f.user_metadata)
-        .bind(FileState::Discovered.as_str())
-        .bind(now)
-        .bind(f.origin.as_ref().map(|o| o.root.clone()))
-        .bind(&origin.index_id)
-        .bind(&origin.after_upload)
-        .bind(&origin.on_failure)
-        .bind(self.me_host())
-        .scalar_one(&mut *tx)
-        .await?;
-        let announce = Announce::New {
-            id,
-            path: f.path.clone(),
-        };
-        Ok((Discovery::New(id), announce))
+             on_failure, origin_host) VALUES "
+        ));
+        for (k, f) in new.iter().enumerate() {
+            let origin = f.origin.clone().unwrap_or_default();
+            q.push(if k == 0 { "(" } else { ", (" });
+            match first_id {
+                Some(first) => {
+                    q.push_bind(first + i64::try_from(k).unwrap_or(i64::MAX))
+                        .push(", ");
+                }
+                None => {
+                    q.push(id_val);
+                }
+            }
+            q.push_bind(&f.path_bytes).push(", ");
+            q.push_bind(&f.path).push(", ");
+            q.push_bind(to_i64(f.size)).push(", ");
+            q.push_bind(f.mtime_ns).push(", ");
+            q.push_bind(to_i64(f.device)).push(", ");
+            q.push_bind(to_i64(f.inode)).push(", ");
+            q.push_bind(&f.user_metadata).push(", ");
+            q.push_bind(FileState::Discovered.as_str()).push(", ");
+            q.push_bind(now).push(", ");
+            q.push_bind(now).push(", ");
+            q.push_bind(f.origin.as_ref().map(|o| o.root.clone()))
+                .push(", ");
+            q.push_bind(&origin.index_id).push(", ");
+            q.push_bind(&origin.after_upload).push(", ");
+            q.push_bind(&origin.on_failure).push(", ");
+            q.push_bind(self.me_host()).push(")");
+        }
+        q.push(" RETURNING id, path_bytes");
+        let rows: Vec<(i64, Vec<u8>)> = q.fetch_all_written(tx).await?;
+        // By path, not by position: PostgreSQL does not promise the order.
+        let by_path: HashMap<Vec<u8>, i64> = rows.into_iter().map(|(id, p)| (p, id)).collect();
+        new.iter()
+            .map(|f| {
+                by_path.get(&f.path_bytes).copied().ok_or_else(|| {
+                    LedgerError::Corrupt(format!("no record came back for {}", f.path))
+                })
+            })
+            .collect()
     }
 
     fn announce_discovery(&self, announce: Announce) {
