@@ -740,3 +740,129 @@ async fn a_claim_takes_small_files_together_from_a_deep_queue_and_gives_back_the
         assert!(!again.lookup_first, "nothing was sent: no lookup first");
     }
 }
+
+/// Files new to the ledger, found together, are written in one statement
+/// (both engines): each gets its own record, in the batch's order, with
+/// an id above every id ever given, even after the highest was forgotten.
+#[tokio::test]
+async fn new_files_found_together_get_their_own_records_and_fresh_ids() {
+    let (_dir, ledger) = open().await;
+    let Discovery::New(first) = ledger
+        .discover(&file("/in/first.mp4", 10, 1))
+        .await
+        .expect("discover")
+    else {
+        panic!("new")
+    };
+    ledger.forget(first).await.expect("forget");
+    let batch: Vec<NewFile> = (0..5u64)
+        .map(|i| file(&format!("/in/batch-{i}.mp4"), 100 + i, 1))
+        .collect();
+    let found = ledger.discover_many(&batch).await.expect("discover");
+    let ids: Vec<i64> = found
+        .iter()
+        .map(|d| match d {
+            Discovery::New(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (f, id) in batch.iter().zip(&ids) {
+        assert!(*id > first, "id {id} after {first} was given");
+        let rec = ledger.record(*id).await.expect("q").expect("record");
+        assert_eq!(rec.path.as_deref(), Some(f.path.as_str()));
+        assert_eq!(rec.size, Some(i64::try_from(f.size).expect("size")));
+        assert_eq!(rec.state, "discovered");
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    ledger.close().await;
+}
+
+/// A worker's small files are accepted together (`accept_all`, one
+/// transaction): each held record gets its asset and its attempt ends
+/// `accepted`, its duplicates point at the asset; one that was claimed
+/// again meanwhile is refused alone, and nothing of its acceptance is
+/// written, not even to its duplicate.
+#[tokio::test]
+async fn small_files_accepted_together_record_each_and_refuse_one_no_longer_held() {
+    let (_d, ledger) = open().await;
+    let mut small = Vec::new();
+    for i in 0..8 {
+        let (id, out) = add(
+            &ledger,
+            &file(&format!("/in/s{i}.mp4"), 100, 1),
+            &format!("s{i}"),
+        )
+        .await;
+        assert_eq!(out, HashOutcome::Queued);
+        small.push(id);
+    }
+    let (twin, out) = add(&ledger, &file("/in/twin.mp4", 100, 1), "s1").await;
+    assert_eq!(out, HashOutcome::Duplicate { of: small[1] });
+    let batch = ClaimBatch {
+        max: 4,
+        small_bytes: 1000,
+        deep: 4,
+    };
+    let jobs = ledger.claim_batch(30_000, batch).await.expect("claim");
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), small[0..4]);
+    // The second is given up and claimed again: its first claim is stale.
+    let failed = AttemptEnd {
+        outcome: "transient",
+        ..AttemptEnd::default()
+    };
+    ledger
+        .retry_later(&jobs[1], &failed, 0, false, false)
+        .await
+        .expect("retry");
+    let again = ledger.claim(30_000).await.expect("claim").expect("due");
+    assert_eq!(again.id, small[1]);
+
+    let end = AttemptEnd {
+        outcome: "accepted",
+        http_status: Some(201),
+        ..AttemptEnd::default()
+    };
+    let assets = ["a0", "a1", "a2", "a3"];
+    let uploads: Vec<(&UploadJob, &str, &AttemptEnd)> =
+        jobs.iter().zip(assets).map(|(j, a)| (j, a, &end)).collect();
+    let results = ledger.accept_all(&uploads).await.expect("accept");
+    assert!(
+        results[0].is_ok() && results[2].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Err(LedgerError::Conflict { id, .. }) if id == small[1]),
+        "{results:?}"
+    );
+    for (job, asset) in jobs.iter().zip(assets) {
+        let rec = ledger.record(job.id).await.expect("q").expect("record");
+        let attempts = ledger.attempts(job.id).await.expect("attempts");
+        let first = attempts
+            .iter()
+            .find(|a| a.id == job.attempt_id)
+            .expect("its attempt");
+        if job.id == small[1] {
+            assert_eq!(rec.state, "uploading", "the newer claim stands");
+            assert_eq!(rec.asset_id, None);
+            assert_eq!(first.outcome.as_deref(), Some("transient"));
+        } else {
+            assert_eq!(rec.state, "processing");
+            assert_eq!(rec.asset_id.as_deref(), Some(asset));
+            assert_eq!(first.outcome.as_deref(), Some("accepted"));
+        }
+    }
+    let twin = ledger.record(twin).await.expect("q").expect("record");
+    assert_eq!(
+        (twin.state.as_str(), twin.asset_id),
+        ("duplicate", None),
+        "the refused acceptance left the duplicate as it was"
+    );
+    ledger
+        .accept(&again, "a1-again", &end)
+        .await
+        .expect("the current claim is accepted");
+    ledger.close().await;
+}

@@ -787,6 +787,22 @@ async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
     running.shutdown(Duration::from_secs(30)).await;
 
     assert_eq!(uploading().await, 0, "{}", dump(&ledger).await);
+    // What was sent is recorded, its acceptance held for the batch included.
+    let accepted: i64 = ledger
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .filter(|(s, _)| matches!(s, FileState::Processing | FileState::Ready))
+        .map(|(_, n)| *n)
+        .sum();
+    assert!(accepted > 0, "{}", dump(&ledger).await);
+    assert_eq!(
+        u64::try_from(accepted).expect("count"),
+        env.emulator.stats().assets_created as u64,
+        "{}",
+        dump(&ledger).await
+    );
     let mut given_back = 0;
     while let Some(job) = ledger.claim(30_000).await.expect("claim") {
         let attempts = ledger.attempts(job.id).await.expect("attempts");

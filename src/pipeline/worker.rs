@@ -84,6 +84,7 @@ async fn work_through(
         .collect();
     let mut left = held.into_iter();
     let mut aborted = false;
+    let accepted = Held::new(left.len() > 1);
     for (job, lost) in left.by_ref() {
         // A record taken over before its turn is no longer ours to send.
         if !lost.is_cancelled() {
@@ -100,14 +101,18 @@ async fn work_through(
                         "stopped sending: this daemon no longer holds the record (another daemon took it over, or its lease could not be renewed); whoever sends it next looks it up first"
                     );
                 }
-                _ = attempt(shared, &job, stop) => {}
+                _ = attempt(shared, &job, stop, &accepted) => {}
             }
         }
-        shared.claims.release(job.id, job.epoch);
+        // A record whose acceptance is held stays held until it is recorded.
+        if !accepted.holds(job.id) {
+            shared.claims.release(job.id, job.epoch);
+        }
         if aborted || stop.is_cancelled() {
             break;
         }
     }
+    record_held(shared, accepted.take()).await;
     let mut unstarted = Vec::new();
     for (job, lost) in left {
         shared.claims.release(job.id, job.epoch);
@@ -153,15 +158,20 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-async fn attempt(shared: &Shared, job: &UploadJob, stop: &CancellationToken) {
+async fn attempt(shared: &Shared, job: &UploadJob, stop: &CancellationToken, accepted: &Held) {
     let outcome = match (&job.path_bytes, &job.url) {
-        (Some(bytes), _) => send_file(shared, job, &path_from_bytes(bytes), stop).await,
+        (Some(bytes), _) => send_file(shared, job, &path_from_bytes(bytes), stop, accepted).await,
         (None, Some(url)) => send_url(shared, job, url, stop).await,
         (None, None) => Err(Outcome::Finish(
             Event::Fail,
             unsent("unsupported", "record has neither a path nor a URL"),
         )),
     };
+    record_outcome(shared, job, outcome).await;
+}
+
+/// Record how an attempt ended, unless it was accepted (recorded then).
+async fn record_outcome(shared: &Shared, job: &UploadJob, outcome: Result<(), Outcome>) {
     let ledger = &shared.ledger;
     // The outcome is held here until the ledger takes it: a full disk or a
     // lost connection is waited out (a shutdown's abort cuts this off; the
@@ -401,6 +411,7 @@ async fn send_file(
     job: &UploadJob,
     path: &Path,
     stop: &CancellationToken,
+    accepted: &Held,
 ) -> Result<(), Outcome> {
     let size = job.size.and_then(|s| u64::try_from(s).ok());
     let kind = kind_of(path, job.mime.as_deref());
@@ -453,7 +464,7 @@ async fn send_file(
     if multipart {
         send_chunked(shared, job, file).await
     } else {
-        send_direct(shared, job, file).await
+        send_direct(shared, job, file, accepted).await
     }
 }
 
@@ -715,6 +726,7 @@ async fn send_direct(
     shared: &Shared,
     job: &UploadJob,
     file: FileToSend<'_>,
+    accepted: &Held,
 ) -> Result<(), Outcome> {
     let sent = Arc::new(AtomicU64::new(0));
     let up = DirectUpload {
@@ -754,7 +766,7 @@ async fn send_direct(
                 bytes_sent,
                 started,
             };
-            accept_direct(shared, job, answer).await
+            accept_direct(shared, job, answer, accepted).await
         }
         Err(e) => {
             if let Some(problem) = disk_problem(shared, job, check, "during upload", bytes_sent) {
@@ -789,7 +801,12 @@ struct Answer {
 /// The platform took a direct upload: commit its asset, unless the answer
 /// has no asset id or the file changed while it was sent (then the asset,
 /// holding bytes that are not the file's, is deleted).
-async fn accept_direct(shared: &Shared, job: &UploadJob, answer: Answer) -> Result<(), Outcome> {
+async fn accept_direct(
+    shared: &Shared,
+    job: &UploadJob,
+    answer: Answer,
+    accepted: &Held,
+) -> Result<(), Outcome> {
     let Answer {
         created: Created { asset, sha256 },
         stamped_after,
@@ -825,6 +842,14 @@ async fn accept_direct(shared: &Shared, job: &UploadJob, answer: Answer) -> Resu
         sha256: Some(sha256),
         ..job.clone()
     };
+    if accepted.defer {
+        accepted.hold(Accepted {
+            job,
+            asset_id: id,
+            end,
+        });
+        return Ok(());
+    }
     commit(shared, &job, &id, &end).await
 }
 
@@ -969,22 +994,93 @@ async fn commit(
         || shared.ledger.accept(job, asset_id, end),
     )
     .await;
-    match recorded {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // The asset exists but is not recorded: the next attempt looks
-            // it up rather than sending the file again.
-            tracing::error!(path = %job.display(), asset_id, error = %e, "could not record the asset id");
-            Err(Outcome::Retry {
-                end: unsent(
-                    "transient",
-                    &format!("could not record asset {asset_id}: {e}"),
-                ),
-                next_at: now_ms() + 1000,
-                counted: false,
-                lookup: true,
-            })
+    recorded.map_err(|e| unrecorded(job, asset_id, &e))
+}
+
+/// The asset exists but is not recorded: the next attempt looks it up
+/// rather than sending the file again.
+fn unrecorded(job: &UploadJob, asset_id: &str, e: &crate::ledger::LedgerError) -> Outcome {
+    tracing::error!(path = %job.display(), asset_id, error = %e, "could not record the asset id");
+    Outcome::Retry {
+        end: unsent(
+            "transient",
+            &format!("could not record asset {asset_id}: {e}"),
+        ),
+        next_at: now_ms() + 1000,
+        counted: false,
+        lookup: true,
+    }
+}
+
+/// Acceptances of small files sent one after another, which their worker
+/// records together once its batch is done (one transaction for all:
+/// `Ledger::accept_all`; BENCHMARKS.md, S1). Until then an asset id is in
+/// memory only, as between any `201` and its commit: a crash leaves the
+/// record `uploading`, and the next start looks it up on the platform by
+/// its stamp before sending it again (RELIABILITY.md, section 1).
+struct Held {
+    /// Whether acceptances wait for the batch (more than one file).
+    defer: bool,
+    accepted: std::sync::Mutex<Vec<Accepted>>,
+}
+
+struct Accepted {
+    job: UploadJob,
+    asset_id: String,
+    end: AttemptEnd,
+}
+
+impl Held {
+    fn new(defer: bool) -> Held {
+        Held {
+            defer,
+            accepted: std::sync::Mutex::default(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepted>> {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold(&self, accepted: Accepted) {
+        self.lock().push(accepted);
+    }
+
+    fn holds(&self, id: i64) -> bool {
+        self.lock().iter().any(|a| a.job.id == id)
+    }
+
+    fn take(&self) -> Vec<Accepted> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// Record held acceptances, waiting out a full or unreachable ledger as a
+/// single acceptance does; then let their records go.
+async fn record_held(shared: &Shared, held: Vec<Accepted>) {
+    if held.is_empty() {
+        return;
+    }
+    let uploads: Vec<(&UploadJob, &str, &AttemptEnd)> = held
+        .iter()
+        .map(|a| (&a.job, a.asset_id.as_str(), &a.end))
+        .collect();
+    let never = CancellationToken::new();
+    let recorded = super::until_recorded(
+        &never,
+        "could not record the asset ids; holding them until the ledger takes them",
+        || shared.ledger.accept_all(&uploads),
+    )
+    .await;
+    for (i, a) in held.iter().enumerate() {
+        let result = match &recorded {
+            Ok(each) => each.get(i).map_or(Ok(()), |r| r.as_ref().map(|_| ())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            record_outcome(shared, &a.job, Err(unrecorded(&a.job, &a.asset_id, e))).await;
+        }
+        shared.claims.release(a.job.id, a.job.epoch);
     }
 }
 

@@ -59,26 +59,7 @@ impl Ledger {
         // the statement itself (see `still_mine`, which says why when it
         // matches nothing): over many small files every statement of an
         // upload counts (BENCHMARKS.md, S1).
-        let owner = self.me_id().filter(|_| self.pool.is_postgres());
-        let update = stmt(
-            "UPDATE files SET asset_id = $4, updated_at = $5, \
-             state = CASE WHEN id = $1 THEN $3 ELSE state END, \
-             attempts = CASE WHEN id = $1 THEN attempts + 1 ELSE attempts END, \
-             last_error = CASE WHEN id = $1 THEN NULL ELSE last_error END, \
-             lookup_first = CASE WHEN id = $1 THEN FALSE ELSE lookup_first END, \
-             uploaded_at = CASE WHEN id = $1 THEN $5 ELSE uploaded_at END, \
-             sha256 = CASE WHEN id = $1 THEN coalesce(sha256, $6) ELSE sha256 END \
-             WHERE (id = $1 AND state = $2 AND epoch = $7 AND ($8 IS NULL OR claimed_by = $8)) \
-             OR duplicate_of = $1 RETURNING id",
-        )
-        .bind(job.id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(asset_id)
-        .bind(now)
-        .bind(&job.sha256)
-        .bind(job.epoch)
-        .bind(owner);
+        let update = self.accept_update(job, asset_id, now);
         // On SQLite the attempt's end rides along (one round trip to the
         // connection's thread); a fenced record rolls it back with the rest.
         let chained = !self.pool.is_postgres();
@@ -111,6 +92,128 @@ impl Ledger {
             detail: None,
         });
         Ok(())
+    }
+
+    /// The acceptance's update of the record (fenced: its state, epoch and,
+    /// on a shared ledger, owner) and of its duplicates, `RETURNING id`.
+    fn accept_update(&self, job: &UploadJob, asset_id: &str, now: i64) -> Q {
+        let owner = self.me_id().filter(|_| self.pool.is_postgres());
+        stmt(
+            "UPDATE files SET asset_id = $4, updated_at = $5, \
+             state = CASE WHEN id = $1 THEN $3 ELSE state END, \
+             attempts = CASE WHEN id = $1 THEN attempts + 1 ELSE attempts END, \
+             last_error = CASE WHEN id = $1 THEN NULL ELSE last_error END, \
+             lookup_first = CASE WHEN id = $1 THEN FALSE ELSE lookup_first END, \
+             uploaded_at = CASE WHEN id = $1 THEN $5 ELSE uploaded_at END, \
+             sha256 = CASE WHEN id = $1 THEN coalesce(sha256, $6) ELSE sha256 END \
+             WHERE (id = $1 AND state = $2 AND epoch = $7 AND ($8 IS NULL OR claimed_by = $8)) \
+             OR duplicate_of = $1 RETURNING id",
+        )
+        .bind(job.id)
+        .bind(FileState::Uploading.as_str())
+        .bind(FileState::Processing.as_str())
+        .bind(asset_id)
+        .bind(now)
+        .bind(&job.sha256)
+        .bind(job.epoch)
+        .bind(owner)
+    }
+
+    /// [`Ledger::accept`] for several uploads of one worker (small files
+    /// sent one after another), in one transaction: one commit and a few
+    /// round trips for all instead of each (BENCHMARKS.md, S1). Per upload,
+    /// in order: recorded, or `Conflict` if this attempt no longer holds
+    /// its record (nothing of it is written). An error of the transaction
+    /// itself records none.
+    pub async fn accept_all(
+        &self,
+        uploads: &[(&UploadJob, &str, &AttemptEnd)],
+    ) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
+        if let [(job, asset_id, end)] = uploads {
+            return match self.accept(job, asset_id, end).await {
+                Err(e @ LedgerError::Conflict { .. }) => Ok(vec![Err(e)]),
+                other => other.map(|()| vec![Ok(())]),
+            };
+        }
+        let from = FileState::Uploading;
+        let to = from.on(Event::Accepted)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        // Which records this attempt still holds, checked inside the
+        // writing transaction (a takeover cannot come in between): only
+        // theirs are written, so a fenced one touches no duplicate.
+        let mut q = stmt("SELECT id, epoch, claimed_by, state FROM files WHERE id IN (");
+        for (i, (job, _, _)) in uploads.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push_bind(job.id);
+        }
+        q.push(")");
+        let rows: Vec<(i64, i64, Option<i64>, String)> = q.fetch_all(&mut tx).await?;
+        let me = self.me_id().filter(|_| self.pool.is_postgres());
+        let held: Vec<bool> = uploads
+            .iter()
+            .map(|(job, _, _)| {
+                rows.iter().any(|(id, epoch, owner, state)| {
+                    *id == job.id
+                        && *epoch == job.epoch
+                        && state == from.as_str()
+                        && (me.is_none() || *owner == me)
+                })
+            })
+            .collect();
+        let mut updated: Vec<i64> = Vec::new();
+        let mut chain: Option<Q> = None;
+        for ((job, asset_id, end), _) in uploads.iter().zip(&held).filter(|(_, h)| **h) {
+            let update = self.accept_update(job, asset_id, now);
+            if self.pool.is_postgres() {
+                let ids: Vec<(i64,)> = update.fetch_all_written(&mut tx).await?;
+                updated.extend(ids.into_iter().map(|(id,)| id));
+                end_attempt_tx(&mut tx, job.attempt_id, end).await?;
+            } else {
+                // SQLite: every statement in one round trip.
+                let both = update.then(end_attempt(job.attempt_id, end));
+                chain = Some(match chain {
+                    Some(c) => c.then(both),
+                    None => both,
+                });
+            }
+        }
+        if let Some(chain) = chain {
+            let ids: Vec<(i64,)> = chain.fetch_all_written(&mut tx).await?;
+            updated.extend(ids.into_iter().map(|(id,)| id));
+        }
+        let all_written = uploads
+            .iter()
+            .zip(&held)
+            .all(|((job, _, _), h)| !*h || updated.contains(&job.id));
+        if !all_written {
+            return Err(LedgerError::Corrupt(
+                "a record checked as held was not updated".into(),
+            ));
+        }
+        self.pool.health().fault_point("ledger-full-on-accept");
+        tx.commit().await?;
+        let mut results = Vec::with_capacity(uploads.len());
+        for ((job, asset_id, _), h) in uploads.iter().zip(held) {
+            if h {
+                self.announce(Change {
+                    id: job.id,
+                    path: job.display(),
+                    state: to,
+                    asset_id: Some(asset_id.to_string()),
+                    detail: None,
+                });
+                results.push(Ok(()));
+            } else {
+                results.push(Err(LedgerError::Conflict {
+                    id: job.id,
+                    expected: "claimed by this attempt",
+                }));
+            }
+        }
+        Ok(results)
     }
 
     /// Back to the queue after a failed attempt: `uploading` → `queued`,
