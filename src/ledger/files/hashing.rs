@@ -8,7 +8,7 @@ use sqlx::FromRow;
 
 use super::expect_one;
 use crate::ledger::Dedupe;
-use crate::ledger::engine::{Ex, Tx, stmt};
+use crate::ledger::engine::{Ex, Q, Tx, stmt};
 use crate::ledger::fleet::PG_NOW;
 use crate::ledger::state::{Event, FileState, sql_list};
 use crate::ledger::{Change, Ledger, LedgerError, now_ms};
@@ -79,6 +79,9 @@ pub enum SameSize {
     /// One is being sent with its hash still unknown: wait for it.
     Pending,
 }
+
+/// Statements per query in [`Ledger::queue_unhashed_many`] on SQLite.
+const CHAINED: usize = 16;
 
 /// How long a record waits for another record of its size to get its hash.
 const WAIT_FOR_HASH_MS: i64 = 250;
@@ -341,25 +344,47 @@ impl Ledger {
             return Ok(queued);
         }
         let now = now_ms();
-        let mut tx = self.begin().await?;
-        for (job, mime) in jobs {
-            let Some(print) = &job.fingerprint else {
-                queued.push(false);
-                continue;
-            };
-            let done = stmt(QUEUE_IF_ALONE_SQL.as_str())
+        let queue = |job: &HashJob, print: &str, mime: Option<&str>| {
+            stmt(format!("{} RETURNING id", QUEUE_IF_ALONE_SQL.as_str()))
                 .bind(job.size)
                 .bind(job.id)
-                .bind(print.as_str())
+                .bind(print)
                 .bind(from.as_str())
                 .bind(to.as_str())
-                .bind(*mime)
+                .bind(mime)
                 .bind(now)
                 .bind(job.mtime_ns)
-                .execute(&mut tx)
-                .await?;
-            queued.push(done.rows_affected() == 1);
+        };
+        let mut tx = self.begin().await?;
+        let mut ids: Vec<i64> = Vec::new();
+        if self.pool.is_postgres() {
+            for (job, mime) in jobs {
+                if let Some(print) = &job.fingerprint {
+                    let rows: Vec<(i64,)> =
+                        queue(job, print, *mime).fetch_all_written(&mut tx).await?;
+                    ids.extend(rows.into_iter().map(|(id,)| id));
+                }
+            }
+        } else {
+            // SQLite: the statements in turn (a later one sees the earlier
+            // ones queued), in one round trip per [`CHAINED`]; so few
+            // different chains that each stays prepared.
+            let printed: Vec<_> = jobs
+                .iter()
+                .filter_map(|(job, mime)| Some((*job, job.fingerprint.as_deref()?, *mime)))
+                .collect();
+            for chunk in printed.chunks(CHAINED) {
+                let chain = chunk
+                    .iter()
+                    .map(|(job, print, mime)| queue(job, print, *mime))
+                    .reduce(Q::then);
+                if let Some(chain) = chain {
+                    let rows: Vec<(i64,)> = chain.fetch_all_written(&mut tx).await?;
+                    ids.extend(rows.into_iter().map(|(id,)| id));
+                }
+            }
         }
+        queued.extend(jobs.iter().map(|(job, _)| ids.contains(&job.id)));
         tx.commit().await?;
         for ((job, _), _) in jobs.iter().zip(&queued).filter(|(_, q)| **q) {
             self.changed(job.id, job.path.clone(), to, None);
