@@ -107,9 +107,11 @@ enum Announce {
     },
 }
 
-/// Files per batched statement in [`Ledger::discover_many`]: one or six
-/// parameters each, well under SQLite's limit of 32 766.
-const PER_QUERY: usize = 1000;
+/// Files per batched lookup in [`Ledger::discover_many`] (two parameters
+/// each), and new records per INSERT (15 each): few, for the reason
+/// `ledger/scan.rs` gives for its own `PER_QUERY`.
+const PER_QUERY: usize = 256;
+const NEW_PER_QUERY: usize = 16;
 
 impl Ledger {
     /// Record a file seen on disk (see [`Discovery`]).
@@ -315,7 +317,7 @@ impl Ledger {
     }
 
     /// Write the records of `files[new]` (emptied) in one statement per
-    /// [`PER_QUERY`] / 16 of them, and put them in `newest`: their ids, in
+    /// [`NEW_PER_QUERY`] of them, and put them in `newest`: their ids, in
     /// the order of `new`.
     async fn write_new(
         &self,
@@ -325,7 +327,7 @@ impl Ledger {
         newest: &mut HashMap<Vec<u8>, StatRow>,
     ) -> Result<Vec<(usize, i64)>, LedgerError> {
         let mut written = Vec::with_capacity(new.len());
-        for chunk in new.chunks(PER_QUERY / 16) {
+        for chunk in new.chunks(NEW_PER_QUERY) {
             let rows: Vec<&NewFile> = chunk.iter().map(|&i| &files[i]).collect();
             let ids = self.insert_new(tx, &rows).await?;
             for (&i, id) in chunk.iter().zip(ids) {
