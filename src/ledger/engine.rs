@@ -122,6 +122,18 @@ impl Pool {
         matches!(self.db, Db::Postgres(_))
     }
 
+    /// `column` as a term only checked, never used to find rows: on SQLite
+    /// with a unary `+`. For statements that find their rows by id and
+    /// check their state: SQLite's planner otherwise walks every record in
+    /// that state through a state index to test each against the ids (a
+    /// claim cost as much as the queue was long).
+    pub(super) fn checked_only(&self, column: &str) -> String {
+        match self.db {
+            Db::Sqlite(_) => format!("+{column}"),
+            Db::Postgres(_) => column.to_owned(),
+        }
+    }
+
     pub(super) fn health(&self) -> &Health {
         &self.health
     }
@@ -582,6 +594,14 @@ impl Q {
         let rows: Vec<T> = self.fetch_all(&mut *tx).await?;
         tx.wrote |= !rows.is_empty();
         Ok(rows)
+    }
+
+    /// SQLite's plan for this statement, one line per step.
+    #[cfg(test)]
+    pub(super) async fn explain(mut self, pool: &Pool) -> String {
+        self.sql = format!("EXPLAIN QUERY PLAN {}", self.sql).into();
+        let rows: Vec<(i64, i64, i64, String)> = self.fetch_all(pool).await.expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
     }
 
     #[cfg(test)]

@@ -22,11 +22,6 @@ pub struct PollJob {
     pub updated_at: i64,
 }
 
-/// `processing` → `ready` for a round's records still `processing`
-/// (`$1`..`$3` as [`MARK_READY`]'s `$2`..`$4`; their ids follow).
-const MARK_READY_ALL: &str = "UPDATE files SET state = $2, ready_at = $3, updated_at = $3, \
-     last_error = NULL WHERE state = $1";
-
 /// `processing` → `ready` for one record, if it is still `processing`.
 const MARK_READY: &str = "UPDATE files SET state = $3, ready_at = $4, updated_at = $4, \
      last_error = NULL WHERE id = $1 AND state = $2";
@@ -107,7 +102,12 @@ impl Ledger {
         let now = now_ms();
         // One statement for the round: each statement is a round trip to
         // the connection's thread (BENCHMARKS.md, S1).
-        let mut q = stmt(format!("{MARK_READY_ALL} AND id IN ("));
+        // `processing` → `ready` for those still `processing`, found by id.
+        let mut q = stmt(format!(
+            "UPDATE files SET state = $2, ready_at = $3, updated_at = $3, last_error = NULL \
+             WHERE {} = $1 AND id IN (",
+            self.pool.checked_only("state")
+        ));
         q = q.bind(from.as_str()).bind(to.as_str()).bind(now);
         for (i, job) in jobs.iter().enumerate() {
             if i > 0 {
@@ -136,7 +136,10 @@ impl Ledger {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut q = stmt("UPDATE files SET updated_at = $1 WHERE state = 'processing' AND id IN (");
+        let mut q = stmt(format!(
+            "UPDATE files SET updated_at = $1 WHERE {} = 'processing' AND id IN (",
+            self.pool.checked_only("state")
+        ));
         q = q.bind(now_ms());
         for (i, job) in jobs.iter().enumerate() {
             if i > 0 {
