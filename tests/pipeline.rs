@@ -816,3 +816,83 @@ async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
         "the stop came before the end"
     );
 }
+
+/// A worker holding the acceptances of a batch of small files when the
+/// ledger's disk fills and the daemon is stopped: the stop's abort ends
+/// the wait (the held records are left `uploading`), and the next run
+/// looks them up by their stamp instead of sending them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_while_the_ledger_is_full_leaves_held_acceptances_to_a_lookup() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tl_ingest::ledger::Ledger;
+    use tl_ingest::pipeline::{Filter, Pipeline, discover};
+
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    })
+    .await;
+    let paths: Vec<PathBuf> = (0..40)
+        .map(|i| {
+            let p = env.inbox.join(format!("h{i:02}.mp4"));
+            write_media(&p, Kind::Mp4, 2_000 + i * 11, 400 + i as u64);
+            p
+        })
+        .collect();
+    let mut config = env.config();
+    config.upload.workers = 1;
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
+    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(config.clone()));
+    let running = pipeline.start();
+    let filter =
+        Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");
+    discover(&ledger, &paths, &filter, None, None)
+        .await
+        .expect("discover");
+    // A batch is claimed and its first upload answered (its acceptance held).
+    crate::helpers::wait_until(
+        crate::helpers::DEADLINE,
+        "a batch with an answered upload",
+        || async {
+            let uploading = ledger
+                .counts()
+                .await
+                .expect("counts")
+                .iter()
+                .find(|(s, _)| *s == FileState::Uploading)
+                .map_or(0, |(_, n)| *n);
+            uploading > 1 && env.emulator.stats().assets_created >= 1
+        },
+    )
+    .await;
+    ledger.health().inject_disk_full(Duration::from_secs(3600));
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        running.shutdown(Duration::from_millis(500)),
+    )
+    .await;
+    ledger.health().inject_disk_full(Duration::ZERO);
+    assert!(
+        stopped.is_ok(),
+        "the stop waited for a ledger that stays full"
+    );
+    ledger.close().await;
+
+    // The next run: everything ready, nothing uploaded twice.
+    let ledger = env.run_pipeline(config, &paths).await;
+    for p in &paths {
+        assert_eq!(
+            record_of(&ledger, p).await.state,
+            "ready",
+            "{}",
+            dump(&ledger).await
+        );
+    }
+    let stats = env.emulator.stats();
+    assert_eq!(stats.assets_created, 40, "{stats:?}");
+    assert!(
+        stats.uploads_by_sha256.values().all(|n| *n == 1),
+        "{stats:?}"
+    );
+}

@@ -86,6 +86,11 @@ async fn work_through(
     let mut aborted = false;
     let accepted = Held::new(left.len() > 1);
     for (job, lost) in left.by_ref() {
+        // Held acceptances are not kept through a pause (a 429's wait, a
+        // rejected key): recorded first.
+        if !matches!(shared.gate.state(), super::gate::GateState::Open) {
+            record_held(shared, accepted.take(), abort).await;
+        }
         // A record taken over before its turn is no longer ours to send.
         if !lost.is_cancelled() {
             tokio::select! {
@@ -112,7 +117,7 @@ async fn work_through(
             break;
         }
     }
-    record_held(shared, accepted.take()).await;
+    record_held(shared, accepted.take(), abort).await;
     let mut unstarted = Vec::new();
     for (job, lost) in left {
         shared.claims.release(job.id, job.epoch);
@@ -842,7 +847,9 @@ async fn accept_direct(
         sha256: Some(sha256),
         ..job.clone()
     };
-    if accepted.defer {
+    // Only an asset stamped ahead of its file waits: a crash before it is
+    // recorded leaves a lookup that finds it by that stamp.
+    if accepted.defer && !stamped_after {
         accepted.hold(Accepted {
             job,
             asset_id: id,
@@ -1056,8 +1063,10 @@ impl Held {
 }
 
 /// Record held acceptances, waiting out a full or unreachable ledger as a
-/// single acceptance does; then let their records go.
-async fn record_held(shared: &Shared, held: Vec<Accepted>) {
+/// single acceptance does, unless the worker is aborted (then they are
+/// left `uploading`, to be looked up by their stamp at the next start);
+/// then let their records go.
+async fn record_held(shared: &Shared, held: Vec<Accepted>, abort: &CancellationToken) {
     if held.is_empty() {
         return;
     }
@@ -1065,13 +1074,22 @@ async fn record_held(shared: &Shared, held: Vec<Accepted>) {
         .iter()
         .map(|a| (&a.job, a.asset_id.as_str(), &a.end))
         .collect();
-    let never = CancellationToken::new();
     let recorded = super::until_recorded(
-        &never,
+        abort,
         "could not record the asset ids; holding them until the ledger takes them",
         || shared.ledger.accept_all(&uploads),
     )
     .await;
+    if recorded.is_err() && abort.is_cancelled() {
+        tracing::warn!(
+            records = held.len(),
+            "stopped before the ledger took these uploads' asset ids; the next start looks them up on the platform"
+        );
+        for a in &held {
+            shared.claims.release(a.job.id, a.job.epoch);
+        }
+        return;
+    }
     for (i, a) in held.iter().enumerate() {
         let result = match &recorded {
             Ok(each) => each.get(i).map_or(Ok(()), |r| r.as_ref().map(|_| ())),

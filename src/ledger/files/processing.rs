@@ -117,11 +117,11 @@ impl Ledger {
         }
         q.push(") RETURNING id");
         let mut tx = self.begin().await?;
-        let ids: Vec<i64> = q.scalar_all(&mut tx).await?;
+        let ids: Vec<(i64,)> = q.fetch_all_written(&mut tx).await?;
         let moved: Vec<&PollJob> = jobs
             .iter()
             .copied()
-            .filter(|j| ids.contains(&j.id))
+            .filter(|j| ids.contains(&(j.id,)))
             .collect();
         tx.commit().await?;
         for job in &moved {
