@@ -274,15 +274,7 @@ async fn a_fingerprint_collision_is_hashed_in_full_and_both_are_sent() {
 /// nothing is hashed in full before the worker takes the file.
 #[tokio::test]
 async fn a_small_file_is_read_once_and_sent_with_its_stamp_ahead() {
-    use tl_ingest::emulator::{EmulatorConfig, Faults};
-    let env = TestEnv::with(
-        EmulatorConfig {
-            ignore_fields_after_file: true,
-            ..EmulatorConfig::default()
-        },
-        Faults::default(),
-    )
-    .await;
+    let env = TestEnv::dropping_trailing_fields().await;
     let sizes = [1_000usize, 70_000, 256 * 1024];
     let files: Vec<(PathBuf, String)> = sizes
         .iter()
@@ -295,21 +287,12 @@ async fn a_small_file_is_read_once_and_sent_with_its_stamp_ahead() {
         .collect();
     let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     let (ledger, reads) = run(&env, &paths).await;
-    let assets = env.emulator.assets();
     for (path, sha) in &files {
         let rec = record_of(&ledger, path).await;
         assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
         assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()));
-        let asset = assets
-            .iter()
-            .find(|a| Some(&a.id) == rec.asset_id.as_ref())
-            .expect("asset");
-        let stamp = asset
-            .user_metadata
-            .as_ref()
-            .and_then(|m| m.get(tl_ingest::api::SHA256_STAMP))
-            .and_then(|v| v.as_str());
-        assert_eq!(stamp, Some(sha.as_str()), "{}", path.display());
+        let stamp = env.stamp_on_platform(rec.asset_id.as_deref());
+        assert_eq!(stamp.as_deref(), Some(sha.as_str()), "{}", path.display());
     }
     let total: usize = sizes.iter().sum();
     assert_eq!(reads.sent, total as u64, "each file sent once: {reads:?}");

@@ -648,14 +648,7 @@ async fn next_change(
 /// sent, its stamp ahead of it, whatever the platform does.)
 #[tokio::test]
 async fn a_platform_that_drops_the_trailing_stamp_gets_it_ahead_of_the_file() {
-    let env = TestEnv::with(
-        EmulatorConfig {
-            ignore_fields_after_file: true,
-            ..EmulatorConfig::default()
-        },
-        Faults::default(),
-    )
-    .await;
+    let env = TestEnv::dropping_trailing_fields().await;
     let files: Vec<(PathBuf, String)> = (0..4u64)
         .map(|i| {
             let p = env.inbox.join(format!("f{i}.mp4"));
@@ -669,22 +662,12 @@ async fn a_platform_that_drops_the_trailing_stamp_gets_it_ahead_of_the_file() {
     let ledger = env
         .run_pipeline(config, std::slice::from_ref(&env.inbox))
         .await;
-    let assets = env.emulator.assets();
     let mut unstamped = 0;
     for (path, sha) in &files {
         let rec = record_of(&ledger, path).await;
         assert_eq!(rec.state, "ready", "{}", dump(&ledger).await);
-        let asset = assets
-            .iter()
-            .find(|a| Some(&a.id) == rec.asset_id.as_ref())
-            .expect("asset");
-        let stamp = asset
-            .user_metadata
-            .as_ref()
-            .and_then(|m| m.get(tl_ingest::api::SHA256_STAMP))
-            .and_then(|v| v.as_str());
-        match stamp {
-            Some(s) => assert_eq!(s, sha, "{}", path.display()),
+        match env.stamp_on_platform(rec.asset_id.as_deref()) {
+            Some(s) => assert_eq!(&s, sha, "{}", path.display()),
             None => unstamped += 1,
         }
     }
@@ -699,14 +682,7 @@ const STREAMED: usize = 300_000;
 /// warning, what it does about it, and no file reports an error.
 #[tokio::test]
 async fn answers_without_user_metadata_get_one_warning_not_an_error_per_file() {
-    let env = TestEnv::with(
-        EmulatorConfig {
-            ignore_fields_after_file: true,
-            ..EmulatorConfig::default()
-        },
-        Faults::default(),
-    )
-    .await;
+    let env = TestEnv::dropping_trailing_fields().await;
     // Sizes apart: a streamed file whose size no other has is hashed during
     // its upload.
     for i in 0..4u64 {
@@ -741,61 +717,20 @@ async fn answers_without_user_metadata_get_one_warning_not_an_error_per_file() {
 /// out), nothing left `uploading`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
-    use std::sync::Arc;
     use std::time::Duration;
-    use tl_ingest::ledger::Ledger;
-    use tl_ingest::pipeline::{Filter, Pipeline, discover};
-
-    // Slow answers: the stop comes while the first file of a batch is sent.
     let env = TestEnv::with_faults(Faults {
         latency_ms: 300,
         ..Faults::default()
     })
     .await;
-    let paths: Vec<PathBuf> = (0..40)
-        .map(|i| {
-            let p = env.inbox.join(format!("s{i:02}.mp4"));
-            write_media(&p, Kind::Mp4, 2_000 + i * 7, 300 + i as u64);
-            p
-        })
-        .collect();
-    let mut config = env.config();
-    config.upload.workers = 1;
-    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
-    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(config));
-    let running = pipeline.start();
-    let filter =
-        Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");
-    discover(&ledger, &paths, &filter, None, None)
-        .await
-        .expect("discover");
-    let uploading = || async {
-        ledger
-            .counts()
-            .await
-            .expect("counts")
-            .iter()
-            .find(|(s, _)| *s == FileState::Uploading)
-            .map_or(0, |(_, n)| *n)
-    };
-    crate::helpers::wait_until(
-        crate::helpers::DEADLINE,
-        "one worker holding a batch",
-        || async { uploading().await > 1 },
-    )
-    .await;
+    let (ledger, running, _) = one_worker_holding_a_batch(&env, "s", 300, 0).await;
     running.shutdown(Duration::from_secs(30)).await;
 
-    assert_eq!(uploading().await, 0, "{}", dump(&ledger).await);
+    let uploading = count_in(&ledger, FileState::Uploading).await;
+    assert_eq!(uploading, 0, "{}", dump(&ledger).await);
     // What was sent is recorded, its acceptance held for the batch included.
-    let accepted: i64 = ledger
-        .counts()
-        .await
-        .expect("counts")
-        .iter()
-        .filter(|(s, _)| matches!(s, FileState::Processing | FileState::Ready))
-        .map(|(_, n)| *n)
-        .sum();
+    let accepted =
+        count_in(&ledger, FileState::Processing).await + count_in(&ledger, FileState::Ready).await;
     assert!(accepted > 0, "{}", dump(&ledger).await);
     assert_eq!(
         u64::try_from(accepted).expect("count"),
@@ -823,49 +758,13 @@ async fn a_stop_gives_back_the_small_files_a_worker_had_not_started() {
 /// looks them up by their stamp instead of sending them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_while_the_ledger_is_full_leaves_held_acceptances_to_a_lookup() {
-    use std::sync::Arc;
     use std::time::Duration;
-    use tl_ingest::ledger::Ledger;
-    use tl_ingest::pipeline::{Filter, Pipeline, discover};
-
     let env = TestEnv::with_faults(Faults {
         latency_ms: 300,
         ..Faults::default()
     })
     .await;
-    let paths: Vec<PathBuf> = (0..40)
-        .map(|i| {
-            let p = env.inbox.join(format!("h{i:02}.mp4"));
-            write_media(&p, Kind::Mp4, 2_000 + i * 11, 400 + i as u64);
-            p
-        })
-        .collect();
-    let mut config = env.config();
-    config.upload.workers = 1;
-    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
-    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(config.clone()));
-    let running = pipeline.start();
-    let filter =
-        Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");
-    discover(&ledger, &paths, &filter, None, None)
-        .await
-        .expect("discover");
-    // A batch is claimed and its first upload answered (its acceptance held).
-    crate::helpers::wait_until(
-        crate::helpers::DEADLINE,
-        "a batch with an answered upload",
-        || async {
-            let uploading = ledger
-                .counts()
-                .await
-                .expect("counts")
-                .iter()
-                .find(|(s, _)| *s == FileState::Uploading)
-                .map_or(0, |(_, n)| *n);
-            uploading > 1 && env.emulator.stats().assets_created >= 1
-        },
-    )
-    .await;
+    let (ledger, running, paths) = one_worker_holding_a_batch(&env, "h", 400, 1).await;
     ledger.health().inject_disk_full(Duration::from_secs(3600));
     let stopped = tokio::time::timeout(
         Duration::from_secs(30),
@@ -880,6 +779,8 @@ async fn an_abort_while_the_ledger_is_full_leaves_held_acceptances_to_a_lookup()
     ledger.close().await;
 
     // The next run: everything ready, nothing uploaded twice.
+    let mut config = env.config();
+    config.upload.workers = 1;
     let ledger = env.run_pipeline(config, &paths).await;
     for p in &paths {
         assert_eq!(
@@ -895,4 +796,61 @@ async fn an_abort_while_the_ledger_is_full_leaves_held_acceptances_to_a_lookup()
         stats.uploads_by_sha256.values().all(|n| *n == 1),
         "{stats:?}"
     );
+}
+
+/// How many records are in `state`.
+async fn count_in(ledger: &tl_ingest::ledger::Ledger, state: FileState) -> i64 {
+    ledger
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// A pipeline of one worker over 40 small files (named `prefix`NN), started
+/// and left running once the worker holds a batch of them and `answered`
+/// uploads were answered: the ledger, the running pipeline, the files.
+async fn one_worker_holding_a_batch(
+    env: &TestEnv,
+    prefix: &str,
+    seed: u64,
+    answered: u64,
+) -> (
+    tl_ingest::ledger::Ledger,
+    tl_ingest::pipeline::Running,
+    Vec<PathBuf>,
+) {
+    use std::sync::Arc;
+    use tl_ingest::ledger::Ledger;
+    use tl_ingest::pipeline::{Filter, Pipeline, discover};
+    let paths: Vec<PathBuf> = (0..40u64)
+        .map(|i| {
+            let p = env.inbox.join(format!("{prefix}{i:02}.mp4"));
+            let size = 2_000 + usize::try_from(i).expect("small") * 7;
+            write_media(&p, Kind::Mp4, size, seed + i);
+            p
+        })
+        .collect();
+    let mut config = env.config();
+    config.upload.workers = 1;
+    let ledger = Ledger::open_at(&env.ledger).await.expect("ledger");
+    let pipeline = Pipeline::new(ledger.clone(), env.client(), Arc::new(config));
+    let running = pipeline.start();
+    let filter =
+        Filter::new(&tl_ingest::config::WatchConfig::for_path(PathBuf::new())).expect("filter");
+    discover(&ledger, &paths, &filter, None, None)
+        .await
+        .expect("discover");
+    crate::helpers::wait_until(
+        crate::helpers::DEADLINE,
+        "one worker holding a batch",
+        || async {
+            count_in(&ledger, FileState::Uploading).await > 1
+                && env.emulator.stats().assets_created >= answered
+        },
+    )
+    .await;
+    (ledger, running, paths)
 }

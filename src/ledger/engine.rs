@@ -552,6 +552,17 @@ impl Q {
         self
     }
 
+    /// Append placeholders for `ids`, comma-separated (an `IN` list).
+    pub(super) fn push_ids(&mut self, ids: impl IntoIterator<Item = i64>) -> &mut Self {
+        for (i, id) in ids.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_bind(id);
+        }
+        self
+    }
+
     /// Append a placeholder for `v`.
     pub(super) fn push_bind(&mut self, v: impl Into<Arg>) -> &mut Self {
         self.args.push(v.into());

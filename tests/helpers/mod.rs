@@ -105,6 +105,29 @@ impl TestEnv {
         Self::start(emulator, faults, Engine::Suite).await
     }
 
+    /// A platform that ignores the form fields after the file.
+    pub async fn dropping_trailing_fields() -> TestEnv {
+        let emulator = EmulatorConfig {
+            ignore_fields_after_file: true,
+            ..EmulatorConfig::default()
+        };
+        Self::with(emulator, Faults::default()).await
+    }
+
+    /// The sha256 stamp on the platform's asset `asset_id`, if it has one.
+    pub fn stamp_on_platform(&self, asset_id: Option<&str>) -> Option<String> {
+        let asset = self
+            .emulator
+            .assets()
+            .into_iter()
+            .find(|a| Some(a.id.as_str()) == asset_id)?;
+        let stamp = asset
+            .user_metadata?
+            .get(tl_ingest::api::SHA256_STAMP)?
+            .clone();
+        stamp.as_str().map(str::to_owned)
+    }
+
     /// A fixture whose ledger is the SQLite file `ledger_path` in both
     /// passes, for tests about that file (its bytes, `<ledger>.lock`, the
     /// folder and disk it is on).

@@ -84,6 +84,11 @@ impl Ledger {
         // ledger/health.rs; nothing happens unless its variable is set).
         self.pool.health().fault_point("ledger-full-on-accept");
         tx.commit().await?;
+        self.announce_accepted(job, asset_id, to);
+        Ok(())
+    }
+
+    fn announce_accepted(&self, job: &UploadJob, asset_id: &str, to: FileState) {
         self.announce(Change {
             id: job.id,
             path: job.display(),
@@ -91,7 +96,6 @@ impl Ledger {
             asset_id: Some(asset_id.to_string()),
             detail: None,
         });
-        Ok(())
     }
 
     /// The acceptance's update of the record (fenced: its state, epoch and,
@@ -143,12 +147,7 @@ impl Ledger {
         // writing transaction (a takeover cannot come in between): only
         // theirs are written, so a fenced one touches no duplicate.
         let mut q = stmt("SELECT id, epoch, claimed_by, state FROM files WHERE id IN (");
-        for (i, (job, _, _)) in uploads.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.push_bind(job.id);
-        }
+        q.push_ids(uploads.iter().map(|(job, _, _)| job.id));
         q.push(")");
         let rows: Vec<(i64, i64, Option<i64>, String)> = q.fetch_all(&mut tx).await?;
         let me = self.me_id().filter(|_| self.pool.is_postgres());
@@ -198,13 +197,7 @@ impl Ledger {
         let mut results = Vec::with_capacity(uploads.len());
         for ((job, asset_id, _), h) in uploads.iter().zip(held) {
             if h {
-                self.announce(Change {
-                    id: job.id,
-                    path: job.display(),
-                    state: to,
-                    asset_id: Some(asset_id.to_string()),
-                    detail: None,
-                });
+                self.announce_accepted(job, asset_id, to);
                 results.push(Ok(()));
             } else {
                 results.push(Err(LedgerError::Conflict {

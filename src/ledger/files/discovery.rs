@@ -92,6 +92,21 @@ fn stat_row(id: i64, f: &NewFile) -> StatRow {
     }
 }
 
+/// The records [`Ledger::discover_many`] wrote for `files[n]`: its answers,
+/// and what it announces once committed.
+fn note_new(
+    written: Vec<(usize, i64)>,
+    files: &[NewFile],
+    found: &mut [Option<Discovery>],
+    announces: &mut Vec<Announce>,
+) {
+    for (n, id) in written {
+        found[n] = Some(Discovery::New(id));
+        let path = files[n].path.clone();
+        announces.push(Announce::New { id, path });
+    }
+}
+
 /// What a committed discovery announces.
 enum Announce {
     Nothing,
@@ -159,11 +174,7 @@ impl Ledger {
                     let written = self
                         .write_new(&mut tx, files, &mut new, &mut newest)
                         .await?;
-                    for (n, id) in written {
-                        found[n] = Some(Discovery::New(id));
-                        let path = files[n].path.clone();
-                        announces.push(Announce::New { id, path });
-                    }
+                    note_new(written, files, &mut found, &mut announces);
                 }
                 let row = newest.remove(&f.path_bytes);
                 let (d, announce) = match self.discover_tx(&mut tx, f, row.clone()).await? {
@@ -187,11 +198,7 @@ impl Ledger {
             let written = self
                 .write_new(&mut tx, files, &mut new, &mut newest)
                 .await?;
-            for (n, id) in written {
-                found[n] = Some(Discovery::New(id));
-                let path = files[n].path.clone();
-                announces.push(Announce::New { id, path });
-            }
+            note_new(written, files, &mut found, &mut announces);
             tx.commit().await?;
             for a in announces {
                 self.announce_discovery(a);

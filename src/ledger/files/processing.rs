@@ -109,12 +109,7 @@ impl Ledger {
             self.pool.checked_only("state")
         ));
         q = q.bind(from.as_str()).bind(to.as_str()).bind(now);
-        for (i, job) in jobs.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.push_bind(job.id);
-        }
+        q.push_ids(jobs.iter().map(|j| j.id));
         q.push(") RETURNING id");
         let mut tx = self.begin().await?;
         let ids: Vec<(i64,)> = q.fetch_all_written(&mut tx).await?;
@@ -141,12 +136,7 @@ impl Ledger {
             self.pool.checked_only("state")
         ));
         q = q.bind(now_ms());
-        for (i, job) in jobs.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.push_bind(job.id);
-        }
+        q.push_ids(jobs.iter().map(|j| j.id));
         q.push(")");
         let mut tx = self.begin().await?;
         q.execute(&mut tx).await?;
