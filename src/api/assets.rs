@@ -79,16 +79,6 @@ impl ApiClient {
     /// a known length.
     pub async fn create_direct(&self, up: &DirectUpload) -> Result<Created, ApiError> {
         up.sent.store(0, Ordering::Relaxed);
-        let file = match &up.content {
-            Some(_) => None,
-            None => Some(
-                tokio::fs::File::open(&up.path)
-                    .await
-                    .map_err(|e| open_error(&up.path, &e))?
-                    .into_std()
-                    .await,
-            ),
-        };
         // The stamp goes ahead of the file when it is known, else after it.
         let (stamped, digest_tx, ahead, after) = match &up.stamp {
             Stamp::Known(sha256) => (
@@ -108,14 +98,22 @@ impl ApiClient {
         // would otherwise keep the reader thread and the file forever).
         let done = tokio_util::sync::CancellationToken::new();
         let _done = done.clone().drop_guard();
-        let stream = match (file, &up.content) {
-            (Some(file), _) => body::stream(file, up.size, up.sent.clone(), digest_tx).boxed(),
-            (None, content) => {
-                let bytes = content.clone().unwrap_or_default();
+        let stream = match &up.content {
+            Some(bytes) => {
+                // Bytes already read come with their hash known (the
+                // worker's case); hashing them here is for other callers.
                 if let Some(tx) = digest_tx {
-                    let _ = tx.send(hex::encode(sha2::Sha256::digest(&bytes)));
+                    let _ = tx.send(hex::encode(sha2::Sha256::digest(bytes)));
                 }
-                body::once(bytes, up.sent.clone()).boxed()
+                body::once(bytes.clone(), up.sent.clone()).boxed()
+            }
+            None => {
+                let file = tokio::fs::File::open(&up.path)
+                    .await
+                    .map_err(|e| open_error(&up.path, &e))?
+                    .into_std()
+                    .await;
+                body::stream(file, up.size, up.sent.clone(), digest_tx).boxed()
             }
         };
         let stream = stream.take_until(done.cancelled_owned());
