@@ -202,6 +202,12 @@ impl Ledger {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(engine::BUSY_WAIT)
             .foreign_keys(true)
+            // A transaction's statement journal (its pages as they were, for
+            // a statement that fails half-way) spills past 64 KiB to a file
+            // in /var/tmp: every page a batch touches was written twice, and
+            // a full /var/tmp failed writes to a ledger on another disk.
+            // Kept in memory it is bounded by a transaction's pages.
+            .pragma("temp_store", "memory")
             // A long export is not a slow statement worth a warning on
             // stderr; real slowness shows in the benchmarks.
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
@@ -475,5 +481,20 @@ mod tests {
         assert_eq!(list(&SQLITE_MIGRATOR), list(&POSTGRES_MIGRATOR));
         assert_eq!(schema_version(true), schema_version(false));
         assert!(schema_version(false) >= 6);
+    }
+
+    /// A batch's statement journal stays in memory: spilled, it wrote every
+    /// page twice and failed with a full /var/tmp (see `connect`).
+    #[tokio::test]
+    async fn sqlite_keeps_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
+        // 2 = MEMORY (0 is the build's default, a file).
+        let store: i64 = engine::stmt("PRAGMA temp_store")
+            .scalar_one(&ledger.pool)
+            .await
+            .expect("pragma");
+        assert_eq!(store, 2);
+        ledger.close().await;
     }
 }
