@@ -169,8 +169,7 @@ impl Ledger {
             q.push_bind(prefix.clone())
                 .push(" AND sha256 < ")
                 .push_bind(format!("{prefix}g"))
-                .push(" ORDER BY id LIMIT ")
-                .push_bind(MAX_CANDIDATES + 1);
+                .push(format!(" ORDER BY id LIMIT {}", MAX_CANDIDATES + 1));
             let by_sha: Vec<Record> = q.fetch_all(&self.pool).await?;
             found.extend(by_sha);
         }
@@ -186,8 +185,7 @@ impl Ledger {
                 "SELECT {RECORD_COLUMNS} FROM files WHERE indexed_asset_id = "
             ));
             q.push_bind(key.to_string())
-                .push(" ORDER BY id LIMIT ")
-                .push_bind(MAX_CANDIDATES + 1);
+                .push(format!(" ORDER BY id LIMIT {}", MAX_CANDIDATES + 1));
             found = q.fetch_all(&self.pool).await?;
         }
         found.sort_by_key(|r| r.id);
@@ -254,7 +252,7 @@ impl Ledger {
             " ORDER BY id"
         });
         if let Some(limit) = limit {
-            q.push(" LIMIT ").push_bind(limit);
+            q.push(format!(" LIMIT {limit}"));
         }
         Ok(q.fetch_all(&self.pool).await?)
     }
@@ -281,9 +279,12 @@ impl Ledger {
 
     /// Every `failed` record, oldest first.
     pub async fn failed_records(&self) -> Result<Vec<Record>, LedgerError> {
-        let mut q = stmt(format!("SELECT {RECORD_COLUMNS} FROM files WHERE state = "));
-        q.push_bind(FileState::Failed.as_str()).push(" ORDER BY id");
-        Ok(q.fetch_all(&self.pool).await?)
+        Ok(stmt(format!(
+            "SELECT {RECORD_COLUMNS} FROM files WHERE state = {} ORDER BY id",
+            sql_list(&[FileState::Failed])
+        ))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// An operator asks for another try of a `failed` record, with

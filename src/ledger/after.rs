@@ -57,10 +57,9 @@ impl Ledger {
         Ok(stmt(format!(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
              WHERE state = 'ready' AND index_id IS NOT NULL AND asset_id IS NOT NULL{} \
-             ORDER BY id LIMIT $1",
+             ORDER BY id LIMIT {limit}",
             self.followed_by_me()
         ))
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -70,10 +69,9 @@ impl Ledger {
         Ok(stmt(format!(
             "SELECT id, asset_id, index_id, indexed_asset_id, path, url FROM files \
              WHERE state = 'indexing' AND indexed_asset_id IS NOT NULL{} \
-             ORDER BY updated_at, id LIMIT $1",
+             ORDER BY updated_at, id LIMIT {limit}",
             self.followed_by_me()
         ))
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -199,7 +197,7 @@ impl Ledger {
     /// the asset is ready (or later), `on_failure` once failed.
     pub async fn pending_actions(&self, limit: u32) -> Result<Vec<ActionJob>, LedgerError> {
         // A file is moved or deleted only by a daemon that can see it.
-        let visible = self.visible_to_me("$2");
+        let visible = self.visible_to_me("$1");
         let mut q = stmt(format!(
             "SELECT id, path_bytes, path, root, state, size, mtime_ns, device, inode, sha256, \
              asset_id, attempts, last_error, \
@@ -207,11 +205,10 @@ impl Ledger {
              FROM files WHERE file_action IS NULL AND path_bytes IS NOT NULL AND path IS NOT NULL \
              AND ((state IN ({ready}) AND after_upload IS NOT NULL) \
                OR (state = 'failed' AND on_failure IS NOT NULL)){}{visible} \
-             ORDER BY id LIMIT $1",
+             ORDER BY id LIMIT {limit}",
             self.followed_by_me(),
             ready = sql_list(FileState::ASSET_READY),
-        ))
-        .bind(i64::from(limit));
+        ));
         if !visible.is_empty() {
             q = q.bind(self.me_host());
         }

@@ -443,6 +443,36 @@ arg_from! {
     Vec<u8> => |v| Arg::Bytes(Some(v));
 }
 
+/// The first bound value in `sql` that SQLite's planner would look at (see
+/// [`stmt`]): a bound `LIMIT` or `OFFSET`, or a state compared with a bound
+/// value in a `WHERE` that does not begin with `id = $N` (`+state` is only
+/// checked, never planned with). Assignments (`SET state = $3`) are not.
+fn plan_shaping_bind(sql: &str) -> Option<&str> {
+    for limit in ["LIMIT $", "OFFSET $"] {
+        if let Some(at) = sql.find(limit) {
+            return Some(&sql[at..at + limit.len()]);
+        }
+    }
+    for pattern in ["state = $", "state IN ($"] {
+        for (at, hit) in sql.match_indices(pattern) {
+            let before = sql[..at].trim_end();
+            let compared = ["WHERE", "AND", "OR", "("]
+                .iter()
+                .any(|w| before.ends_with(w));
+            let by_id = before
+                .rfind("WHERE")
+                .map(|w| &sql[w..at])
+                .is_some_and(|clause| {
+                    clause.starts_with("WHERE id = $") && !clause.contains(" OR ")
+                });
+            if compared && !by_id {
+                return Some(hit);
+            }
+        }
+    }
+    None
+}
+
 /// What an `UPDATE`/`DELETE` did.
 pub(super) struct Done(u64);
 
@@ -488,6 +518,15 @@ pub(super) struct Q {
 }
 
 /// A statement whose placeholders are written in its text.
+///
+/// A value SQLite's planner looks at is written into the text, not bound:
+/// a `LIMIT`, and a state compared in a `WHERE` that is not a lookup by
+/// `id` (`WHERE id = $1 AND state = $2` is planned without the indexes). A
+/// bound one makes SQLite prepare the statement again on every run, in
+/// case the value changes the plan (a state may match a partial index's
+/// `WHERE state = 'uploading'`): a claim and an acceptance were each parsed
+/// and planned anew every time (BENCHMARKS.md, S1). Tests check every
+/// statement they run on SQLite ([`plan_shaping_bind`]).
 pub(super) fn stmt(sql: impl Into<Cow<'static, str>>) -> Q {
     Q {
         sql: sql.into(),
@@ -621,6 +660,12 @@ impl Q {
     }
 
     fn sqlite_args(&self) -> Result<SqliteArguments, sqlx::Error> {
+        debug_assert!(
+            plan_shaping_bind(&self.sql).is_none(),
+            "bound where SQLite's planner looks (write it in, see `stmt`): {:?} in {}",
+            plan_shaping_bind(&self.sql),
+            self.sql
+        );
         let mut a = SqliteArguments::default();
         for arg in &self.args {
             let added = match arg {
@@ -869,6 +914,30 @@ mod tests {
     /// own): either way the write lock is held from that statement on, a
     /// write's count of changed rows is its own, and a transaction that ran
     /// nothing ends without a `COMMIT` or `ROLLBACK` (which would fail).
+    /// What SQLite would plan anew on every run is found; lookups by id,
+    /// assignments and `+state` are not.
+    #[test]
+    fn binds_the_planner_looks_at_are_found() {
+        for shaping in [
+            "SELECT id FROM files WHERE state = 'queued' ORDER BY id LIMIT $1",
+            "SELECT id FROM files ORDER BY id LIMIT 10 OFFSET $2",
+            "UPDATE files SET state = $2 WHERE state = $1",
+            "SELECT id FROM files WHERE size = $1 AND state IN ($2, $3)",
+            "UPDATE files SET x = 1 WHERE (id = $1 AND state = $2) OR duplicate_of = $1",
+            "UPDATE files SET x = 1 WHERE id IN (SELECT id FROM files WHERE state = $1)",
+        ] {
+            assert!(plan_shaping_bind(shaping).is_some(), "{shaping}");
+        }
+        for fine in [
+            "UPDATE files SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2",
+            "UPDATE files SET state = $2 WHERE +state = $1 AND id IN ($3, $4)",
+            "SELECT id FROM files WHERE state = 'queued' ORDER BY id LIMIT 16",
+            "UPDATE files SET x = 1 WHERE (id = $1 AND state = 'uploading') OR duplicate_of = $1",
+        ] {
+            assert_eq!(plan_shaping_bind(fine), None, "{fine}");
+        }
+    }
+
     #[tokio::test]
     async fn the_deferred_begin_takes_the_lock_with_the_first_statement() {
         let dir = tempfile::tempdir().expect("tempdir");

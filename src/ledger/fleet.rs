@@ -259,13 +259,12 @@ impl Ledger {
     /// stopped before it go, and stopped rows beyond the newest
     /// `KEEP_STOPPED` whenever they stopped.
     pub async fn prune_daemons_before(&self, horizon_ms: i64) -> Result<u64, LedgerError> {
-        Ok(stmt(
+        Ok(stmt(format!(
             "DELETE FROM daemons WHERE stopped_at IS NOT NULL AND (stopped_at < $1 \
              OR id NOT IN (SELECT id FROM daemons WHERE stopped_at IS NOT NULL \
-               ORDER BY stopped_at DESC, id DESC LIMIT $2))",
-        )
+               ORDER BY stopped_at DESC, id DESC LIMIT {KEEP_STOPPED}))",
+        ))
         .bind(horizon_ms)
-        .bind(KEEP_STOPPED)
         .execute(&self.pool)
         .await?
         .rows_affected())

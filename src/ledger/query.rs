@@ -98,7 +98,8 @@ fn history_query(
         }
         q.push(format!("SELECT {RECORD_COLUMNS} FROM files WHERE TRUE"));
         if let Some(state) = state {
-            q.push(" AND state = ").push_bind(state.as_str());
+            // Written in, as the limit below (see `engine::stmt`).
+            q.push(" AND state = ").push(sql_list(&[*state]));
         }
         if let Some(since) = filter.since {
             q.push(" AND discovered_at >= ").push_bind(since);
@@ -124,8 +125,10 @@ fn history_query(
             }
         }
     }
-    q.push(" ORDER BY discovered_at DESC, id DESC LIMIT ")
-        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    q.push(format!(
+        " ORDER BY discovered_at DESC, id DESC LIMIT {}",
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    ));
     q
 }
 
@@ -174,16 +177,16 @@ fn glob_to_regex(glob: &str) -> Option<String> {
     Some(re)
 }
 
-static LAST_ERRORS_SQL: LazyLock<String> = LazyLock::new(|| {
+fn last_errors_sql(limit: u32) -> String {
     format!(
         "SELECT id, path, url, state, asset_id, sha256, size, mime, \
          attempts, last_error, duplicate_of, next_attempt_at, discovered_at, uploaded_at, ready_at, \
          updated_at, file_action FROM files \
          WHERE last_error IS NOT NULL AND state NOT IN ({}) \
-         ORDER BY updated_at DESC, id DESC LIMIT $1",
+         ORDER BY updated_at DESC, id DESC LIMIT {limit}",
         sql_list(FileState::QUIET_ERRORS)
     )
-});
+}
 
 /// `(state || '')` keeps SQLite on `files_errors` (a short range by time) rather
 /// than every failed record ever.
@@ -206,9 +209,13 @@ const IN_FLIGHT_SQL: &str = "SELECT id, path, url, state, asset_id, sha256, size
         WHERE multipart_chunks.file_id = files.id) AS chunk_bytes \
      FROM files WHERE state = 'uploading' ORDER BY updated_at, id";
 
-const RECENT_ATTEMPTS_SQL: &str = "SELECT a.id, a.file_id, a.started_at, a.ended_at, a.outcome, \
-     a.http_status, a.error, f.state AS file_state, f.next_attempt_at, f.path, f.url \
-     FROM attempts a JOIN files f ON f.id = a.file_id ORDER BY a.id DESC LIMIT $1";
+fn recent_attempts_sql(limit: u32) -> String {
+    format!(
+        "SELECT a.id, a.file_id, a.started_at, a.ended_at, a.outcome, \
+         a.http_status, a.error, f.state AS file_state, f.next_attempt_at, f.path, f.url \
+         FROM attempts a JOIN files f ON f.id = a.file_id ORDER BY a.id DESC LIMIT {limit}"
+    )
+}
 
 impl Ledger {
     /// Records matching `filter`, newest first, handed to `each` one at a
@@ -287,10 +294,7 @@ impl Ledger {
     /// The records whose errors are newest, newest first (skipped and
     /// duplicate records carry a reason, not an error: left out).
     pub async fn last_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
-        Ok(stmt(LAST_ERRORS_SQL.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(stmt(last_errors_sql(limit)).fetch_all(&self.pool).await?)
     }
 
     /// How many records failed (last changed to `failed`) at or after `since_ms`.
@@ -303,8 +307,7 @@ impl Ledger {
 
     /// The newest `limit` attempts (by when they started), newest first.
     pub async fn recent_attempts(&self, limit: u32) -> Result<Vec<RecentAttempt>, LedgerError> {
-        Ok(stmt(RECENT_ATTEMPTS_SQL)
-            .bind(i64::from(limit))
+        Ok(stmt(recent_attempts_sql(limit))
             .fetch_all(&self.pool)
             .await?)
     }
@@ -438,13 +441,13 @@ mod tests {
 
     #[tokio::test]
     async fn status_queries_use_an_index() {
-        assert!(LAST_ERRORS_SQL.contains(HAS_ERROR));
+        assert!(last_errors_sql(20).contains(HAS_ERROR));
         assert!(FAILED_SINCE_SQL.contains(HAS_ERROR));
         let (_dir, ledger) = ledger().await;
         for (what, sql) in [
-            ("last errors", LAST_ERRORS_SQL.as_str()),
-            ("failed since", FAILED_SINCE_SQL.as_str()),
-            ("in flight", IN_FLIGHT_SQL),
+            ("last errors", last_errors_sql(20)),
+            ("failed since", FAILED_SINCE_SQL.to_string()),
+            ("in flight", IN_FLIGHT_SQL.to_owned()),
         ] {
             let q = stmt(format!("EXPLAIN QUERY PLAN {sql}"));
             let plan = plan_of(&ledger, q).await;
@@ -455,13 +458,13 @@ mod tests {
             }
         }
         // The newest attempts: the rowid backwards, stopping at the limit.
-        let q = stmt(format!("EXPLAIN QUERY PLAN {RECENT_ATTEMPTS_SQL}"));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {}", recent_attempts_sql(20)));
         let plan = plan_of(&ledger, q).await;
         assert!(
             !plan.contains("TEMP B-TREE") && plan.contains("PRIMARY KEY"),
             "recent attempts:\n{plan}"
         );
-        let q = stmt(format!("EXPLAIN QUERY PLAN {}", *LAST_ERRORS_SQL));
+        let q = stmt(format!("EXPLAIN QUERY PLAN {}", last_errors_sql(20)));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));
         let q = stmt(format!("EXPLAIN QUERY PLAN {}", *FAILED_SINCE_SQL));
         assert!(plan_of(&ledger, q).await.contains("files_errors"));

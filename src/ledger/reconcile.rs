@@ -36,11 +36,10 @@ impl Ledger {
         Ok(stmt(format!(
             "SELECT id, asset_id, state, path, url FROM files \
              WHERE id > $1 AND asset_id IS NOT NULL AND state IN ({}) \
-             ORDER BY id LIMIT $2",
+             ORDER BY id LIMIT {limit}",
             sql_list(FileState::ASSET_READY)
         ))
         .bind(after_id)
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -6,7 +6,7 @@ use super::{expect_one, release_duplicates_tx, to_i64};
 use crate::ledger::engine::{Q, Tx, stmt};
 use crate::ledger::files::NewFile;
 use crate::ledger::files::UploadJob;
-use crate::ledger::state::{Event, FileState};
+use crate::ledger::state::{Event, FileState, sql_list};
 use crate::ledger::{Change, Ledger, LedgerError, now_ms};
 
 /// How an attempt ended.
@@ -102,19 +102,20 @@ impl Ledger {
     /// on a shared ledger, owner) and of its duplicates, `RETURNING id`.
     fn accept_update(&self, job: &UploadJob, asset_id: &str, now: i64) -> Q {
         let owner = self.me_id().filter(|_| self.pool.is_postgres());
-        stmt(
-            "UPDATE files SET asset_id = $4, updated_at = $5, \
-             state = CASE WHEN id = $1 THEN $3 ELSE state END, \
+        // The state it is held in is written in (see `engine::stmt`).
+        stmt(format!(
+            "UPDATE files SET asset_id = $3, updated_at = $4, \
+             state = CASE WHEN id = $1 THEN $2 ELSE state END, \
              attempts = CASE WHEN id = $1 THEN attempts + 1 ELSE attempts END, \
              last_error = CASE WHEN id = $1 THEN NULL ELSE last_error END, \
              lookup_first = CASE WHEN id = $1 THEN FALSE ELSE lookup_first END, \
-             uploaded_at = CASE WHEN id = $1 THEN $5 ELSE uploaded_at END, \
-             sha256 = CASE WHEN id = $1 THEN coalesce(sha256, $6) ELSE sha256 END \
-             WHERE (id = $1 AND state = $2 AND epoch = $7 AND ($8 IS NULL OR claimed_by = $8)) \
+             uploaded_at = CASE WHEN id = $1 THEN $4 ELSE uploaded_at END, \
+             sha256 = CASE WHEN id = $1 THEN coalesce(sha256, $5) ELSE sha256 END \
+             WHERE (id = $1 AND state = {held} AND epoch = $6 AND ($7 IS NULL OR claimed_by = $7)) \
              OR duplicate_of = $1 RETURNING id",
-        )
+            held = sql_list(&[FileState::Uploading]),
+        ))
         .bind(job.id)
-        .bind(FileState::Uploading.as_str())
         .bind(FileState::Processing.as_str())
         .bind(asset_id)
         .bind(now)

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use super::new_stamp;
 use crate::ledger::engine::{Q, Tx, stmt};
 use crate::ledger::fleet::PG_NOW;
-use crate::ledger::state::{Event, FileState};
+use crate::ledger::state::{Event, FileState, sql_list};
 use crate::ledger::{Ledger, LedgerError, now_ms};
 
 /// A claimed record, for one upload attempt.
@@ -122,10 +122,11 @@ impl Ledger {
             // there, so it costs the same on a queue of any length.
             let only = format!(
                 " AND path_bytes IS NOT NULL AND size <= {} \
-                 AND (SELECT count(*) FROM (SELECT 1 FROM files WHERE state = $1 \
+                 AND (SELECT count(*) FROM (SELECT 1 FROM files WHERE state = {queued} \
                    AND next_attempt_at <= $3 LIMIT {deep}) AS due) >= {deep}",
                 batch.small_bytes,
                 deep = batch.deep,
+                queued = sql_list(&[FileState::Queued]),
             );
             let mut more: Vec<UploadJob> = self
                 .claim_query(to, lease_ms, now, &(batch.max - 1).to_string(), &only)
@@ -146,9 +147,11 @@ impl Ledger {
     /// (a condition on `files`, or empty), oldest due first.
     fn claim_query(&self, to: FileState, lease_ms: i64, now: i64, limit: &str, only: &str) -> Q {
         let visible = self.visible_to_me("$6");
+        // The state and limit are written in (see `engine::stmt`).
         let pick = format!(
-            "SELECT id FROM files WHERE state = $1 AND next_attempt_at <= $3{visible}{only} \
-             ORDER BY next_attempt_at, id LIMIT {limit}"
+            "SELECT id FROM files WHERE state = {queued} AND next_attempt_at <= $3{visible}{only} \
+             ORDER BY next_attempt_at, id LIMIT {limit}",
+            queued = sql_list(&[FileState::Queued]),
         );
         // PostgreSQL: claims run side by side, each skipping rows another
         // has locked; the lease is on the database clock. The pick is made
@@ -344,11 +347,11 @@ impl Ledger {
         .bind(now)
         .execute(&mut tx)
         .await?;
-        let moved = stmt(
-            "UPDATE files SET state = $2, lookup_first = TRUE, next_attempt_at = $4, updated_at = $3, \
-             epoch = epoch + 1 WHERE state = $1",
-        )
-        .bind(from.as_str())
+        let moved = stmt(format!(
+            "UPDATE files SET state = $1, lookup_first = TRUE, next_attempt_at = $3, updated_at = $2, \
+             epoch = epoch + 1 WHERE state = {}",
+            sql_list(&[from])
+        ))
         .bind(to.as_str())
         .bind(now)
         .bind(now + LOOKUP_DELAY_MS)

@@ -80,13 +80,18 @@ pub enum SameSize {
     Pending,
 }
 
-/// [`Ledger::to_hash`] on one host: $1 limit, $2 now. In the order of the
-/// `files_state_due (state, next_attempt_at)` index, so that a round reads
-/// its records off the index instead of sorting every record waiting: by
-/// `id` alone, 100 000 files found at once made every round sort them all.
-const TO_HASH_SQL: &str = "SELECT id, path_bytes, path, size, mtime_ns, attempts, device \
-     FROM files WHERE state = 'discovered' AND path_bytes IS NOT NULL \
-     AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $1";
+/// [`Ledger::to_hash`] on one host: $1 now, up to `limit` records. In the
+/// order of the `files_state_due (state, next_attempt_at)` index, so that a
+/// round reads its records off the index instead of sorting every record
+/// waiting: by `id` alone, 100 000 files found at once made every round
+/// sort them all. The limit is written in (see `engine::stmt`).
+fn to_hash_sql(limit: u32) -> String {
+    format!(
+        "SELECT id, path_bytes, path, size, mtime_ns, attempts, device \
+         FROM files WHERE state = 'discovered' AND path_bytes IS NOT NULL \
+         AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT {limit}"
+    )
+}
 
 /// Statements per query in [`Ledger::queue_unhashed_many`] on SQLite.
 const CHAINED: usize = 16;
@@ -184,8 +189,7 @@ impl Ledger {
             jobs.sort_by_key(|j| j.id);
             return Ok(jobs);
         }
-        Ok(stmt(TO_HASH_SQL)
-            .bind(i64::from(limit))
+        Ok(stmt(to_hash_sql(limit))
             .bind(now_ms())
             .fetch_all(&self.pool)
             .await?)
@@ -607,11 +611,7 @@ mod tests {
     async fn a_hashing_round_reads_the_index_in_order_without_sorting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
-        let plan = stmt(TO_HASH_SQL)
-            .bind(64i64)
-            .bind(2i64)
-            .explain(&ledger.pool)
-            .await;
+        let plan = stmt(to_hash_sql(64)).bind(2i64).explain(&ledger.pool).await;
         assert!(plan.contains("files_state_due"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }

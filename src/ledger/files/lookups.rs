@@ -158,18 +158,12 @@ impl Ledger {
     ) -> Result<Vec<Record>, LedgerError> {
         let mut q = stmt(format!("SELECT {RECORD_COLUMNS} FROM files"));
         if !states.is_empty() {
-            q.push(" WHERE state IN (");
-            for (i, s) in states.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.push_bind(s.as_str());
-            }
-            q.push(")");
+            // Written in, as the limit (see `engine::stmt`).
+            q.push(format!(" WHERE state IN ({})", sql_list(states)));
         }
         q.push(" ORDER BY discovered_at DESC, id DESC");
         if let Some(limit) = limit {
-            q.push(" LIMIT ").push_bind(i64::from(limit));
+            q.push(format!(" LIMIT {limit}"));
         }
         Ok(q.fetch_all(&self.pool).await?)
     }
@@ -192,12 +186,12 @@ impl Ledger {
 
     /// The most recent errors, newest first.
     pub async fn recent_errors(&self, limit: u32) -> Result<Vec<Record>, LedgerError> {
-        let mut q = stmt(format!(
+        Ok(stmt(format!(
             "SELECT {RECORD_COLUMNS} FROM files WHERE last_error IS NOT NULL \
-             AND state NOT IN ({}) ORDER BY updated_at DESC LIMIT ",
+             AND state NOT IN ({}) ORDER BY updated_at DESC LIMIT {limit}",
             sql_list(FileState::QUIET_ERRORS)
-        ));
-        q.push_bind(i64::from(limit));
-        Ok(q.fetch_all(&self.pool).await?)
+        ))
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -49,11 +49,10 @@ impl Ledger {
     pub async fn processing(&self, limit: u32, cutoff: i64) -> Result<Vec<PollJob>, LedgerError> {
         Ok(stmt(format!(
             "SELECT id, asset_id, uploaded_at, path, url, attempts, updated_at FROM files \
-             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $2{} \
-             ORDER BY updated_at, id LIMIT $1",
+             WHERE state = 'processing' AND asset_id IS NOT NULL AND updated_at <= $1{} \
+             ORDER BY updated_at, id LIMIT {limit}",
             self.followed_by_me()
         ))
-        .bind(i64::from(limit))
         .bind(cutoff)
         .fetch_all(&self.pool)
         .await?)
