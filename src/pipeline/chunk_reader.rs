@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::read_count::ContentReads;
 use crate::api::ApiError;
@@ -98,20 +98,14 @@ impl ReadError {
     }
 }
 
-#[derive(Debug)]
-struct Inbox {
-    rx: mpsc::UnboundedReceiver<(u64, PieceRx)>,
-    /// Chunks begun for a PUT that has not asked yet.
-    early: BTreeMap<u64, PieceRx>,
-    failed: Option<ReadError>,
-}
-
 /// One pass over the file for a session: its chunks to send, and its hash.
 #[derive(Debug)]
 pub(super) struct Feed {
-    /// The chunks streamed from the read (empty: the PUTs read their ranges).
-    streamed: BTreeSet<u64>,
-    inbox: Mutex<Inbox>,
+    /// Each streamed chunk's pieces, once the reader begins it: a slot per
+    /// chunk, so that a PUT waiting for its chunk never holds up another's
+    /// (one shared inbox did: a PUT waiting for a chunk the budget did not
+    /// let the reader begin kept the first PUT from its pieces, for ever).
+    slots: std::sync::Mutex<BTreeMap<u64, oneshot::Receiver<PieceRx>>>,
     permits: Arc<Semaphore>,
     /// Set when the attempt drops the feed: the thread stops.
     stop: Arc<AtomicBool>,
@@ -125,10 +119,10 @@ struct Reader {
     job: UploadJob,
     size: u64,
     chunk_size: u64,
-    streamed: BTreeSet<u64>,
     permits: Arc<Semaphore>,
     stop: Arc<AtomicBool>,
-    handoff: mpsc::UnboundedSender<(u64, PieceRx)>,
+    /// Where each streamed chunk's pieces go, taken as it is begun.
+    handoff: BTreeMap<u64, oneshot::Sender<PieceRx>>,
     handle: tokio::runtime::Handle,
     /// Where to count the bytes read when the PUTs read them again.
     second_read: Option<Arc<ContentReads>>,
@@ -157,14 +151,19 @@ impl Feed {
         };
         let permits = Arc::new(Semaphore::new(BUDGET_PIECES));
         let stop = Arc::new(AtomicBool::new(false));
-        let (handoff, rx) = mpsc::unbounded_channel();
+        let (handoff, slots): (BTreeMap<_, _>, BTreeMap<_, _>) = streamed
+            .iter()
+            .map(|&idx| {
+                let (tx, rx) = oneshot::channel();
+                ((idx, tx), (idx, rx))
+            })
+            .unzip();
         let (done_tx, done_rx) = oneshot::channel();
         let reader = Reader {
             path: path.to_path_buf(),
             job: job.clone(),
             size,
             chunk_size: chunk_size.max(1),
-            streamed: streamed.clone(),
             permits: permits.clone(),
             stop: stop.clone(),
             handoff,
@@ -186,12 +185,7 @@ impl Feed {
             Ok(sha256)
         });
         Feed {
-            streamed,
-            inbox: Mutex::new(Inbox {
-                rx,
-                early: BTreeMap::new(),
-                failed: None,
-            }),
+            slots: std::sync::Mutex::new(slots),
             permits,
             stop,
             digest,
@@ -202,30 +196,18 @@ impl Feed {
     /// when the PUT is to read its range itself (a chunk too large to
     /// stream). Taken once: a retry reads the range.
     pub async fn take(&self, idx: u64) -> Result<Option<Pieces>, ApiError> {
-        if !self.streamed.contains(&idx) {
+        // Not streamed, or taken already (a retry): the PUT reads its range.
+        let slot = self.slots.lock().ok().and_then(|mut s| s.remove(&idx));
+        let Some(slot) = slot else {
             return Ok(None);
-        }
-        // The lock is let go after each chunk received, so that the PUT it
-        // is for is not kept waiting for the one asking.
-        loop {
-            let mut inbox = self.inbox.lock().await;
-            if let Some(rx) = inbox.early.remove(&idx) {
-                return Ok(Some(pieces(rx)));
+        };
+        match slot.await {
+            Ok(rx) => Ok(Some(pieces(rx))),
+            Err(_) => Err(ReadError {
+                transient: true,
+                detail: format!("the file's reader stopped before chunk {idx}"),
             }
-            if let Some(e) = &inbox.failed {
-                return Err(e.api());
-            }
-            match inbox.rx.recv().await {
-                Some((i, rx)) => {
-                    inbox.early.insert(i, rx);
-                }
-                None => {
-                    inbox.failed = Some(ReadError {
-                        transient: true,
-                        detail: format!("the file's reader stopped before chunk {idx}"),
-                    });
-                }
-            }
+            .api()),
         }
     }
 
@@ -233,11 +215,8 @@ impl Feed {
     /// are no longer wanted (the platform has them all): the reader only
     /// hashes from here on.
     pub async fn finish(mut self) -> Result<String, ApiError> {
-        {
-            let mut inbox = self.inbox.lock().await;
-            inbox.early.clear();
-            inbox.rx.close();
-            while inbox.rx.try_recv().is_ok() {}
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.clear();
         }
         self.permits.close();
         match (&mut self.digest).await {
@@ -274,12 +253,11 @@ fn pieces(rx: PieceRx) -> Pieces {
 impl Reader {
     /// Read and hash every byte; stream the chunks to send. Once nobody
     /// takes chunks any more (the feed finished), go on hashing.
-    fn read(self) -> Result<String, ReadError> {
+    fn read(mut self) -> Result<String, ReadError> {
         let mut pass = Pass {
             file: std::fs::File::open(&self.path).map_err(|e| ReadError::of(&e))?,
             hasher: Sha256::new(),
             scratch: Vec::with_capacity(PIECE),
-            handing: true,
         };
         let total = self.size.div_ceil(self.chunk_size);
         for idx in 1..=total {
@@ -293,16 +271,16 @@ impl Reader {
     }
 
     /// Read chunk `idx`, streaming it to its PUT if it is to be sent.
-    fn chunk(&self, pass: &mut Pass, idx: u64) -> Result<(), ReadError> {
+    fn chunk(&mut self, pass: &mut Pass, idx: u64) -> Result<(), ReadError> {
         let start = (idx - 1) * self.chunk_size;
         let len = self.size.saturating_sub(start).min(self.chunk_size);
         let mut to: Option<PieceTx> = None;
-        if pass.handing && self.streamed.contains(&idx) {
+        // A chunk nobody waits for any more (the feed finished) is read for
+        // the hash only.
+        if let Some(slot) = self.handoff.remove(&idx) {
             let (tx, rx) = mpsc::unbounded_channel();
-            if self.handoff.send((idx, rx)).is_ok() {
+            if slot.send(rx).is_ok() {
                 to = Some(tx);
-            } else {
-                pass.handing = false;
             }
         }
         let mut left = len;
@@ -327,7 +305,6 @@ impl Reader {
                 // Closed: the feed finished (hash the rest) or was dropped
                 // (the stop flag ends the read).
                 Err(_) => {
-                    pass.handing = false;
                     *to = None;
                     None
                 }
@@ -395,8 +372,6 @@ struct Pass {
     hasher: Sha256,
     /// The buffer of pieces that are only hashed.
     scratch: Vec<u8>,
-    /// False once nobody takes chunks any more.
-    handing: bool,
 }
 
 /// A short read: the file is shorter than it was when examined.
@@ -511,6 +486,54 @@ mod tests {
         );
         let first = feed.take(1).await.expect("take").expect("streamed");
         assert_eq!(collect(first).await, &bytes[..chunk]);
+        assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
+    }
+
+    /// PUTs ask for their chunks in any order: one waiting for a chunk the
+    /// budget does not let the reader begin yet must not hold up the PUT
+    /// of the first chunk, whose draining is what frees the budget (it
+    /// did: a 1 GiB upload then sent nothing, for ever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_waiting_for_a_later_chunk_does_not_hold_up_the_first() {
+        // Two chunks fill the budget: the fourth waits for the first to drain.
+        let chunk = usize::try_from(MAX_STREAMED_CHUNK).expect("small");
+        let (_dir, path, bytes, job, ledger) = fixture(chunk * 4).await;
+        let feed = Feed::start(
+            (&ledger, &Arc::default()),
+            &job,
+            &path,
+            bytes.len() as u64,
+            chunk as u64,
+            (1..=4).collect(),
+        );
+        {
+            let mut fourth = std::pin::pin!(feed.take(4));
+            assert!(
+                futures_util::poll!(fourth.as_mut()).is_pending(),
+                "the fourth chunk cannot be begun before the first drains"
+            );
+            // A guard against a hang, not a synchronisation: chunk 1 is read
+            // before anything waits.
+            let first = tokio::time::timeout(std::time::Duration::from_secs(30), feed.take(1))
+                .await
+                .expect("the first chunk is handed over while a later one is awaited")
+                .expect("take")
+                .expect("streamed");
+            assert_eq!(collect(first).await, &bytes[..chunk]);
+            let fourth = fourth.await.expect("take").expect("streamed");
+            for idx in [2usize, 3] {
+                let pieces = feed
+                    .take(idx as u64)
+                    .await
+                    .expect("take")
+                    .expect("streamed");
+                assert_eq!(
+                    collect(pieces).await,
+                    &bytes[(idx - 1) * chunk..idx * chunk]
+                );
+            }
+            assert_eq!(collect(fourth).await, &bytes[3 * chunk..]);
+        }
         assert_eq!(feed.finish().await.expect("digest"), sha256_hex(&bytes));
     }
 

@@ -197,7 +197,7 @@ pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<Sent, ApiError> {
 fn feed_for(shared: &Shared, up: &Upload<'_>, live: &Live) -> Feed {
     let chunk_size = u64::try_from(live.session.chunk_size).unwrap_or(u64::MAX);
     let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
-    // Exactly the chunks `send_batch` PUTs: a chunk handed over that no PUT
+    // Exactly the chunks `run` PUTs: a chunk handed over that no PUT
     // takes would hold its buffer until the feed ends.
     let to_send = (1..=total)
         .filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
@@ -341,7 +341,11 @@ async fn start(shared: &Shared, up: &Upload<'_>) -> Result<Live, ApiError> {
 }
 
 /// Send every chunk the platform does not have and report it, batch by
-/// batch.
+/// batch. The PUTs run as one stream, [`PARALLEL_CHUNKS`] at once from the
+/// first chunk to the last: a batch is reported as soon as all its chunks
+/// are in, while the next batch's PUTs go on (waiting for a batch to drain
+/// and be reported before the next began left the link idle for a few
+/// hundred ms of a 1 GiB upload: BENCHMARKS.md, M1).
 async fn run(
     shared: &Shared,
     up: &Upload<'_>,
@@ -358,38 +362,97 @@ async fn run(
         .sum();
     up.sent.store(already, Ordering::Relaxed);
 
-    let mut first = 1;
-    while first <= total {
-        let last = (first + BATCH - 1).min(total);
-        let batch: Vec<u64> = (first..=last)
-            .filter(|i| !live.reported.contains(i))
-            .collect();
-        first = last + 1;
-        if batch.is_empty() {
-            continue;
+    // Each batch: the chunks the platform does not have, and how many of
+    // them still need their PUT.
+    let mut batches: BTreeMap<u64, (Vec<u64>, usize)> = BTreeMap::new();
+    for i in (1..=total).filter(|i| !live.reported.contains(i)) {
+        let (chunks, missing) = batches.entry(batch_of(i)).or_default();
+        chunks.push(i);
+        if !live.etags.contains_key(&i) {
+            *missing += 1;
         }
-        let proofs = send_batch(shared, up, live, &batch, chunk_size, feed).await?;
-        let result = match shared
-            .client
-            .report_chunks(&live.session.upload_id, &proofs)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return Err(api_stop(shared, &live.session, e).await),
-        };
-        let indices: Vec<i64> = proofs
-            .iter()
-            .filter_map(|(i, _, _)| i64::try_from(*i).ok())
-            .collect();
-        shared
-            .ledger
-            .mark_reported(live.session.file_id, &indices)
-            .await
-            .map_err(|e| Stop::Attempt(ledger_err(e)))?;
-        live.reported.extend(proofs.iter().map(|(i, _, _)| *i));
-        if result.url.is_some() || result.total_completed.ok().is_some_and(|n| n >= total) {
-            return Ok(());
+    }
+    let to_put: Vec<u64> = batches
+        .values()
+        .flat_map(|(chunks, _)| chunks.iter().copied())
+        .filter(|i| !live.etags.contains_key(i))
+        .collect();
+    let (full_tx, full_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Batches whose chunks all have an ETag already (a resumed session)
+    // are reported first.
+    for (chunks, missing) in batches.values() {
+        if *missing == 0 {
+            let _ = full_tx.send(proofs_of(chunks, &live.etags));
         }
+    }
+    let over = AtomicBool::new(false);
+    let Live {
+        session,
+        headers,
+        etags,
+        reported,
+        urls,
+    } = live;
+    let urls = tokio::sync::Mutex::new(std::mem::take(urls));
+    let putting = async {
+        let mut results = futures_util::stream::iter(to_put)
+            .map(|idx| {
+                let chunk = ToPut {
+                    idx,
+                    chunk_size,
+                    feed,
+                };
+                let (urls, over) = (&urls, &over);
+                let (session, headers) = (&*session, &*headers);
+                async move {
+                    if over.load(Ordering::Relaxed) {
+                        return Err(Stop::Skipped);
+                    }
+                    let url = url_for(shared, session, urls, idx, total).await;
+                    put_one(shared, up, (session, headers), url?, chunk, over).await
+                }
+            })
+            .buffer_unordered(PARALLEL_CHUNKS);
+        let mut stop = None;
+        while let Some(r) = results.next().await {
+            match r {
+                Ok((idx, etag, len)) => {
+                    etags.insert(idx, (etag, len));
+                    if let Some((chunks, missing)) = batches.get_mut(&batch_of(idx)) {
+                        *missing -= 1;
+                        if *missing == 0 {
+                            let _ = full_tx.send(proofs_of(chunks, etags));
+                        }
+                    }
+                }
+                // The first reason to end the session wins; an
+                // attempt-ending error is kept only if no chunk ended the
+                // session. Either way no further chunk starts.
+                Err(Stop::Skipped) => {}
+                Err(s @ Stop::Over { .. }) if !matches!(stop, Some(Stop::Over { .. })) => {
+                    over.store(true, Ordering::Relaxed);
+                    stop = Some(s);
+                }
+                Err(s @ Stop::Attempt(_)) if stop.is_none() => {
+                    over.store(true, Ordering::Relaxed);
+                    stop = Some(s);
+                }
+                Err(_) => {}
+            }
+        }
+        // The reports end with the last full batch.
+        drop(full_tx);
+        stop
+    };
+    let reporting = report_batches(shared, session, reported, full_rx, total, &over);
+    let (put_stop, report) = tokio::join!(putting, reporting);
+    // URLs are single-use on some stores: the ones tried are gone, and the
+    // rest are not worth keeping past this run.
+    if let Some(stop) = put_stop {
+        return Err(stop);
+    }
+    if report? {
+        return Ok(());
     }
     if u64::try_from(live.reported.len()).unwrap_or(0) < total {
         // Every chunk was reported but the platform does not say it is
@@ -412,78 +475,87 @@ async fn run(
     Ok(())
 }
 
-/// PUT the batch's chunks that have no ETag yet (a few at once); returns
-/// the proofs of the whole batch, in order.
-async fn send_batch(
-    shared: &Shared,
-    up: &Upload<'_>,
-    live: &mut Live,
-    batch: &[u64],
-    chunk_size: u64,
-    feed: Option<&Feed>,
-) -> Result<Vec<(u64, String, u64)>, Stop> {
-    let to_put: Vec<u64> = batch
+/// The report batch (of [`BATCH`] chunks, the API's maximum) a chunk is in.
+fn batch_of(idx: u64) -> u64 {
+    idx.saturating_sub(1) / BATCH
+}
+
+/// A batch's chunks with their ETags and sizes, in order.
+fn proofs_of(chunks: &[u64], etags: &BTreeMap<u64, (String, u64)>) -> Vec<(u64, String, u64)> {
+    chunks
         .iter()
-        .copied()
-        .filter(|i| !live.etags.contains_key(i))
-        .collect();
-    if to_put.iter().any(|i| !live.urls.contains_key(i))
-        && let (Some(first), Some(last)) = (to_put.first(), to_put.last())
-    {
-        match shared
+        .filter_map(|i| etags.get(i).map(|(e, s)| (*i, e.clone(), *s)))
+        .collect()
+}
+
+/// Report each full batch as it comes, and mark it reported in the ledger;
+/// true once the platform says the upload is complete. A failed report
+/// stops the PUTs still to start.
+async fn report_batches(
+    shared: &Shared,
+    session: &Session,
+    reported: &mut BTreeSet<u64>,
+    mut full: tokio::sync::mpsc::UnboundedReceiver<Vec<(u64, String, u64)>>,
+    total: u64,
+    over: &AtomicBool,
+) -> Result<bool, Stop> {
+    let mut complete = false;
+    while let Some(proofs) = full.recv().await {
+        let stop = |s: Stop| {
+            over.store(true, Ordering::Relaxed);
+            s
+        };
+        let result = match shared
             .client
-            .presigned_urls(&live.session.upload_id, *first, last - first + 1)
+            .report_chunks(&session.upload_id, &proofs)
             .await
         {
-            Ok(urls) => live.urls.extend(
-                urls.into_iter()
-                    .filter_map(|u| Some((u.chunk_index.ok()?, u.url))),
-            ),
-            Err(e) => return Err(api_stop(shared, &live.session, e).await),
-        }
+            Ok(r) => r,
+            Err(e) => return Err(stop(api_stop(shared, session, e).await)),
+        };
+        let indices: Vec<i64> = proofs
+            .iter()
+            .filter_map(|(i, _, _)| i64::try_from(*i).ok())
+            .collect();
+        shared
+            .ledger
+            .mark_reported(session.file_id, &indices)
+            .await
+            .map_err(|e| stop(Stop::Attempt(ledger_err(e))))?;
+        reported.extend(proofs.iter().map(|(i, _, _)| *i));
+        complete |= result.url.is_some() || result.total_completed.ok().is_some_and(|n| n >= total);
     }
-    let over = AtomicBool::new(false);
-    let live_ref = &*live;
-    let results: Vec<Result<(u64, String, u64), Stop>> = futures_util::stream::iter(to_put)
-        .map(|idx| {
-            let url = live_ref.urls.get(&idx).cloned();
-            let chunk = ToPut {
-                idx,
-                chunk_size,
-                feed,
-            };
-            put_one(shared, up, live_ref, url, chunk, &over)
-        })
-        .buffer_unordered(PARALLEL_CHUNKS)
-        .collect()
-        .await;
-    // URLs are single-use on some stores: never reuse one that was tried.
-    for idx in batch {
-        live.urls.remove(idx);
+    Ok(complete)
+}
+
+/// The URL for chunk `idx`: one in hand (taken: a URL is never tried
+/// twice), or a fresh set for the rest of its batch, in one request.
+async fn url_for(
+    shared: &Shared,
+    session: &Session,
+    urls: &tokio::sync::Mutex<BTreeMap<u64, String>>,
+    idx: u64,
+    total: u64,
+) -> Result<Option<String>, Stop> {
+    let mut urls = urls.lock().await;
+    if let Some(url) = urls.remove(&idx) {
+        return Ok(Some(url));
     }
-    let mut stop = None;
-    for r in results {
-        match r {
-            Ok((idx, etag, len)) => {
-                live.etags.insert(idx, (etag, len));
-            }
-            // The first reason to end the session wins; an attempt-ending
-            // error is kept only if no chunk ended the session.
-            Err(Stop::Skipped) => {}
-            Err(s @ Stop::Over { .. }) if !matches!(stop, Some(Stop::Over { .. })) => {
-                stop = Some(s);
-            }
-            Err(s @ Stop::Attempt(_)) if stop.is_none() => stop = Some(s),
-            Err(_) => {}
-        }
+    let last = ((batch_of(idx) + 1) * BATCH).min(total);
+    match shared
+        .client
+        .presigned_urls(&session.upload_id, idx, last.saturating_sub(idx) + 1)
+        .await
+    {
+        Ok(fresh) => urls.extend(
+            fresh
+                .into_iter()
+                .filter_map(|u| Some((u.chunk_index.ok()?, u.url))),
+        ),
+        Err(e) => return Err(api_stop(shared, session, e).await),
     }
-    if let Some(stop) = stop {
-        return Err(stop);
-    }
-    Ok(batch
-        .iter()
-        .filter_map(|i| live.etags.get(i).map(|(e, s)| (*i, e.clone(), *s)))
-        .collect())
+    // None: `put_one` asks for this chunk's URL alone.
+    Ok(urls.remove(&idx))
 }
 
 /// A chunk to PUT: its index (1-based), the session's chunk size, and the
@@ -502,7 +574,7 @@ struct ToPut<'a> {
 async fn put_one(
     shared: &Shared,
     up: &Upload<'_>,
-    live: &Live,
+    (session, headers): (&Session, &BTreeMap<String, String>),
     url: Option<String>,
     chunk: ToPut<'_>,
     over: &AtomicBool,
@@ -512,7 +584,6 @@ async fn put_one(
         chunk_size,
         feed,
     } = chunk;
-    let session = &live.session;
     let total = u64::try_from(session.total_chunks).unwrap_or(0);
     let offset = (idx - 1) * chunk_size;
     let len = chunk_len(up.size, chunk_size, idx);
@@ -541,7 +612,7 @@ async fn put_one(
             .client
             .put_chunk(
                 &current,
-                &live.headers,
+                headers,
                 chunk_body(&mut pieces, up.path, offset),
                 (idx, total),
                 len,
