@@ -437,6 +437,9 @@ proptest! {
             boundary.clone()
         };
         let (status, answer, alive) = runtime().block_on(async {
+            // The process's TLS provider, as the other tests' clients (run
+            // alone, this test is the first to build one).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::new();
             let resp = client
                 .post(format!("{}/assets", emu.base_url()))
