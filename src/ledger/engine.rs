@@ -909,11 +909,6 @@ mod tests {
         assert_eq!(rows, vec![2]);
     }
 
-    /// SQLite's `BEGIN IMMEDIATE` rides with a transaction's first
-    /// statement that returns rows (or goes ahead of a first write on its
-    /// own): either way the write lock is held from that statement on, a
-    /// write's count of changed rows is its own, and a transaction that ran
-    /// nothing ends without a `COMMIT` or `ROLLBACK` (which would fail).
     /// What SQLite would plan anew on every run is found; lookups by id,
     /// assignments and `+state` are not.
     #[test]
@@ -938,6 +933,11 @@ mod tests {
         }
     }
 
+    /// SQLite's `BEGIN IMMEDIATE` rides with a transaction's first
+    /// statement that returns rows (or goes ahead of a first write on its
+    /// own): either way the write lock is held from that statement on, a
+    /// write's count of changed rows is its own, and a transaction that ran
+    /// nothing ends without a `COMMIT` or `ROLLBACK` (which would fail).
     #[tokio::test]
     async fn the_deferred_begin_takes_the_lock_with_the_first_statement() {
         let dir = tempfile::tempdir().expect("tempdir");
