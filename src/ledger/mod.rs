@@ -202,15 +202,21 @@ impl Ledger {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(engine::BUSY_WAIT)
             .foreign_keys(true)
-            // A transaction's statement journal (its pages as they were, for
-            // a statement that fails half-way) spills past 64 KiB to a file
-            // in /var/tmp: every page a batch touches was written twice, and
-            // a full /var/tmp failed writes to a ledger on another disk.
-            // Kept in memory it is bounded by a transaction's pages.
-            .pragma("temp_store", "memory")
             // A long export is not a slow statement worth a warning on
             // stderr; real slowness shows in the benchmarks.
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
+        // Opened for work (the pipeline, `upload`): a transaction's statement
+        // journal (its pages as they were, for a statement that fails
+        // half-way) spilled past 64 KiB to a file in /var/tmp, so every page
+        // a batch touched was written twice, and a full /var/tmp failed
+        // writes to a ledger on another disk. In memory it is bounded by one
+        // batch's pages. Commands opening an existing ledger keep SQLite's
+        // files: `prune` may touch every page in one transaction, and its
+        // VACUUM builds a copy of the whole ledger in temporary storage.
+        let options = match create {
+            true => options.pragma("temp_store", "memory"),
+            false => options,
+        };
         // A new file is switched to WAL by whoever connects first; another
         // process connecting at that instant is told "locked" at once,
         // without a busy wait: try again shortly.
@@ -484,17 +490,26 @@ mod tests {
     }
 
     /// A batch's statement journal stays in memory: spilled, it wrote every
-    /// page twice and failed with a full /var/tmp (see `connect`).
+    /// page twice and failed with a full /var/tmp. A command's, which may
+    /// hold the whole ledger (`prune`, VACUUM), stays in files (see `connect`).
     #[tokio::test]
-    async fn sqlite_keeps_statement_journals_in_memory() {
+    async fn work_keeps_statement_journals_in_memory_and_commands_in_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Ledger::open(&dir.path().join("l.db")).await.expect("open");
-        // 2 = MEMORY (0 is the build's default, a file).
-        let store: i64 = engine::stmt("PRAGMA temp_store")
-            .scalar_one(&ledger.pool)
-            .await
-            .expect("pragma");
-        assert_eq!(store, 2);
-        ledger.close().await;
+        let path = dir.path().join("l.db");
+        let temp_store = |ledger: Ledger| async move {
+            let store: i64 = engine::stmt("PRAGMA temp_store")
+                .scalar_one(&ledger.pool)
+                .await
+                .expect("pragma");
+            ledger.close().await;
+            store
+        };
+        // 2 = MEMORY; 0 = the build's default, files.
+        assert_eq!(
+            temp_store(Ledger::open(&path).await.expect("open")).await,
+            2
+        );
+        let existing = Ledger::open_existing(&path).await.expect("open existing");
+        assert_eq!(temp_store(existing).await, 0);
     }
 }

@@ -408,7 +408,7 @@ async fn run(
                     if over.load(Ordering::Relaxed) {
                         return Err(Stop::Skipped);
                     }
-                    let url = url_for(shared, session, urls, idx, total).await;
+                    let url = url_for(shared, session, urls, (idx, total), over).await;
                     put_one(shared, up, (session, headers), url?, chunk, over).await
                 }
             })
@@ -447,11 +447,16 @@ async fn run(
     let reporting = report_batches(shared, session, reported, full_rx, total, &over);
     let (put_stop, report) = tokio::join!(putting, reporting);
     // URLs are single-use on some stores: the ones tried are gone, and the
-    // rest are not worth keeping past this run.
-    if let Some(stop) = put_stop {
-        return Err(stop);
-    }
-    if report? {
+    // rest are not worth keeping past this run. A session found over wins,
+    // whichever side found it: the next session starts in this attempt.
+    let complete = match (put_stop, report) {
+        (Some(over @ Stop::Over { .. }), _) | (_, Err(over @ Stop::Over { .. })) => {
+            return Err(over);
+        }
+        (Some(stop), _) | (None, Err(stop)) => return Err(stop),
+        (None, Ok(complete)) => complete,
+    };
+    if complete {
         return Ok(());
     }
     if u64::try_from(live.reported.len()).unwrap_or(0) < total {
@@ -534,10 +539,14 @@ async fn url_for(
     shared: &Shared,
     session: &Session,
     urls: &tokio::sync::Mutex<BTreeMap<u64, String>>,
-    idx: u64,
-    total: u64,
+    (idx, total): (u64, u64),
+    over: &AtomicBool,
 ) -> Result<Option<String>, Stop> {
     let mut urls = urls.lock().await;
+    // Stopped while this one waited for the lock: ask for nothing more.
+    if over.load(Ordering::Relaxed) {
+        return Err(Stop::Skipped);
+    }
     if let Some(url) = urls.remove(&idx) {
         return Ok(Some(url));
     }
