@@ -196,20 +196,23 @@ pub async fn send(shared: &Shared, up: &Upload<'_>) -> Result<Sent, ApiError> {
 /// hash only).
 fn feed_for(shared: &Shared, up: &Upload<'_>, live: &Live) -> Feed {
     let chunk_size = u64::try_from(live.session.chunk_size).unwrap_or(u64::MAX);
-    let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
     // Exactly the chunks `run` PUTs: a chunk handed over that no PUT
     // takes would hold its buffer until the feed ends.
-    let to_send = (1..=total)
-        .filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
-        .collect();
     Feed::start(
         (&shared.ledger, &shared.reads),
         up.job,
         up.path,
         up.size,
         chunk_size,
-        to_send,
+        to_put(live).collect(),
     )
+}
+
+/// The chunks still to PUT, in order: neither reported to the platform nor
+/// holding an ETag.
+fn to_put(live: &Live) -> impl Iterator<Item = u64> + '_ {
+    let total = u64::try_from(live.session.total_chunks).unwrap_or(0);
+    (1..=total).filter(|i| !live.reported.contains(i) && !live.etags.contains_key(i))
 }
 
 /// The saved session, if any, as the platform sees it now.
@@ -372,11 +375,7 @@ async fn run(
             *missing += 1;
         }
     }
-    let to_put: Vec<u64> = batches
-        .values()
-        .flat_map(|(chunks, _)| chunks.iter().copied())
-        .filter(|i| !live.etags.contains_key(i))
-        .collect();
+    let unsent: Vec<u64> = to_put(live).collect();
     let (full_tx, full_rx) = tokio::sync::mpsc::unbounded_channel();
     // Batches whose chunks all have an ETag already (a resumed session)
     // are reported first.
@@ -395,7 +394,7 @@ async fn run(
     } = live;
     let urls = tokio::sync::Mutex::new(std::mem::take(urls));
     let putting = async {
-        let mut results = futures_util::stream::iter(to_put)
+        let mut results = futures_util::stream::iter(unsent)
             .map(|idx| {
                 let chunk = ToPut {
                     idx,
@@ -405,9 +404,6 @@ async fn run(
                 let (urls, over) = (&urls, &over);
                 let (session, headers) = (&*session, &*headers);
                 async move {
-                    if over.load(Ordering::Relaxed) {
-                        return Err(Stop::Skipped);
-                    }
                     let url = url_for(shared, session, urls, (idx, total), over).await;
                     put_one(shared, up, (session, headers), url?, chunk, over).await
                 }
